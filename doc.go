@@ -1,0 +1,53 @@
+// Package tiercache is a cache-aside layer for Go services in three tiers:
+// an optional in-process L1, Redis as the shared L2 (one node, Sentinel or
+// Cluster, through a go-redis v9 client the caller owns), and the caller's
+// loader (the database) behind them.
+//
+// # The read path
+//
+// [Cache.GetOrLoad] looks in L1, then in Redis, then calls the loader, and
+// fills each tier on the way back:
+//
+//   - L1 holds decoded values: a hit is a map lookup. An L1 entry never
+//     outlives the value's logical expiry nor the L1 max TTL (30s by
+//     default), and every instance drops the keys that another instance
+//     writes, through Redis pub/sub.
+//   - A Redis hit is one GET. Values are stored in a small versioned frame
+//     (docs/FORMAT.md) that carries the logical expiry, the time the load
+//     took and a check of the key; bytes that fail to decode are a miss.
+//   - On a miss, callers in one process share one load (coalescing), and
+//     across processes the first instance takes a lease in Redis and loads
+//     while the others wait for its value: N instances load a cold key once.
+//     The fill is a compare-and-set on the lease, and writes remove the
+//     lease, so a value loaded before a Set or Delete never lands after it.
+//
+// Values are refreshed in the background before they expire (XFetch early
+// refresh), may be served stale while they are refreshed or when the loader
+// fails (stale-while-revalidate, stale-if-error), and a loader's
+// [ErrNotFound] is cached as a negative entry.
+//
+// # Failures
+//
+// A cache failure never fails a read that the loader can serve: when Redis
+// is slow or down, reads go to L1 and the loader, and a circuit breaker
+// stops calling Redis until it recovers. Writes ([Cache.Set],
+// [Cache.Delete]) do return Redis errors, since a lost invalidation would
+// leave stale data; retry them. Every error is a sentinel value of this
+// package (see errors.go), wrapped with detail: test with [errors.Is].
+//
+// # Consistency, in plain words
+//
+// Within one instance, a read that starts after a Set or Delete returned
+// sees its effect. Another instance sees it as soon as the invalidation
+// message reaches it (normally within a millisecond or two of the write
+// returning); if that message is lost, no later than the L1 max TTL, and
+// if the subscription is known to be down, no later than the L1 outage TTL
+// (1s), after which L1 is flushed. Redis itself is never left holding a
+// value loaded before the last Set or Delete of its key.
+//
+// # Concurrency and lifetime
+//
+// A [Cache] is safe for concurrent use. [Cache.Close] stops its goroutines
+// (the invalidation subscriber and publisher, background refreshes, loads
+// in flight) and waits for them; it does not close the Redis client.
+package tiercache

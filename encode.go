@@ -1,0 +1,144 @@
+package tiercache
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/klauspost/compress/s2"
+	"github.com/klauspost/compress/zstd"
+
+	"github.com/tiercache/tiercache/internal/envelope"
+)
+
+// entry is a value as the cache handles it between tiers: decoded, with
+// the frame's metadata. Times are Unix microseconds.
+type entry[V any] struct {
+	val       V
+	neg       bool   // a cached "not found"
+	writtenAt int64  // when it was written
+	softExp   int64  // logical expiry: fresh before, stale after
+	l1Until   int64  // L1 only: when the L1 copy must go
+	delta     uint32 // how long its load took, µs
+	size      int    // encoded size, for the L1 weigher
+}
+
+func (e *entry[V]) fresh(now int64) bool { return now < e.softExp }
+
+// valueCodec encodes values into frames and back, with the cache's codec,
+// compression and size limit.
+type valueCodec struct {
+	codec       Codec
+	compression Compression
+	above       int
+	maxSize     int
+	zenc        *zstd.Encoder
+	zdec        *zstd.Decoder
+}
+
+func newValueCodec(cfg *config) (*valueCodec, error) {
+	vc := &valueCodec{codec: cfg.codec, compression: cfg.compression, above: cfg.compressAbove, maxSize: cfg.maxValueSize}
+	if cfg.compression == Zstd {
+		var err error
+		if vc.zenc, err = zstd.NewWriter(nil); err != nil {
+			return nil, fmt.Errorf("%w: zstd: %w", ErrInvalidOption, err)
+		}
+		// A bounded decoder: a frame that declares more than the value limit
+		// is refused before its memory is allocated.
+		vc.zdec, err = zstd.NewReader(nil, zstd.WithDecoderConcurrency(0),
+			zstd.WithDecoderMaxMemory(uint64(cfg.maxValueSize)), zstd.WithDecoderMaxWindow(uint64(max(cfg.maxValueSize, zstd.MinWindowSize))))
+		if err != nil {
+			return nil, fmt.Errorf("%w: zstd: %w", ErrInvalidOption, err)
+		}
+	}
+	return vc, nil
+}
+
+func (vc *valueCodec) close() {
+	if vc.zdec != nil {
+		vc.zdec.Close()
+	}
+	if vc.zenc != nil {
+		_ = vc.zenc.Close()
+	}
+}
+
+// encode builds the frame of v for Redis key vk.
+func (vc *valueCodec) encode(v any, neg bool, keyHash uint64, now time.Time, softExp time.Time, delta time.Duration) ([]byte, error) {
+	env := envelope.Envelope{
+		Codec:      vc.codec.ID(),
+		WrittenAt:  now.UnixMicro(),
+		SoftExpiry: softExp.UnixMicro(),
+		Delta:      uint32(min(delta.Microseconds(), 1<<32-1)),
+		KeyHash:    keyHash,
+	}
+	if neg {
+		env.Flags |= envelope.FlagNegative
+	} else {
+		payload, err := vc.codec.Marshal(v)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrCodec, err)
+		}
+		if vc.compression != NoCompression && len(payload) > vc.above {
+			switch vc.compression {
+			case S2:
+				payload = s2.Encode(nil, payload)
+				env.SetCompression(envelope.CompressionS2)
+			case Zstd:
+				payload = vc.zenc.EncodeAll(payload, nil)
+				env.SetCompression(envelope.CompressionZstd)
+			}
+		}
+		env.Payload = payload
+	}
+	if env.Size() > vc.maxSize {
+		return nil, fmt.Errorf("%w: %d bytes encoded, limit %d", ErrValueTooLarge, env.Size(), vc.maxSize)
+	}
+	b, err := envelope.Append(make([]byte, 0, env.Size()), &env)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrCodec, err)
+	}
+	return b, nil
+}
+
+// decode parses a stored frame into e. Every failure is a reason to treat
+// the key as a miss; none panics.
+func decode[V any](vc *valueCodec, b []byte, keyHash uint64, e *entry[V]) error {
+	var env envelope.Envelope
+	if err := envelope.Decode(b, vc.maxSize, keyHash, &env); err != nil {
+		return err
+	}
+	*e = entry[V]{neg: env.Negative(), writtenAt: env.WrittenAt, softExp: env.SoftExpiry, delta: env.Delta, size: len(b)}
+	if e.neg {
+		return nil
+	}
+	if env.Codec != vc.codec.ID() {
+		return fmt.Errorf("%w: written with codec %d, this cache uses %d", envelope.ErrCorrupt, env.Codec, vc.codec.ID())
+	}
+	payload := env.Payload
+	switch env.Compression() {
+	case envelope.CompressionS2:
+		n, err := s2.DecodedLen(payload)
+		if err != nil {
+			return fmt.Errorf("%w: s2: %w", envelope.ErrCorrupt, err)
+		}
+		if n > vc.maxSize {
+			return fmt.Errorf("%w: s2 payload of %d bytes", envelope.ErrTooLarge, n)
+		}
+		if payload, err = s2.Decode(nil, payload); err != nil {
+			return fmt.Errorf("%w: s2: %w", envelope.ErrCorrupt, err)
+		}
+	case envelope.CompressionZstd:
+		if vc.zdec == nil {
+			// Written by a cache configured with zstd; this one is not.
+			return fmt.Errorf("%w: zstd payload, zstd not configured", envelope.ErrCorrupt)
+		}
+		var err error
+		if payload, err = vc.zdec.DecodeAll(payload, nil); err != nil {
+			return fmt.Errorf("%w: zstd: %w", envelope.ErrCorrupt, err)
+		}
+	}
+	if err := vc.codec.Unmarshal(payload, &e.val); err != nil {
+		return fmt.Errorf("%w: %w", envelope.ErrCorrupt, err)
+	}
+	return nil
+}

@@ -1,0 +1,78 @@
+package tiercache
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Errors returned by the cache. Each is a sentinel value: test for it with
+// [errors.Is], since the cache wraps it with detail.
+var (
+	// ErrMiss is returned by [Cache.Get] and [Cache.GetMany] callers for a key
+	// that is not cached (or whose cached value is logically expired).
+	ErrMiss = errors.New("tiercache: cache miss")
+
+	// ErrNotFound is the loader's way to say that the record does not exist.
+	// A loader that returns it (wrapped or not) has the key cached as a
+	// negative entry for the negative TTL; until it expires, reads of the key
+	// return ErrNotFound without calling the loader.
+	ErrNotFound = errors.New("tiercache: not found")
+
+	// ErrValueTooLarge is returned when an encoded value is larger than the
+	// limit set with [WithMaxValueSize]. On read, a stored value over the limit
+	// is a miss and is never decoded.
+	ErrValueTooLarge = errors.New("tiercache: value too large")
+
+	// ErrInvalidKey is returned for an empty key.
+	ErrInvalidKey = errors.New("tiercache: invalid key")
+
+	// ErrInvalidOption is returned by [New] for an option value that makes no
+	// sense (a negative TTL, a jitter above 1, a prefix with braces, ...).
+	ErrInvalidOption = errors.New("tiercache: invalid option")
+
+	// ErrClosed is returned by calls made after [Cache.Close].
+	ErrClosed = errors.New("tiercache: cache closed")
+
+	// ErrLoaderPanic is wrapped by the error every waiter of a load gets when
+	// the loader panics. Use errors.As with *[PanicError] for the value and stack.
+	ErrLoaderPanic = errors.New("tiercache: loader panicked")
+
+	// ErrRedis wraps every error that comes from Redis (network, timeout,
+	// server error) on a call that reports such errors: writes, and Get.
+	// Loads never report it: a read that the loader can serve does not fail
+	// for the cache's sake.
+	ErrRedis = errors.New("tiercache: redis")
+
+	// ErrCodec wraps an error of the codec when a value cannot be encoded.
+	ErrCodec = errors.New("tiercache: codec")
+
+	// ErrNilLoader is returned when a load function is nil.
+	ErrNilLoader = errors.New("tiercache: nil loader")
+)
+
+// PanicError is the error of a load whose loader panicked. It keeps the
+// panic value and the loader goroutine's stack; every caller that waited on
+// the load gets it, and nothing is cached.
+type PanicError struct {
+	Value any
+	Stack []byte
+}
+
+func (e *PanicError) Error() string {
+	return fmt.Sprintf("tiercache: loader panicked: %v\n\n%s", e.Value, e.Stack)
+}
+
+// Unwrap makes errors.Is(err, ErrLoaderPanic) true, and reaches a panic
+// value that is itself an error.
+func (e *PanicError) Unwrap() []error {
+	if err, ok := e.Value.(error); ok {
+		return []error{ErrLoaderPanic, err}
+	}
+	return []error{ErrLoaderPanic}
+}
+
+// redisError wraps err from Redis so that errors.Is(err, ErrRedis) holds and
+// the original error stays reachable.
+func redisError(op string, err error) error {
+	return fmt.Errorf("%w: %s: %w", ErrRedis, op, err)
+}

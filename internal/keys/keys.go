@@ -1,0 +1,66 @@
+// Package keys is tiercache's Redis key layout. It is internal so that the
+// layout can change with the frame version without breaking users; the
+// layout itself is documented in docs/FORMAT.md.
+//
+// Every user key maps to a value key whose hash tag (the part in braces)
+// is derived from the user key alone, so the value and everything that
+// belongs with it (its lease) hash to one Redis Cluster slot:
+//
+//	<prefix>:<version>:{<key>}         value
+//	<prefix>:<version>:{<key>}:lease   lease token
+//
+// A user key containing '}' cannot be its own hash tag, so it is replaced in
+// the braces by '#' and the hex xxhash64 of the key, and the key itself
+// follows: <prefix>:<version>:{#<hash>}:<key>. Tags, invalidation channels and
+// other bookkeeping use their own braces.
+package keys
+
+import (
+	"strconv"
+	"strings"
+
+	"github.com/cespare/xxhash/v2"
+)
+
+// Layout builds the Redis keys of one cache namespace. The zero value is
+// not usable; call New.
+type Layout struct {
+	base    string // "<prefix>:<version>:"
+	channel string
+	tagBase string
+}
+
+// New returns the layout of namespace prefix at schema version version.
+// The prefix must not contain '{' or '}' (the caller validates it).
+func New(prefix string, version int) Layout {
+	v := "v" + strconv.Itoa(version)
+	base := prefix + ":" + v + ":"
+	return Layout{
+		base:    base,
+		channel: prefix + ":" + v + ":__tiercache_invalidate",
+		tagBase: prefix + ":" + v + ":__tag:{",
+	}
+}
+
+// Value returns the Redis key of user key k.
+func (l Layout) Value(k string) string {
+	if strings.IndexByte(k, '}') < 0 {
+		return l.base + "{" + k + "}"
+	}
+	return l.base + "{#" + strconv.FormatUint(xxhash.Sum64String(k), 16) + "}:" + k
+}
+
+// Lease returns the lease key belonging to value key vk (same slot).
+func Lease(vk string) string { return vk + ":lease" }
+
+// Hash is the key check stored in every frame: xxhash64 of the value key.
+func Hash(vk string) uint64 { return xxhash.Sum64String(vk) }
+
+// Channel is the pub/sub channel that carries L1 invalidations.
+func (l Layout) Channel() string { return l.channel }
+
+// Tag returns the Redis key that holds tag t's version.
+func (l Layout) Tag(t string) string { return l.tagBase + t + "}" }
+
+// Prefix is the common start of every value key of the layout.
+func (l Layout) Prefix() string { return l.base }

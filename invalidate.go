@@ -1,0 +1,298 @@
+package tiercache
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// invalidator keeps the L1 tiers of all instances coherent through Redis
+// pub/sub: one channel per namespace, on which Set, Delete and the other
+// writes publish the keys they change, and which every instance applies to
+// its L1 (ignoring its own messages, which it applied locally already).
+//
+// Pub/sub delivers at most once, so the subscriber treats any doubt as loss:
+// when its connection fails, or stays silent through a ping, it flushes L1,
+// marks the subscription down (L1 entries then live at most the outage TTL)
+// and subscribes again with a bounded backoff; once the new subscription is
+// confirmed it flushes L1 again, since entries filled during the gap may have
+// missed invalidations, and marks it up.
+type invalidator struct {
+	rdb      redis.UniversalClient
+	channel  string
+	id       [8]byte
+	interval time.Duration
+	timeout  time.Duration
+	rec      *recorder
+	log      *slog.Logger
+	call     func(ctx context.Context, op string, timeout time.Duration, fn func(context.Context) error) error
+
+	onKeys  func(keys []string)
+	onFlush func()
+
+	up   atomic.Bool // the subscription is confirmed and healthy
+	reqs chan pubReq
+	done chan struct{}
+	wg   sync.WaitGroup
+
+	mu     sync.Mutex
+	ps     *redis.PubSub // the current subscription, closed by stop
+	closed bool
+}
+
+type pubReq struct {
+	keys []string
+	all  bool
+	ack  chan error
+}
+
+const (
+	msgMagic   = 'T'
+	msgVersion = 1
+	kindKeys   = 'k'
+	kindAll    = 'a'
+	msgHeader  = 11
+	maxMsgSize = 64 << 10
+)
+
+func newInstanceID() [8]byte {
+	var id [8]byte
+	_, _ = rand.Read(id[:])
+	return id
+}
+
+func (iv *invalidator) start() {
+	iv.reqs = make(chan pubReq, 1024)
+	iv.done = make(chan struct{})
+	iv.wg.Add(2)
+	go iv.subscribe()
+	go iv.publish()
+}
+
+// stop ends both goroutines and waits for them.
+func (iv *invalidator) stop() {
+	iv.mu.Lock()
+	iv.closed = true
+	if iv.ps != nil {
+		_ = iv.ps.Close() // unblocks a Receive in progress
+	}
+	iv.mu.Unlock()
+	close(iv.done)
+	iv.wg.Wait()
+}
+
+// healthy reports whether invalidations can currently arrive.
+func (iv *invalidator) healthy() bool { return iv.up.Load() }
+
+// send publishes keys (or, with all, a flush of every L1) and waits until
+// the message has gone to Redis. Concurrent sends are batched into one
+// message without delaying a lone sender: the publisher takes whatever has
+// queued while it was busy.
+func (iv *invalidator) send(ctx context.Context, keys []string, all bool) error {
+	r := pubReq{keys: keys, all: all, ack: make(chan error, 1)}
+	select {
+	case iv.reqs <- r:
+	case <-iv.done:
+		return ErrClosed
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case err := <-r.ack:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (iv *invalidator) publish() {
+	defer iv.wg.Done()
+	var batch []pubReq
+	for {
+		select {
+		case r := <-iv.reqs:
+			batch = append(batch[:0], r)
+		drain:
+			for len(batch) < cap(iv.reqs) {
+				select {
+				case r := <-iv.reqs:
+					batch = append(batch, r)
+				default:
+					break drain
+				}
+			}
+			err := iv.publishBatch(batch)
+			for _, r := range batch {
+				r.ack <- err
+			}
+		case <-iv.done:
+			return
+		}
+	}
+}
+
+func (iv *invalidator) publishBatch(batch []pubReq) error {
+	all := false
+	for _, r := range batch {
+		all = all || r.all
+	}
+	var msgs [][]byte
+	if all {
+		msgs = append(msgs, iv.header(kindAll))
+	} else {
+		msg := iv.header(kindKeys)
+		for _, r := range batch {
+			for _, k := range r.keys {
+				if len(msg) > msgHeader && len(msg)+len(k)+binary.MaxVarintLen64 > maxMsgSize {
+					msgs = append(msgs, msg)
+					msg = iv.header(kindKeys)
+				}
+				msg = binary.AppendUvarint(msg, uint64(len(k)))
+				msg = append(msg, k...)
+			}
+		}
+		msgs = append(msgs, msg)
+	}
+	for _, m := range msgs {
+		err := iv.call(context.Background(), "publish", iv.timeout, func(ctx context.Context) error {
+			return iv.rdb.Publish(ctx, iv.channel, m).Err()
+		})
+		if err != nil {
+			return fmt.Errorf("publishing invalidation: %w", err)
+		}
+		iv.rec.event(EventInvalidationSent)
+	}
+	return nil
+}
+
+func (iv *invalidator) header(kind byte) []byte {
+	m := make([]byte, msgHeader, 256)
+	m[0], m[1] = msgMagic, msgVersion
+	copy(m[2:10], iv.id[:])
+	m[10] = kind
+	return m
+}
+
+// apply handles one message; malformed ones are logged and dropped (a
+// foreign publisher on our channel must not break the subscriber).
+func (iv *invalidator) apply(payload string) {
+	if len(payload) < msgHeader || payload[0] != msgMagic || payload[1] != msgVersion {
+		iv.log.Warn("tiercache: ignoring malformed invalidation message", "channel", iv.channel, "bytes", len(payload))
+		return
+	}
+	if payload[2:10] == string(iv.id[:]) {
+		return // ours, applied locally already
+	}
+	iv.rec.event(EventInvalidationReceived)
+	switch payload[10] {
+	case kindAll:
+		iv.onFlush()
+	case kindKeys:
+		b := []byte(payload[msgHeader:])
+		keys := make([]string, 0, 8)
+		for len(b) > 0 {
+			n, w := binary.Uvarint(b)
+			if w <= 0 || uint64(len(b)-w) < n {
+				iv.log.Warn("tiercache: truncated invalidation message; flushing L1", "channel", iv.channel)
+				iv.onFlush()
+				return
+			}
+			keys = append(keys, string(b[w:w+int(n)]))
+			b = b[w+int(n):]
+		}
+		iv.onKeys(keys)
+	default:
+		iv.log.Warn("tiercache: unknown invalidation message kind", "kind", payload[10])
+	}
+}
+
+func (iv *invalidator) subscribe() {
+	defer iv.wg.Done()
+	backoff := 10 * time.Millisecond
+	for {
+		iv.mu.Lock()
+		if iv.closed {
+			iv.mu.Unlock()
+			return
+		}
+		// The subscription's lifetime is bounded by stop, which closes it.
+		ps := iv.rdb.Subscribe(context.Background(), iv.channel)
+		iv.ps = ps
+		iv.mu.Unlock()
+
+		confirmed, err := iv.receive(ps)
+		_ = ps.Close()
+		wasUp := iv.up.Swap(false)
+		iv.onFlush()
+		iv.rec.event(EventL1Flush)
+		select {
+		case <-iv.done:
+			return
+		default:
+		}
+		if wasUp {
+			iv.log.Warn("tiercache: invalidation subscription lost; L1 flushed", "channel", iv.channel, "err", err)
+		}
+		if confirmed {
+			backoff = 10 * time.Millisecond
+		}
+		t := time.NewTimer(backoff)
+		select {
+		case <-t.C:
+		case <-iv.done:
+			t.Stop()
+			return
+		}
+		backoff = min(backoff*2, time.Second)
+	}
+}
+
+// receive reads the subscription until it fails or stalls. It reports
+// whether the subscription had been confirmed.
+func (iv *invalidator) receive(ps *redis.PubSub) (confirmed bool, err error) {
+	pinged := false
+	for {
+		msg, err := ps.ReceiveTimeout(context.Background(), iv.interval)
+		if err != nil {
+			if isTimeout(err) && !pinged {
+				// Silence: make the server say something. A dead connection
+				// fails the ping; a stalled one leaves the next receive silent.
+				pinged = true
+				if err := ps.Ping(context.Background()); err != nil {
+					return confirmed, err
+				}
+				continue
+			}
+			if isTimeout(err) {
+				err = errors.New("no answer to ping: subscription stalled")
+			}
+			return confirmed, err
+		}
+		pinged = false
+		switch m := msg.(type) {
+		case *redis.Subscription:
+			if m.Kind == "subscribe" && m.Channel == iv.channel {
+				// Anything filled before this point may have missed an
+				// invalidation: flush, then trust L1 again.
+				iv.onFlush()
+				iv.up.Store(true)
+				if confirmed {
+					continue
+				}
+				confirmed = true
+				iv.log.Info("tiercache: invalidation subscription up", "channel", iv.channel)
+			}
+		case *redis.Message:
+			iv.apply(m.Payload)
+		case *redis.Pong:
+		}
+	}
+}

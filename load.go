@@ -1,0 +1,354 @@
+package tiercache
+
+import (
+	"context"
+	"errors"
+	"runtime/debug"
+	"sync"
+	"time"
+
+	"github.com/tiercache/tiercache/internal/keys"
+)
+
+// LoadFunc loads the value of one key from the source of truth. It returns
+// [ErrNotFound] (or an error wrapping it) when the record does not exist.
+// It runs on a context detached from the callers that wait for it, bounded
+// by [WithLoadTimeout] and by [Cache.Close].
+type LoadFunc[V any] func(ctx context.Context) (V, error)
+
+// GetOrLoad returns the value of key from L1, Redis, or, when neither has a
+// fresh one, from load, and caches what load returns.
+//
+// Concurrent callers of one key in one process share one call of load; a
+// caller whose ctx ends returns ctx.Err() at once while the load goes on
+// for the others. Across processes, the instance that misses first takes a
+// lease in Redis and loads; the others wait for its value instead of
+// loading too. Only the loader's own errors are returned: when Redis fails,
+// the read goes to load and nothing is cached.
+//
+// When load returns [ErrNotFound], the key is cached as not found for the
+// negative TTL and GetOrLoad returns ErrNotFound. A loader that panics makes
+// every waiter get a *[PanicError] (errors.Is [ErrLoaderPanic]).
+func (c *Cache[V]) GetOrLoad(ctx context.Context, key string, load LoadFunc[V]) (V, error) {
+	var zero V
+	if err := c.check(key); err != nil {
+		return zero, err
+	}
+	if load == nil {
+		return zero, ErrNilLoader
+	}
+	now := nowMicro()
+	if e, ok := c.getL1(key, now); ok {
+		c.maybeEarlyRefresh(key, &e, now, load)
+		return e.result()
+	}
+	e, found, err := c.getL2(ctx, key)
+	if err == nil && found {
+		switch {
+		case e.fresh(now):
+			c.maybeEarlyRefresh(key, &e, now, load)
+			return e.result()
+		case c.withinSWR(&e, now):
+			c.rec.event(EventStaleServed)
+			c.refreshAsync(key, load, e.writtenAt)
+			return e.result()
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return zero, err
+	}
+	r, err := c.shared(ctx, key, func(ctx context.Context) (entry[V], error) {
+		return c.loadKey(ctx, key, load, false)
+	})
+	if err != nil {
+		return zero, err
+	}
+	return r.result()
+}
+
+// shared runs fn once per key in this process for all concurrent callers
+// (golang.org/x/sync/singleflight), on a context detached from every
+// caller: each caller waits with its own ctx, and one leaving does not
+// cancel the load of the others. A panic in fn reaches every waiter as a
+// *PanicError instead of crashing the process (DoChan would re-panic on
+// another goroutine), and nothing stays locked: the flight ends either way.
+func (c *Cache[V]) shared(ctx context.Context, flightKey string, fn func(context.Context) (entry[V], error)) (entry[V], error) {
+	// ran is set by the closure that singleflight runs, which is the
+	// leader's; the others joined its flight.
+	ran := false
+	ch := c.flight.DoChan(flightKey, func() (v any, err error) {
+		ran = true
+		if !c.goBackground() {
+			return entry[V]{}, ErrClosed
+		}
+		defer c.bg.Done()
+		lctx, cancel := c.detached()
+		defer cancel()
+		defer func() {
+			if p := recover(); p != nil {
+				err = &PanicError{Value: p, Stack: debug.Stack()}
+			}
+		}()
+		return fn(lctx)
+	})
+	select {
+	case res := <-ch:
+		// The receive orders the leader's write of ran before this read.
+		if !ran {
+			c.rec.event(EventCoalesced)
+		}
+		if res.Err != nil {
+			return entry[V]{}, res.Err
+		}
+		return res.Val.(entry[V]), nil
+	case <-ctx.Done():
+		return entry[V]{}, ctx.Err()
+	}
+}
+
+// detached returns the context a load runs on: no caller's cancellation,
+// the load timeout, and cancelled by Close.
+func (c *Cache[V]) detached() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(c.life, c.cfg.loadTimeout)
+}
+
+func (c *Cache[V]) withinSWR(e *entry[V], now int64) bool {
+	return c.cfg.swr > 0 && now < e.softExp+c.cfg.swr.Microseconds()
+}
+
+func (c *Cache[V]) withinSIE(e *entry[V], now int64) bool {
+	return c.cfg.sie > 0 && now < e.softExp+c.cfg.sie.Microseconds()
+}
+
+// loadKey is the body of a coalesced load. With force (Refresh) it
+// reloads even when a fresh value exists.
+//
+// Why L1 is checked again: caller A misses L1 and Redis, and is about to
+// enter the flight; meanwhile caller B's flight for the same key loads,
+// fills and ends. A then starts a new flight and, without this check,
+// would load a second time a value that is already cached. Redis is checked
+// again too, by the Acquire script, which returns a fresh value instead of
+// a lease.
+func (c *Cache[V]) loadKey(ctx context.Context, key string, load LoadFunc[V], force bool) (entry[V], error) {
+	now := nowMicro()
+	if !force && c.l1 != nil {
+		if e, ok := c.l1.get(key, now); ok {
+			return e, nil
+		}
+	}
+	if !c.cfg.lease {
+		return c.loadUnleased(ctx, key, load, force)
+	}
+	mode := leaseRead
+	if force {
+		mode = leaseRefresh
+	}
+	return c.loadLeased(ctx, key, load, mode, 0)
+}
+
+// loadUnleased loads and writes the value without a lease: plain
+// cache-aside, for WithoutLease.
+func (c *Cache[V]) loadUnleased(ctx context.Context, key string, load LoadFunc[V], force bool) (entry[V], error) {
+	var stale *entry[V]
+	if !force {
+		e, found, err := c.getL2(ctx, key)
+		if err == nil && found {
+			if e.fresh(nowMicro()) {
+				return e, nil
+			}
+			stale = &e
+		}
+	}
+	return c.loadAndFill(ctx, key, load, "", stale)
+}
+
+// loadLeased is the leased read-through: take the key's lease in Redis, or
+// wait for whoever holds it. Redis failures end the lease protocol and fall
+// back to calling the loader without caching, so that a sick Redis never
+// fails a read.
+//
+// In the refresh modes the value is reloaded even when fresh, unless it was
+// written after notBefore (someone else refreshed it meanwhile); a
+// background refresh gives up when another instance holds the lease.
+func (c *Cache[V]) loadLeased(ctx context.Context, key string, load LoadFunc[V], mode leaseMode, notBefore int64) (entry[V], error) {
+	force := mode != leaseRead
+	vk := c.layout.Value(key)
+	lk := keys.Lease(vk)
+	token := newToken()
+	wait := leaseBackoff{}
+	var tok fillToken
+	for attempt := 0; ; attempt++ {
+		if c.l1 != nil {
+			tok = c.l1.token(key)
+		}
+		res, err := c.acquire(ctx, vk, lk, token, force, notBefore)
+		if err != nil {
+			if ctx.Err() != nil {
+				return entry[V]{}, ctx.Err()
+			}
+			// Redis is sick: serve the read from the loader, cache nothing.
+			return c.loadAndFill(ctx, key, load, "-", nil)
+		}
+		var e entry[V]
+		found := c.decodeStored(key, vk, res.value, &e)
+		now := nowMicro()
+		if res.state == acquireFresh && !found {
+			// The script judged the bytes fresh by their header, but they do
+			// not decode (corrupt, foreign, another codec). Take the lease
+			// regardless of freshness; a value written from now on is a
+			// real fill and ends the wait.
+			force, notBefore = true, now
+			continue
+		}
+		switch {
+		case res.state == acquireFresh && found:
+			if attempt > 0 {
+				c.rec.event(EventLeaseWait)
+			}
+			if c.l1 != nil {
+				c.l1.fill(key, tok, e, now, c.limitL1())
+			}
+			return e, nil
+		case res.state == acquireOwned:
+			var stale *entry[V]
+			if found {
+				stale = &e
+			}
+			return c.loadAndFill(ctx, key, load, token, stale)
+		case found && !force && c.withinSWR(&e, now):
+			// Someone else is refreshing it; the stale value will do.
+			c.rec.event(EventStaleServed)
+			return e, nil
+		}
+		if mode == leaseBackground {
+			return entry[V]{}, errLeaseBusy
+		}
+		// Another instance holds the lease: wait for its value. If it dies,
+		// its lease expires and the next acquire takes it over.
+		if err := wait.sleep(ctx, res.leaseTTL); err != nil {
+			return entry[V]{}, err
+		}
+	}
+}
+
+// loadAndFill calls the loader and caches its result. token is the lease
+// token of a leased fill, "" for an unleased write, "-" for no write at
+// all (Redis failed). stale is the value already stored, if any, to serve
+// when the loader fails within the stale-if-error window.
+func (c *Cache[V]) loadAndFill(ctx context.Context, key string, load LoadFunc[V], token string, stale *entry[V]) (entry[V], error) {
+	meta := &loadMeta{cfg: setConfig{ttl: c.cfg.ttl}}
+	lctx, end := c.rec.span(context.WithValue(ctx, loadMetaKey{}, meta), "load")
+	start := time.Now()
+	v, err := load(lctx)
+	delta := time.Since(start)
+	end(err)
+	notFound := errors.Is(err, ErrNotFound)
+	if notFound {
+		c.rec.load(delta, nil)
+	} else {
+		c.rec.load(delta, err)
+	}
+	vk := c.layout.Value(key)
+	if err != nil && !notFound {
+		if token != "" && token != "-" {
+			c.release(vk, token)
+		}
+		if stale != nil && c.withinSIE(stale, nowMicro()) {
+			c.rec.event(EventStaleOnError)
+			c.log.Warn("tiercache: loader failed; serving a stale value", "key", key, "err", err)
+			return *stale, nil
+		}
+		return entry[V]{}, err
+	}
+	sc := meta.get()
+	now := time.Now()
+	ttl := sc.ttl
+	if notFound {
+		ttl = c.cfg.negativeTTL
+	}
+	e := entry[V]{val: v, neg: notFound, writtenAt: now.UnixMicro(), delta: uint32(min(delta.Microseconds(), 1<<32-1))}
+	if ttl <= 0 || sc.noCache || token == "-" {
+		if token != "" && token != "-" {
+			c.release(vk, token)
+		}
+		e.softExp = now.UnixMicro() // returned, never cached
+		return e, nil
+	}
+	softExp := now.Add(c.jitter(ttl))
+	e.softExp = softExp.UnixMicro()
+	b, err := c.vc.encode(v, notFound, keys.Hash(vk), now, softExp, delta)
+	if err != nil {
+		// Too large or not encodable: the caller still gets the value.
+		c.log.Warn("tiercache: loaded value not cached", "key", key, "err", err)
+		if token != "" {
+			c.release(vk, token)
+		}
+		return e, nil
+	}
+	e.size = len(b)
+	var tok fillToken
+	if c.l1 != nil {
+		tok = c.l1.token(key)
+	}
+	written, err := c.fill(ctx, vk, token, b, c.redisTTL(softExp.Sub(now)))
+	if err == nil && !written {
+		c.rec.event(EventFillRefused)
+	}
+	if written && c.l1 != nil {
+		c.l1.fill(key, tok, e, now.UnixMicro(), c.limitL1())
+	}
+	return e, nil
+}
+
+// loadMeta carries what a loader says about its result through [LoadOptions].
+type loadMeta struct {
+	mu  sync.Mutex
+	cfg setConfig
+}
+
+type loadMetaKey struct{}
+
+func (m *loadMeta) get() setConfig {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.cfg
+}
+
+// LoadOptions lets a loader set how its result is cached: [WithTTL] for
+// its own TTL, [NoCache] to return a value without caching it. Call it
+// with the ctx the loader was given; elsewhere it does nothing.
+func LoadOptions(ctx context.Context, opts ...SetOption) {
+	m, ok := ctx.Value(loadMetaKey{}).(*loadMeta)
+	if !ok {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, o := range opts {
+		o(&m.cfg)
+	}
+}
+
+// Refresh reloads key now, through the lease, whether or not it is cached
+// and fresh, and returns the new value. When another instance is already
+// loading the key, Refresh waits for that load's value instead.
+func (c *Cache[V]) Refresh(ctx context.Context, key string, load LoadFunc[V]) (V, error) {
+	var zero V
+	if err := c.check(key); err != nil {
+		return zero, err
+	}
+	if load == nil {
+		return zero, ErrNilLoader
+	}
+	started := nowMicro()
+	r, err := c.shared(ctx, "\x00refresh\x00"+key, func(ctx context.Context) (entry[V], error) {
+		if !c.cfg.lease {
+			return c.loadUnleased(ctx, key, load, true)
+		}
+		return c.loadLeased(ctx, key, load, leaseRefresh, started)
+	})
+	if err != nil {
+		return zero, err
+	}
+	return r.result()
+}

@@ -1,0 +1,221 @@
+package tiercache
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/tiercache/tiercache/internal/redistest"
+)
+
+// 1,000 goroutines on one cold key with a 50ms loader: one load.
+func TestCoalescingOneLoad(t *testing.T) {
+	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
+		for _, lease := range []bool{true, false} {
+			name := "lease"
+			opts := []Option{}
+			if !lease {
+				name, opts = "no lease", []Option{WithoutLease()}
+			}
+			t.Run(name, func(t *testing.T) {
+				c := newCache[int](t, tg, opts...)
+				var calls atomic.Int64
+				load := func(ctx context.Context) (int, error) {
+					calls.Add(1)
+					time.Sleep(50 * time.Millisecond)
+					return 42, nil
+				}
+				var wg sync.WaitGroup
+				start := make(chan struct{})
+				errs := make(chan error, 1000)
+				for range 1000 {
+					wg.Go(func() {
+						<-start
+						v, err := c.GetOrLoad(t.Context(), "cold", load)
+						if err == nil && v != 42 {
+							err = errors.New("wrong value")
+						}
+						if err != nil {
+							errs <- err
+						}
+					})
+				}
+				close(start)
+				wg.Wait()
+				close(errs)
+				for err := range errs {
+					t.Fatal(err)
+				}
+				if n := calls.Load(); n != 1 {
+					t.Fatalf("loader called %d times, want 1", n)
+				}
+				if s := c.Stats(); s.Count(EventCoalesced) == 0 {
+					t.Fatalf("no coalesced reads counted: %+v", s)
+				}
+			})
+		}
+	})
+}
+
+// A caller whose context ends returns at once; the load goes on for the
+// others, who get the value.
+func TestLeaderCancelDoesNotFailOthers(t *testing.T) {
+	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
+		c := newCache[string](t, tg)
+		started := make(chan struct{})
+		release := make(chan struct{})
+		var calls atomic.Int64
+		load := func(ctx context.Context) (string, error) {
+			calls.Add(1)
+			close(started)
+			select {
+			case <-release:
+			case <-ctx.Done():
+				return "", ctx.Err()
+			}
+			return "value", nil
+		}
+		leaderCtx, cancel := context.WithCancel(t.Context())
+		leaderErr := make(chan error, 1)
+		go func() {
+			_, err := c.GetOrLoad(leaderCtx, "k", load)
+			leaderErr <- err
+		}()
+		<-started
+		results := make(chan string, 10)
+		var wg sync.WaitGroup
+		for range 10 {
+			wg.Go(func() {
+				v, err := c.GetOrLoad(t.Context(), "k", load)
+				if err != nil {
+					v = err.Error()
+				}
+				results <- v
+			})
+		}
+		cancel()
+		select {
+		case err := <-leaderErr:
+			if !errors.Is(err, context.Canceled) {
+				t.Fatalf("cancelled leader got %v, want context.Canceled", err)
+			}
+		case <-time.After(time.Second):
+			t.Fatal("cancelled leader did not return at once")
+		}
+		close(release)
+		wg.Wait()
+		close(results)
+		for v := range results {
+			if v != "value" {
+				t.Fatalf("a waiter got %q after the leader left, want the value", v)
+			}
+		}
+		if calls.Load() != 1 {
+			t.Fatalf("loader called %d times", calls.Load())
+		}
+		if v, err := c.Get(t.Context(), "k"); err != nil || v != "value" {
+			t.Fatalf("value not cached after the leader left: %q, %v", v, err)
+		}
+	})
+}
+
+// A loader panic and a loader error reach every waiter, nothing is cached,
+// and nothing stays locked: the next read loads again.
+func TestLoaderPanicAndErrorReachEveryWaiter(t *testing.T) {
+	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
+		boom := errors.New("database down")
+		for _, tc := range []struct {
+			name  string
+			fail  func() (int, error)
+			check func(error) bool
+		}{
+			{"panic", func() (int, error) { panic("loader bug") }, func(err error) bool {
+				var pe *PanicError
+				return errors.Is(err, ErrLoaderPanic) && errors.As(err, &pe) && pe.Value == "loader bug" && len(pe.Stack) > 0
+			}},
+			{"error", func() (int, error) { return 0, boom }, func(err error) bool { return errors.Is(err, boom) }},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				c := newCache[int](t, tg)
+				var calls atomic.Int64
+				gate := make(chan struct{})
+				load := func(ctx context.Context) (int, error) {
+					calls.Add(1)
+					<-gate
+					return tc.fail()
+				}
+				var wg sync.WaitGroup
+				errs := make(chan error, 50)
+				for range 50 {
+					wg.Go(func() {
+						_, err := c.GetOrLoad(t.Context(), "k", load)
+						errs <- err
+					})
+				}
+				// Let the waiters join the flight before it fails.
+				time.Sleep(50 * time.Millisecond)
+				close(gate)
+				wg.Wait()
+				close(errs)
+				for err := range errs {
+					if !tc.check(err) {
+						t.Fatalf("waiter got %v", err)
+					}
+				}
+				if _, err := c.Get(t.Context(), "k"); !errors.Is(err, ErrMiss) {
+					t.Fatalf("something was cached after a failed load: %v", err)
+				}
+				v, err := c.GetOrLoad(t.Context(), "k", func(context.Context) (int, error) { return 7, nil })
+				if err != nil || v != 7 {
+					t.Fatalf("the key stayed locked after the failure: %v, %v", v, err)
+				}
+			})
+		}
+	})
+}
+
+// The loader runs on a detached context bounded by the load timeout.
+func TestLoadTimeout(t *testing.T) {
+	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
+		c := newCache[int](t, tg, WithLoadTimeout(50*time.Millisecond))
+		_, err := c.GetOrLoad(t.Context(), "slow", func(ctx context.Context) (int, error) {
+			<-ctx.Done()
+			return 0, ctx.Err()
+		})
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("GetOrLoad of a loader past the load timeout = %v", err)
+		}
+	})
+}
+
+// Close while a load is in flight: the caller returns, goroutines stop.
+func TestCloseDuringLoad(t *testing.T) {
+	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
+		c := newCache[int](t, tg, WithL1(100))
+		started := make(chan struct{})
+		done := make(chan error, 1)
+		go func() {
+			_, err := c.GetOrLoad(t.Context(), "k", func(ctx context.Context) (int, error) {
+				close(started)
+				<-ctx.Done()
+				return 0, ctx.Err()
+			})
+			done <- err
+		}()
+		<-started
+		if err := c.Close(); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case err := <-done:
+			if err == nil {
+				t.Fatal("a load cancelled by Close returned no error")
+			}
+		case <-time.After(2 * time.Second):
+			t.Fatal("GetOrLoad did not return after Close")
+		}
+	})
+}

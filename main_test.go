@@ -1,0 +1,32 @@
+package tiercache
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tiercache/tiercache/internal/redistest"
+)
+
+// Every test in the package runs against real redis-server processes that
+// the harness starts; goroutine leaks fail the run.
+func TestMain(m *testing.M) { redistest.MainWithLeakCheck(m) }
+
+// newCache returns a cache over a new client of tg, under a prefix of its
+// own, closed when the test ends.
+func newCache[V any](t testing.TB, tg redistest.Target, opts ...Option) *Cache[V] {
+	t.Helper()
+	return newCacheOn[V](t, tg.NewClient(t), strings.TrimSuffix(redistest.UniquePrefix(t), ":"), opts...)
+}
+
+// newCacheOn returns a cache over rdb under prefix, closed when the test ends.
+func newCacheOn[V any](t testing.TB, rdb redis.UniversalClient, prefix string, opts ...Option) *Cache[V] {
+	t.Helper()
+	c, err := New[V](rdb, append([]Option{WithPrefix(prefix)}, opts...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}

@@ -1,0 +1,232 @@
+package tiercache
+
+import (
+	"context"
+	"sync/atomic"
+	"time"
+)
+
+// Tier names where a read was answered.
+type Tier uint8
+
+const (
+	// TierL1 is the in-process tier.
+	TierL1 Tier = iota
+	// TierL2 is Redis.
+	TierL2
+	// TierLoader is the user's loader (the database).
+	TierLoader
+)
+
+func (t Tier) String() string {
+	switch t {
+	case TierL1:
+		return "l1"
+	case TierL2:
+		return "l2"
+	case TierLoader:
+		return "loader"
+	}
+	return "unknown"
+}
+
+// Event is a notable thing the cache did, reported to [Observer.Event] and
+// counted in [Stats].
+type Event uint8
+
+// Events.
+const (
+	EventCoalesced            Event = iota // a read shared another caller's load in this process
+	EventLeaseWait                         // a read waited for another instance's load instead of loading
+	EventFillRefused                       // a loaded value was not cached: the key changed during the load
+	EventEarlyRefresh                      // a background refresh started before expiry (XFetch)
+	EventStaleServed                       // a stale value was served while it is refreshed
+	EventStaleOnError                      // a stale value was served because the loader failed
+	EventNegativeHit                       // a cached "not found" answered a read
+	EventCorrupt                           // stored bytes could not be decoded and counted as a miss
+	EventRedisError                        // a Redis call failed
+	EventRedisTimeout                      // a Redis call timed out
+	EventBreakerReject                     // a Redis call was skipped because the breaker is open
+	EventInvalidationSent                  // an invalidation message was published
+	EventInvalidationReceived              // an invalidation message from another instance was applied
+	EventL1Flush                           // L1 was flushed (subscription lost or regained)
+	numEvents
+)
+
+var eventNames = [numEvents]string{
+	"coalesced", "lease_wait", "fill_refused", "early_refresh", "stale_served",
+	"stale_on_error", "negative_hit", "corrupt", "redis_error", "redis_timeout",
+	"breaker_reject", "invalidation_sent", "invalidation_received", "l1_flush",
+}
+
+func (e Event) String() string {
+	if e < numEvents {
+		return eventNames[e]
+	}
+	return "unknown"
+}
+
+// Observer receives what the cache does, as it does it: the hook for
+// metrics and tracing (see the tiercacheprom and tiercacheotel modules).
+// Its methods run on the read path, so they must be fast and safe for
+// concurrent use. Embed [NopObserver] to implement only some of them.
+type Observer interface {
+	// Lookup is called for each read of a tier: hit or miss, and how long
+	// the lookup took.
+	Lookup(tier Tier, hit bool, d time.Duration)
+	// Load is called after each call of a loader.
+	Load(d time.Duration, err error)
+	// Redis is called after each Redis round trip the cache makes, with the
+	// operation ("get", "acquire", "fill", "set", "del", "publish", ...).
+	Redis(op string, d time.Duration, err error)
+	// Event is called for each [Event].
+	Event(e Event)
+	// BreakerChanged is called when the Redis circuit breaker changes state.
+	BreakerChanged(from, to BreakerState)
+}
+
+// Tracer is an optional interface of an [Observer]: when the observer
+// implements it, the cache wraps loads and Redis round trips in spans.
+type Tracer interface {
+	// Start begins a span named op and returns the context to run it in and
+	// the function that ends it.
+	Start(ctx context.Context, op string) (context.Context, func(err error))
+}
+
+// NopObserver implements [Observer] and does nothing.
+type NopObserver struct{}
+
+func (NopObserver) Lookup(Tier, bool, time.Duration)     {}
+func (NopObserver) Load(time.Duration, error)            {}
+func (NopObserver) Redis(string, time.Duration, error)   {}
+func (NopObserver) Event(Event)                          {}
+func (NopObserver) BreakerChanged(from, to BreakerState) {}
+
+// Stats is a snapshot of a cache's counters since [New].
+type Stats struct {
+	L1Hits, L1Misses uint64 // L1 lookups (zero when L1 is off)
+	L2Hits, L2Misses uint64 // Redis lookups
+	Loads            uint64 // loader calls
+	LoadErrors       uint64 // loader calls that failed (ErrNotFound is not a failure)
+	// Events counts each [Event] by its value: Events[EventCoalesced] is how
+	// many reads shared another caller's load, and so on.
+	Events       [numEvents]uint64
+	BreakerState BreakerState
+	L1Entries    int    // entries in L1 now
+	L1Weight     uint64 // sum of the encoded sizes of L1's values, when L1 is bounded by bytes
+}
+
+// HitRatio is the share of reads answered by a cache tier (L1 or Redis)
+// rather than by a load: hits / (hits + Redis misses). It is 0 before any read.
+func (s Stats) HitRatio() float64 {
+	hits := s.L1Hits + s.L2Hits
+	if hits+s.L2Misses == 0 {
+		return 0
+	}
+	return float64(hits) / float64(hits+s.L2Misses)
+}
+
+// Count returns the counter of event e.
+func (s Stats) Count(e Event) uint64 {
+	if e < numEvents {
+		return s.Events[e]
+	}
+	return 0
+}
+
+// counters are the live counters behind Stats: atomics, no lock.
+type counters struct {
+	l1Hits, l1Misses, l2Hits, l2Misses, loads, loadErrors atomic.Uint64
+	events                                                [numEvents]atomic.Uint64
+}
+
+// recorder counts and forwards to the observer. All methods are cheap when
+// the observer is a NopObserver.
+type recorder struct {
+	n      counters
+	obs    Observer
+	tracer Tracer // nil unless obs implements Tracer
+	timed  bool   // whether obs wants durations (false for NopObserver)
+}
+
+func newRecorder(obs Observer) *recorder {
+	r := &recorder{obs: obs}
+	if obs == nil {
+		r.obs = NopObserver{}
+	} else {
+		r.timed = true
+		r.tracer, _ = obs.(Tracer)
+	}
+	return r
+}
+
+// now returns the time for a duration measurement, or the zero time when
+// nobody wants durations, saving the clock read on the hot path.
+func (r *recorder) now() time.Time {
+	if r.timed {
+		return time.Now()
+	}
+	return time.Time{}
+}
+
+func (r *recorder) since(t time.Time) time.Duration {
+	if r.timed {
+		return time.Since(t)
+	}
+	return 0
+}
+
+func (r *recorder) lookup(tier Tier, hit bool, start time.Time) {
+	switch {
+	case tier == TierL1 && hit:
+		r.n.l1Hits.Add(1)
+	case tier == TierL1:
+		r.n.l1Misses.Add(1)
+	case hit:
+		r.n.l2Hits.Add(1)
+	default:
+		r.n.l2Misses.Add(1)
+	}
+	if r.timed {
+		r.obs.Lookup(tier, hit, time.Since(start))
+	}
+}
+
+func (r *recorder) load(d time.Duration, err error) {
+	r.n.loads.Add(1)
+	if err != nil {
+		r.n.loadErrors.Add(1)
+	}
+	r.obs.Load(d, err)
+}
+
+func (r *recorder) event(e Event) {
+	r.n.events[e].Add(1)
+	r.obs.Event(e)
+}
+
+func (r *recorder) redis(op string, start time.Time, err error) {
+	if r.timed {
+		r.obs.Redis(op, time.Since(start), err)
+	}
+}
+
+// span starts a span when the observer traces.
+func (r *recorder) span(ctx context.Context, op string) (context.Context, func(error)) {
+	if r.tracer == nil {
+		return ctx, func(error) {}
+	}
+	return r.tracer.Start(ctx, op)
+}
+
+func (r *recorder) snapshot() Stats {
+	s := Stats{
+		L1Hits: r.n.l1Hits.Load(), L1Misses: r.n.l1Misses.Load(),
+		L2Hits: r.n.l2Hits.Load(), L2Misses: r.n.l2Misses.Load(),
+		Loads: r.n.loads.Load(), LoadErrors: r.n.loadErrors.Load(),
+	}
+	for i := range s.Events {
+		s.Events[i] = r.n.events[i].Load()
+	}
+	return s
+}
