@@ -209,21 +209,21 @@ func ForEach(t *testing.T, fn func(t *testing.T, tg Target)) {
 	t.Run("single", func(t *testing.T) {
 		s := SharedServer(t)
 		fn(t, Target{
-			Name:      "single",
+			Name: "single",
 			NewClient: func(tb testing.TB) redis.UniversalClient {
 				return s.Client(tb, func(o *redis.Options) { o.ContextTimeoutEnabled = true })
 			},
-			Single:    s,
+			Single: s,
 		})
 	})
 	t.Run("cluster", func(t *testing.T) {
 		c := SharedCluster(t)
 		fn(t, Target{
-			Name:      "cluster",
+			Name: "cluster",
 			NewClient: func(tb testing.TB) redis.UniversalClient {
 				return c.Client(tb, func(o *redis.ClusterOptions) { o.ContextTimeoutEnabled = true })
 			},
-			Cluster:   c,
+			Cluster: c,
 		})
 	})
 }
