@@ -42,28 +42,36 @@ func (c *Cache[V]) GetOrLoad(ctx context.Context, key string, load LoadFunc[V]) 
 		c.maybeEarlyRefresh(key, &e, now, load)
 		return e.result()
 	}
-	e, found, err := c.getL2(ctx, key)
-	if err == nil && found {
-		switch {
-		case e.fresh(now):
-			c.maybeEarlyRefresh(key, &e, now, load)
-			return e.result()
-		case c.withinSWR(&e, now):
-			c.rec.event(EventStaleServed)
-			c.refreshAsync(key, load, e.writtenAt)
-			return e.result()
-		}
-	}
-	if err := ctx.Err(); err != nil {
-		return zero, err
-	}
-	r, err := c.shared(ctx, key, func(ctx context.Context) (entry[V], error) {
-		return c.loadKey(ctx, key, load, false)
+	// Redis is read inside the flight too: a hot key that misses L1 costs
+	// one GET per process, not one per caller.
+	e, err := c.shared(ctx, key, func(ctx context.Context) (entry[V], error) {
+		return c.readThrough(ctx, key, load)
 	})
 	if err != nil {
 		return zero, err
 	}
-	return r.result()
+	if now = nowMicro(); e.fresh(now) {
+		c.maybeEarlyRefresh(key, &e, now, load)
+	}
+	return e.result()
+}
+
+// readThrough is the body of a coalesced GetOrLoad: Redis, then the lease
+// and the loader.
+func (c *Cache[V]) readThrough(ctx context.Context, key string, load LoadFunc[V]) (entry[V], error) {
+	e, found, err := c.getL2(ctx, key)
+	if err == nil && found {
+		now := nowMicro()
+		switch {
+		case e.fresh(now):
+			return e, nil
+		case c.withinSWR(&e, now):
+			c.rec.event(EventStaleServed)
+			c.refreshAsync(key, load, e.writtenAt, false)
+			return e, nil
+		}
+	}
+	return c.loadKey(ctx, key, load, false)
 }
 
 // shared runs fn once per key in this process for all concurrent callers

@@ -31,25 +31,23 @@ func (c *Cache[V]) maybeEarlyRefresh(key string, e *entry[V], now int64, load Lo
 	if e.neg || !shouldRefreshEarly(c.random(), e.softExp-now, int64(e.delta), c.cfg.beta) {
 		return
 	}
-	if c.refreshAsync(key, load, e.writtenAt) {
-		c.rec.event(EventEarlyRefresh)
-	}
+	c.refreshAsync(key, load, e.writtenAt, true)
 }
 
 // refreshAsync reloads key in the background, through the per-process
-// flight and the lease, and reports whether it started one. The refresh
-// is skipped when writtenAt is no longer the latest write (someone
-// refreshed it), when another instance holds the lease, or when
-// WithMaxBackgroundRefreshes refreshes already run.
-func (c *Cache[V]) refreshAsync(key string, load LoadFunc[V], writtenAt int64) bool {
+// flight and the lease. The refresh is skipped when writtenAt is no longer
+// the latest write (someone refreshed it), when another instance holds the
+// lease, or when WithMaxBackgroundRefreshes refreshes already run. An early
+// refresh that does call the loader counts as EventEarlyRefresh.
+func (c *Cache[V]) refreshAsync(key string, load LoadFunc[V], writtenAt int64, early bool) {
 	select {
 	case c.refreshQ <- struct{}{}:
 	default:
-		return false
+		return
 	}
 	if !c.goBackground() {
 		<-c.refreshQ
-		return false
+		return
 	}
 	go func() {
 		defer c.bg.Done()
@@ -57,12 +55,18 @@ func (c *Cache[V]) refreshAsync(key string, load LoadFunc[V], writtenAt int64) b
 		// The flight key differs from reads', so that a read never waits
 		// for a refresh it did not ask for; two refreshes of one key in one
 		// process still share one load.
+		counted := load
+		if early {
+			counted = func(ctx context.Context) (V, error) {
+				c.rec.event(EventEarlyRefresh)
+				return load(ctx)
+			}
+		}
 		_, _ = c.shared(context.Background(), "\x00bg\x00"+key, func(ctx context.Context) (entry[V], error) {
 			if !c.cfg.lease {
-				return c.loadUnleased(ctx, key, load, true)
+				return c.loadUnleased(ctx, key, counted, true)
 			}
-			return c.loadLeased(ctx, key, load, leaseBackground, writtenAt)
+			return c.loadLeased(ctx, key, counted, leaseBackground, writtenAt)
 		})
 	}()
-	return true
 }

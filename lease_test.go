@@ -1,0 +1,380 @@
+package tiercache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tiercache/tiercache/internal/keys"
+	"github.com/tiercache/tiercache/internal/redistest"
+)
+
+// instances returns n caches under one prefix, each with its own client:
+// n app instances sharing one Redis.
+func instances[V any](t *testing.T, tg redistest.Target, n int, opts ...Option) []*Cache[V] {
+	t.Helper()
+	prefix := fmt.Sprintf("inst%d", time.Now().UnixNano())
+	cs := make([]*Cache[V], n)
+	for i := range cs {
+		cs[i] = newCacheOn[V](t, tg.NewClient(t), prefix, opts...)
+	}
+	return cs
+}
+
+// 4 instances x 250 goroutines on one cold key, 50ms loader: the loader
+// runs exactly once in total.
+func TestLeaseOneLoadAcrossInstances(t *testing.T) {
+	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
+		cs := instances[int](t, tg, 4, WithL1(1000))
+		var calls atomic.Int64
+		load := func(ctx context.Context) (int, error) {
+			calls.Add(1)
+			time.Sleep(50 * time.Millisecond)
+			return 99, nil
+		}
+		start := make(chan struct{})
+		var wg sync.WaitGroup
+		var bad atomic.Int64
+		for _, c := range cs {
+			for range 250 {
+				wg.Go(func() {
+					<-start
+					if v, err := c.GetOrLoad(t.Context(), "cold", load); err != nil || v != 99 {
+						bad.Add(1)
+					}
+				})
+			}
+		}
+		close(start)
+		wg.Wait()
+		if bad.Load() != 0 {
+			t.Fatalf("%d reads failed", bad.Load())
+		}
+		if n := calls.Load(); n != 1 {
+			t.Fatalf("loader ran %d times across 4 instances, want 1", n)
+		}
+		var waits uint64
+		for _, c := range cs {
+			waits += c.Stats().Count(EventLeaseWait)
+		}
+		if waits < 3 {
+			t.Fatalf("lease waits = %d, want at least 3 (one per other instance)", waits)
+		}
+	})
+}
+
+// The stale-set race, forced step by step: instance A misses and loads the
+// old row; the row is updated and B invalidates the key (Delete, or Set of
+// the new row); then A's load returns. A's fill must be refused: the old row
+// never lands in Redis or in any L1, and the next read sees the new row.
+func TestStaleSetRefused(t *testing.T) {
+	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
+		for _, write := range []string{"delete", "set"} {
+			t.Run(write, func(t *testing.T) {
+				ctx := t.Context()
+				cs := instances[string](t, tg, 2, WithL1(100))
+				a, b := cs[0], cs[1]
+				var row atomic.Value
+				row.Store("old")
+				loaded := make(chan struct{})
+				proceed := make(chan struct{})
+				done := make(chan string, 1)
+				go func() {
+					v, err := a.GetOrLoad(ctx, "row", func(context.Context) (string, error) {
+						v := row.Load().(string) // reads the old row
+						close(loaded)
+						<-proceed // ... and is slow to return it
+						return v, nil
+					})
+					if err != nil {
+						v = err.Error()
+					}
+					done <- v
+				}()
+				<-loaded
+				row.Store("new")
+				switch write {
+				case "delete":
+					if err := b.Delete(ctx, "row"); err != nil {
+						t.Fatal(err)
+					}
+				case "set":
+					if err := b.Set(ctx, "row", "new"); err != nil {
+						t.Fatal(err)
+					}
+				}
+				close(proceed)
+				if v := <-done; v != "old" {
+					t.Fatalf("the slow reader got %q; it should still get what it loaded", v)
+				}
+				if n := a.Stats().Count(EventFillRefused); n != 1 {
+					t.Fatalf("fills refused = %d, want 1", n)
+				}
+				raw, err := a.rdb.Get(ctx, a.layout.Value("row")).Bytes()
+				switch write {
+				case "delete":
+					if !errors.Is(err, redis.Nil) {
+						t.Fatalf("after Delete, Redis holds %q (err %v): the stale fill landed", raw, err)
+					}
+				case "set":
+					var e entry[string]
+					if err := decode(a.vc, raw, keys.Hash(a.layout.Value("row")), &e); err != nil || e.val != "new" {
+						t.Fatalf("after Set, Redis holds %q (err %v), want the new row", e.val, err)
+					}
+				}
+				for i, c := range cs {
+					if e, ok := c.l1.get("row", nowMicro()); ok && e.val == "old" {
+						t.Fatalf("instance %d's L1 holds the stale row", i)
+					}
+				}
+				for i, c := range cs {
+					v, err := c.GetOrLoad(ctx, "row", func(context.Context) (string, error) { return row.Load().(string), nil })
+					if err != nil || v != "new" {
+						t.Fatalf("instance %d reads %q, %v after the write; want new", i, v, err)
+					}
+				}
+			})
+		}
+	})
+}
+
+// A lease holder that dies delays the others by at most the lease TTL;
+// then a waiter takes the lease over and loads.
+func TestDeadLeaseHolder(t *testing.T) {
+	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
+		const leaseTTL = 300 * time.Millisecond
+		t.Run("orphaned lease", func(t *testing.T) {
+			ctx := t.Context()
+			cs := instances[string](t, tg, 1, WithLease(leaseTTL))
+			c := cs[0]
+			// A holder that took the lease and was killed before it filled.
+			vk := c.layout.Value("k")
+			if err := c.rdb.Set(ctx, keys.Lease(vk), "dead-holder", leaseTTL).Err(); err != nil {
+				t.Fatal(err)
+			}
+			start := time.Now()
+			v, err := c.GetOrLoad(ctx, "k", func(context.Context) (string, error) { return "v", nil })
+			took := time.Since(start)
+			if err != nil || v != "v" {
+				t.Fatalf("GetOrLoad = %q, %v", v, err)
+			}
+			if took > leaseTTL+150*time.Millisecond {
+				t.Fatalf("waited %v for a dead holder, lease TTL is %v", took, leaseTTL)
+			}
+			if took < leaseTTL/2 {
+				t.Fatalf("returned after %v: the lease of the other holder was not respected", took)
+			}
+		})
+		t.Run("holder that never returns", func(t *testing.T) {
+			ctx := t.Context()
+			cs := instances[string](t, tg, 2, WithLease(leaseTTL), WithLoadTimeout(10*time.Second))
+			hung := make(chan struct{})
+			stuck := make(chan struct{})
+			defer close(stuck)
+			go func() {
+				_, _ = cs[0].GetOrLoad(ctx, "k", func(ctx context.Context) (string, error) {
+					close(hung)
+					select { // a holder that hangs (until the test ends)
+					case <-stuck:
+					case <-ctx.Done():
+					}
+					return "from the hung holder", nil
+				})
+			}()
+			<-hung
+			start := time.Now()
+			v, err := cs[1].GetOrLoad(ctx, "k", func(context.Context) (string, error) { return "v", nil })
+			took := time.Since(start)
+			if err != nil || v != "v" {
+				t.Fatalf("GetOrLoad = %q, %v", v, err)
+			}
+			if took > leaseTTL+150*time.Millisecond {
+				t.Fatalf("waited %v for a hung holder, lease TTL is %v", took, leaseTTL)
+			}
+		})
+	})
+}
+
+// XFetch's trigger probability matches exp(-t/(beta*delta)) under a fixed
+// random source: for each t, the share of N draws that trigger is within
+// 4.5 standard deviations of the formula.
+func TestXFetchProbability(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	const n = 20000
+	delta := int64(20_000) // µs
+	for _, beta := range []float64{0.5, 1, 2} {
+		for _, tLeft := range []int64{0, 5_000, 20_000, 40_000, 80_000} {
+			p := math.Exp(-float64(tLeft) / (beta * float64(delta)))
+			hits := 0
+			for range n {
+				if shouldRefreshEarly(rng.Float64(), tLeft, delta, beta) {
+					hits++
+				}
+			}
+			got := float64(hits) / n
+			sd := math.Sqrt(p*(1-p)/n) + 1e-9
+			if math.Abs(got-p) > 4.5*sd {
+				t.Errorf("beta %v, t %dµs: triggered %.4f, formula %.4f (±%.4f)", beta, tLeft, got, p, 4.5*sd)
+			}
+		}
+	}
+	if shouldRefreshEarly(0, 1, 1000, 0) {
+		t.Error("beta 0 must turn early refresh off")
+	}
+	if !shouldRefreshEarly(0.999, -5, 1000, 1) {
+		t.Error("a value past its expiry must refresh")
+	}
+}
+
+// Under a steady read rate r, a hot key is refreshed before it expires in
+// nearly every cycle: the chance that no read triggers a refresh in a cycle
+// is about exp(-r*beta*delta). With beta 1, r about 200/s and delta 20ms
+// that is e^-4, under 2%; with beta 0.2 it is e^-0.8, about 45%. The
+// measured share of cycles that ended in a foreground load is checked
+// against the formula (for the measured r) with a generous statistical bound.
+func TestXFetchRefreshesBeforeExpiry(t *testing.T) {
+	if testing.Short() {
+		t.Skip("timing test")
+	}
+	tg := redistest.Target{Name: "single"}
+	srv := redistest.SharedServer(t)
+	tg.NewClient = func(tb testing.TB) redis.UniversalClient {
+		return srv.Client(tb, func(o *redis.Options) { o.ContextTimeoutEnabled = true })
+	}
+	const (
+		ttl   = 250 * time.Millisecond
+		delta = 20 * time.Millisecond
+		every = 5 * time.Millisecond
+		run   = 5 * time.Second
+	)
+	for _, beta := range []float64{1, 0.2} {
+		t.Run(fmt.Sprint("beta ", beta), func(t *testing.T) {
+			c := newCache[int](t, tg, WithDefaultTTL(ttl), WithJitter(0), WithEarlyRefresh(beta))
+			load := func(context.Context) (int, error) { time.Sleep(delta); return 1, nil }
+			start := time.Now()
+			reads := 0
+			for time.Since(start) < run {
+				if _, err := c.GetOrLoad(t.Context(), "hot", load); err != nil {
+					t.Fatal(err)
+				}
+				reads++
+				time.Sleep(every)
+			}
+			elapsed := time.Since(start)
+			c.bg.Wait()
+			s := c.Stats()
+			early := s.Count(EventEarlyRefresh)
+			foreground := s.Loads - early - 1 // the first load is the cold one
+			cycles := float64(s.Loads - 1)
+			r := float64(reads) / elapsed.Seconds()
+			p := math.Exp(-r * beta * delta.Seconds())
+			got := float64(foreground) / cycles
+			sd := math.Sqrt(p * (1 - p) / cycles)
+			t.Logf("read rate %.0f/s, %v cycles, %d early refreshes, %d foreground loads: miss share %.3f, formula %.3f", r, cycles, early, foreground, got, p)
+			if cycles < 10 {
+				t.Fatalf("only %v cycles in %v", cycles, run)
+			}
+			// The bound allows for delta being a little more than the sleep
+			// (the measured load includes scheduling), which lowers the miss share.
+			if got > p+4*sd+0.05 || got < p-4*sd-0.15 {
+				t.Fatalf("miss share %.3f, formula %.3f ± %.3f", got, p, 4*sd)
+			}
+		})
+	}
+}
+
+// Stale-while-revalidate: past the logical expiry, within the window, the
+// old value comes back at once and a background refresh replaces it.
+func TestStaleWhileRevalidate(t *testing.T) {
+	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
+		ctx := t.Context()
+		c := newCache[int](t, tg, WithDefaultTTL(100*time.Millisecond), WithJitter(0), WithEarlyRefresh(0),
+			WithStaleWhileRevalidate(time.Minute))
+		var version atomic.Int64
+		load := func(context.Context) (int, error) {
+			time.Sleep(30 * time.Millisecond)
+			return int(version.Add(1)), nil
+		}
+		if v, _ := c.GetOrLoad(ctx, "k", load); v != 1 {
+			t.Fatalf("first load = %d", v)
+		}
+		time.Sleep(150 * time.Millisecond) // now stale
+		start := time.Now()
+		v, err := c.GetOrLoad(ctx, "k", load)
+		if err != nil || v != 1 {
+			t.Fatalf("stale read = %d, %v; want the old value 1", v, err)
+		}
+		if took := time.Since(start); took > 25*time.Millisecond {
+			t.Fatalf("stale read took %v: it waited for the load", took)
+		}
+		c.bg.Wait()
+		if v, _ := c.GetOrLoad(ctx, "k", load); v != 2 {
+			t.Fatalf("after the background refresh, read %d, want 2", v)
+		}
+		if c.Stats().Count(EventStaleServed) != 1 {
+			t.Fatalf("stale served = %d, want 1", c.Stats().Count(EventStaleServed))
+		}
+		// Get without a loader does not serve stale values.
+		time.Sleep(150 * time.Millisecond)
+		if _, err := c.Get(ctx, "k"); !errors.Is(err, ErrMiss) {
+			t.Fatalf("Get of a stale value = %v, want ErrMiss", err)
+		}
+	})
+}
+
+// Stale-if-error: when the loader fails and an expired value within the
+// window exists, the old value is returned and the error counted.
+func TestStaleIfError(t *testing.T) {
+	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
+		ctx := t.Context()
+		c := newCache[string](t, tg, WithDefaultTTL(80*time.Millisecond), WithJitter(0), WithEarlyRefresh(0),
+			WithStaleIfError(300*time.Millisecond))
+		if _, err := c.GetOrLoad(ctx, "k", func(context.Context) (string, error) { return "good", nil }); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(120 * time.Millisecond)
+		boom := errors.New("db down")
+		failing := func(context.Context) (string, error) { return "", boom }
+		v, err := c.GetOrLoad(ctx, "k", failing)
+		if err != nil || v != "good" {
+			t.Fatalf("GetOrLoad with a failing loader = %q, %v; want the stale value", v, err)
+		}
+		if c.Stats().Count(EventStaleOnError) != 1 || c.Stats().LoadErrors != 1 {
+			t.Fatalf("stats %+v: want one stale-on-error and one load error", c.Stats())
+		}
+		time.Sleep(350 * time.Millisecond) // past the window
+		if _, err := c.GetOrLoad(ctx, "k", failing); !errors.Is(err, boom) {
+			t.Fatalf("past the stale-if-error window = %v, want the loader's error", err)
+		}
+	})
+}
+
+// Refresh reloads a fresh value through the lease.
+func TestRefresh(t *testing.T) {
+	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
+		ctx := t.Context()
+		cs := instances[int](t, tg, 2, WithL1(10))
+		var n atomic.Int64
+		load := func(context.Context) (int, error) { return int(n.Add(1)), nil }
+		if v, _ := cs[0].GetOrLoad(ctx, "k", load); v != 1 {
+			t.Fatalf("first load %d", v)
+		}
+		if v, err := cs[0].Refresh(ctx, "k", load); err != nil || v != 2 {
+			t.Fatalf("Refresh = %d, %v; want 2", v, err)
+		}
+		if v, _ := cs[0].GetOrLoad(ctx, "k", load); v != 2 {
+			t.Fatalf("after Refresh, read %d", v)
+		}
+		if v, _ := cs[1].GetOrLoad(ctx, "k", load); v != 2 {
+			t.Fatalf("other instance reads %d after Refresh", v)
+		}
+	})
+}
