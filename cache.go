@@ -161,6 +161,7 @@ func (c *Cache[V]) Stats() Stats {
 		s.BreakerState = breakerState(c.brk.cb.State())
 	}
 	if c.l1 != nil {
+		s.L1Hits, s.L1Misses = c.l1.hits.load(), c.l1.misses.load()
 		s.L1Entries = c.l1.c.EstimatedSize()
 		if c.l1.bytes {
 			s.L1Weight = c.l1.c.WeightedSize()
@@ -244,11 +245,11 @@ func (c *Cache[V]) Get(ctx context.Context, key string) (V, error) {
 	if err := c.check(key); err != nil {
 		return zero, err
 	}
-	now := nowMicro()
-	if e, ok := c.getL1(key, now); ok {
+	if e, ok := c.getL1(key); ok {
 		return e.result()
 	}
 	e, found, err := c.getL2(ctx, key)
+	now := nowMicro()
 	switch {
 	case err != nil:
 		return zero, fmt.Errorf("%w: %w", ErrMiss, err)
@@ -267,14 +268,16 @@ func (e *entry[V]) result() (V, error) {
 	return e.val, nil
 }
 
-// getL1 looks key up in L1, counting the lookup.
-func (c *Cache[V]) getL1(key string, now int64) (entry[V], bool) {
+// getL1 looks key up in L1. otter counts the lookup; the observer is told.
+func (c *Cache[V]) getL1(key string) (*entry[V], bool) {
 	if c.l1 == nil {
-		return entry[V]{}, false
+		return nil, false
 	}
 	start := c.rec.now()
-	e, ok := c.l1.get(key, now)
-	c.rec.lookup(TierL1, ok, start)
+	e, ok := c.l1.get(key, c.l1.now())
+	if c.rec.timed {
+		c.rec.obs.Lookup(TierL1, ok, time.Since(start))
+	}
 	if ok && e.neg {
 		c.rec.event(EventNegativeHit)
 	}

@@ -191,10 +191,10 @@ func (iv *invalidator) apply(payload string) {
 	if payload[2:10] == string(iv.id[:]) {
 		return // ours, applied locally already
 	}
-	iv.rec.event(EventInvalidationReceived)
 	switch payload[10] {
 	case kindAll:
 		iv.onFlush()
+		iv.rec.event(EventInvalidationReceived)
 	case kindKeys:
 		b := []byte(payload[msgHeader:])
 		keys := make([]string, 0, 8)
@@ -209,6 +209,7 @@ func (iv *invalidator) apply(payload string) {
 			b = b[w+int(n):]
 		}
 		iv.onKeys(keys)
+		iv.rec.event(EventInvalidationReceived) // counted once applied
 	default:
 		iv.log.Warn("tiercache: unknown invalidation message kind", "kind", payload[10])
 	}

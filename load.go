@@ -37,9 +37,8 @@ func (c *Cache[V]) GetOrLoad(ctx context.Context, key string, load LoadFunc[V]) 
 	if load == nil {
 		return zero, ErrNilLoader
 	}
-	now := nowMicro()
-	if e, ok := c.getL1(key, now); ok {
-		c.maybeEarlyRefresh(key, &e, now, load)
+	if e, ok := c.getL1(key); ok {
+		c.maybeEarlyRefresh(key, e, c.l1.now(), load)
 		return e.result()
 	}
 	// Redis is read inside the flight too: a hot key that misses L1 costs
@@ -50,7 +49,7 @@ func (c *Cache[V]) GetOrLoad(ctx context.Context, key string, load LoadFunc[V]) 
 	if err != nil {
 		return zero, err
 	}
-	if now = nowMicro(); e.fresh(now) {
+	if now := nowMicro(); e.fresh(now) {
 		c.maybeEarlyRefresh(key, &e, now, load)
 	}
 	return e.result()
@@ -141,7 +140,7 @@ func (c *Cache[V]) loadKey(ctx context.Context, key string, load LoadFunc[V], fo
 	now := nowMicro()
 	if !force && c.l1 != nil {
 		if e, ok := c.l1.get(key, now); ok {
-			return e, nil
+			return *e, nil
 		}
 	}
 	if !c.cfg.lease {

@@ -7,6 +7,7 @@ import (
 
 	"github.com/cespare/xxhash/v2"
 	"github.com/maypok86/otter/v2"
+	"github.com/maypok86/otter/v2/stats"
 )
 
 // local is the L1 tier: decoded values in an otter cache (W-TinyLFU,
@@ -30,8 +31,18 @@ import (
 // lock, runs after the store and removes it. Either way no value read
 // before an invalidation outlives it. A collision of two keys on one stripe
 // only drops a fill that was in fact safe.
+//
+// L1 reads its time from a coarse clock (one read per millisecond in a
+// goroutine of its own) and counts hits and misses in otter's striped
+// counters: a precise clock read or a shared atomic counter would each cost
+// more than the lookup itself. An entry may therefore be served up to about
+// a millisecond past its deadline.
 type local[V any] struct {
-	c      *otter.Cache[string, entry[V]]
+	c      *otter.Cache[string, *entry[V]] // entries are immutable once stored
+	clock  *otter.CoarseClock
+	counts *stats.Counter
+	hits   stripedCounter
+	misses stripedCounter
 	gens   [1024]atomic.Uint64
 	epoch  atomic.Uint64
 	maxTTL time.Duration
@@ -42,17 +53,18 @@ type local[V any] struct {
 type fillToken struct{ gen, epoch uint64 }
 
 func newLocal[V any](cfg *config) (*local[V], error) {
-	l := &local[V]{maxTTL: cfg.l1TTL}
-	opts := &otter.Options[string, entry[V]]{
+	l := &local[V]{maxTTL: cfg.l1TTL, clock: otter.NewCoarseClock(time.Millisecond), counts: stats.NewCounter()}
+	opts := &otter.Options[string, *entry[V]]{
 		// The entry carries its own deadline, set by fill and set.
-		ExpiryCalculator: otter.ExpiryWritingFunc(func(e otter.Entry[string, entry[V]]) time.Duration {
-			return time.Duration(e.Value.l1Until-time.Now().UnixMicro()) * time.Microsecond
+		ExpiryCalculator: otter.ExpiryWritingFunc(func(e otter.Entry[string, *entry[V]]) time.Duration {
+			return time.Duration(e.Value.l1Until-l.now()) * time.Microsecond
 		}),
+		Clock: l.clock,
 	}
 	if cfg.l1Bytes > 0 {
 		l.bytes = true
 		opts.MaximumWeight = uint64(cfg.l1Bytes)
-		opts.Weigher = func(k string, e entry[V]) uint32 {
+		opts.Weigher = func(k string, e *entry[V]) uint32 {
 			return uint32(min(len(k)+e.size+64, math.MaxUint32))
 		}
 	} else {
@@ -60,22 +72,28 @@ func newLocal[V any](cfg *config) (*local[V], error) {
 	}
 	c, err := otter.New(opts)
 	if err != nil {
+		l.clock.Stop()
 		return nil, err
 	}
 	l.c = c
 	return l, nil
 }
 
+// now is L1's time in Unix µs.
+func (l *local[V]) now() int64 { return l.clock.NowNano() / 1000 }
+
 func (l *local[V]) stripe(k string) *atomic.Uint64 {
 	return &l.gens[xxhash.Sum64String(k)&uint64(len(l.gens)-1)]
 }
 
 // get returns the fresh L1 entry of k. now is in Unix µs.
-func (l *local[V]) get(k string, now int64) (entry[V], bool) {
+func (l *local[V]) get(k string, now int64) (*entry[V], bool) {
 	e, ok := l.c.GetIfPresent(k)
 	if !ok || !e.fresh(now) {
-		return entry[V]{}, false
+		l.misses.add(k)
+		return nil, false
 	}
+	l.hits.add(k)
 	return e, true
 }
 
@@ -97,11 +115,11 @@ func (l *local[V]) fill(k string, tok fillToken, e entry[V], now int64, limit ti
 		return
 	}
 	g := l.stripe(k)
-	l.c.Compute(k, func(entry[V], bool) (entry[V], otter.ComputeOp) {
+	l.c.Compute(k, func(*entry[V], bool) (*entry[V], otter.ComputeOp) {
 		if g.Load() != tok.gen || l.epoch.Load() != tok.epoch {
-			return entry[V]{}, otter.CancelOp
+			return nil, otter.CancelOp
 		}
-		return e, otter.WriteOp
+		return &e, otter.WriteOp
 	})
 }
 
@@ -114,7 +132,7 @@ func (l *local[V]) set(k string, e entry[V], now int64, limit time.Duration) {
 		l.c.Invalidate(k)
 		return
 	}
-	l.c.Set(k, e)
+	l.c.Set(k, &e)
 }
 
 // invalidate drops k and refuses fills of reads that started before.
@@ -129,4 +147,7 @@ func (l *local[V]) flush() {
 	l.c.InvalidateAll()
 }
 
-func (l *local[V]) close() { l.c.StopAllGoroutines() }
+func (l *local[V]) close() {
+	l.c.StopAllGoroutines()
+	l.clock.Stop()
+}

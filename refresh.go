@@ -28,7 +28,13 @@ func shouldRefreshEarly(u float64, t, delta int64, beta float64) bool {
 // maybeEarlyRefresh starts a background refresh of a fresh hit when XFetch
 // says so.
 func (c *Cache[V]) maybeEarlyRefresh(key string, e *entry[V], now int64, load LoadFunc[V]) {
-	if e.neg || !shouldRefreshEarly(c.random(), e.softExp-now, int64(e.delta), c.cfg.beta) {
+	t, delta := e.softExp-now, float64(e.delta)
+	// Far from expiry the probability is below e^-40: skip the random draw
+	// and the exponential, which would cost more than an L1 hit.
+	if e.neg || c.cfg.beta == 0 || float64(t) > 40*c.cfg.beta*delta {
+		return
+	}
+	if !shouldRefreshEarly(c.random(), t, int64(e.delta), c.cfg.beta) {
 		return
 	}
 	c.refreshAsync(key, load, e.writtenAt, true)

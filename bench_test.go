@@ -1,0 +1,218 @@
+package tiercache
+
+import (
+	"context"
+	"encoding/json"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/maypok86/otter/v2"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tiercache/tiercache/internal/redistest"
+)
+
+// Each benchmark here measures tiercache and its baseline in the same run,
+// alternating between them in rounds, and reports the baseline's ns/op
+// beside its own and their ratio ("x-baseline"): a figure that holds on any
+// machine, unlike an absolute time.
+
+// compare runs subject and baseline alternately, rounds times chunk ops
+// each, and reports both and the ratio. It calls b.ReportAllocs for the
+// subject only (allocs/op is the subject's).
+func compare(b *testing.B, subject, baseline func(i int)) {
+	b.Helper()
+	const rounds = 10
+	chunk := max(b.N/rounds, 1)
+	var subj, base time.Duration
+	b.ReportAllocs()
+	b.ResetTimer()
+	for r := range rounds {
+		b.StopTimer()
+		t0 := time.Now()
+		for i := range chunk {
+			baseline(r*chunk + i)
+		}
+		base += time.Since(t0)
+		b.StartTimer()
+		t0 = time.Now()
+		for i := range chunk {
+			subject(r*chunk + i)
+		}
+		subj += time.Since(t0)
+	}
+	n := float64(rounds * chunk)
+	b.ReportMetric(float64(base.Nanoseconds())/n, "baseline-ns/op")
+	b.ReportMetric(float64(subj.Nanoseconds())/n/(float64(base.Nanoseconds())/n), "x-baseline")
+}
+
+func benchClient(b *testing.B) *redis.Client {
+	return redistest.SharedServer(b).Client(b, func(o *redis.Options) { o.ContextTimeoutEnabled = true })
+}
+
+// An L2 hit (Get, no L1) against plain go-redis GET + json.Unmarshal of the
+// same value: the cost of the envelope, the key check and the breaker.
+func BenchmarkGetL2Hit(b *testing.B) {
+	ctx := context.Background()
+	rdb := benchClient(b)
+	c := newCacheOn[user](b, rdb, "benchl2")
+	const keys = 100
+	u := user{ID: 42, Name: "Ada Lovelace"}
+	raw, _ := json.Marshal(u)
+	for i := range keys {
+		k := strconv.Itoa(i)
+		if err := c.Set(ctx, k, u); err != nil {
+			b.Fatal(err)
+		}
+		rdb.Set(ctx, "plain:"+k, raw, time.Hour)
+	}
+	plainKeys := make([]string, keys)
+	for i := range plainKeys {
+		plainKeys[i] = "plain:" + strconv.Itoa(i)
+	}
+	cacheKeys := make([]string, keys)
+	for i := range cacheKeys {
+		cacheKeys[i] = strconv.Itoa(i)
+	}
+	compare(b, func(i int) {
+		if _, err := c.Get(ctx, cacheKeys[i%keys]); err != nil {
+			b.Fatal(err)
+		}
+	}, func(i int) {
+		bs, err := rdb.Get(ctx, plainKeys[i%keys]).Bytes()
+		if err != nil {
+			b.Fatal(err)
+		}
+		var v user
+		if err := json.Unmarshal(bs, &v); err != nil {
+			b.Fatal(err)
+		}
+	})
+}
+
+// An L1 hit against a plain otter GetIfPresent on a cache of the same
+// size: the goal is at most 2x, and no allocation for a pointer or small
+// value type.
+func BenchmarkL1Hit(b *testing.B) {
+	ctx := context.Background()
+	rdb := benchClient(b)
+	c := newCacheOn[*user](b, rdb, "benchl1", WithL1(10_000), WithEarlyRefresh(0), WithL1TTL(time.Hour), WithoutInvalidation())
+	// Two baselines: otter with nothing but the size bound, and otter as a
+	// user would set it up for values that expire (a per-entry TTL).
+	plain := otter.Must(&otter.Options[string, *user]{MaximumSize: 10_000})
+	defer plain.StopAllGoroutines()
+	expiring := otter.Must(&otter.Options[string, *user]{
+		MaximumSize:      10_000,
+		ExpiryCalculator: otter.ExpiryWriting[string, *user](time.Hour),
+	})
+	defer expiring.StopAllGoroutines()
+	const keys = 1000
+	ks := make([]string, keys)
+	for i := range ks {
+		ks[i] = strconv.Itoa(i)
+		if err := c.Set(ctx, ks[i], &user{ID: i}, WithTTL(time.Hour)); err != nil {
+			b.Fatal(err)
+		}
+		plain.Set(ks[i], &user{ID: i})
+		expiring.Set(ks[i], &user{ID: i})
+	}
+	load := func(context.Context) (*user, error) { b.Fatal("loader called on an L1 hit"); return nil, nil }
+	b.Run("get", func(b *testing.B) {
+		compare(b, func(i int) {
+			if _, err := c.Get(ctx, ks[i%keys]); err != nil {
+				b.Fatal(err)
+			}
+		}, func(i int) {
+			if _, ok := plain.GetIfPresent(ks[i%keys]); !ok {
+				b.Fatal("miss")
+			}
+		})
+	})
+	b.Run("get-vs-expiring-otter", func(b *testing.B) {
+		compare(b, func(i int) {
+			if _, err := c.Get(ctx, ks[i%keys]); err != nil {
+				b.Fatal(err)
+			}
+		}, func(i int) {
+			if _, ok := expiring.GetIfPresent(ks[i%keys]); !ok {
+				b.Fatal("miss")
+			}
+		})
+	})
+	b.Run("getorload", func(b *testing.B) {
+		compare(b, func(i int) {
+			if _, err := c.GetOrLoad(ctx, ks[i%keys], load); err != nil {
+				b.Fatal(err)
+			}
+		}, func(i int) {
+			if _, ok := plain.GetIfPresent(ks[i%keys]); !ok {
+				b.Fatal("miss")
+			}
+		})
+	})
+	// Parallel: the two sides run as separate sub-benchmarks (RunParallel
+	// cannot alternate); compare their ns/op.
+	b.Run("parallel/otter", func(b *testing.B) {
+		b.ReportAllocs()
+		b.RunParallel(func(pb *testing.PB) {
+			i := 0
+			for pb.Next() {
+				plain.GetIfPresent(ks[i%keys])
+				i++
+			}
+		})
+	})
+	b.Run("parallel/expiring-otter", func(b *testing.B) {
+		b.ReportAllocs()
+		b.RunParallel(func(pb *testing.PB) {
+			i := 0
+			for pb.Next() {
+				expiring.GetIfPresent(ks[i%keys])
+				i++
+			}
+		})
+	})
+	b.Run("parallel/tiercache", func(b *testing.B) {
+		b.ReportAllocs()
+		b.RunParallel(func(pb *testing.PB) {
+			i := 0
+			for pb.Next() {
+				if _, err := c.Get(ctx, ks[i%keys]); err != nil {
+					b.Error(err)
+					return
+				}
+				i++
+			}
+		})
+	})
+}
+
+// Encoding and decoding a value with its frame, against bare JSON.
+func BenchmarkCodec(b *testing.B) {
+	cfg := defaultConfig()
+	vc, err := newValueCodec(&cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	u := user{ID: 42, Name: "Ada Lovelace"}
+	now := time.Now()
+	frame, _ := vc.encode(u, false, 7, now, now.Add(time.Minute), time.Millisecond)
+	raw, _ := json.Marshal(u)
+	b.Run("encode", func(b *testing.B) {
+		compare(b, func(int) {
+			_, _ = vc.encode(u, false, 7, now, now.Add(time.Minute), time.Millisecond)
+		}, func(int) { _, _ = json.Marshal(u) })
+	})
+	b.Run("decode", func(b *testing.B) {
+		compare(b, func(int) {
+			var e entry[user]
+			if err := decode(vc, frame, 7, &e); err != nil {
+				b.Fatal(err)
+			}
+		}, func(int) {
+			var v user
+			_ = json.Unmarshal(raw, &v)
+		})
+	})
+}

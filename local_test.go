@@ -1,0 +1,311 @@
+package tiercache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tiercache/tiercache/internal/redistest"
+)
+
+// waitFor polls cond every millisecond until it holds or d passes.
+func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %v", what, d)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func waitSubscribed[V any](t *testing.T, cs ...*Cache[V]) {
+	t.Helper()
+	for _, c := range cs {
+		waitFor(t, 5*time.Second, "invalidation subscription up", c.inv.healthy)
+	}
+}
+
+// A Set or Delete on one instance is seen by another's next read within
+// 100ms, although the other had the old value in its L1.
+func TestL1InvalidationAcrossInstances(t *testing.T) {
+	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
+		ctx := t.Context()
+		cs := instances[string](t, tg, 3, WithL1(1000))
+		a, b, c := cs[0], cs[1], cs[2]
+		waitSubscribed(t, cs...)
+		load := func(context.Context) (string, error) { return "v1", nil }
+		for _, x := range cs {
+			if v, err := x.GetOrLoad(ctx, "k", load); err != nil || v != "v1" {
+				t.Fatalf("warm-up read %q, %v", v, err)
+			}
+		}
+		if _, ok := b.l1.get("k", nowMicro()); !ok {
+			t.Fatal("b's L1 does not hold the value after a read")
+		}
+		l1HitsBefore := b.Stats().L1Hits
+		if v, _ := b.GetOrLoad(ctx, "k", load); v != "v1" || b.Stats().L1Hits != l1HitsBefore+1 {
+			t.Fatal("b's read did not come from L1")
+		}
+
+		if err := a.Set(ctx, "k", "v2"); err != nil {
+			t.Fatal(err)
+		}
+		for _, x := range []*Cache[string]{b, c} {
+			waitFor(t, 100*time.Millisecond, "Set seen by another instance", func() bool {
+				v, err := x.Get(ctx, "k")
+				return err == nil && v == "v2"
+			})
+		}
+		if v, _ := a.Get(ctx, "k"); v != "v2" {
+			t.Fatalf("the writer reads %q from its own L1", v)
+		}
+
+		if err := c.Delete(ctx, "k"); err != nil {
+			t.Fatal(err)
+		}
+		for _, x := range []*Cache[string]{a, b} {
+			waitFor(t, 100*time.Millisecond, "Delete seen by another instance", func() bool {
+				_, err := x.Get(ctx, "k")
+				return errors.Is(err, ErrMiss)
+			})
+		}
+		// The writer ignores its own messages; the others each applied two.
+		if n := b.Stats().Count(EventInvalidationReceived); n != 2 {
+			t.Fatalf("b applied %d invalidation messages, want 2", n)
+		}
+	})
+}
+
+// Many writes at once go out batched: fewer messages than keys.
+func TestInvalidationBatches(t *testing.T) {
+	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
+		ctx := t.Context()
+		cs := instances[int](t, tg, 2, WithL1(10000))
+		waitSubscribed(t, cs...)
+		const n = 500
+		var wg sync.WaitGroup
+		for i := range n {
+			wg.Go(func() {
+				if err := cs[0].Set(ctx, strconv.Itoa(i), i); err != nil {
+					t.Error(err)
+				}
+			})
+		}
+		wg.Wait()
+		sent := cs[0].Stats().Count(EventInvalidationSent)
+		if sent >= n {
+			t.Fatalf("%d messages for %d concurrent writes: not batched", sent, n)
+		}
+		t.Logf("%d concurrent Sets published in %d messages", n, sent)
+	})
+}
+
+// killPubSub drops every pub/sub connection of the target's servers.
+func killPubSub(t *testing.T, tg redistest.Target) {
+	t.Helper()
+	servers := []*redistest.Server{tg.Single}
+	if tg.Cluster != nil {
+		servers = tg.Cluster.Nodes()
+	}
+	for _, s := range servers {
+		if s == nil {
+			continue
+		}
+		rdb := redis.NewClient(&redis.Options{Addr: s.Addr})
+		err := rdb.Do(t.Context(), "CLIENT", "KILL", "TYPE", "pubsub").Err()
+		_ = rdb.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// Killing the subscriber's connection flushes L1 (invalidations may have
+// been lost) and the subscription comes back; 100 reconnects leak nothing
+// (TestMain checks goroutines).
+func TestL1FlushedOnSubscriptionLoss(t *testing.T) {
+	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
+		ctx := t.Context()
+		cs := instances[string](t, tg, 2, WithL1(100))
+		a, b := cs[0], cs[1]
+		waitSubscribed(t, cs...)
+		if err := b.Set(ctx, "k", "v"); err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := b.l1.get("k", nowMicro()); !ok {
+			t.Fatal("Set did not fill the writer's L1")
+		}
+		flushes := b.Stats().Count(EventL1Flush)
+		killPubSub(t, tg)
+		waitFor(t, 2*time.Second, "L1 flushed after the subscription was killed", func() bool {
+			return b.Stats().Count(EventL1Flush) > flushes
+		})
+		if _, ok := b.l1.get("k", nowMicro()); ok {
+			t.Fatal("L1 still holds the entry after the subscription was lost")
+		}
+		waitSubscribed(t, cs...)
+		// The new subscription works: a write on a reaches b's L1.
+		if _, err := b.Get(ctx, "k"); err != nil {
+			t.Fatal(err)
+		}
+		if err := a.Set(ctx, "k", "v2"); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 100*time.Millisecond, "Set seen after resubscribing", func() bool {
+			v, _ := b.Get(ctx, "k")
+			return v == "v2"
+		})
+
+		for i := range 100 {
+			before := b.Stats().Count(EventL1Flush)
+			killPubSub(t, tg)
+			waitFor(t, 2*time.Second, fmt.Sprintf("reconnect %d noticed", i), func() bool {
+				return b.Stats().Count(EventL1Flush) > before
+			})
+			waitSubscribed(t, b)
+		}
+	})
+}
+
+// While the subscription is down, L1 entries live at most the outage TTL.
+func TestL1OutageTTL(t *testing.T) {
+	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
+		ctx := t.Context()
+		c := newCache[string](t, tg, WithL1(100), WithL1OutageTTL(30*time.Millisecond))
+		waitSubscribed(t, c)
+		c.inv.up.Store(false) // as if the subscription had just dropped
+		if err := c.Set(ctx, "k", "v"); err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := c.l1.get("k", nowMicro()); !ok {
+			t.Fatal("no L1 entry right after Set")
+		}
+		waitFor(t, time.Second, "L1 entry gone after the outage TTL", func() bool {
+			_, ok := c.l1.c.GetIfPresent("k")
+			return !ok
+		})
+		if v, err := c.Get(ctx, "k"); err != nil || v != "v" {
+			t.Fatalf("Redis lost the value: %q, %v", v, err)
+		}
+	})
+}
+
+// An L1 entry never outlives the value's logical expiry, nor the L1 max TTL.
+func TestL1Lifetime(t *testing.T) {
+	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
+		ctx := t.Context()
+		c := newCache[string](t, tg, WithL1(100), WithJitter(0), WithL1TTL(80*time.Millisecond), WithoutInvalidation())
+		if err := c.Set(ctx, "short", "v", WithTTL(30*time.Millisecond)); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Set(ctx, "long", "v", WithTTL(time.Hour)); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(40 * time.Millisecond)
+		if _, ok := c.l1.get("short", nowMicro()); ok {
+			t.Fatal("L1 entry outlived its logical expiry")
+		}
+		if _, ok := c.l1.get("long", nowMicro()); !ok {
+			t.Fatal("L1 entry gone before the L1 TTL")
+		}
+		waitFor(t, time.Second, "L1 entry gone after the L1 max TTL", func() bool {
+			_, ok := c.l1.c.GetIfPresent("long")
+			return !ok
+		})
+		if _, err := c.Get(ctx, "long"); err != nil {
+			t.Fatalf("value gone from Redis too: %v", err)
+		}
+	})
+}
+
+// The fill/invalidation race, on L1 alone, a hundred thousand times: a
+// reader takes its token, reads the "Redis" value and fills; a writer
+// stores a new value and invalidates. L1 must never end with the old
+// value once both are done.
+func TestL1FillRaceUnit(t *testing.T) {
+	cfg := defaultConfig()
+	cfg.l1Entries = 1000
+	l, err := newLocal[int](&cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.close()
+	n := 100_000
+	if testing.Short() {
+		n = 10_000
+	}
+	var stored atomic.Int64 // stands for the value in Redis
+	for i := range n {
+		key := strconv.Itoa(i % 64)
+		old := int64(2 * i)
+		stored.Store(old)
+		l.invalidate(key)
+		var wg sync.WaitGroup
+		wg.Go(func() {
+			tok := l.token(key)
+			v := stored.Load()
+			now := nowMicro()
+			l.fill(key, tok, entry[int]{val: int(v), softExp: now + 1e9}, now, time.Minute)
+		})
+		wg.Go(func() {
+			stored.Store(old + 1)
+			l.invalidate(key)
+		})
+		wg.Wait()
+		if e, ok := l.get(key, nowMicro()); ok && int64(e.val) == old {
+			t.Fatalf("iteration %d: L1 holds the value from before the invalidation", i)
+		}
+	}
+}
+
+// The same race through real Redis and two instances, thousands of times:
+// b reads k while a writes it; once b has applied a's invalidation, b's L1
+// must not hold the old value.
+func TestL1FillRaceInstances(t *testing.T) {
+	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
+		ctx := t.Context()
+		cs := instances[int](t, tg, 2, WithL1(1000))
+		a, b := cs[0], cs[1]
+		waitSubscribed(t, cs...)
+		n := 2000
+		if testing.Short() || tg.Cluster != nil {
+			n = 500
+		}
+		for i := range n {
+			key := strconv.Itoa(i % 32)
+			received := b.Stats().Count(EventInvalidationReceived)
+			if err := a.Set(ctx, key, 2*i); err != nil {
+				t.Fatal(err)
+			}
+			// Let the message of this first Set arrive, so that the wait
+			// below is for the second one.
+			waitFor(t, time.Second, "first invalidation applied", func() bool {
+				return b.Stats().Count(EventInvalidationReceived) > received
+			})
+			received++
+			var wg sync.WaitGroup
+			wg.Go(func() { _, _ = b.Get(ctx, key) })
+			wg.Go(func() {
+				if err := a.Set(ctx, key, 2*i+1); err != nil {
+					t.Error(err)
+				}
+			})
+			wg.Wait()
+			waitFor(t, time.Second, "invalidation applied", func() bool {
+				return b.Stats().Count(EventInvalidationReceived) > received
+			})
+			if e, ok := b.l1.get(key, nowMicro()); ok && e.val == 2*i {
+				t.Fatalf("iteration %d: b's L1 holds the overwritten value", i)
+			}
+		}
+	})
+}
