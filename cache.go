@@ -11,8 +11,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
-	"golang.org/x/sync/singleflight"
-
+	"github.com/tiercache/tiercache/internal/flight"
 	"github.com/tiercache/tiercache/internal/keys"
 )
 
@@ -27,7 +26,7 @@ type Cache[V any] struct {
 	rec    *recorder
 	log    *slog.Logger
 
-	flight singleflight.Group // per-process coalescing of loads, by key
+	flight flight.Group[entry[V]] // per-process coalescing of loads, by key
 	l1     *local[V]          // nil when L1 is off
 	inv    *invalidator       // nil when L1 or invalidation is off
 	brk    *breaker           // nil when the breaker is off

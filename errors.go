@@ -3,6 +3,7 @@ package tiercache
 import (
 	"errors"
 	"fmt"
+	"runtime/debug"
 )
 
 // Errors returned by the cache. Each is a sentinel value: test for it with
@@ -76,3 +77,6 @@ func (e *PanicError) Unwrap() []error {
 func redisError(op string, err error) error {
 	return fmt.Errorf("%w: %s: %w", ErrRedis, op, err)
 }
+
+// stack is the stack of the goroutine that recovered a loader's panic.
+func stack() []byte { return debug.Stack() }

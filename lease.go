@@ -60,24 +60,32 @@ func (c *Cache[V]) acquire(ctx context.Context, vk, lk, token string, force bool
 		forceArg = "1"
 	}
 	err := c.call(ctx, "acquire", c.cfg.readTimeout, func(ctx context.Context) error {
-		vals, err := keys.Acquire.Run(ctx, c.rdb, []string{vk, lk},
-			token, c.cfg.leaseTTL.Milliseconds(), nowMicro(), forceArg, strconv.FormatInt(notBefore, 10)).Slice()
-		if err != nil {
-			return err
-		}
-		if len(vals) != 3 {
-			return errors.New("acquire: unexpected reply")
-		}
-		res.state, _ = vals[0].(int64)
-		if s, ok := vals[1].(string); ok && s != "" {
-			res.value = []byte(s)
-		}
-		if ms, ok := vals[2].(int64); ok && ms > 0 {
-			res.leaseTTL = time.Duration(ms) * time.Millisecond
-		}
-		return nil
+		var err error
+		res, err = parseAcquire(keys.Acquire.Run(ctx, c.rdb, []string{vk, lk},
+			token, c.cfg.leaseTTL.Milliseconds(), nowMicro(), forceArg, strconv.FormatInt(notBefore, 10)))
+		return err
 	})
 	return res, err
+}
+
+// parseAcquire reads the reply of the Acquire script.
+func parseAcquire(cmd *redis.Cmd) (acquireResult, error) {
+	var res acquireResult
+	vals, err := cmd.Slice()
+	if err != nil {
+		return res, err
+	}
+	if len(vals) != 3 {
+		return res, errors.New("acquire: unexpected reply")
+	}
+	res.state, _ = vals[0].(int64)
+	if s, ok := vals[1].(string); ok && s != "" {
+		res.value = []byte(s)
+	}
+	if ms, ok := vals[2].(int64); ok && ms > 0 {
+		res.leaseTTL = time.Duration(ms) * time.Millisecond
+	}
+	return res, nil
 }
 
 // fill writes frame b under vk: a compare-and-set on the lease token when

@@ -3,7 +3,6 @@ package tiercache
 import (
 	"context"
 	"errors"
-	"runtime/debug"
 	"sync"
 	"time"
 
@@ -74,43 +73,39 @@ func (c *Cache[V]) readThrough(ctx context.Context, key string, load LoadFunc[V]
 }
 
 // shared runs fn once per key in this process for all concurrent callers
-// (golang.org/x/sync/singleflight), on a context detached from every
-// caller: each caller waits with its own ctx, and one leaving does not
-// cancel the load of the others. A panic in fn reaches every waiter as a
-// *PanicError instead of crashing the process (DoChan would re-panic on
-// another goroutine), and nothing stays locked: the flight ends either way.
+// (internal/flight), on a context detached from every caller: each caller
+// waits with its own ctx, and one leaving does not cancel the load of the
+// others. A panic in fn reaches every waiter as a *PanicError, and nothing
+// stays locked: the flight ends either way.
 func (c *Cache[V]) shared(ctx context.Context, flightKey string, fn func(context.Context) (entry[V], error)) (entry[V], error) {
-	// ran is set by the closure that singleflight runs, which is the
-	// leader's; the others joined its flight.
-	ran := false
-	ch := c.flight.DoChan(flightKey, func() (v any, err error) {
-		ran = true
-		if !c.goBackground() {
-			return entry[V]{}, ErrClosed
-		}
-		defer c.bg.Done()
-		lctx, cancel := c.detached()
-		defer cancel()
-		defer func() {
-			if p := recover(); p != nil {
-				err = &PanicError{Value: p, Stack: debug.Stack()}
-			}
-		}()
-		return fn(lctx)
-	})
-	select {
-	case res := <-ch:
-		// The receive orders the leader's write of ran before this read.
-		if !ran {
-			c.rec.event(EventCoalesced)
-		}
-		if res.Err != nil {
-			return entry[V]{}, res.Err
-		}
-		return res.Val.(entry[V]), nil
-	case <-ctx.Done():
-		return entry[V]{}, ctx.Err()
+	call, lead := c.flight.Begin(flightKey)
+	if !lead {
+		c.rec.event(EventCoalesced)
+		return call.Wait(ctx)
 	}
+	if !c.goBackground() {
+		c.flight.End(flightKey, call, entry[V]{}, ErrClosed)
+		return entry[V]{}, ErrClosed
+	}
+	go func() {
+		defer c.bg.Done()
+		e, err := c.runDetached(fn)
+		c.flight.End(flightKey, call, e, err)
+	}()
+	return call.Wait(ctx)
+}
+
+// runDetached runs fn on a detached context and turns a panic into a
+// *PanicError that keeps the value and the stack.
+func (c *Cache[V]) runDetached(fn func(context.Context) (entry[V], error)) (e entry[V], err error) {
+	ctx, cancel := c.detached()
+	defer cancel()
+	defer func() {
+		if p := recover(); p != nil {
+			e, err = entry[V]{}, &PanicError{Value: p, Stack: stack()}
+		}
+	}()
+	return fn(ctx)
 }
 
 // detached returns the context a load runs on: no caller's cancellation,

@@ -28,16 +28,20 @@ func shouldRefreshEarly(u float64, t, delta int64, beta float64) bool {
 // maybeEarlyRefresh starts a background refresh of a fresh hit when XFetch
 // says so.
 func (c *Cache[V]) maybeEarlyRefresh(key string, e *entry[V], now int64, load LoadFunc[V]) {
+	if c.wantEarlyRefresh(e, now) {
+		c.refreshAsync(key, load, e.writtenAt, true)
+	}
+}
+
+// wantEarlyRefresh draws XFetch's dice for a fresh hit e.
+func (c *Cache[V]) wantEarlyRefresh(e *entry[V], now int64) bool {
 	t, delta := e.softExp-now, float64(e.delta)
 	// Far from expiry the probability is below e^-40: skip the random draw
 	// and the exponential, which would cost more than an L1 hit.
 	if e.neg || c.cfg.beta == 0 || float64(t) > 40*c.cfg.beta*delta {
-		return
+		return false
 	}
-	if !shouldRefreshEarly(c.random(), t, int64(e.delta), c.cfg.beta) {
-		return
-	}
-	c.refreshAsync(key, load, e.writtenAt, true)
+	return shouldRefreshEarly(c.random(), t, int64(e.delta), c.cfg.beta)
 }
 
 // refreshAsync reloads key in the background, through the per-process

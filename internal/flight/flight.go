@@ -1,0 +1,78 @@
+// Package flight coalesces concurrent loads of the same key: the first
+// caller of a key leads its load, later callers wait for that load's result.
+//
+// It is golang.org/x/sync/singleflight's idea with what a cache needs and
+// singleflight cannot give: a batch can claim many keys at once and learn,
+// synchronously, which ones it leads and which ones another caller is
+// already loading (so a batch read waits for a single read's load of a key
+// instead of loading it again, and the reverse); and each waiter waits with
+// its own context while the load goes on for the others.
+package flight
+
+import (
+	"context"
+	"sync"
+)
+
+// Group is a set of loads in flight, by key. The zero value is ready to use.
+type Group[T any] struct {
+	mu sync.Mutex
+	m  map[string]*Call[T] // guarded by mu
+}
+
+// Call is one load in flight.
+type Call[T any] struct {
+	done chan struct{}
+	// val and err are written once by End before done is closed, and only
+	// read after done is closed.
+	val T
+	err error
+}
+
+// Begin registers a load of key. When leader is true the caller leads it
+// and must call End exactly once, whatever happens; otherwise it joined a
+// load another caller leads.
+func (g *Group[T]) Begin(key string) (c *Call[T], leader bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if c, ok := g.m[key]; ok {
+		return c, false
+	}
+	if g.m == nil {
+		g.m = make(map[string]*Call[T])
+	}
+	c = &Call[T]{done: make(chan struct{})}
+	g.m[key] = c
+	return c, true
+}
+
+// End publishes the result of c, the load of key that the caller leads,
+// wakes its waiters and forgets the key, so that the next Begin starts a
+// new load.
+func (g *Group[T]) End(key string, c *Call[T], val T, err error) {
+	g.mu.Lock()
+	if g.m[key] == c {
+		delete(g.m, key)
+	}
+	g.mu.Unlock()
+	c.val, c.err = val, err
+	close(c.done)
+}
+
+// Wait returns the result of c, or ctx's error if ctx ends first; the load
+// goes on either way.
+func (c *Call[T]) Wait(ctx context.Context) (T, error) {
+	select {
+	case <-c.done:
+		return c.val, c.err
+	case <-ctx.Done():
+		var zero T
+		return zero, ctx.Err()
+	}
+}
+
+// Done is closed when the result is available.
+func (c *Call[T]) Done() <-chan struct{} { return c.done }
+
+// Result returns the result; call it only after Done is closed.
+func (c *Call[T]) Result() (T, error) { return c.val, c.err }
