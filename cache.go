@@ -20,6 +20,7 @@ import (
 // concurrent use; create it with [New] and stop it with [Cache.Close].
 type Cache[V any] struct {
 	rdb    redis.UniversalClient
+	reads  redis.Cmdable // rdb, or its auto-pipeliner (WithAutoPipeline) for GETs
 	cfg    config
 	layout keys.Layout
 	vc     *valueCodec
@@ -69,8 +70,14 @@ func New[V any](rdb redis.UniversalClient, opts ...Option) (*Cache[V], error) {
 	if err != nil {
 		return nil, err
 	}
+	reads, err := readPath(rdb, cfg.autoPipeline)
+	if err != nil {
+		vc.close()
+		return nil, err
+	}
 	c := &Cache[V]{
 		rdb:      rdb,
+		reads:    reads,
 		cfg:      cfg,
 		layout:   keys.New(cfg.prefix, cfg.version),
 		vc:       vc,
@@ -107,6 +114,27 @@ func New[V any](rdb redis.UniversalClient, opts ...Option) (*Cache[V], error) {
 		c.log.Warn("tiercache: the redis client has ContextTimeoutEnabled off, so the cache's read and write timeouts cannot cut a slow socket short; set it on the client")
 	}
 	return c, nil
+}
+
+// readPath returns what single-key reads go through.
+func readPath(rdb redis.UniversalClient, auto bool) (redis.Cmdable, error) {
+	if !auto {
+		return rdb, nil
+	}
+	var ap *redis.AutoPipeliner
+	var err error
+	switch r := rdb.(type) {
+	case *redis.Client:
+		ap, err = r.AutoPipeline()
+	case *redis.ClusterClient:
+		ap, err = r.AutoPipeline()
+	default:
+		return nil, fmt.Errorf("%w: auto-pipelining needs a *redis.Client or *redis.ClusterClient, not %T", ErrInvalidOption, rdb)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w: auto-pipeline: %w", ErrInvalidOption, err)
+	}
+	return ap, nil
 }
 
 func timeoutsReachSocket(rdb redis.UniversalClient) bool {
@@ -296,7 +324,7 @@ func (c *Cache[V]) getL2(ctx context.Context, key string) (e entry[V], found boo
 	var b []byte
 	err = c.call(ctx, "get", c.cfg.readTimeout, func(ctx context.Context) error {
 		var err error
-		b, err = c.rdb.Get(ctx, vk).Bytes()
+		b, err = c.reads.Get(ctx, vk).Bytes()
 		return err
 	})
 	if err != nil {

@@ -54,6 +54,7 @@ type config struct {
 	maxRefreshes   int
 	breaker        BreakerSettings
 	breakerOn      bool
+	autoPipeline   bool
 }
 
 func defaultConfig() config {
@@ -256,6 +257,16 @@ func WithObserver(o Observer) Option { return func(c *config) { c.observer = o }
 // at once (default 256); a refresh that finds no room is skipped, and the
 // value is refreshed on a later hit or when it expires.
 func WithMaxBackgroundRefreshes(n int) Option { return func(c *config) { c.maxRefreshes = n } }
+
+// WithAutoPipeline sends the cache's single-key Redis reads through
+// go-redis's auto-pipeliner (experimental in go-redis v9.23): reads that
+// arrive while a round trip is in flight go out together in the next one,
+// with no timer, so a lone read is not delayed. Under concurrency this
+// multiplies read throughput (see the README for the measured figures). It
+// needs a *redis.Client or a *redis.ClusterClient; the auto-pipeliner is
+// the client's own, shared by everything that uses it, and is released when
+// the client is closed.
+func WithAutoPipeline() Option { return func(c *config) { c.autoPipeline = true } }
 
 // SetOption configures one write: [Cache.Set], [Cache.SetMany], or a load
 // through [LoadOptions].
