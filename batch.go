@@ -9,6 +9,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/tiercache/tiercache/internal/envelope"
 	"github.com/tiercache/tiercache/internal/flight"
 	"github.com/tiercache/tiercache/internal/keys"
 )
@@ -196,7 +197,7 @@ func (c *Cache[V]) loadBatch(ctx context.Context, ks []string, load BatchLoadFun
 		idx[k] = i
 	}
 	if !c.cfg.lease {
-		c.loadAndFillMany(ctx, ks, nil, nil, load, res, idx, true)
+		c.loadAndFillMany(ctx, ks, nil, nil, load, res, idx, true, nowMicro())
 		return res
 	}
 	pending := ks
@@ -212,18 +213,35 @@ func (c *Cache[V]) loadBatch(ctx context.Context, ks []string, load BatchLoadFun
 				}
 				return res
 			}
-			c.loadAndFillMany(ctx, pending, nil, nil, load, res, idx, false)
+			c.loadAndFillMany(ctx, pending, nil, nil, load, res, idx, false, 0)
 			return res
 		}
 		var owned, busy []string
 		var stale []*entry[V]
 		now := nowMicro()
 		var leaseLeft time.Duration
+		var since int64 // the earliest time a lease of this round was taken
 		retry := false
+		es := make([]entry[V], len(pending))
+		found := make([]bool, len(pending))
+		var tagged []int
 		for i, k := range pending {
-			var e entry[V]
-			vk := c.layout.Value(k)
-			found := c.decodeStored(k, vk, acq[i].value, &e)
+			found[i] = c.decodeStored(k, c.layout.Value(k), acq[i].value, &es[i])
+			if found[i] && len(es[i].tags) > 0 {
+				tagged = append(tagged, i)
+			}
+		}
+		if len(tagged) > 0 {
+			ptrs := make([]*entry[V], len(tagged))
+			for j, i := range tagged {
+				ptrs[j] = &es[i]
+			}
+			for j, ok := range c.validTags(ctx, ptrs) {
+				found[tagged[j]] = ok
+			}
+		}
+		for i, k := range pending {
+			e, found := es[i], found[i]
 			switch {
 			case acq[i].state == acquireFresh && !found:
 				// Fresh by its header but undecodable: take the lease
@@ -236,6 +254,9 @@ func (c *Cache[V]) loadBatch(ctx context.Context, ks []string, load BatchLoadFun
 				c.rec.event(EventLeaseWait)
 			case acq[i].state == acquireOwned:
 				owned = append(owned, k)
+				if since == 0 || acq[i].at < since {
+					since = acq[i].at
+				}
 				if found {
 					stale = append(stale, &e)
 				} else {
@@ -252,7 +273,7 @@ func (c *Cache[V]) loadBatch(ctx context.Context, ks []string, load BatchLoadFun
 			}
 		}
 		if len(owned) > 0 {
-			c.loadAndFillMany(ctx, owned, stale, tokens, load, res, idx, true)
+			c.loadAndFillMany(ctx, owned, stale, tokens, load, res, idx, true, since)
 		}
 		pending = busy
 		if len(pending) > 0 && !retry {
@@ -270,9 +291,9 @@ func (c *Cache[V]) loadBatch(ctx context.Context, ks []string, load BatchLoadFun
 // loadAndFillMany calls the batch loader for ks and caches the results
 // (when cache is true): with tokens, a Fill per key; without, a plain SET.
 // stale[i], when set, is served for ks[i] if the loader fails within the
-// stale-if-error window.
+// stale-if-error window. since is when the load began (see loadAndFill).
 func (c *Cache[V]) loadAndFillMany(ctx context.Context, ks []string, stale []*entry[V], tokens map[string]string,
-	load BatchLoadFunc[V], res []keyResult[V], idx map[string]int, cache bool) {
+	load BatchLoadFunc[V], res []keyResult[V], idx map[string]int, cache bool, since int64) {
 	meta := &loadMeta{cfg: setConfig{ttl: c.cfg.ttl}}
 	lctx, end := c.rec.span(context.WithValue(ctx, loadMetaKey{}, meta), "load_many")
 	start := time.Now()
@@ -305,6 +326,22 @@ func (c *Cache[V]) loadAndFillMany(ctx context.Context, ks []string, stale []*en
 		frame   []byte
 		ttl     time.Duration
 	}
+	// Tags a batch loader sets apply to every value it returns; their
+	// versions are read once, with the longest TTL the values may get.
+	var tags []envelope.Tag
+	if cache && !sc.noCache {
+		names, err := checkTags(sc.tags)
+		stale := false
+		if err == nil {
+			tags, stale, err = c.readTagVersions(ctx, names, since, c.redisTTL(max(sc.ttl, c.cfg.negativeTTL)+time.Duration(float64(max(sc.ttl, c.cfg.negativeTTL))*c.cfg.jitter)))
+		}
+		if err != nil || stale {
+			if stale {
+				c.rec.event(EventFillRefused)
+			}
+			cache = false
+		}
+	}
 	writes := make([]write, 0, len(ks))
 	for _, k := range ks {
 		v, ok := vals[k]
@@ -318,8 +355,9 @@ func (c *Cache[V]) loadAndFillMany(ctx context.Context, ks []string, stale []*en
 			softExp := now.Add(c.jitter(ttl))
 			e.softExp = softExp.UnixMicro()
 			vk := c.layout.Value(k)
-			if b, err := c.vc.encode(v, !ok, keys.Hash(vk), now, softExp, delta); err == nil {
+			if b, err := c.vc.encode(v, !ok, keys.Hash(vk), now, softExp, delta, tags); err == nil {
 				e.size = len(b)
+				e.tags = tags
 				writes = append(writes, write{key: k, vk: vk, frame: b, ttl: c.redisTTL(softExp.Sub(now))})
 			} else {
 				c.log.Warn("tiercache: loaded value not cached", "key", k, "err", err)
@@ -370,6 +408,9 @@ func (c *Cache[V]) loadAndFillMany(ctx context.Context, ks []string, stale []*en
 		c.log.Debug("tiercache: batch fill failed", "keys", len(writes), "err", err)
 	}
 	nowU := now.UnixMicro()
+	if c.tagv != nil && len(tags) > 0 {
+		c.tagv.observe(tags)
+	}
 	for i, w := range writes {
 		if !written[i] {
 			if err == nil {
@@ -423,6 +464,15 @@ func (c *Cache[V]) SetMany(ctx context.Context, items map[string]V, opts ...SetO
 		ttl     time.Duration
 	}
 	now := time.Now()
+	tagNames, err := checkTags(sc.tags)
+	if err != nil {
+		return err
+	}
+	// The tags' keys must outlive the longest jittered TTL of the items.
+	tags, _, err := c.readTagVersions(ctx, tagNames, 0, c.redisTTL(sc.ttl+time.Duration(float64(sc.ttl)*c.cfg.jitter)))
+	if err != nil {
+		return err
+	}
 	writes := make([]write, 0, len(items))
 	for k, v := range items {
 		if k == "" {
@@ -430,17 +480,17 @@ func (c *Cache[V]) SetMany(ctx context.Context, items map[string]V, opts ...SetO
 		}
 		vk := c.layout.Value(k)
 		softExp := now.Add(c.jitter(sc.ttl))
-		b, err := c.vc.encode(v, false, keys.Hash(vk), now, softExp, 0)
+		b, err := c.vc.encode(v, false, keys.Hash(vk), now, softExp, 0, tags)
 		if err != nil {
 			return fmt.Errorf("key %q: %w", k, err)
 		}
 		writes = append(writes, write{key: k, vk: vk, frame: b, ttl: c.redisTTL(softExp.Sub(now)),
-			e: entry[V]{val: v, writtenAt: now.UnixMicro(), softExp: softExp.UnixMicro(), size: len(b)}})
+			e: entry[V]{val: v, writtenAt: now.UnixMicro(), softExp: softExp.UnixMicro(), size: len(b), tags: tags}})
 	}
 	if len(writes) == 0 {
 		return nil
 	}
-	err := c.call(ctx, "set_many", c.cfg.writeTimeout, func(ctx context.Context) error {
+	err = c.call(ctx, "set_many", c.cfg.writeTimeout, func(ctx context.Context) error {
 		// Per key, the lease goes before the value is written: a Fill that
 		// runs in between finds no lease and is refused, and one that ran
 		// before is overwritten. Same connection, so in this order.
@@ -454,6 +504,9 @@ func (c *Cache[V]) SetMany(ctx context.Context, items map[string]V, opts ...SetO
 		return err
 	})
 	ks := make([]string, len(writes))
+	if err == nil && c.tagv != nil {
+		c.tagv.observe(tags)
+	}
 	for i, w := range writes {
 		ks[i] = w.key
 		if c.l1 == nil {
@@ -540,10 +593,23 @@ func (c *Cache[V]) getManyL2(ctx context.Context, ks []string) ([]entry[V], []bo
 	}
 	es := make([]entry[V], len(ks))
 	found := make([]bool, len(ks))
+	var tagged []*entry[V]
+	var taggedAt []int
+	for i, k := range ks {
+		found[i] = c.decodeStored(k, vks[i], raw[i], &es[i])
+		if found[i] && len(es[i].tags) > 0 {
+			tagged = append(tagged, &es[i])
+			taggedAt = append(taggedAt, i)
+		}
+	}
+	if len(tagged) > 0 {
+		for j, ok := range c.validTags(ctx, tagged) {
+			found[taggedAt[j]] = ok
+		}
+	}
 	now := nowMicro()
 	limit := c.limitL1()
 	for i, k := range ks {
-		found[i] = c.decodeStored(k, vks[i], raw[i], &es[i])
 		hit := found[i] && es[i].fresh(now)
 		c.rec.lookup(TierL2, hit, start)
 		if hit {

@@ -205,11 +205,11 @@ func BenchmarkCodec(b *testing.B) {
 	}
 	u := user{ID: 42, Name: "Ada Lovelace"}
 	now := time.Now()
-	frame, _ := vc.encode(u, false, 7, now, now.Add(time.Minute), time.Millisecond)
+	frame, _ := vc.encode(u, false, 7, now, now.Add(time.Minute), time.Millisecond, nil)
 	raw, _ := json.Marshal(u)
 	b.Run("encode", func(b *testing.B) {
 		compare(b, func(int) {
-			_, _ = vc.encode(u, false, 7, now, now.Add(time.Minute), time.Millisecond)
+			_, _ = vc.encode(u, false, 7, now, now.Add(time.Minute), time.Millisecond, nil)
 		}, func(int) { _, _ = json.Marshal(u) })
 	})
 	b.Run("decode", func(b *testing.B) {
@@ -291,4 +291,40 @@ func benchThroughput(b *testing.B, newClient func() redis.UniversalClient) {
 	b.Run("tiercache-autopipeline", func(b *testing.B) {
 		run(b, func(i int) error { _, err := auto.Get(ctx, ks[i]); return err })
 	})
+}
+
+// GetMany of 100 keys against 100 sequential Gets of the same keys, in the
+// same run: the goal is at least 20x.
+func BenchmarkGetMany100(b *testing.B) {
+	for _, topo := range []string{"single", "cluster"} {
+		b.Run(topo, func(b *testing.B) {
+			ctx := context.Background()
+			var rdb redis.UniversalClient = benchClient(b)
+			if topo == "cluster" {
+				rdb = redistest.SharedCluster(b).Client(b, func(o *redis.ClusterOptions) { o.ContextTimeoutEnabled = true })
+			}
+			c := newCacheOn[user](b, rdb, "many", WithReadTimeout(time.Second))
+			ks := make([]string, 100)
+			items := map[string]user{}
+			for i := range ks {
+				ks[i] = "m" + strconv.Itoa(i)
+				items[ks[i]] = user{ID: i}
+			}
+			if err := c.SetMany(ctx, items, WithTTL(time.Hour)); err != nil {
+				b.Fatal(err)
+			}
+			compare(b, func(int) {
+				got, err := c.GetMany(ctx, ks)
+				if err != nil || len(got) != len(ks) {
+					b.Fatal(len(got), err)
+				}
+			}, func(int) {
+				for _, k := range ks {
+					if _, err := c.Get(ctx, k); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		})
+	}
 }

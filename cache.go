@@ -31,6 +31,7 @@ type Cache[V any] struct {
 	l1     *local[V]          // nil when L1 is off
 	inv    *invalidator       // nil when L1 or invalidation is off
 	brk    *breaker           // nil when the breaker is off
+	tagv   *tagVersions       // tag versions seen, for tagged L1 hits; nil when L1 is off
 
 	// life ends when Close is called. It is the lifetime of the cache, not
 	// of a request: loads and refreshes derive their contexts from it (and
@@ -95,6 +96,12 @@ func New[V any](rdb redis.UniversalClient, opts ...Option) (*Cache[V], error) {
 			vc.close()
 			return nil, fmt.Errorf("%w: L1: %w", ErrInvalidOption, err)
 		}
+		if c.tagv, err = newTagVersions(100_000); err != nil {
+			c.l1.close()
+			vc.close()
+			return nil, fmt.Errorf("%w: L1 tags: %w", ErrInvalidOption, err)
+		}
+		c.l1.tagsCurrent = c.tagv.current
 		if cfg.invalidation {
 			c.inv = &invalidator{
 				rdb: rdb, channel: c.layout.Channel(), id: newInstanceID(),
@@ -106,6 +113,7 @@ func New[V any](rdb redis.UniversalClient, opts ...Option) (*Cache[V], error) {
 					}
 				},
 				onFlush: c.l1.flush,
+				onTags:  c.tagv.observe,
 			}
 			c.inv.start()
 		}
@@ -175,6 +183,7 @@ func (c *Cache[V]) Close() error {
 	c.bg.Wait()
 	if c.l1 != nil {
 		c.l1.close()
+		c.tagv.close()
 	}
 	c.vc.close()
 	return nil
@@ -332,6 +341,9 @@ func (c *Cache[V]) getL2(ctx context.Context, key string) (e entry[V], found boo
 		return e, false, err
 	}
 	found = c.decodeStored(key, vk, b, &e)
+	if found && len(e.tags) > 0 {
+		found = c.validTags(ctx, []*entry[V]{&e})[0]
+	}
 	now := nowMicro()
 	hit := found && e.fresh(now)
 	c.rec.lookup(TierL2, hit, start)
@@ -378,10 +390,18 @@ func (c *Cache[V]) Set(ctx context.Context, key string, v V, opts ...SetOption) 
 	if sc.ttl <= 0 {
 		return fmt.Errorf("%w: TTL %v must be positive", ErrInvalidOption, sc.ttl)
 	}
+	tagNames, err := checkTags(sc.tags)
+	if err != nil {
+		return err
+	}
 	vk := c.layout.Value(key)
 	now := time.Now()
 	softExp := now.Add(c.jitter(sc.ttl))
-	b, err := c.vc.encode(v, false, keys.Hash(vk), now, softExp, 0)
+	tags, _, err := c.readTagVersions(ctx, tagNames, 0, c.redisTTL(softExp.Sub(now)))
+	if err != nil {
+		return err
+	}
+	b, err := c.vc.encode(v, false, keys.Hash(vk), now, softExp, 0, tags)
 	if err != nil {
 		return err
 	}
@@ -395,7 +415,8 @@ func (c *Cache[V]) Set(ctx context.Context, key string, v V, opts ...SetOption) 
 		return err
 	}
 	if c.l1 != nil {
-		c.l1.set(key, entry[V]{val: v, writtenAt: now.UnixMicro(), softExp: softExp.UnixMicro(), size: len(b)}, now.UnixMicro(), c.limitL1())
+		c.tagv.observe(tags)
+		c.l1.set(key, entry[V]{val: v, writtenAt: now.UnixMicro(), softExp: softExp.UnixMicro(), size: len(b), tags: tags}, now.UnixMicro(), c.limitL1())
 	}
 	return c.broadcast(ctx, key)
 }

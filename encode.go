@@ -20,6 +20,7 @@ type entry[V any] struct {
 	l1Until   int64  // L1 only: when the L1 copy must go
 	delta     uint32 // how long its load took, µs
 	size      int    // encoded size, for the L1 weigher
+	tags      []envelope.Tag // its tags and their versions when it was loaded; shared, never modified
 }
 
 func (e *entry[V]) fresh(now int64) bool { return now < e.softExp }
@@ -63,8 +64,9 @@ func (vc *valueCodec) close() {
 }
 
 // encode builds the frame of v for Redis key vk.
-func (vc *valueCodec) encode(v any, neg bool, keyHash uint64, now time.Time, softExp time.Time, delta time.Duration) ([]byte, error) {
+func (vc *valueCodec) encode(v any, neg bool, keyHash uint64, now time.Time, softExp time.Time, delta time.Duration, tags []envelope.Tag) ([]byte, error) {
 	env := envelope.Envelope{
+		Tags:       tags,
 		Codec:      vc.codec.ID(),
 		WrittenAt:  now.UnixMicro(),
 		SoftExpiry: softExp.UnixMicro(),
@@ -107,7 +109,7 @@ func decode[V any](vc *valueCodec, b []byte, keyHash uint64, e *entry[V]) error 
 	if err := envelope.Decode(b, vc.maxSize, keyHash, &env); err != nil {
 		return err
 	}
-	*e = entry[V]{neg: env.Negative(), writtenAt: env.WrittenAt, softExp: env.SoftExpiry, delta: env.Delta, size: len(b)}
+	*e = entry[V]{neg: env.Negative(), writtenAt: env.WrittenAt, softExp: env.SoftExpiry, delta: env.Delta, size: len(b), tags: env.Tags}
 	if e.neg {
 		return nil
 	}

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/tiercache/tiercache/internal/envelope"
 )
 
 // invalidator keeps the L1 tiers of all instances coherent through Redis
@@ -37,6 +39,7 @@ type invalidator struct {
 
 	onKeys  func(keys []string)
 	onFlush func()
+	onTags  func(tags []envelope.Tag)
 
 	up   atomic.Bool // the subscription is confirmed and healthy
 	reqs chan pubReq
@@ -50,6 +53,7 @@ type invalidator struct {
 
 type pubReq struct {
 	keys []string
+	tags []envelope.Tag
 	all  bool
 	ack  chan error
 }
@@ -58,6 +62,7 @@ const (
 	msgMagic   = 'T'
 	msgVersion = 1
 	kindKeys   = 'k'
+	kindTags   = 't'
 	kindAll    = 'a'
 	msgHeader  = 11
 	maxMsgSize = 64 << 10
@@ -97,7 +102,15 @@ func (iv *invalidator) healthy() bool { return iv.up.Load() }
 // message without delaying a lone sender: the publisher takes whatever has
 // queued while it was busy.
 func (iv *invalidator) send(ctx context.Context, keys []string, all bool) error {
-	r := pubReq{keys: keys, all: all, ack: make(chan error, 1)}
+	return iv.enqueue(ctx, pubReq{keys: keys, all: all, ack: make(chan error, 1)})
+}
+
+// sendTags publishes new tag versions, like send.
+func (iv *invalidator) sendTags(ctx context.Context, tags []envelope.Tag) error {
+	return iv.enqueue(ctx, pubReq{tags: tags, ack: make(chan error, 1)})
+}
+
+func (iv *invalidator) enqueue(ctx context.Context, r pubReq) error {
 	select {
 	case iv.reqs <- r:
 	case <-iv.done:
@@ -148,18 +161,31 @@ func (iv *invalidator) publishBatch(batch []pubReq) error {
 	if all {
 		msgs = append(msgs, iv.header(kindAll))
 	} else {
-		msg := iv.header(kindKeys)
+		keyMsg, tagMsg := iv.header(kindKeys), iv.header(kindTags)
 		for _, r := range batch {
 			for _, k := range r.keys {
-				if len(msg) > msgHeader && len(msg)+len(k)+binary.MaxVarintLen64 > maxMsgSize {
-					msgs = append(msgs, msg)
-					msg = iv.header(kindKeys)
+				if len(keyMsg) > msgHeader && len(keyMsg)+len(k)+binary.MaxVarintLen64 > maxMsgSize {
+					msgs = append(msgs, keyMsg)
+					keyMsg = iv.header(kindKeys)
 				}
-				msg = binary.AppendUvarint(msg, uint64(len(k)))
-				msg = append(msg, k...)
+				keyMsg = binary.AppendUvarint(keyMsg, uint64(len(k)))
+				keyMsg = append(keyMsg, k...)
+			}
+			for _, t := range r.tags {
+				if len(tagMsg) > msgHeader && len(tagMsg)+len(t.Name)+binary.MaxVarintLen64+8 > maxMsgSize {
+					msgs = append(msgs, tagMsg)
+					tagMsg = iv.header(kindTags)
+				}
+				tagMsg = binary.AppendUvarint(tagMsg, uint64(len(t.Name)))
+				tagMsg = append(tagMsg, t.Name...)
+				tagMsg = binary.BigEndian.AppendUint64(tagMsg, t.Version)
 			}
 		}
-		msgs = append(msgs, msg)
+		for _, m := range [][]byte{keyMsg, tagMsg} {
+			if len(m) > msgHeader {
+				msgs = append(msgs, m)
+			}
+		}
 	}
 	for _, m := range msgs {
 		err := iv.call(context.Background(), "publish", iv.timeout, func(ctx context.Context) error {
@@ -210,6 +236,21 @@ func (iv *invalidator) apply(payload string) {
 		}
 		iv.onKeys(keys)
 		iv.rec.event(EventInvalidationReceived) // counted once applied
+	case kindTags:
+		b := []byte(payload[msgHeader:])
+		var tags []envelope.Tag
+		for len(b) > 0 {
+			n, w := binary.Uvarint(b)
+			if w <= 0 || uint64(len(b)-w) < n+8 {
+				iv.log.Warn("tiercache: truncated tag invalidation message; flushing L1", "channel", iv.channel)
+				iv.onFlush()
+				return
+			}
+			tags = append(tags, envelope.Tag{Name: string(b[w : w+int(n)]), Version: binary.BigEndian.Uint64(b[w+int(n):])})
+			b = b[w+int(n)+8:]
+		}
+		iv.onTags(tags)
+		iv.rec.event(EventInvalidationReceived)
 	default:
 		iv.log.Warn("tiercache: unknown invalidation message kind", "kind", payload[10])
 	}

@@ -44,6 +44,7 @@ type acquireResult struct {
 	state    int64
 	value    []byte // nil when absent
 	leaseTTL time.Duration
+	at       int64 // server time when the lease was taken (Unix µs), 0 for a fresh value
 }
 
 func newToken() string {
@@ -75,8 +76,11 @@ func parseAcquire(cmd *redis.Cmd) (acquireResult, error) {
 	if err != nil {
 		return res, err
 	}
-	if len(vals) != 3 {
+	if len(vals) != 4 {
 		return res, errors.New("acquire: unexpected reply")
+	}
+	if s, ok := vals[3].(string); ok {
+		res.at, _ = strconv.ParseInt(s, 10, 64)
 	}
 	res.state, _ = vals[0].(int64)
 	if s, ok := vals[1].(string); ok && s != "" {

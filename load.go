@@ -161,7 +161,7 @@ func (c *Cache[V]) loadUnleased(ctx context.Context, key string, load LoadFunc[V
 			stale = &e
 		}
 	}
-	return c.loadAndFill(ctx, key, load, "", stale)
+	return c.loadAndFill(ctx, key, load, "", stale, nowMicro())
 }
 
 // loadLeased is the leased read-through: take the key's lease in Redis, or
@@ -189,16 +189,19 @@ func (c *Cache[V]) loadLeased(ctx context.Context, key string, load LoadFunc[V],
 				return entry[V]{}, ctx.Err()
 			}
 			// Redis is sick: serve the read from the loader, cache nothing.
-			return c.loadAndFill(ctx, key, load, "-", nil)
+			return c.loadAndFill(ctx, key, load, "-", nil, 0)
 		}
 		var e entry[V]
 		found := c.decodeStored(key, vk, res.value, &e)
+		if found && len(e.tags) > 0 {
+			found = c.validTags(ctx, []*entry[V]{&e})[0]
+		}
 		now := nowMicro()
 		if res.state == acquireFresh && !found {
 			// The script judged the bytes fresh by their header, but they do
-			// not decode (corrupt, foreign, another codec). Take the lease
-			// regardless of freshness; a value written from now on is a
-			// real fill and ends the wait.
+			// not decode (corrupt, foreign, another codec) or one of their
+			// tags was invalidated. Take the lease regardless of freshness;
+			// a value written from now on is a real fill and ends the wait.
 			force, notBefore = true, now
 			continue
 		}
@@ -216,7 +219,7 @@ func (c *Cache[V]) loadLeased(ctx context.Context, key string, load LoadFunc[V],
 			if found {
 				stale = &e
 			}
-			return c.loadAndFill(ctx, key, load, token, stale)
+			return c.loadAndFill(ctx, key, load, token, stale, res.at)
 		case found && !force && c.withinSWR(&e, now):
 			// Someone else is refreshing it; the stale value will do.
 			c.rec.event(EventStaleServed)
@@ -236,8 +239,11 @@ func (c *Cache[V]) loadLeased(ctx context.Context, key string, load LoadFunc[V],
 // loadAndFill calls the loader and caches its result. token is the lease
 // token of a leased fill, "" for an unleased write, "-" for no write at
 // all (Redis failed). stale is the value already stored, if any, to serve
-// when the loader fails within the stale-if-error window.
-func (c *Cache[V]) loadAndFill(ctx context.Context, key string, load LoadFunc[V], token string, stale *entry[V]) (entry[V], error) {
+// when the loader fails within the stale-if-error window. since is when the
+// load began (Unix µs, the server's clock when leased): a tag invalidated
+// after it refuses the fill.
+func (c *Cache[V]) loadAndFill(ctx context.Context, key string, load LoadFunc[V], token string, stale *entry[V], since int64) (entry[V], error) {
+	leased := token != "" && token != "-"
 	meta := &loadMeta{cfg: setConfig{ttl: c.cfg.ttl}}
 	lctx, end := c.rec.span(context.WithValue(ctx, loadMetaKey{}, meta), "load")
 	start := time.Now()
@@ -252,7 +258,7 @@ func (c *Cache[V]) loadAndFill(ctx context.Context, key string, load LoadFunc[V]
 	}
 	vk := c.layout.Value(key)
 	if err != nil && !notFound {
-		if token != "" && token != "-" {
+		if leased {
 			c.release(vk, token)
 		}
 		if stale != nil && c.withinSIE(stale, nowMicro()) {
@@ -269,34 +275,53 @@ func (c *Cache[V]) loadAndFill(ctx context.Context, key string, load LoadFunc[V]
 		ttl = c.cfg.negativeTTL
 	}
 	e := entry[V]{val: v, neg: notFound, writtenAt: now.UnixMicro(), delta: uint32(min(delta.Microseconds(), 1<<32-1))}
-	if ttl <= 0 || sc.noCache || token == "-" {
-		if token != "" && token != "-" {
+	e.softExp = now.UnixMicro() // until cached: returned, never reused
+	tagNames, tagErr := checkTags(sc.tags)
+	if tagErr != nil {
+		c.log.Warn("tiercache: loaded value not cached", "key", key, "err", tagErr)
+	}
+	if ttl <= 0 || sc.noCache || token == "-" || tagErr != nil {
+		if leased {
 			c.release(vk, token)
 		}
-		e.softExp = now.UnixMicro() // returned, never cached
 		return e, nil
 	}
 	softExp := now.Add(c.jitter(ttl))
-	e.softExp = softExp.UnixMicro()
-	b, err := c.vc.encode(v, notFound, keys.Hash(vk), now, softExp, delta)
-	if err != nil {
-		// Too large or not encodable: the caller still gets the value.
-		c.log.Warn("tiercache: loaded value not cached", "key", key, "err", err)
-		if token != "" {
+	redisTTL := c.redisTTL(softExp.Sub(now))
+	tags, staleTags, err := c.readTagVersions(ctx, tagNames, since, redisTTL)
+	if err != nil || staleTags {
+		// A tag was invalidated while the loader ran (or cannot be read):
+		// what it loaded may predate the change. Return it, cache nothing.
+		if staleTags {
+			c.rec.event(EventFillRefused)
+		}
+		if leased {
 			c.release(vk, token)
 		}
 		return e, nil
 	}
+	b, err := c.vc.encode(v, notFound, keys.Hash(vk), now, softExp, delta, tags)
+	if err != nil {
+		// Too large or not encodable: the caller still gets the value.
+		c.log.Warn("tiercache: loaded value not cached", "key", key, "err", err)
+		if leased {
+			c.release(vk, token)
+		}
+		return e, nil
+	}
+	e.softExp = softExp.UnixMicro()
+	e.tags = tags
 	e.size = len(b)
 	var tok fillToken
 	if c.l1 != nil {
 		tok = c.l1.token(key)
 	}
-	written, err := c.fill(ctx, vk, token, b, c.redisTTL(softExp.Sub(now)))
+	written, err := c.fill(ctx, vk, token, b, redisTTL)
 	if err == nil && !written {
 		c.rec.event(EventFillRefused)
 	}
 	if written && c.l1 != nil {
+		c.tagv.observe(tags)
 		c.l1.fill(key, tok, e, now.UnixMicro(), c.limitL1())
 	}
 	return e, nil

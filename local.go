@@ -8,6 +8,8 @@ import (
 	"github.com/cespare/xxhash/v2"
 	"github.com/maypok86/otter/v2"
 	"github.com/maypok86/otter/v2/stats"
+
+	"github.com/tiercache/tiercache/internal/envelope"
 )
 
 // local is the L1 tier: decoded values in an otter cache (W-TinyLFU,
@@ -47,6 +49,9 @@ type local[V any] struct {
 	epoch  atomic.Uint64
 	maxTTL time.Duration
 	bytes  bool
+	// tagsCurrent reports whether an entry's tags are still at its versions
+	// (set by the cache; see tagVersions).
+	tagsCurrent func([]envelope.Tag) bool
 }
 
 // fillToken is what a reader remembers before it reads Redis.
@@ -89,7 +94,7 @@ func (l *local[V]) stripe(k string) *atomic.Uint64 {
 // get returns the fresh L1 entry of k. now is in Unix µs.
 func (l *local[V]) get(k string, now int64) (*entry[V], bool) {
 	e, ok := l.c.GetIfPresent(k)
-	if !ok || !e.fresh(now) {
+	if !ok || !e.fresh(now) || (len(e.tags) > 0 && !l.tagsCurrent(e.tags)) {
 		l.misses.add(k)
 		return nil, false
 	}

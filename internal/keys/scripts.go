@@ -14,9 +14,11 @@ import "github.com/redis/go-redis/v9"
 //	ARGV[4] "1" to force (ignore freshness), ARGV[5] unix µs or "0": a value
 //	written after it counts as fresh even when forced (someone refreshed it)
 //
-// It returns {state, value, lease pttl}: state 2 = the value is fresh (no
-// lease taken), 1 = the lease is ours, 0 = someone else holds it. value is ""
-// when absent. Freshness is read from the frame: the write time is 8 bytes
+// It returns {state, value, lease pttl, server time}: state 2 = the value is
+// fresh (no lease taken), 1 = the lease is ours, 0 = someone else holds it.
+// value is "" when absent. The server time (Unix µs, from TIME) is when the
+// lease was taken: a tag invalidated after it may have changed what the
+// holder loads (see TagRead). Freshness is read from the frame: the write time is 8 bytes
 // big-endian at offset 4, the logical expiry at offset 12 (0-based); frames
 // too short to hold them are not fresh. The numbers are Unix µs, well within
 // the 2^53 that Lua's doubles hold exactly.
@@ -28,14 +30,16 @@ local function u64(s, at)
 end
 local v = redis.call('GET', KEYS[1])
 if v and #v >= 42 then
-  if ARGV[4] ~= '1' and u64(v, 13) > tonumber(ARGV[3]) then return {2, v, 0} end
-  if ARGV[5] ~= '0' and u64(v, 5) > tonumber(ARGV[5]) then return {2, v, 0} end
+  if ARGV[4] ~= '1' and u64(v, 13) > tonumber(ARGV[3]) then return {2, v, 0, '0'} end
+  if ARGV[5] ~= '0' and u64(v, 5) > tonumber(ARGV[5]) then return {2, v, 0, '0'} end
 end
 if not v then v = '' end
+local t = redis.call('TIME')
+local now = string.format('%.0f', t[1] * 1000000 + t[2])
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return {1, v, 0}
+  return {1, v, 0, now}
 end
-return {0, v, redis.call('PTTL', KEYS[2])}
+return {0, v, redis.call('PTTL', KEYS[2]), now}
 `)
 
 // Fill writes a loaded value only if the lease token still matches: a
@@ -72,4 +76,52 @@ return 0
 var Set = redis.NewScript(`
 redis.call('DEL', KEYS[2])
 return redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+`)
+
+// Tags. Each tag has a version key (its own slot) holding a Unix µs
+// timestamp from the server's clock; a value stores the versions of its tags
+// when it was loaded, and is valid only while every tag key still holds that
+// version. Invalidating a tag moves its version forward, which makes every
+// value carrying it invalid at once, however many there are: O(1) in Redis.
+
+// TagRead returns a tag's version, creating the tag key when absent, and
+// makes sure it lives at least as long as the value about to be written.
+//
+//	KEYS[1] tag key
+//	ARGV[1] version for a new tag key (the load's start, Unix µs) or "0" for
+//	        the server's time now; ARGV[2] the value's TTL in ms
+var TagRead = redis.NewScript(`
+local v = redis.call('GET', KEYS[1])
+if not v then
+  v = ARGV[1]
+  if v == '0' then
+    local t = redis.call('TIME')
+    v = string.format('%.0f', t[1] * 1000000 + t[2])
+  end
+  redis.call('SET', KEYS[1], v, 'PX', ARGV[2])
+  return v
+end
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl >= 0 and ttl < tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return v
+`)
+
+// TagBump invalidates a tag: its version becomes max(version+1, server time
+// now), so versions only grow. An absent tag key is created with that
+// version for ARGV[1] ms, long enough for loads in flight to see it and
+// refuse their fills.
+//
+//	KEYS[1] tag key, ARGV[1] TTL in ms for a tag key that did not exist
+var TagBump = redis.NewScript(`
+local t = redis.call('TIME')
+local now = t[1] * 1000000 + t[2]
+local v = redis.call('GET', KEYS[1])
+if not v then
+  local s = string.format('%.0f', now)
+  redis.call('SET', KEYS[1], s, 'PX', ARGV[1])
+  return s
+end
+local s = string.format('%.0f', math.max(tonumber(v) + 1, now))
+redis.call('SET', KEYS[1], s, 'KEEPTTL')
+return s
 `)
