@@ -28,10 +28,10 @@ type Cache[V any] struct {
 	log    *slog.Logger
 
 	flight flight.Group[entry[V]] // per-process coalescing of loads, by key
-	l1     *local[V]          // nil when L1 is off
-	inv    *invalidator       // nil when L1 or invalidation is off
-	brk    *breaker           // nil when the breaker is off
-	tagv   *tagVersions       // tag versions seen, for tagged L1 hits; nil when L1 is off
+	l1     *local[V]              // nil when L1 is off
+	inv    *invalidator           // nil when L1 or invalidation is off
+	brk    *breaker               // nil when the breaker is off
+	tagv   *tagVersions           // tag versions seen, for tagged L1 hits; nil when L1 is off
 
 	// life ends when Close is called. It is the lifetime of the cache, not
 	// of a request: loads and refreshes derive their contexts from it (and

@@ -14,12 +14,12 @@ import (
 // the frame's metadata. Times are Unix microseconds.
 type entry[V any] struct {
 	val       V
-	neg       bool   // a cached "not found"
-	writtenAt int64  // when it was written
-	softExp   int64  // logical expiry: fresh before, stale after
-	l1Until   int64  // L1 only: when the L1 copy must go
-	delta     uint32 // how long its load took, µs
-	size      int    // encoded size, for the L1 weigher
+	neg       bool           // a cached "not found"
+	writtenAt int64          // when it was written
+	softExp   int64          // logical expiry: fresh before, stale after
+	l1Until   int64          // L1 only: when the L1 copy must go
+	delta     uint32         // how long its load took, µs
+	size      int            // encoded size, for the L1 weigher
 	tags      []envelope.Tag // its tags and their versions when it was loaded; shared, never modified
 }
 
