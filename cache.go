@@ -83,7 +83,7 @@ func New[V any](rdb redis.UniversalClient, opts ...Option) (*Cache[V], error) {
 		layout:   keys.New(cfg.prefix, cfg.version),
 		vc:       vc,
 		rec:      newRecorder(cfg.observer),
-		log:      cfg.logger,
+		log:      newLimitedLogger(cfg.logger, time.Second),
 		refreshQ: make(chan struct{}, cfg.maxRefreshes),
 		random:   rand.Float64,
 	}

@@ -183,8 +183,9 @@ func WithNegativeTTL(d time.Duration) Option { return func(c *config) { c.negati
 func WithMaxValueSize(n int) Option { return func(c *config) { c.maxValueSize = n } }
 
 // WithLogger sets the logger for what an operator must know: corrupt
-// entries, breaker state changes, subscription lost and regained. Default:
-// discard.
+// entries, breaker state changes, subscription lost and regained, loaders
+// failing behind a stale value. Each message is logged at most once a
+// second, with a count of the ones held back. Default: discard.
 func WithLogger(l *slog.Logger) Option { return func(c *config) { c.logger = l } }
 
 // WithCompression compresses encoded values longer than threshold bytes.
