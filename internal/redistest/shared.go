@@ -1,9 +1,12 @@
 package redistest
 
 import (
+	"errors"
+	"flag"
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"sync"
@@ -66,6 +69,16 @@ func MainWithLeakCheck(m *testing.M, opts ...goleak.Option) {
 // run runs the tests and tears the shared servers down.
 func run(m *testing.M) int {
 	shared.mainCalled.Store(true)
+	if _, err := exec.LookPath("redis-server"); err != nil && os.Getenv("CI") == "" {
+		// Tests skip on their own (RequireServer); examples cannot, so they
+		// are skipped here. In CI nothing is skipped: the tests fail.
+		fmt.Fprintln(os.Stderr, "redistest: redis-server not on PATH: integration tests and examples are skipped")
+		skip := "^Example"
+		if f := flag.Lookup("test.skip"); f != nil && f.Value.String() != "" {
+			skip = f.Value.String() + "|" + skip
+		}
+		_ = flag.Set("test.skip", skip)
+	}
 	code := m.Run()
 	stopShared()
 	return code
@@ -240,4 +253,31 @@ func UniquePrefix(tb testing.TB) string {
 	tb.Helper()
 	return "t" + strconv.FormatUint(prefixSeq.Add(1), 10) +
 		"." + fmt.Sprintf("%08x", rand.Uint32()) + ":"
+}
+
+// SharedServerAddr is SharedServer for code without a testing.TB, such as
+// Example functions: it returns the address of the shared redis-server,
+// starting it on first use. [Main] must run the tests; when redis-server is
+// missing outside CI, Main skips the examples.
+func SharedServerAddr() (string, error) {
+	if !shared.mainCalled.Load() {
+		return "", errors.New("redistest: SharedServerAddr needs TestMain to call redistest.Main")
+	}
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		return "", fmt.Errorf("redistest: redis-server not on PATH: %w", err)
+	}
+	shared.serverMu.Lock()
+	defer shared.serverMu.Unlock()
+	if shared.server == nil && shared.serverErr == nil {
+		dir, err := sharedDir("single")
+		if err == nil {
+			shared.server, err = launch(bin, dir, false, nil)
+		}
+		shared.serverErr = err
+	}
+	if shared.serverErr != nil {
+		return "", shared.serverErr
+	}
+	return shared.server.Addr, nil
 }
