@@ -137,7 +137,7 @@ func (c *Cache[V]) loadMany(ctx context.Context, missing []string, load BatchLoa
 		} else {
 			go func() {
 				defer c.bg.Done()
-				res := c.runBatchDetached(lead, load)
+				res := c.runBatchDetached(ctx, lead, load)
 				for i, k := range lead {
 					c.flight.End(k, leadCalls[i], res[i].e, res[i].err)
 				}
@@ -170,12 +170,15 @@ type keyResult[V any] struct {
 
 // runBatchDetached runs loadBatch on a detached context; a panic becomes a
 // *PanicError for every key.
-func (c *Cache[V]) runBatchDetached(lead []string, load BatchLoadFunc[V]) (res []keyResult[V]) {
-	ctx, cancel := c.detached()
+func (c *Cache[V]) runBatchDetached(parent context.Context, lead []string, load BatchLoadFunc[V]) (res []keyResult[V]) {
+	ctx, cancel := c.detached(parent)
 	defer cancel()
 	defer func() {
 		if p := recover(); p != nil {
-			perr := &PanicError{Value: p, Stack: stack()}
+			perr, ok := p.(*PanicError) // re-raised by callLoader
+			if !ok {
+				perr = &PanicError{Value: p, Stack: stack()}
+			}
 			res = make([]keyResult[V], len(lead))
 			for i := range res {
 				res[i].err = perr
@@ -295,12 +298,11 @@ func (c *Cache[V]) loadBatch(ctx context.Context, ks []string, load BatchLoadFun
 func (c *Cache[V]) loadAndFillMany(ctx context.Context, ks []string, stale []*entry[V], tokens map[string]string,
 	load BatchLoadFunc[V], res []keyResult[V], idx map[string]int, cache bool, since int64) {
 	meta := &loadMeta{cfg: setConfig{ttl: c.cfg.ttl}}
-	lctx, end := c.rec.span(context.WithValue(ctx, loadMetaKey{}, meta), "load_many")
-	start := time.Now()
-	vals, err := load(lctx, ks)
-	delta := time.Since(start)
-	end(err)
-	c.rec.load(delta, err)
+	vals, delta, err := callLoader(c, ctx, meta, "load_many", func(ctx context.Context) (map[string]V, error) { return load(ctx, ks) }, func() {
+		if tokens != nil {
+			c.releaseMany(ks, tokens)
+		}
+	})
 	if err != nil {
 		if tokens != nil {
 			c.releaseMany(ks, tokens)
@@ -586,8 +588,10 @@ func (c *Cache[V]) getManyL2(ctx context.Context, ks []string) ([]entry[V], []bo
 		return c.mget(ctx, vks, raw)
 	})
 	if err != nil {
-		for range ks {
-			c.rec.lookup(TierL2, false, start)
+		if !errors.Is(err, errBreakerOpen) { // a bypassed Redis was not asked
+			for range ks {
+				c.rec.lookup(TierL2, false, start)
+			}
 		}
 		return nil, nil, err
 	}

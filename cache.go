@@ -21,6 +21,12 @@ import (
 type Cache[V any] struct {
 	rdb    redis.UniversalClient
 	reads  redis.Cmdable // rdb, or its auto-pipeliner (WithAutoPipeline) for GETs
+	// apSick is set when a read through the auto-pipeliner failed: reads go
+	// to rdb, which honours their deadlines, until one succeeds. go-redis's
+	// auto-pipeliner retries dialling without looking at the command's
+	// context, so while Redis refuses connections a read through it can take
+	// seconds whatever its timeout.
+	apSick atomic.Bool
 	cfg    config
 	layout keys.Layout
 	vc     *valueCodec
@@ -243,12 +249,14 @@ func (c *Cache[V]) call(ctx context.Context, op string, timeout time.Duration, f
 		}
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
+	ctx, end := c.rec.span(ctx, op)
 	start := c.rec.now()
 	err := fn(ctx)
 	cancel()
 	if errors.Is(err, redis.Nil) {
 		err = nil
 	}
+	end(err)
 	if done != nil {
 		done(err)
 	}
@@ -304,15 +312,15 @@ func (e *entry[V]) result() (V, error) {
 	return e.val, nil
 }
 
-// getL1 looks key up in L1. otter counts the lookup; the observer is told.
+// getL1 looks key up in L1, counting the lookup; the observer is told.
 func (c *Cache[V]) getL1(key string) (*entry[V], bool) {
 	if c.l1 == nil {
 		return nil, false
 	}
-	start := c.rec.now()
 	e, ok := c.l1.get(key, c.l1.now())
 	if c.rec.timed {
-		c.rec.obs.Lookup(TierL1, ok, time.Since(start))
+		// Not timed: a clock read costs more than the lookup.
+		c.rec.obs.Lookup(TierL1, ok, 0)
 	}
 	if ok && e.neg {
 		c.rec.event(EventNegativeHit)
@@ -331,13 +339,22 @@ func (c *Cache[V]) getL2(ctx context.Context, key string) (e entry[V], found boo
 	}
 	start := c.rec.now()
 	var b []byte
+	reads, viaAP := c.reads, c.cfg.autoPipeline && !c.apSick.Load()
+	if !viaAP {
+		reads = c.rdb
+	}
 	err = c.call(ctx, "get", c.cfg.readTimeout, func(ctx context.Context) error {
 		var err error
-		b, err = c.reads.Get(ctx, vk).Bytes()
+		b, err = reads.Get(ctx, vk).Bytes()
 		return err
 	})
+	if c.cfg.autoPipeline && !errors.Is(err, errBreakerOpen) {
+		c.apSick.Store(err != nil)
+	}
 	if err != nil {
-		c.rec.lookup(TierL2, false, start)
+		if !errors.Is(err, errBreakerOpen) { // a bypassed Redis was not asked
+			c.rec.lookup(TierL2, false, start)
+		}
 		return e, false, err
 	}
 	found = c.decodeStored(key, vk, b, &e)

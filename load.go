@@ -89,29 +89,40 @@ func (c *Cache[V]) shared(ctx context.Context, flightKey string, fn func(context
 	}
 	go func() {
 		defer c.bg.Done()
-		e, err := c.runDetached(fn)
+		e, err := c.runDetached(ctx, fn)
 		c.flight.End(flightKey, call, e, err)
 	}()
 	return call.Wait(ctx)
 }
 
-// runDetached runs fn on a detached context and turns a panic into a
-// *PanicError that keeps the value and the stack.
-func (c *Cache[V]) runDetached(fn func(context.Context) (entry[V], error)) (e entry[V], err error) {
-	ctx, cancel := c.detached()
+// runDetached runs fn on a context detached from the leader's parent (see
+// detached) and turns a panic into a *PanicError that keeps the value and
+// the stack.
+func (c *Cache[V]) runDetached(parent context.Context, fn func(context.Context) (entry[V], error)) (e entry[V], err error) {
+	ctx, cancel := c.detached(parent)
 	defer cancel()
 	defer func() {
 		if p := recover(); p != nil {
-			e, err = entry[V]{}, &PanicError{Value: p, Stack: stack()}
+			perr, ok := p.(*PanicError) // re-raised by callLoader
+			if !ok {
+				perr = &PanicError{Value: p, Stack: stack()}
+			}
+			e, err = entry[V]{}, perr
 		}
 	}()
 	return fn(ctx)
 }
 
-// detached returns the context a load runs on: no caller's cancellation,
-// the load timeout, and cancelled by Close.
-func (c *Cache[V]) detached() (context.Context, context.CancelFunc) {
-	return context.WithTimeout(c.life, c.cfg.loadTimeout)
+// detached returns the context a load runs on: the values of parent (the
+// leading caller's trace, say) without its cancellation, the load timeout,
+// and cancelled by Close.
+func (c *Cache[V]) detached(parent context.Context) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(parent), c.cfg.loadTimeout)
+	stop := context.AfterFunc(c.life, cancel)
+	return ctx, func() {
+		stop()
+		cancel()
+	}
 }
 
 func (c *Cache[V]) withinSWR(e *entry[V], now int64) bool {
@@ -134,7 +145,7 @@ func (c *Cache[V]) withinSIE(e *entry[V], now int64) bool {
 func (c *Cache[V]) loadKey(ctx context.Context, key string, load LoadFunc[V], force bool) (entry[V], error) {
 	now := nowMicro()
 	if !force && c.l1 != nil {
-		if e, ok := c.l1.get(key, now); ok {
+		if e, ok := c.l1.peek(key, now); ok {
 			return *e, nil
 		}
 	}
@@ -245,18 +256,13 @@ func (c *Cache[V]) loadLeased(ctx context.Context, key string, load LoadFunc[V],
 func (c *Cache[V]) loadAndFill(ctx context.Context, key string, load LoadFunc[V], token string, stale *entry[V], since int64) (entry[V], error) {
 	leased := token != "" && token != "-"
 	meta := &loadMeta{cfg: setConfig{ttl: c.cfg.ttl}}
-	lctx, end := c.rec.span(context.WithValue(ctx, loadMetaKey{}, meta), "load")
-	start := time.Now()
-	v, err := load(lctx)
-	delta := time.Since(start)
-	end(err)
-	notFound := errors.Is(err, ErrNotFound)
-	if notFound {
-		c.rec.load(delta, nil)
-	} else {
-		c.rec.load(delta, err)
-	}
 	vk := c.layout.Value(key)
+	v, delta, err := callLoader(c, ctx, meta, "load", load, func() {
+		if leased {
+			c.release(vk, token)
+		}
+	})
+	notFound := errors.Is(err, ErrNotFound)
 	if err != nil && !notFound {
 		if leased {
 			c.release(vk, token)
@@ -325,6 +331,32 @@ func (c *Cache[V]) loadAndFill(ctx context.Context, key string, load LoadFunc[V]
 		c.l1.fill(key, tok, e, now.UnixMicro(), c.limitL1())
 	}
 	return e, nil
+}
+
+// callLoader calls a loader in a span, times and counts it. If the loader
+// panics, the span ends, the load is counted as failed and onPanic runs
+// (to give the lease back) before the panic goes on to runDetached.
+func callLoader[V, R any](c *Cache[V], ctx context.Context, meta *loadMeta, op string, load func(context.Context) (R, error), onPanic func()) (v R, delta time.Duration, err error) {
+	lctx, end := c.rec.span(context.WithValue(ctx, loadMetaKey{}, meta), op)
+	start := time.Now()
+	defer func() {
+		if p := recover(); p != nil {
+			perr := &PanicError{Value: p, Stack: stack()}
+			end(perr)
+			c.rec.load(time.Since(start), perr)
+			onPanic()
+			panic(perr)
+		}
+	}()
+	v, err = load(lctx)
+	delta = time.Since(start)
+	end(err)
+	if errors.Is(err, ErrNotFound) {
+		c.rec.load(delta, nil)
+	} else {
+		c.rec.load(delta, err)
+	}
+	return v, delta, err
 }
 
 // loadMeta carries what a loader says about its result through [LoadOptions].

@@ -102,6 +102,15 @@ func (l *local[V]) get(k string, now int64) (*entry[V], bool) {
 	return e, true
 }
 
+// peek is get without counting: a second look within one read.
+func (l *local[V]) peek(k string, now int64) (*entry[V], bool) {
+	e, ok := l.c.GetIfPresent(k)
+	if !ok || !e.fresh(now) || (len(e.tags) > 0 && !l.tagsCurrent(e.tags)) {
+		return nil, false
+	}
+	return e, true
+}
+
 // token must be taken before the Redis read whose result may fill L1.
 func (l *local[V]) token(k string) fillToken {
 	return fillToken{gen: l.stripe(k).Load(), epoch: l.epoch.Load()}

@@ -267,6 +267,13 @@ func WithMaxBackgroundRefreshes(n int) Option { return func(c *config) { c.maxRe
 // needs a *redis.Client or a *redis.ClusterClient; the auto-pipeliner is
 // the client's own, shared by everything that uses it, and is released when
 // the client is closed.
+//
+// WARNING: go-redis's auto-pipeliner retries a failed dial (DialerRetries,
+// 5 by default) without looking at the command's context, so while Redis
+// refuses connections one read through it can take seconds, whatever
+// WithReadTimeout says. After such a failure the cache sends reads through
+// the plain client, which honours the timeout, until one succeeds; set
+// DialerRetries low on the client to shorten that first read too.
 func WithAutoPipeline() Option { return func(c *config) { c.autoPipeline = true } }
 
 // SetOption configures one write: [Cache.Set], [Cache.SetMany], or a load

@@ -2,6 +2,7 @@ package tiercache
 
 import (
 	"context"
+	"encoding/json"
 	"sync/atomic"
 	"time"
 )
@@ -72,7 +73,9 @@ func (e Event) String() string {
 // concurrent use. Embed [NopObserver] to implement only some of them.
 type Observer interface {
 	// Lookup is called for each read of a tier: hit or miss, and how long
-	// the lookup took.
+	// the lookup took. L1 lookups are not timed (d is 0): reading the clock
+	// would cost more than the lookup. A read that the circuit breaker
+	// keeps from Redis is not a lookup (see EventBreakerReject).
 	Lookup(tier Tier, hit bool, d time.Duration)
 	// Load is called after each call of a loader.
 	Load(d time.Duration, err error)
@@ -88,8 +91,12 @@ type Observer interface {
 // Tracer is an optional interface of an [Observer]: when the observer
 // implements it, the cache wraps loads and Redis round trips in spans.
 type Tracer interface {
-	// Start begins a span named op and returns the context to run it in and
-	// the function that ends it.
+	// Start begins a span and returns the context to run it in and the
+	// function that ends it. op is "load" or "load_many" for a loader call,
+	// or the name of a Redis operation ("get", "mget", "acquire", "fill",
+	// "set", "del", "publish", "tag_read", ...) for a round trip. A load
+	// runs in the context of the caller that started it, without its
+	// cancellation, so its span joins that caller's trace.
 	Start(ctx context.Context, op string) (context.Context, func(err error))
 }
 
@@ -252,4 +259,40 @@ func (c *stripedCounter) load() uint64 {
 		n += c.s[i].n.Load()
 	}
 	return n
+}
+
+// MarshalText makes tiers readable in JSON and logs ("l1", "l2", "loader").
+func (t Tier) MarshalText() ([]byte, error) { return []byte(t.String()), nil }
+
+// MarshalText makes events readable in JSON and logs ("coalesced", ...).
+func (e Event) MarshalText() ([]byte, error) { return []byte(e.String()), nil }
+
+// MarshalText makes breaker states readable ("closed", "half-open", "open").
+func (s BreakerState) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
+
+// EventCounts returns the event counters by name, for reports and JSON.
+func (s Stats) EventCounts() map[string]uint64 {
+	m := make(map[string]uint64, len(s.Events))
+	for i, n := range s.Events {
+		m[Event(i).String()] = n
+	}
+	return m
+}
+
+// MarshalJSON writes the counters with names: events as an object keyed by
+// event name, the breaker state as text, and the hit ratio.
+func (s Stats) MarshalJSON() ([]byte, error) {
+	return json.Marshal(struct {
+		L1Hits       uint64            `json:"l1_hits"`
+		L1Misses     uint64            `json:"l1_misses"`
+		L2Hits       uint64            `json:"l2_hits"`
+		L2Misses     uint64            `json:"l2_misses"`
+		Loads        uint64            `json:"loads"`
+		LoadErrors   uint64            `json:"load_errors"`
+		HitRatio     float64           `json:"hit_ratio"`
+		Events       map[string]uint64 `json:"events"`
+		BreakerState BreakerState      `json:"breaker_state"`
+		L1Entries    int               `json:"l1_entries"`
+		L1Weight     uint64            `json:"l1_weight"`
+	}{s.L1Hits, s.L1Misses, s.L2Hits, s.L2Misses, s.Loads, s.LoadErrors, s.HitRatio(), s.EventCounts(), s.BreakerState, s.L1Entries, s.L1Weight})
 }
