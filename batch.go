@@ -210,6 +210,7 @@ func (c *Cache[V]) loadBatch(ctx context.Context, ks []string, load BatchLoadFun
 	for len(pending) > 0 {
 		acq, err := c.acquireMany(ctx, pending, tokens, forced)
 		if err != nil {
+			c.releaseMany(pending, tokens) // the leases may have been taken
 			if ctx.Err() != nil {
 				for _, k := range pending {
 					res[idx[k]].err = ctx.Err()
@@ -279,6 +280,10 @@ func (c *Cache[V]) loadBatch(ctx context.Context, ks []string, load BatchLoadFun
 			c.loadAndFillMany(ctx, owned, stale, tokens, load, res, idx, true, since)
 		}
 		pending = busy
+		if len(pending) > 0 && c.waitedTooLong(ctx) {
+			c.loadAndFillMany(ctx, pending, nil, nil, load, res, idx, false, 0)
+			return res
+		}
 		if len(pending) > 0 && !retry {
 			if err := wait.sleep(ctx, leaseLeft); err != nil {
 				for _, k := range pending {
@@ -511,6 +516,7 @@ func (c *Cache[V]) SetMany(ctx context.Context, items map[string]V, opts ...SetO
 	}
 	for i, w := range writes {
 		ks[i] = w.key
+		c.flight.Forget(w.key)
 		if c.l1 == nil {
 			continue
 		}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/tiercache/tiercache/internal/envelope"
 	"github.com/tiercache/tiercache/internal/flight"
 	"github.com/tiercache/tiercache/internal/keys"
 )
@@ -19,8 +20,8 @@ import (
 // the shared L2, and the caller's loader behind them. It is safe for
 // concurrent use; create it with [New] and stop it with [Cache.Close].
 type Cache[V any] struct {
-	rdb    redis.UniversalClient
-	reads  redis.Cmdable // rdb, or its auto-pipeliner (WithAutoPipeline) for GETs
+	rdb   redis.UniversalClient
+	reads redis.Cmdable // rdb, or its auto-pipeliner (WithAutoPipeline) for GETs
 	// apSick is set when a read through the auto-pipeliner failed: reads go
 	// to rdb, which honours their deadlines, until one succeeds. go-redis's
 	// auto-pipeliner retries dialling without looking at the command's
@@ -113,13 +114,15 @@ func New[V any](rdb redis.UniversalClient, opts ...Option) (*Cache[V], error) {
 				rdb: rdb, channel: c.layout.Channel(), id: newInstanceID(),
 				interval: cfg.healthInterval, timeout: cfg.writeTimeout,
 				rec: c.rec, log: c.log, call: c.call,
-				onKeys: func(keys []string) {
-					for _, k := range keys {
-						c.l1.invalidate(k)
-					}
+				onKeys: func(keys []string) { c.dropLocal(keys...) },
+				onFlush: func() {
+					c.flight.ForgetAll()
+					c.l1.flush()
 				},
-				onFlush: c.l1.flush,
-				onTags:  c.tagv.observe,
+				onTags: func(tags []envelope.Tag) {
+					c.flight.ForgetAll()
+					c.tagv.observe(tags)
+				},
 			}
 			c.inv.start()
 		}
@@ -426,11 +429,10 @@ func (c *Cache[V]) Set(ctx context.Context, key string, v V, opts ...SetOption) 
 		return keys.Set.Run(ctx, c.rdb, []string{vk, keys.Lease(vk)}, b, c.redisTTL(softExp.Sub(now)).Milliseconds()).Err()
 	})
 	if err != nil {
-		if c.l1 != nil {
-			c.l1.invalidate(key)
-		}
+		c.dropLocal(key)
 		return err
 	}
+	c.flight.Forget(key)
 	if c.l1 != nil {
 		c.tagv.observe(tags)
 		c.l1.set(key, entry[V]{val: v, writtenAt: now.UnixMicro(), softExp: softExp.UnixMicro(), size: len(b), tags: tags}, now.UnixMicro(), c.limitL1())
@@ -449,18 +451,30 @@ func (c *Cache[V]) Delete(ctx context.Context, keys ...string) error {
 			return err
 		}
 	}
-	if c.l1 != nil {
-		for _, k := range keys {
-			c.l1.invalidate(k)
-		}
-	}
+	c.dropLocal(keys...)
 	err := c.call(ctx, "del", c.cfg.writeTimeout, func(ctx context.Context) error {
 		return c.del(ctx, keys)
 	})
+	// Again now that Redis has no value: a read that ran between the first
+	// drop and the DEL may have put the old value back in L1 (its fill
+	// token predates this second drop, so a fill still in flight is refused).
+	c.dropLocal(keys...)
 	if err != nil {
 		return err
 	}
 	return c.broadcast(ctx, keys...)
+}
+
+// dropLocal removes keys from this instance: from L1, refusing fills of
+// reads that began before, and from the per-key flights, so that a read
+// that begins now does not join a load that began before the change.
+func (c *Cache[V]) dropLocal(keys ...string) {
+	for _, k := range keys {
+		c.flight.Forget(k)
+		if c.l1 != nil {
+			c.l1.invalidate(k)
+		}
+	}
 }
 
 // broadcast publishes keys to the other instances' L1s.

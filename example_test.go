@@ -31,7 +31,9 @@ func exampleRedis() *redis.Client {
 }
 
 // uniquePrefix keeps runs of the examples apart on the shared server.
-func uniquePrefix(name string) string { return fmt.Sprint("example-", name, "-", time.Now().UnixNano()) }
+func uniquePrefix(name string) string {
+	return fmt.Sprint("example-", name, "-", time.Now().UnixNano())
+}
 
 // The read path: L1, then Redis, then the loader, which runs once however
 // many callers ask for the key at once.

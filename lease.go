@@ -109,6 +109,9 @@ func (c *Cache[V]) fill(ctx context.Context, vk, token string, b []byte, ttl tim
 	if err != nil {
 		written = false
 		c.log.Debug("tiercache: fill failed", "key", vk, "err", err)
+		if token != "" {
+			c.release(vk, token) // best effort, as after a failed acquire
+		}
 	}
 	return written, err
 }
@@ -135,16 +138,18 @@ func (c *Cache[V]) del(ctx context.Context, userKeys []string) error {
 	return err
 }
 
-// leaseBackoff paces the polling of a waiter: 2ms doubling to 50ms, with
+// leaseBackoff paces the polling of a waiter: 2ms doubling to 10ms, with
 // jitter so that waiters do not poll in step, and never past the time the
-// lease has left (plus a little), when a takeover becomes possible.
+// lease has left (plus a little), when a takeover becomes possible. The cap
+// bounds how late a waiter sees the holder's fill: about 10ms at most, for
+// one poll per 10ms per key and process while it waits.
 type leaseBackoff struct{ d time.Duration }
 
 func (b *leaseBackoff) sleep(ctx context.Context, leaseLeft time.Duration) error {
 	if b.d == 0 {
 		b.d = 2 * time.Millisecond
 	} else {
-		b.d = min(2*b.d, 50*time.Millisecond)
+		b.d = min(2*b.d, 10*time.Millisecond)
 	}
 	d := b.d/2 + time.Duration(rand.Int64N(int64(b.d/2)+1))
 	if leaseLeft > 0 {

@@ -40,11 +40,7 @@ func (c *Cache[V]) GetOrLoad(ctx context.Context, key string, load LoadFunc[V]) 
 		c.maybeEarlyRefresh(key, e, c.l1.now(), load)
 		return e.result()
 	}
-	// Redis is read inside the flight too: a hot key that misses L1 costs
-	// one GET per process, not one per caller.
-	e, err := c.shared(ctx, key, func(ctx context.Context) (entry[V], error) {
-		return c.readThrough(ctx, key, load)
-	})
+	e, err := c.readThrough(ctx, key, load)
 	if err != nil {
 		return zero, err
 	}
@@ -54,22 +50,54 @@ func (c *Cache[V]) GetOrLoad(ctx context.Context, key string, load LoadFunc[V]) 
 	return e.result()
 }
 
-// readThrough is the body of a coalesced GetOrLoad: Redis, then the lease
-// and the loader.
+// readThrough reads key from Redis and, on a miss, loads it, coalescing
+// both per key in this process: a hot key that misses L1 costs one GET per
+// process, not one per caller.
+//
+// The leader of the flight reads Redis on its own goroutine, with its own
+// context (bounded by the read timeout): a hit, the common case, costs no
+// goroutine and no detached context. Only a miss hands the flight to a
+// detached goroutine for the lease and the loader, so that the load goes on
+// for the waiters if the leader leaves. If the leader's context ended during
+// the read, the detached goroutine reads again for the others.
 func (c *Cache[V]) readThrough(ctx context.Context, key string, load LoadFunc[V]) (entry[V], error) {
+	call, lead := c.flight.Begin(key)
+	if !lead {
+		c.rec.event(EventCoalesced)
+		return call.Wait(ctx)
+	}
 	e, found, err := c.getL2(ctx, key)
 	if err == nil && found {
 		now := nowMicro()
 		switch {
 		case e.fresh(now):
+			c.flight.End(key, call, e, nil)
 			return e, nil
 		case c.withinSWR(&e, now):
 			c.rec.event(EventStaleServed)
 			c.refreshAsync(key, load, e.writtenAt, false)
+			c.flight.End(key, call, e, nil)
 			return e, nil
 		}
 	}
-	return c.loadKey(ctx, key, load, false)
+	reread := ctx.Err() != nil
+	if !c.goBackground() {
+		c.flight.End(key, call, entry[V]{}, ErrClosed)
+		return entry[V]{}, ErrClosed
+	}
+	go func() {
+		defer c.bg.Done()
+		e, err := c.runDetached(ctx, func(ctx context.Context) (entry[V], error) {
+			if reread {
+				if e, found, err := c.getL2(ctx, key); err == nil && found && e.fresh(nowMicro()) {
+					return e, nil
+				}
+			}
+			return c.loadKey(ctx, key, load, false)
+		})
+		c.flight.End(key, call, e, err)
+	}()
+	return call.Wait(ctx)
 }
 
 // shared runs fn once per key in this process for all concurrent callers
@@ -196,6 +224,10 @@ func (c *Cache[V]) loadLeased(ctx context.Context, key string, load LoadFunc[V],
 		}
 		res, err := c.acquire(ctx, vk, lk, token, force, notBefore)
 		if err != nil {
+			// The script may have run and taken the lease although its
+			// reply was lost (a timeout): give it back, or the other
+			// instances would wait for a load nobody does.
+			c.release(vk, token)
 			if ctx.Err() != nil {
 				return entry[V]{}, ctx.Err()
 			}
@@ -239,12 +271,25 @@ func (c *Cache[V]) loadLeased(ctx context.Context, key string, load LoadFunc[V],
 		if mode == leaseBackground {
 			return entry[V]{}, errLeaseBusy
 		}
+		if c.waitedTooLong(ctx) {
+			// The holder is slow or gone and half the load budget is spent:
+			// load without caching rather than fail the read.
+			return c.loadAndFill(ctx, key, load, "-", nil, 0)
+		}
 		// Another instance holds the lease: wait for its value. If it dies,
 		// its lease expires and the next acquire takes it over.
 		if err := wait.sleep(ctx, res.leaseTTL); err != nil {
 			return entry[V]{}, err
 		}
 	}
+}
+
+// waitedTooLong reports whether a waiter for another instance's lease has
+// used half of its load budget: then it loads itself, without caching, so
+// that its read cannot fail for waiting (the holder still fills).
+func (c *Cache[V]) waitedTooLong(ctx context.Context) bool {
+	deadline, ok := ctx.Deadline()
+	return ok && time.Until(deadline) < c.cfg.loadTimeout/2
 }
 
 // loadAndFill calls the loader and caches its result. token is the lease

@@ -147,6 +147,8 @@ func (c *Cache[V]) InvalidateTags(ctx context.Context, tags ...string) error {
 	if err != nil {
 		return err
 	}
+	// Loads in flight may carry these tags: readers from now on start anew.
+	c.flight.ForgetAll()
 	if c.tagv != nil {
 		c.tagv.observe(versions)
 	}

@@ -76,3 +76,20 @@ func (c *Call[T]) Done() <-chan struct{} { return c.done }
 
 // Result returns the result; call it only after Done is closed.
 func (c *Call[T]) Result() (T, error) { return c.val, c.err }
+
+// Forget makes the next Begin of key start a new load, while the load in
+// flight, if any, goes on for the callers already waiting on it. A cache
+// calls it when key is written or invalidated: a reader that arrives after
+// the write must not get the result of a load that began before it.
+func (g *Group[T]) Forget(key string) {
+	g.mu.Lock()
+	delete(g.m, key)
+	g.mu.Unlock()
+}
+
+// ForgetAll is Forget for every key.
+func (g *Group[T]) ForgetAll() {
+	g.mu.Lock()
+	clear(g.m)
+	g.mu.Unlock()
+}

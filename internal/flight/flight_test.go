@@ -93,3 +93,24 @@ func TestBatchClaim(t *testing.T) {
 		}
 	}
 }
+
+// After Forget, a new caller starts a new load; the old one still ends for
+// its own waiters.
+func TestForget(t *testing.T) {
+	var g Group[int]
+	old, _ := g.Begin("k")
+	g.Forget("k")
+	fresh, lead := g.Begin("k")
+	if !lead || fresh == old {
+		t.Fatal("Begin after Forget joined the old load")
+	}
+	g.End("k", old, 1, nil) // must not remove the new load
+	if c, lead := g.Begin("k"); lead || c != fresh {
+		t.Fatal("ending the forgotten load removed the new one")
+	}
+	g.End("k", fresh, 2, nil)
+	if v, _ := old.Wait(context.Background()); v != 1 {
+		t.Fatalf("old load's waiters got %d", v)
+	}
+	g.ForgetAll()
+}
