@@ -66,14 +66,18 @@ func TestReadAfterWriteDoesNotJoinOlderLoad(t *testing.T) {
 		loaded, proceed := make(chan struct{}), make(chan struct{})
 		var once sync.Once
 		go func() {
-			_, _ = c.GetOrLoad(ctx, "k", func(context.Context) (string, error) {
+			_, _ = c.GetOrLoad(ctx, "k", func(ctx context.Context) (string, error) {
 				v := row.Load().(string)
 				once.Do(func() { close(loaded) })
-				<-proceed
+				select {
+				case <-proceed:
+				case <-ctx.Done(): // Close, if the test failed before proceed
+				}
 				return v, nil
 			})
 		}()
 		<-loaded
+		defer close(proceed)
 		row.Store("new")
 		if err := c.Delete(ctx, "k"); err != nil {
 			t.Fatal(err)
@@ -91,7 +95,6 @@ func TestReadAfterWriteDoesNotJoinOlderLoad(t *testing.T) {
 		case <-time.After(2 * time.Second):
 			t.Fatal("the read after Delete waited for the load that began before it")
 		}
-		close(proceed)
 	})
 }
 
