@@ -1,0 +1,61 @@
+// Package tiercacheotel reports what a tiercache cache does to
+// OpenTelemetry: metrics through a [metric.MeterProvider], and a span around
+// each load through a [trace.TracerProvider].
+//
+// Make one [Observer] per cache and pass it to [tiercache.WithObserver]; it
+// is both the cache's [tiercache.Observer] and its [tiercache.Tracer]:
+//
+//	obs, err := tiercacheotel.New("users")
+//	...
+//	users, err := tiercache.New[User](rdb, tiercache.WithObserver(obs))
+//	...
+//	reg, err := obs.Track(users.Stats) // the gauges; reg.Unregister() when the cache is closed
+//
+// Without [WithMeterProvider] and [WithTracerProvider] the global providers
+// of go.opentelemetry.io/otel are used, as they are when [New] is called:
+// set them first.
+//
+// # Metrics
+//
+// Every measurement has the attribute tiercache.cache, the name given to
+// [New]. Instruments and their attribute sets are made once, in New, so
+// that the read path records into precomputed sets and allocates nothing.
+//
+//	tiercache.requests            counter {request}: tier lookups; tiercache.tier (l1, l2), tiercache.result (hit, miss)
+//	tiercache.lookup.duration     histogram, s: how long a tier lookup took; tiercache.tier
+//	tiercache.loads               counter {load}: loader calls; tiercache.result (ok, error; a "not found" is ok)
+//	tiercache.load.duration       histogram, s: how long a loader call took
+//	tiercache.redis.duration      histogram, s: Redis round trips; tiercache.redis.op (get, set, del, acquire, fill, mget, ...), tiercache.result (ok, error)
+//	tiercache.events              counter {event}: each tiercache.Event; tiercache.event (its String: coalesced, lease_wait, ...)
+//	tiercache.breaker.transitions counter {transition}: circuit breaker changes; tiercache.breaker.state (the new state: closed, half-open, open)
+//	tiercache.breaker.state       gauge (Track): 0 closed, 1 half-open, 2 open
+//	tiercache.l1.entries          gauge (Track) {entry}: entries in L1
+//	tiercache.l1.weight           gauge (Track), By: encoded size of L1's values, when L1 is bounded by bytes
+//
+// The tiercache.redis.op attribute is the name the cache gives the
+// operation: get, set, del, acquire, fill, release and publish for single
+// keys, mget, set_many, fill_many, acquire_many and release_many for
+// batches, tag_read, tag_bump and tag_get for tags.
+//
+// The duration histograms advise buckets from 1µs to about 4s in steps of
+// 4; a view of the MeterProvider can replace them.
+//
+// # Spans
+//
+// The cache calls [Observer.Start] around each call of a loader: the span is
+// named tiercache.load (tiercache.load_many for a batch loader), the loader runs in it (so that its own spans, the
+// database query, are its children), and it ends with an error status when
+// the loader fails ([tiercache.ErrNotFound] is not a failure: it sets
+// tiercache.not_found instead). Should the cache start spans for Redis
+// round trips, under the operation names it gives [tiercache.Observer]'s
+// Redis method, they are named tiercache.redis.<op>, of kind client.
+//
+// NOTE: the cache runs a load on a context detached from the read that
+// started it (so that one caller leaving does not fail the others), and
+// that context carries no span: a load span starts a trace of its own
+// rather than joining the trace of the read.
+//
+// NOTE: the observer's metric methods get no context from the cache, so
+// measurements are recorded with context.Background(): exemplars cannot
+// link them to the trace of the read.
+package tiercacheotel
