@@ -1,0 +1,291 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/tiercache/tiercache"
+)
+
+// report is the whole run: what was measured, for the table, the JSON,
+// the plots and report.html.
+type report struct {
+	Redis     redisInfo         `json:"redis"`
+	Config    config            `json:"config"`
+	Started   time.Time         `json:"started"`
+	Elapsed   time.Duration     `json:"-"`
+	Scenarios []*scenarioResult `json:"scenarios"`
+}
+
+// scenarioResult holds one scenario's figures. The fields the issue
+// names come first; the others add detail.
+type scenarioResult struct {
+	Name               string  `json:"name"`
+	Requests           uint64  `json:"requests"`
+	HitRatio           float64 `json:"hit_ratio"`
+	L1HitRatio         float64 `json:"l1_hit_ratio"`
+	LoaderCalls        uint64  `json:"loader_calls"`
+	LoaderPeakPer100ms uint64  `json:"loader_peak_per_100ms"`
+	LoaderMeanPer100ms float64 `json:"loader_mean_per_100ms"`
+	P50us              float64 `json:"p50_us"`
+	P99us              float64 `json:"p99_us"`
+	P999us             float64 `json:"p999_us"`
+	Errors             uint64  `json:"errors"`
+	StaleReads         uint64  `json:"stale_reads"`
+
+	Description  string        `json:"description"`
+	Interrupted  bool          `json:"interrupted,omitempty"`
+	DurationS    float64       `json:"duration_s"`
+	SetupMS      float64       `json:"setup_ms"`
+	Reads        uint64        `json:"reads"`
+	Writes       uint64        `json:"writes"`
+	ReadsPerS    float64       `json:"reads_per_s"`
+	HasL1        bool          `json:"has_l1"`
+	P90us        float64       `json:"p90_us"`
+	MaxUS        float64       `json:"max_us"`
+	ReadErrors   uint64        `json:"read_errors"`
+	WriteErrors  uint64        `json:"write_errors"`
+	WrongRows    uint64        `json:"wrong_rows"`
+	FirstError   string        `json:"first_error,omitempty"`
+	StaleSame    uint64        `json:"stale_reads_same_instance"`
+	StaleLate    uint64        `json:"stale_reads_other_instance_late"`
+	StaleMaxLag  float64       `json:"stale_max_ms_after_ack"`
+	StaleSamples []staleSample `json:"stale_samples,omitempty"`
+	// LoaderPer100ms is the loader calls of each 100 ms window, in order.
+	LoaderPer100ms []uint64 `json:"loader_per_100ms"`
+	// Tiercache is tiercache's own counters, summed over the instances.
+	Tiercache *cacheCounters `json:"tiercache,omitempty"`
+
+	hist histogram
+}
+
+// cacheCounters is tiercache.Stats for the JSON: events by name.
+type cacheCounters struct {
+	L1Hits     uint64            `json:"l1_hits"`
+	L1Misses   uint64            `json:"l1_misses"`
+	L2Hits     uint64            `json:"l2_hits"`
+	L2Misses   uint64            `json:"l2_misses"`
+	Loads      uint64            `json:"loads"`
+	LoadErrors uint64            `json:"load_errors"`
+	Events     map[string]uint64 `json:"events"`
+	Breaker    string            `json:"breaker"`
+}
+
+func newCacheCounters(s *tiercache.Stats) *cacheCounters {
+	c := &cacheCounters{
+		L1Hits: s.L1Hits, L1Misses: s.L1Misses, L2Hits: s.L2Hits, L2Misses: s.L2Misses,
+		Loads: s.Loads, LoadErrors: s.LoadErrors, Events: map[string]uint64{},
+		Breaker: s.BreakerState.String(),
+	}
+	for e, n := range s.Events {
+		if n > 0 {
+			c.Events[tiercache.Event(e).String()] = n
+		}
+	}
+	return c
+}
+
+// summarize merges the workers' figures into the scenario's result.
+func summarize(name string, cfg *config, elapsed time.Duration, loaderCalls uint64, windows []uint64,
+	workers []*workerStats, cs *tiercache.Stats) *scenarioResult {
+	r := &scenarioResult{
+		Name: name, Description: scenarioDoc[name], DurationS: elapsed.Seconds(),
+		LoaderCalls: loaderCalls, LoaderPer100ms: windows,
+	}
+	for _, w := range workers {
+		r.Reads += w.reads
+		r.Writes += w.writes
+		r.ReadErrors += w.readErrs
+		r.WriteErrors += w.writeErrs
+		r.WrongRows += w.wrongKey
+		if w.firstErr != nil && r.FirstError == "" {
+			r.FirstError = w.firstErr.Error()
+		}
+		r.StaleReads += w.stale
+		r.StaleSame += w.staleSameInst
+		r.StaleLate += w.staleLate
+		r.StaleMaxLag = max(r.StaleMaxLag, float64(w.staleMaxLag.Microseconds())/1000)
+		for _, s := range w.staleSamples {
+			if len(r.StaleSamples) < maxStaleSamples {
+				r.StaleSamples = append(r.StaleSamples, s)
+			}
+		}
+		r.hist.merge(&w.hist)
+	}
+	r.Requests = r.Reads + r.Writes
+	r.Errors = r.ReadErrors + r.WriteErrors
+	if r.Reads > 0 {
+		r.HitRatio = max(0, 1-float64(loaderCalls)/float64(r.Reads))
+		r.ReadsPerS = float64(r.Reads) / elapsed.Seconds()
+	}
+	for _, n := range windows {
+		r.LoaderPeakPer100ms = max(r.LoaderPeakPer100ms, n)
+		r.LoaderMeanPer100ms += float64(n)
+	}
+	if len(windows) > 0 {
+		r.LoaderMeanPer100ms /= float64(len(windows))
+	}
+	us := func(q float64) float64 { return float64(r.hist.quantile(q).Nanoseconds()) / 1000 }
+	r.P50us, r.P90us, r.P99us, r.P999us, r.MaxUS = us(0.5), us(0.9), us(0.99), us(0.999), us(1)
+	if cs != nil {
+		r.Tiercache = newCacheCounters(cs)
+		if cfg.L1Size > 0 && cs.L1Hits+cs.L1Misses > 0 {
+			r.HasL1 = true
+			r.L1HitRatio = float64(cs.L1Hits) / float64(cs.L1Hits+cs.L1Misses)
+		}
+	}
+	return r
+}
+
+func (rep *report) writeHeader(w io.Writer) {
+	c := &rep.Config
+	fmt.Fprintf(w, "tiercache demo %s\n", version())
+	fmt.Fprintf(w, "redis:    %s\n", rep.Redis.Description)
+	fmt.Fprintf(w, "workload: %d keys, Zipf s=%g, %d workers over %d instance(s), %s, %.3g%% writes (%s), %s per scenario\n",
+		c.Keys, c.Zipf, c.Workers, c.Instances, rateText(c.Rate), 100*c.WriteRatio, c.WriteMode, c.Duration)
+	fmt.Fprintf(w, "database: loads take %v ± %v; cache TTL %v; tiercache's Redis timeouts %v (read), %v (write)\n",
+		c.LoadLatency, c.LoadJitter, c.TTL, c.ReadTimeout, c.WriteTimeout)
+	for _, s := range c.Scenarios {
+		fmt.Fprintf(w, "  %-10s %s\n", s, scenarioDoc[s])
+	}
+	fmt.Fprintln(w)
+}
+
+func rateText(rate int) string {
+	if rate == 0 {
+		return "unpaced"
+	}
+	return fmt.Sprintf("%d req/s target", rate)
+}
+
+// tableColumns are the table's headings.
+var tableColumns = []string{"scenario", "requests", "hit ratio", "L1 hits", "loader calls",
+	"peak/100ms", "mean/100ms", "p50", "p99", "p99.9", "errors", "stale reads"}
+
+// tableRow formats one scenario's row of the table.
+func (r *scenarioResult) tableRow() []string {
+	l1 := "-"
+	if r.HasL1 {
+		l1 = pct(r.L1HitRatio)
+	}
+	return []string{
+		r.Name, fmt.Sprint(r.Requests), pct(r.HitRatio), l1, fmt.Sprint(r.LoaderCalls),
+		fmt.Sprint(r.LoaderPeakPer100ms), fmt.Sprintf("%.1f", r.LoaderMeanPer100ms),
+		fmtLatency(r.P50us), fmtLatency(r.P99us), fmtLatency(r.P999us),
+		fmt.Sprint(r.Errors), fmt.Sprint(r.StaleReads),
+	}
+}
+
+func (rep *report) writeTable(w io.Writer) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, strings.Join(tableColumns, "\t")+"\t")
+	for _, r := range rep.Scenarios {
+		fmt.Fprintln(tw, strings.Join(r.tableRow(), "\t")+"\t")
+	}
+	_ = tw.Flush()
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "hit ratio: share of reads the database was spared (1 - loader calls / reads); L1 hits: share of reads answered")
+	fmt.Fprintln(w, "in process; peak and mean: loader calls per 100 ms window; p50..p99.9: read latency; stale reads: reads")
+	fmt.Fprintln(w, "that returned a version older than a write acknowledged before the read started.")
+	for _, r := range rep.Scenarios {
+		rep.writeNotes(w, r)
+	}
+	fmt.Fprintf(w, "\ntotal time %.1fs\n", rep.Elapsed.Seconds())
+}
+
+// writeNotes prints what stands out in a scenario under the table.
+func (rep *report) writeNotes(w io.Writer, r *scenarioResult) {
+	notes := r.notes()
+	if len(notes) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "\n%s:\n", r.Name)
+	for _, n := range notes {
+		indent := "  "
+		if n.Sample {
+			indent = "    "
+		}
+		fmt.Fprintf(w, "%s%s\n", indent, n.Text)
+	}
+}
+
+// note is one remark on a scenario. Bad ones are failures of the layer
+// under test rather than what the scenario is known to do.
+type note struct {
+	Text   string
+	Bad    bool
+	Sample bool // an example of the note before it
+}
+
+// maxNoteSamples bounds the stale reads shown under the table (the JSON
+// has up to maxStaleSamples).
+const maxNoteSamples = 3
+
+// notes explains what stands out in a scenario: errors, stale reads,
+// tiercache's own counters.
+func (r *scenarioResult) notes() []note {
+	var notes []note
+	if r.Interrupted {
+		notes = append(notes, note{Text: fmt.Sprintf("interrupted after %.1fs", r.DurationS)})
+	}
+	if r.Errors > 0 {
+		notes = append(notes, note{Bad: true, Text: fmt.Sprintf("%d read errors, %d write errors; first: %s",
+			r.ReadErrors, r.WriteErrors, r.FirstError)})
+	}
+	if r.StaleReads > 0 {
+		text := fmt.Sprintf("%d stale reads: %d on the instance that made the write, %d on another instance more than %v after the write, %d within %v (the invalidation's flight time); the latest started %.1f ms after the write was acknowledged.",
+			r.StaleReads, r.StaleSame, r.StaleLate, invalidationWindow, r.StaleReads-r.StaleSame-r.StaleLate, invalidationWindow, r.StaleMaxLag)
+		bad := false
+		switch {
+		case r.Name == scenarioAside || r.Name == scenarioCoalesced:
+			text += " Expected: a load that read the row before a write can store it after the write's invalidation (the stale set)."
+		case r.Name == scenarioFull && r.StaleSame+r.StaleLate > 0:
+			bad = true
+			text += " tiercache promises that a read on the writer's instance sees the write, and on other instances once the invalidation arrives: these reads break that promise."
+		}
+		notes = append(notes, note{Text: text, Bad: bad})
+		for _, s := range r.StaleSamples[:min(len(r.StaleSamples), maxNoteSamples)] {
+			notes = append(notes, note{Sample: true, Bad: bad, Text: fmt.Sprintf(
+				"e.g. %s: got v%d, v%d acknowledged by instance %d %.2f ms before instance %d's read began (the read took %.2f ms)",
+				s.Key, s.Got, s.Acked, s.WriterInst, s.LagAfterAck, s.ReaderInst, s.ReadDuration)})
+		}
+	}
+	if t := r.Tiercache; t != nil {
+		var ev []string
+		for _, e := range []tiercache.Event{tiercache.EventCoalesced, tiercache.EventLeaseWait, tiercache.EventFillRefused,
+			tiercache.EventEarlyRefresh, tiercache.EventStaleServed, tiercache.EventStaleOnError, tiercache.EventRedisError,
+			tiercache.EventRedisTimeout, tiercache.EventBreakerReject, tiercache.EventInvalidationReceived} {
+			if n := t.Events[e.String()]; n > 0 {
+				ev = append(ev, fmt.Sprintf("%s %d", e, n))
+			}
+		}
+		if len(ev) > 0 {
+			notes = append(notes, note{Text: "tiercache events: " + strings.Join(ev, ", ")})
+		}
+	}
+	return notes
+}
+
+func (rep *report) writeJSON(w io.Writer) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(rep)
+}
+
+func pct(f float64) string { return fmt.Sprintf("%.1f%%", 100*f) }
+
+// fmtLatency formats microseconds with a unit that keeps 3 digits.
+func fmtLatency(us float64) string {
+	switch {
+	case us >= 1000:
+		return fmt.Sprintf("%.1fms", us/1000)
+	case us >= 1:
+		return fmt.Sprintf("%.0fµs", us)
+	default:
+		return fmt.Sprintf("%.0fns", us*1000)
+	}
+}
