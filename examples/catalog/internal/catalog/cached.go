@@ -1,0 +1,178 @@
+package catalog
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/tiercache/tiercache"
+)
+
+// ErrCacheNotUpdated is returned by CachedRepository.Put when the product was
+// saved but the cache could not be told: other reads may serve the old
+// value until it expires. Put is idempotent, so the caller should retry it.
+var ErrCacheNotUpdated = errors.New("catalog: product saved, but the cache was not updated")
+
+// WriteMode is what CachedRepository.Put does to the cache after the store
+// has saved a product.
+type WriteMode int
+
+const (
+	// Invalidate deletes the cached product; the next read loads it from the
+	// store. It is the safe default: see CachedRepository.Put.
+	Invalidate WriteMode = iota
+	// WriteThrough writes the saved product into the cache, which spares the
+	// next read a load but lets two concurrent writers of one product leave
+	// the older value cached (see CachedRepository.Put).
+	WriteThrough
+)
+
+// ParseWriteMode parses "invalidate" or "write-through".
+func ParseWriteMode(s string) (WriteMode, error) {
+	switch s {
+	case "invalidate":
+		return Invalidate, nil
+	case "write-through":
+		return WriteThrough, nil
+	}
+	return 0, fmt.Errorf("catalog: write mode %q: want invalidate or write-through", s)
+}
+
+func (m WriteMode) String() string {
+	if m == WriteThrough {
+		return "write-through"
+	}
+	return "invalidate"
+}
+
+// cacheWriteTimeout bounds the cache update that follows a saved write.
+const cacheWriteTimeout = 2 * time.Second
+
+// CachedRepository is a ProductRepository that reads through a
+// tiercache.Cache in front of another ProductRepository (the store), and
+// keeps the cache up to date when products are written through it.
+//
+// It keeps the store's contract: unknown ids are ErrNotFound, whether the
+// store said so now or the cache remembers that it did (negative caching).
+type CachedRepository struct {
+	store ProductRepository
+	cache *tiercache.Cache[Product]
+	mode  WriteMode
+}
+
+// NewCachedRepository returns a repository that caches store's products in
+// cache. The caller owns both and closes the cache, then its Redis client,
+// when done.
+func NewCachedRepository(store ProductRepository, cache *tiercache.Cache[Product], mode WriteMode) *CachedRepository {
+	return &CachedRepository{store: store, cache: cache, mode: mode}
+}
+
+// cacheKey is the product's key in the cache. The cache's prefix (one per
+// value type) already says these are products, so the id is enough.
+func cacheKey(id int64) string { return strconv.FormatInt(id, 10) }
+
+// Get implements ProductRepository: L1, then Redis, then the store.
+func (r *CachedRepository) Get(ctx context.Context, id int64) (Product, error) {
+	// The loader runs on a context of the cache's (detached from this
+	// request, bounded by the cache's load timeout), not on ctx: callers that
+	// share the load must not fail because the first one went away.
+	p, err := r.cache.GetOrLoad(ctx, cacheKey(id), func(ctx context.Context) (Product, error) {
+		p, err := r.store.Get(ctx, id)
+		if errors.Is(err, ErrNotFound) {
+			// Tell the cache to remember that id does not exist.
+			return Product{}, fmt.Errorf("%w: %w", tiercache.ErrNotFound, err)
+		}
+		return p, err
+	})
+	if errors.Is(err, tiercache.ErrNotFound) {
+		// A negative hit is tiercache.ErrNotFound alone, without the store's
+		// error: translate it back into the repository's contract.
+		return Product{}, fmt.Errorf("%w: id %d", ErrNotFound, id)
+	}
+	return p, err
+}
+
+// GetMany implements ProductRepository: what L1 and Redis hold, then one
+// call of the store's GetMany for the ids still missing. Ids known not to
+// exist (cached as not found) are not asked for again.
+func (r *CachedRepository) GetMany(ctx context.Context, ids []int64) (map[int64]Product, error) {
+	keys := make([]string, len(ids))
+	for i, id := range ids {
+		keys[i] = cacheKey(id)
+	}
+	found, err := r.cache.GetOrLoadMany(ctx, keys, func(ctx context.Context, keys []string) (map[string]Product, error) {
+		missing := make([]int64, 0, len(keys))
+		for _, k := range keys {
+			id, err := strconv.ParseInt(k, 10, 64)
+			if err != nil {
+				return nil, fmt.Errorf("catalog: bad cache key %q: %w", k, err)
+			}
+			missing = append(missing, id)
+		}
+		ps, err := r.store.GetMany(ctx, missing)
+		if err != nil {
+			return nil, err
+		}
+		// The keys absent from this map are cached as not found.
+		out := make(map[string]Product, len(ps))
+		for id, p := range ps {
+			out[cacheKey(id)] = p
+		}
+		return out, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[int64]Product, len(found))
+	for _, p := range found {
+		out[p.ID] = p
+	}
+	return out, nil
+}
+
+// Put implements ProductRepository: it saves p in the store, then updates
+// the cache (in this instance and, through the cache's invalidation
+// messages, in every other instance's L1). A failure of the cache update is
+// an error wrapping ErrCacheNotUpdated, returned with the saved product.
+//
+// The cache is updated after the store, never before: a read between a
+// cache delete and the store's commit would load and cache the old value.
+// After the commit, a read that loaded the old value before it cannot cache
+// it, since Delete and Set remove the key's lease and the cache refuses the
+// fill.
+//
+// Invalidate (the default) deletes the key. WriteThrough sets it to the
+// saved value, which has a race of its own when two requests write one
+// product:
+//
+//	A: store.Put(name=x) commits
+//	                                  B: store.Put(name=y) commits
+//	                                  B: cache.Set(y)
+//	A: cache.Set(x)                   -> the cache holds x, the store y,
+//	                                     until the entry expires
+//
+// With deletes both writers remove the key and the next read loads y.
+func (r *CachedRepository) Put(ctx context.Context, p Product) (Product, bool, error) {
+	saved, created, err := r.store.Put(ctx, p)
+	if err != nil {
+		return Product{}, false, err
+	}
+	// The store has committed: finish the cache update even if the client
+	// goes away now, or the cache would keep the old value.
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cacheWriteTimeout)
+	defer cancel()
+	key := cacheKey(saved.ID)
+	if r.mode == WriteThrough {
+		if err = r.cache.Set(cctx, key, saved); err == nil {
+			return saved, created, nil
+		}
+		// A failed Set may have left the old value in Redis (it dropped
+		// only this instance's L1 copy): fall back on deleting it.
+	}
+	if derr := r.cache.Delete(cctx, key); derr != nil {
+		return saved, created, fmt.Errorf("%w: product %d: %w", ErrCacheNotUpdated, saved.ID, errors.Join(err, derr))
+	}
+	return saved, created, nil
+}

@@ -1,0 +1,253 @@
+// Command catalog is an example service: a product catalog over HTTP whose
+// repository is cached with tiercache.
+//
+//	go run ./examples/catalog                       # in-memory store, embedded Redis
+//	go run ./examples/catalog -pg postgres://... -redis redis://localhost:6379/0
+//
+// The store is PostgreSQL when a DSN is given (-pg or DATABASE_URL) and an
+// in-memory map with simulated latency otherwise; Redis is the one -redis
+// (or REDIS_URL) names, or an embedded miniredis. See README.md.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tiercache/tiercache"
+
+	"github.com/tiercache/tiercache/examples/catalog/internal/api"
+	"github.com/tiercache/tiercache/examples/catalog/internal/catalog"
+)
+
+// cacheSchemaVersion is the cache namespace's version: bump it with any
+// change to catalog.Product that old cached values would not decode into,
+// and a deploy starts on an empty namespace instead of misreading old values.
+const cacheSchemaVersion = 1
+
+// shutdownTimeout bounds how long requests in flight may take to finish
+// once the service is told to stop.
+const shutdownTimeout = 10 * time.Second
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	err := run(ctx, os.Args[1:], os.Getenv, os.Stderr, nil)
+	if errors.Is(err, flag.ErrHelp) {
+		return // -h: the flag set has printed the usage
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "catalog:", err)
+		os.Exit(1)
+	}
+}
+
+type config struct {
+	addr     string
+	pgDSN    string
+	pgTable  string
+	redisURL string
+	cache    cacheConfig
+	latency  time.Duration
+	write    catalog.WriteMode
+	seed     int
+}
+
+func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (config, error) {
+	var cfg config
+	fs := flag.NewFlagSet("catalog", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&cfg.addr, "addr", "127.0.0.1:8080", "listen address (port 0 picks a free one)")
+	fs.StringVar(&cfg.pgDSN, "pg", "", "PostgreSQL DSN (default $DATABASE_URL); none for the in-memory store")
+	fs.StringVar(&cfg.pgTable, "pg-table", "catalog_products", "PostgreSQL table, created if missing")
+	fs.StringVar(&cfg.redisURL, "redis", "", "Redis URL, e.g. redis://localhost:6379/0 (default $REDIS_URL); none for an embedded Redis")
+	fs.StringVar(&cfg.cache.prefix, "prefix", "catalog-product", "cache key prefix in Redis")
+	fs.DurationVar(&cfg.latency, "latency", 20*time.Millisecond, "simulated latency of each in-memory store call")
+	fs.IntVar(&cfg.cache.l1, "l1", 10_000, "L1 (in-process cache) entries; 0 turns L1 off")
+	fs.BoolVar(&cfg.cache.autoPipeline, "autopipeline", true, "send the cache's reads through go-redis's auto-pipeliner")
+	fs.IntVar(&cfg.seed, "seed", 100, "sample products (ids 1..n) to add where missing; existing rows are kept")
+	write := fs.String("write", "invalidate", "what a PUT does to the cache: invalidate or write-through")
+	if err := fs.Parse(args); err != nil {
+		return config{}, err
+	}
+	// The environment is read here rather than shown as the flags'
+	// defaults, which -h prints: a DSN may hold a password.
+	if cfg.pgDSN == "" {
+		cfg.pgDSN = getenv("DATABASE_URL")
+	}
+	if cfg.redisURL == "" {
+		cfg.redisURL = getenv("REDIS_URL")
+	}
+	if fs.NArg() > 0 {
+		return config{}, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	var err error
+	if cfg.write, err = catalog.ParseWriteMode(*write); err != nil {
+		return config{}, err
+	}
+	if cfg.cache.l1 < 0 || cfg.seed < 0 {
+		return config{}, errors.New("-l1 and -seed must not be negative")
+	}
+	return cfg, nil
+}
+
+// run runs the service until ctx ends, then shuts it down: the HTTP server
+// first (requests in flight finish), then the cache, then the Redis client,
+// then the store. ready, if not nil, is called with the listening address
+// once the service accepts connections.
+func run(ctx context.Context, args []string, getenv func(string) string, stderr io.Writer, ready func(net.Addr)) error {
+	cfg, err := parseFlags(args, getenv, stderr)
+	if err != nil {
+		return err
+	}
+	log := slog.New(slog.NewTextHandler(stderr, nil))
+
+	store, closeStore, err := openStore(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	defer closeStore()
+
+	rdb, closeRedis, err := openRedis(ctx, cfg.redisURL, log)
+	if err != nil {
+		return err
+	}
+	defer closeRedis() // after the cache: deferred calls run last-in, first-out
+
+	cache, err := newProductCache(rdb, cfg.cache, log)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err := cache.Close(); err != nil {
+			log.Error("closing the cache", "err", err)
+		}
+		log.Info("cache closed")
+	}()
+
+	repo := catalog.NewCachedRepository(store, cache, cfg.write)
+	srv := &http.Server{
+		Handler:           api.New(repo, cache.Stats, log),
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	ln, err := net.Listen("tcp", cfg.addr)
+	if err != nil {
+		return err
+	}
+	log.Info("catalog listening", "addr", "http://"+ln.Addr().String(), "write", cfg.write.String(), "l1", cfg.cache.l1, "autopipeline", cfg.cache.autoPipeline)
+	if ready != nil {
+		ready(ln.Addr())
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+
+	select {
+	case err := <-served:
+		return fmt.Errorf("serving: %w", err)
+	case <-ctx.Done():
+	}
+	log.Info("shutting down")
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownTimeout)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		_ = srv.Close()
+		return fmt.Errorf("shutting down the HTTP server: %w", err)
+	}
+	if err := <-served; !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("serving: %w", err)
+	}
+	return nil
+}
+
+// cacheConfig is what the flags say about the cache.
+type cacheConfig struct {
+	prefix       string
+	l1           int  // L1 entries; 0 for no L1
+	autoPipeline bool // use the client's auto-pipeliner for reads, if it has one
+}
+
+// newProductCache returns the cache of products over rdb.
+func newProductCache(rdb redis.UniversalClient, cc cacheConfig, log *slog.Logger) (*tiercache.Cache[catalog.Product], error) {
+	opts := []tiercache.Option{
+		tiercache.WithPrefix(cc.prefix),
+		tiercache.WithVersion(cacheSchemaVersion),
+		tiercache.WithDefaultTTL(10 * time.Minute),
+		// Unknown ids are remembered for a while, so that a client asking
+		// for ids that do not exist does not reach the database each time.
+		// A PUT that creates the product clears the negative entry at once.
+		tiercache.WithNegativeTTL(30 * time.Second),
+		tiercache.WithLogger(log),
+	}
+	if cc.l1 > 0 {
+		// Invalidation across instances is on by default with L1: a PUT on
+		// one instance drops the product from every instance's L1.
+		opts = append(opts, tiercache.WithL1(cc.l1))
+	}
+	if cc.autoPipeline {
+		switch rdb.(type) {
+		case *redis.Client, *redis.ClusterClient:
+			// Only these two have an auto-pipeliner; New rejects the
+			// option for any other client (a Ring, say).
+			//
+			// WARNING: while Redis refuses connections, a read through the
+			// auto-pipeliner waits for go-redis's dial retries (about 3s)
+			// instead of the cache's read timeout (100ms), until the
+			// circuit breaker opens; -autopipeline=false avoids that.
+			opts = append(opts, tiercache.WithAutoPipeline())
+		}
+	}
+	return tiercache.New[catalog.Product](rdb, opts...)
+}
+
+// openStore returns the PostgreSQL store when cfg names one and the
+// in-memory store otherwise, seeded with sample products, and the function
+// that closes it.
+func openStore(ctx context.Context, cfg config, log *slog.Logger) (catalog.ProductRepository, func(), error) {
+	if cfg.pgDSN == "" {
+		m := catalog.NewMemoryRepository(cfg.latency)
+		m.Seed(catalog.SampleProducts(cfg.seed)...)
+		log.Info("store: in memory", "products", cfg.seed, "latency", cfg.latency)
+		return m, func() {}, nil
+	}
+	pool, err := pgxpool.New(ctx, cfg.pgDSN)
+	if err != nil {
+		return nil, nil, fmt.Errorf("PostgreSQL DSN: %w", err)
+	}
+	cc := pool.Config().ConnConfig
+	where := fmt.Sprintf("%s:%d/%s", cc.Host, cc.Port, cc.Database)
+	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	pg := catalog.NewPostgresRepository(pool, cfg.pgTable)
+	err = pool.Ping(pctx)
+	if err == nil {
+		err = pg.Migrate(pctx)
+	}
+	if err == nil && cfg.seed > 0 {
+		err = pg.Seed(pctx, catalog.SampleProducts(cfg.seed)...)
+	}
+	if err != nil {
+		pool.Close()
+		return nil, nil, fmt.Errorf("PostgreSQL at %s: %w", where, err)
+	}
+	log.Info("store: PostgreSQL", "at", where, "table", cfg.pgTable)
+	return pg, func() {
+		pool.Close()
+		log.Info("PostgreSQL pool closed")
+	}, nil
+}
