@@ -44,7 +44,7 @@ li { margin-bottom: 0.6em; }
 {{range .Rows}}<tr>{{range $c := .Cells}}<td>{{$c}}</td>{{end}}</tr>
 {{end}}</table>
 <p class="note">hit ratio: share of reads the database was spared (1 − loader calls / reads); L1 hits: share of reads answered in process;
-peak and mean: loader calls per 100 ms window; p50…p99.9: read latency; stale reads: reads that returned a version older than a write
+peak and mean: loader calls per 100 ms window; steady peak/mean: the same after the first TTL (cold start left out); p50…p99.9: read latency; stale reads: reads that returned a version older than a write
 acknowledged before the read started.</p>
 <ul>
 {{range .Rows}}<li><b>{{.Name}}</b>: {{.Description}}{{range .Notes}}<br>{{if .Sample}}&emsp;{{end}}<span{{if .Bad}} class="bad"{{end}}>{{.Text}}</span>{{end}}</li>
