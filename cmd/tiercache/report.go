@@ -35,11 +35,11 @@ type scenarioResult struct {
 	// 100 ms window once the first TTL has passed: the cold start, which
 	// every scenario shares, left out, what remains shows expiry spikes.
 	SteadyPeakToMean float64 `json:"steady_peak_to_mean"`
-	P50us              float64 `json:"p50_us"`
-	P99us              float64 `json:"p99_us"`
-	P999us             float64 `json:"p999_us"`
-	Errors             uint64  `json:"errors"`
-	StaleReads         uint64  `json:"stale_reads"`
+	P50us            float64 `json:"p50_us"`
+	P99us            float64 `json:"p99_us"`
+	P999us           float64 `json:"p999_us"`
+	Errors           uint64  `json:"errors"`
+	StaleReads       uint64  `json:"stale_reads"`
 
 	Description  string        `json:"description"`
 	Interrupted  bool          `json:"interrupted,omitempty"`
