@@ -130,11 +130,11 @@ func (t *Toxic) Remove() {
 	})
 }
 
-// Faults are sets of toxics removed together.
-type Faults []*Toxic
+// Toxics are toxics put in place and removed together.
+type Toxics []*Toxic
 
 // Remove removes every toxic of f.
-func (f Faults) Remove() {
+func (f Toxics) Remove() {
 	for _, t := range f {
 		t.Remove()
 	}
@@ -151,9 +151,9 @@ func (p *Proxy) Latency(tb testing.TB, d, jitter time.Duration) *Toxic {
 // Blackhole drops every byte in both directions without closing anything:
 // Redis looks alive at the TCP level but never answers (a partition, a
 // stalled server). New connections are accepted and blackholed too.
-func (p *Proxy) Blackhole(tb testing.TB) Faults {
+func (p *Proxy) Blackhole(tb testing.TB) Toxics {
 	tb.Helper()
-	return Faults{
+	return Toxics{
 		p.Add(tb, "timeout", Upstream, map[string]int64{"timeout": 0}),
 		p.Add(tb, "timeout", Downstream, map[string]int64{"timeout": 0}),
 	}
