@@ -225,7 +225,6 @@ func (c *Cache[V]) loadBatch(ctx context.Context, ks []string, load BatchLoadFun
 		now := nowMicro()
 		var leaseLeft time.Duration
 		var since int64 // the earliest time a lease of this round was taken
-		retry := false
 		es := make([]entry[V], len(pending))
 		found := make([]bool, len(pending))
 		var tagged []int
@@ -250,9 +249,8 @@ func (c *Cache[V]) loadBatch(ctx context.Context, ks []string, load BatchLoadFun
 			case acq[i].state == acquireFresh && !found:
 				// Fresh by its header but undecodable: take the lease
 				// regardless next round; a value written from now on ends it.
-				forced[k] = now
+				forced[k] = 0 // pure force: the header's write time may be garbage too
 				busy = append(busy, k)
-				retry = true
 			case acq[i].state == acquireFresh && found:
 				res[idx[k]].e = e
 				c.rec.event(EventLeaseWait)
@@ -284,7 +282,7 @@ func (c *Cache[V]) loadBatch(ctx context.Context, ks []string, load BatchLoadFun
 			c.loadAndFillMany(ctx, pending, nil, nil, load, res, idx, false, 0)
 			return res
 		}
-		if len(pending) > 0 && !retry {
+		if len(pending) > 0 {
 			if err := wait.sleep(ctx, leaseLeft); err != nil {
 				for _, k := range pending {
 					res[idx[k]].err = err

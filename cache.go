@@ -48,6 +48,11 @@ type Cache[V any] struct {
 	bg       sync.WaitGroup // background refreshes
 	refreshQ chan struct{}  // semaphore bounding background refreshes
 	closed   atomic.Bool
+	// pendingReleases counts leases being given back in the background.
+	pendingReleases atomic.Int64
+	// lastReload is when a cluster client was last told to reload its slot
+	// map (Unix ns); see call.
+	lastReload atomic.Int64
 	// closeMu orders every bg.Add (taken under RLock after checking closed)
 	// before Close's bg.Wait (after setting closed under Lock).
 	closeMu sync.RWMutex
@@ -268,10 +273,28 @@ func (c *Cache[V]) call(ctx context.Context, op string, timeout time.Duration, f
 		if isTimeout(err) {
 			c.rec.event(EventRedisTimeout)
 		}
+		c.reloadClusterState(err)
 		c.rec.event(EventRedisError)
 		return redisError(op, err)
 	}
 	return nil
+}
+
+// reloadClusterState asks a cluster client to reload its slot map after a
+// fault. go-redis reloads it on MOVED and READONLY replies, and otherwise
+// only every ClusterStateReloadInterval (60s by default): after a failover
+// in which the old master simply stopped answering, writes would go to it
+// until then. At most once per 250ms.
+func (c *Cache[V]) reloadClusterState(err error) {
+	cc, ok := c.rdb.(*redis.ClusterClient)
+	if !ok || !isRedisFault(err) {
+		return
+	}
+	now, last := time.Now().UnixNano(), c.lastReload.Load()
+	if now-last < int64(250*time.Millisecond) || !c.lastReload.CompareAndSwap(last, now) {
+		return
+	}
+	cc.ReloadState(context.Background())
 }
 
 // limitL1 is the cap on an L1 entry's life given the subscription's health.

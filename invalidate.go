@@ -45,6 +45,10 @@ type invalidator struct {
 	reqs chan pubReq
 	done chan struct{}
 	wg   sync.WaitGroup
+	// life bounds the subscriber's network calls; stop cancels it, so that
+	// Close does not wait for a dial to an unreachable Redis.
+	life   context.Context
+	cancel context.CancelFunc
 
 	mu     sync.Mutex
 	ps     *redis.PubSub // the current subscription, closed by stop
@@ -77,6 +81,7 @@ func newInstanceID() [8]byte {
 func (iv *invalidator) start() {
 	iv.reqs = make(chan pubReq, 1024)
 	iv.done = make(chan struct{})
+	iv.life, iv.cancel = context.WithCancel(context.Background())
 	iv.wg.Add(2)
 	go iv.subscribe()
 	go iv.publish()
@@ -86,11 +91,15 @@ func (iv *invalidator) start() {
 func (iv *invalidator) stop() {
 	iv.mu.Lock()
 	iv.closed = true
-	if iv.ps != nil {
-		_ = iv.ps.Close() // unblocks a Receive in progress
-	}
+	ps := iv.ps
 	iv.mu.Unlock()
+	// Cancel first: it ends a dial or handshake in progress, which holds the
+	// PubSub's own lock that Close needs; then Close ends a Receive.
+	iv.cancel()
 	close(iv.done)
+	if ps != nil {
+		_ = ps.Close()
+	}
 	iv.wg.Wait()
 }
 
@@ -121,6 +130,8 @@ func (iv *invalidator) enqueue(ctx context.Context, r pubReq) error {
 	select {
 	case err := <-r.ack:
 		return err
+	case <-iv.done:
+		return ErrClosed
 	case <-ctx.Done():
 		return ctx.Err()
 	}
@@ -147,7 +158,14 @@ func (iv *invalidator) publish() {
 				r.ack <- err
 			}
 		case <-iv.done:
-			return
+			for { // whoever queued before the end is told, not left waiting
+				select {
+				case r := <-iv.reqs:
+					r.ack <- ErrClosed
+				default:
+					return
+				}
+			}
 		}
 	}
 }
@@ -265,12 +283,16 @@ func (iv *invalidator) subscribe() {
 			iv.mu.Unlock()
 			return
 		}
-		// The subscription's lifetime is bounded by stop, which closes it.
-		ps := iv.rdb.Subscribe(context.Background(), iv.channel)
+		// No channel yet: no network call under the lock. stop closes ps
+		// and cancels iv.life, which ends whatever network call is running.
+		ps := iv.rdb.Subscribe(iv.life)
 		iv.ps = ps
 		iv.mu.Unlock()
 
-		confirmed, err := iv.receive(ps)
+		confirmed, err := false, ps.Subscribe(iv.life, iv.channel)
+		if err == nil {
+			confirmed, err = iv.receive(ps)
+		}
 		_ = ps.Close()
 		wasUp := iv.up.Swap(false)
 		iv.onFlush()
@@ -302,13 +324,13 @@ func (iv *invalidator) subscribe() {
 func (iv *invalidator) receive(ps *redis.PubSub) (confirmed bool, err error) {
 	pinged := false
 	for {
-		msg, err := ps.ReceiveTimeout(context.Background(), iv.interval)
+		msg, err := ps.ReceiveTimeout(iv.life, iv.interval)
 		if err != nil {
 			if isTimeout(err) && !pinged {
 				// Silence: make the server say something. A dead connection
 				// fails the ping; a stalled one leaves the next receive silent.
 				pinged = true
-				if err := ps.Ping(context.Background()); err != nil {
+				if err := ps.Ping(iv.life); err != nil {
 					return confirmed, err
 				}
 				continue

@@ -116,14 +116,40 @@ func (c *Cache[V]) fill(ctx context.Context, vk, token string, b []byte, ttl tim
 	return written, err
 }
 
-// release gives a lease back after a failed load, so that the next reader
-// loads at once instead of waiting for the lease to expire. Best effort: if
-// it fails, the lease expires on its own.
+// release gives a lease back after a failed load, fill or acquire, so
+// that the next reader loads at once instead of waiting for the lease to
+// expire. It runs in the background, off the read path, and retries every
+// 100ms while Redis fails (say, until it is back from an outage), for as
+// long as the lease could live; at most maxPendingReleases at once, beyond
+// which the lease is left to expire.
 func (c *Cache[V]) release(vk, token string) {
-	_ = c.call(c.life, "release", c.cfg.writeTimeout, func(ctx context.Context) error {
-		return keys.Release.Run(ctx, c.rdb, []string{keys.Lease(vk)}, token).Err()
-	})
+	if c.pendingReleases.Add(1) > maxPendingReleases || !c.goBackground() {
+		c.pendingReleases.Add(-1)
+		return
+	}
+	go func() {
+		defer c.bg.Done()
+		defer c.pendingReleases.Add(-1)
+		deadline := time.Now().Add(c.cfg.leaseTTL)
+		for {
+			err := c.call(c.life, "release", c.cfg.writeTimeout, func(ctx context.Context) error {
+				return keys.Release.Run(ctx, c.rdb, []string{keys.Lease(vk)}, token).Err()
+			})
+			if err == nil || c.life.Err() != nil || time.Now().After(deadline) {
+				return
+			}
+			t := time.NewTimer(100 * time.Millisecond)
+			select {
+			case <-t.C:
+			case <-c.life.Done():
+				t.Stop()
+				return
+			}
+		}
+	}()
 }
+
+const maxPendingReleases = 1024
 
 // del deletes the value and lease of each key: one DEL per key (the two
 // share a slot), pipelined, so that a cluster gets one round trip per node.

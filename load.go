@@ -81,6 +81,10 @@ func (c *Cache[V]) readThrough(ctx context.Context, key string, load LoadFunc[V]
 		}
 	}
 	reread := ctx.Err() != nil
+	// Redis failed the read (not the caller, whose context is live): load
+	// without the lease and without caching, rather than spend more
+	// timeouts on a sick Redis.
+	sick := err != nil && !reread
 	if !c.goBackground() {
 		c.flight.End(key, call, entry[V]{}, ErrClosed)
 		return entry[V]{}, ErrClosed
@@ -92,6 +96,9 @@ func (c *Cache[V]) readThrough(ctx context.Context, key string, load LoadFunc[V]
 				if e, found, err := c.getL2(ctx, key); err == nil && found && e.fresh(nowMicro()) {
 					return e, nil
 				}
+			}
+			if sick {
+				return c.loadAndFill(ctx, key, load, "-", nil, 0)
 			}
 			return c.loadKey(ctx, key, load, false)
 		})
@@ -243,9 +250,13 @@ func (c *Cache[V]) loadLeased(ctx context.Context, key string, load LoadFunc[V],
 		if res.state == acquireFresh && !found {
 			// The script judged the bytes fresh by their header, but they do
 			// not decode (corrupt, foreign, another codec) or one of their
-			// tags was invalidated. Take the lease regardless of freshness;
-			// a value written from now on is a real fill and ends the wait.
-			force, notBefore = true, now
+			// tags was invalidated. Take the lease regardless of freshness
+			// (and of the header's write time, which may be garbage too),
+			// after a pause, so that this cannot spin.
+			force, notBefore = true, 0
+			if err := wait.sleep(ctx, 0); err != nil {
+				return entry[V]{}, err
+			}
 			continue
 		}
 		switch {

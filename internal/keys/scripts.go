@@ -19,8 +19,9 @@ import "github.com/redis/go-redis/v9"
 // value is "" when absent. The server time (Unix µs, from TIME) is when the
 // lease was taken: a tag invalidated after it may have changed what the
 // holder loads (see TagRead). Freshness is read from the frame: the write time is 8 bytes
-// big-endian at offset 4, the logical expiry at offset 12 (0-based); frames
-// too short to hold them are not fresh. The numbers are Unix µs, well within
+// big-endian at offset 4, the logical expiry at offset 12 (0-based); bytes
+// too short to hold them, or whose version (offset 0) is not 1 or reserved
+// byte (offset 3) is not 0, are not fresh. The numbers are Unix µs, well within
 // the 2^53 that Lua's doubles hold exactly.
 var Acquire = redis.NewScript(`
 local function u64(s, at)
@@ -29,7 +30,8 @@ local function u64(s, at)
   return n
 end
 local v = redis.call('GET', KEYS[1])
-if v and #v >= 42 then
+-- Trust the header only if it looks like one: version 1, reserved byte 0.
+if v and #v >= 42 and string.byte(v, 1) == 1 and string.byte(v, 4) == 0 then
   if ARGV[4] ~= '1' and u64(v, 13) > tonumber(ARGV[3]) then return {2, v, 0, '0'} end
   if ARGV[5] ~= '0' and u64(v, 5) > tonumber(ARGV[5]) then return {2, v, 0, '0'} end
 end
