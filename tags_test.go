@@ -364,3 +364,50 @@ func TestInvalidateEvent(t *testing.T) {
 		}
 	})
 }
+
+// The concurrent Set/InvalidateTags race, many times under -race: a Set of
+// a tagged key and an invalidation of its tag run at once. Whichever way
+// they interleave, the value is readable only if its tag version is
+// current, Get and GetMany agree on that, and a later invalidation always
+// makes it unreadable: nothing survives an invalidation that begins after
+// the Set returned.
+func TestTagsSetInvalidateRace(t *testing.T) {
+	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
+		ctx := t.Context()
+		cs := instances[int](t, tg, 2, WithL1(100))
+		a, b := cs[0], cs[1]
+		n := 200
+		if testing.Short() {
+			n = 40
+		}
+		for i := range n {
+			var wg sync.WaitGroup
+			wg.Go(func() {
+				if err := a.Set(ctx, "k", i, WithTags("t")); err != nil {
+					t.Error(err)
+				}
+			})
+			wg.Go(func() {
+				if err := b.InvalidateTags(ctx, "t"); err != nil {
+					t.Error(err)
+				}
+			})
+			wg.Wait()
+			_, errGet := b.Get(ctx, "k")
+			many, errMany := b.GetMany(ctx, []string{"k"})
+			if errMany != nil || (errGet == nil) != (len(many) == 1) {
+				t.Fatalf("iteration %d: Get says %v, GetMany %v, %v", i, errGet, many, errMany)
+			}
+			if err := b.InvalidateTags(ctx, "t"); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := b.Get(ctx, "k"); !errors.Is(err, ErrMiss) {
+				t.Fatalf("iteration %d: the value survived an invalidation that began after the Set: %v", i, err)
+			}
+			waitFor(t, 100*time.Millisecond, "a's L1 drops it too", func() bool {
+				_, err := a.Get(ctx, "k")
+				return errors.Is(err, ErrMiss)
+			})
+		}
+	})
+}

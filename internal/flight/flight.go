@@ -71,12 +71,6 @@ func (c *Call[T]) Wait(ctx context.Context) (T, error) {
 	}
 }
 
-// Done is closed when the result is available.
-func (c *Call[T]) Done() <-chan struct{} { return c.done }
-
-// Result returns the result; call it only after Done is closed.
-func (c *Call[T]) Result() (T, error) { return c.val, c.err }
-
 // Forget makes the next Begin of key start a new load, while the load in
 // flight, if any, goes on for the callers already waiting on it. A cache
 // calls it when key is written or invalidated: a reader that arrives after

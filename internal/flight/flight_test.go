@@ -87,8 +87,7 @@ func TestBatchClaim(t *testing.T) {
 	g.End("c", calls["c"], 3, nil)
 	g.End("b", single, 2, nil)
 	for k, want := range map[string]int{"a": 1, "b": 2, "c": 3} {
-		<-calls[k].Done()
-		if v, _ := calls[k].Result(); v != want {
+		if v, _ := calls[k].Wait(context.Background()); v != want {
 			t.Fatalf("%s = %d", k, v)
 		}
 	}

@@ -61,6 +61,3 @@ func (l Layout) Channel() string { return l.channel }
 
 // Tag returns the Redis key that holds tag t's version.
 func (l Layout) Tag(t string) string { return l.tagBase + t + "}" }
-
-// Prefix is the common start of every value key of the layout.
-func (l Layout) Prefix() string { return l.base }
