@@ -296,3 +296,57 @@ func (s Stats) MarshalJSON() ([]byte, error) {
 		L1Weight     uint64            `json:"l1_weight"`
 	}{s.L1Hits, s.L1Misses, s.L2Hits, s.L2Misses, s.Loads, s.LoadErrors, s.HitRatio(), s.EventCounts(), s.BreakerState, s.L1Entries, s.L1Weight})
 }
+
+// redisOpNames are the Redis operations the cache reports to
+// [Observer.Redis] and [Tracer.Start], in a fixed order.
+var redisOpNames = [...]string{
+	"get", "set", "del", "acquire", "fill", "release", "publish",
+	"mget", "set_many", "fill_many", "acquire_many", "release_many",
+	"tag_read", "tag_bump", "tag_get",
+}
+
+// NumRedisOps is how many Redis operations the cache reports: an observer
+// can keep its per-operation metrics in an array this long, indexed by
+// [RedisOpIndex], instead of looking the name up on every call.
+const NumRedisOps = len(redisOpNames)
+
+// RedisOpName returns the name of operation i, for i in [0, NumRedisOps).
+func RedisOpName(i int) string { return redisOpNames[i] }
+
+// RedisOpIndex returns the index of the Redis operation named op, or -1 for
+// a name the cache does not report.
+func RedisOpIndex(op string) int {
+	switch op {
+	case "get":
+		return 0
+	case "set":
+		return 1
+	case "del":
+		return 2
+	case "acquire":
+		return 3
+	case "fill":
+		return 4
+	case "release":
+		return 5
+	case "publish":
+		return 6
+	case "mget":
+		return 7
+	case "set_many":
+		return 8
+	case "fill_many":
+		return 9
+	case "acquire_many":
+		return 10
+	case "release_many":
+		return 11
+	case "tag_read":
+		return 12
+	case "tag_bump":
+		return 13
+	case "tag_get":
+		return 14
+	}
+	return -1
+}

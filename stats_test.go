@@ -19,3 +19,14 @@ func TestStatsJSON(t *testing.T) {
 		}
 	}
 }
+
+func TestRedisOpIndex(t *testing.T) {
+	for i := range NumRedisOps {
+		if got := RedisOpIndex(RedisOpName(i)); got != i {
+			t.Errorf("RedisOpIndex(%q) = %d, want %d", RedisOpName(i), got, i)
+		}
+	}
+	if RedisOpIndex("load") != -1 {
+		t.Error("load is not a Redis operation")
+	}
+}

@@ -17,50 +17,17 @@ import (
 // it adds events.
 const numEvents = len(tiercache.Stats{}.Events)
 
-// redisOps are the operations the cache reports to Observer.Redis today;
-// redisOpIndex is their index here. An operation that is not in the list
-// still works, a little slower (see observer.otherOp).
-var redisOps = [...]string{
-	"get", "set", "del", "acquire", "fill", "release", "publish",
-	"mget", "set_many", "fill_many", "acquire_many", "release_many",
-	"tag_read", "tag_bump", "tag_get",
-}
-
-func redisOpIndex(op string) int {
-	switch op {
-	case "get":
-		return 0
-	case "set":
-		return 1
-	case "del":
-		return 2
-	case "acquire":
-		return 3
-	case "fill":
-		return 4
-	case "release":
-		return 5
-	case "publish":
-		return 6
-	case "mget":
-		return 7
-	case "set_many":
-		return 8
-	case "fill_many":
-		return 9
-	case "acquire_many":
-		return 10
-	case "release_many":
-		return 11
-	case "tag_read":
-		return 12
-	case "tag_bump":
-		return 13
-	case "tag_get":
-		return 14
+// redisOps are the Redis operations the cache reports, in tiercache's
+// order; redisOpIndex is their index (tiercache.RedisOpIndex). An operation
+// that is not in the list still works, a little slower.
+var redisOps = func() (ops [tiercache.NumRedisOps]string) {
+	for i := range ops {
+		ops[i] = tiercache.RedisOpName(i)
 	}
-	return -1
-}
+	return ops
+}()
+
+func redisOpIndex(op string) int { return tiercache.RedisOpIndex(op) }
 
 // resultLabel is the result label of a lookup.
 func resultLabel(hit bool) string {
