@@ -637,6 +637,18 @@ func (c *Cache[V]) getManyL2(ctx context.Context, ks []string) ([]entry[V], []bo
 // groups a pipeline by node, so it is one round trip per node either way,
 // and no command spans two slots).
 func (c *Cache[V]) mget(ctx context.Context, vks []string, raw [][]byte) error {
+	if _, single := c.rdb.(*redis.Client); single && len(vks) <= maxBatchCommand {
+		vals, err := c.rdb.MGet(ctx, vks...).Result()
+		if err != nil {
+			return err
+		}
+		for i, v := range vals {
+			if s, ok := v.(string); ok {
+				raw[i] = unsafeBytes(s)
+			}
+		}
+		return nil
+	}
 	if _, single := c.rdb.(*redis.Client); single {
 		var cmds []*redis.SliceCmd
 		_, err := c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
@@ -652,7 +664,7 @@ func (c *Cache[V]) mget(ctx context.Context, vks []string, raw [][]byte) error {
 		for _, cmd := range cmds {
 			for _, v := range cmd.Val() {
 				if s, ok := v.(string); ok {
-					raw[i] = []byte(s)
+					raw[i] = unsafeBytes(s)
 				}
 				i++
 			}
@@ -670,8 +682,8 @@ func (c *Cache[V]) mget(ctx context.Context, vks []string, raw [][]byte) error {
 		return err
 	}
 	for i, cmd := range cmds {
-		if b, err := cmd.Bytes(); err == nil {
-			raw[i] = b
+		if s, err := cmd.Result(); err == nil {
+			raw[i] = unsafeBytes(s)
 		}
 	}
 	return nil

@@ -370,8 +370,8 @@ func (c *Cache[V]) getL2(ctx context.Context, key string) (e entry[V], found boo
 		reads = c.rdb
 	}
 	err = c.call(ctx, "get", c.cfg.readTimeout, func(ctx context.Context) error {
-		var err error
-		b, err = reads.Get(ctx, vk).Bytes()
+		s, err := reads.Get(ctx, vk).Result()
+		b = unsafeBytes(s)
 		return err
 	})
 	if c.cfg.autoPipeline && !errors.Is(err, errBreakerOpen) {

@@ -8,7 +8,10 @@ import (
 )
 
 // Codec turns values into bytes and back. Marshal gets a V; Unmarshal gets
-// a *V. A Codec must be safe for concurrent use.
+// a *V. A Codec must be safe for concurrent use, and Unmarshal must not
+// modify data nor keep it after it returns (copy what the value keeps, as
+// encoding/json and msgpack do): the cache hands it Redis's reply without
+// copying it.
 //
 // ID is stored in every frame: a value written with another codec is a miss
 // rather than garbage. IDs 0 to 15 are reserved for tiercache's own codecs;

@@ -3,6 +3,7 @@ package tiercache
 import (
 	"fmt"
 	"time"
+	"unsafe"
 
 	"github.com/klauspost/compress/s2"
 	"github.com/klauspost/compress/zstd"
@@ -101,6 +102,12 @@ func (vc *valueCodec) encode(v any, neg bool, keyHash uint64, now time.Time, sof
 	}
 	return b, nil
 }
+
+// unsafeBytes returns the bytes of s without copying them, for decoding a
+// reply that go-redis returned as a string: the frame is only read, and
+// codecs must not keep the data they are given (see Codec). It saves a copy
+// of every value read.
+func unsafeBytes(s string) []byte { return unsafe.Slice(unsafe.StringData(s), len(s)) }
 
 // decode parses a stored frame into e. Every failure is a reason to treat
 // the key as a miss; none panics.

@@ -95,10 +95,10 @@ func (l *local[V]) stripe(k string) *atomic.Uint64 {
 func (l *local[V]) get(k string, now int64) (*entry[V], bool) {
 	e, ok := l.c.GetIfPresent(k)
 	if !ok || !e.fresh(now) || (len(e.tags) > 0 && !l.tagsCurrent(e.tags)) {
-		l.misses.add(k)
+		l.misses.add()
 		return nil, false
 	}
-	l.hits.add(k)
+	l.hits.add()
 	return e, true
 }
 

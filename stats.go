@@ -3,6 +3,7 @@ package tiercache
 import (
 	"context"
 	"encoding/json"
+	"math/rand/v2"
 	"sync/atomic"
 	"time"
 )
@@ -235,22 +236,25 @@ func (r *recorder) snapshot() Stats {
 }
 
 // stripedCounter is a counter for the L1 hot path: 16 cache-line-padded
-// stripes picked by the key's length and last byte, so that concurrent
-// hits on different keys rarely write the same cache line. A single atomic
-// would cost more than the L1 lookup under contention.
+// stripes picked at random, so that concurrent hits rarely write the same
+// cache line. A single atomic would cost more than the L1 lookup under
+// contention.
 type stripedCounter struct {
+	// The padding keeps the stripes off the cache lines of whatever is
+	// next to the counter (L1's read-mostly fields, which every hit reads).
+	_ [64]byte
 	s [16]struct {
 		n atomic.Uint64
 		_ [56]byte
 	}
+	_ [64]byte
 }
 
-func (c *stripedCounter) add(key string) {
-	i := uint(len(key))
-	if len(key) > 0 {
-		i += uint(key[len(key)-1])
-	}
-	c.s[i&15].n.Add(1)
+func (c *stripedCounter) add() {
+	// A random stripe: the runtime's per-thread generator is cheaper than a
+	// contended cache line, and, unlike a stripe chosen by key, spreads the
+	// readers of one hot key too.
+	c.s[rand.Uint32()&15].n.Add(1)
 }
 
 func (c *stripedCounter) load() uint64 {
