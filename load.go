@@ -6,6 +6,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/tiercache/tiercache/internal/flight"
 	"github.com/tiercache/tiercache/internal/keys"
 )
 
@@ -85,26 +86,17 @@ func (c *Cache[V]) readThrough(ctx context.Context, key string, load LoadFunc[V]
 	// without the lease and without caching, rather than spend more
 	// timeouts on a sick Redis.
 	sick := err != nil && !reread
-	if !c.goBackground() {
-		c.flight.End(key, call, entry[V]{}, ErrClosed)
-		return entry[V]{}, ErrClosed
-	}
-	go func() {
-		defer c.bg.Done()
-		e, err := c.runDetached(ctx, func(ctx context.Context) (entry[V], error) {
-			if reread {
-				if e, found, err := c.getL2(ctx, key); err == nil && found && e.fresh(nowMicro()) {
-					return e, nil
-				}
+	return c.runFlight(ctx, key, call, func(ctx context.Context) (entry[V], error) {
+		if reread {
+			if e, found, err := c.getL2(ctx, key); err == nil && found && e.fresh(nowMicro()) {
+				return e, nil
 			}
-			if sick {
-				return c.loadAndFill(ctx, key, load, "-", nil, 0)
-			}
-			return c.loadKey(ctx, key, load, false)
-		})
-		c.flight.End(key, call, e, err)
-	}()
-	return call.Wait(ctx)
+		}
+		if sick {
+			return c.loadAndFill(ctx, key, load, "-", nil, 0)
+		}
+		return c.loadKey(ctx, key, load, false)
+	})
 }
 
 // shared runs fn once per key in this process for all concurrent callers
@@ -118,6 +110,13 @@ func (c *Cache[V]) shared(ctx context.Context, flightKey string, fn func(context
 		c.rec.event(EventCoalesced)
 		return call.Wait(ctx)
 	}
+	return c.runFlight(ctx, flightKey, call, fn)
+}
+
+// runFlight runs fn in the background for call, the flight of flightKey
+// that the caller leads, ends the flight with its result, and waits for it
+// with the caller's ctx.
+func (c *Cache[V]) runFlight(ctx context.Context, flightKey string, call *flight.Call[entry[V]], fn func(context.Context) (entry[V], error)) (entry[V], error) {
 	if !c.goBackground() {
 		c.flight.End(flightKey, call, entry[V]{}, ErrClosed)
 		return entry[V]{}, ErrClosed
