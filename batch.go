@@ -594,7 +594,7 @@ func (c *Cache[V]) getManyL2(ctx context.Context, ks []string) ([]entry[V], []bo
 	if err != nil {
 		if !errors.Is(err, errBreakerOpen) { // a bypassed Redis was not asked
 			for range ks {
-				c.rec.lookup(TierL2, false, start)
+				c.rec.lookupL2(false, start)
 			}
 		}
 		return nil, nil, err
@@ -619,7 +619,7 @@ func (c *Cache[V]) getManyL2(ctx context.Context, ks []string) ([]entry[V], []bo
 	limit := c.limitL1()
 	for i, k := range ks {
 		hit := found[i] && es[i].fresh(now)
-		c.rec.lookup(TierL2, hit, start)
+		c.rec.lookupL2(hit, start)
 		if hit {
 			if es[i].neg {
 				c.rec.event(EventNegativeHit)

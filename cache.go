@@ -379,7 +379,7 @@ func (c *Cache[V]) getL2(ctx context.Context, key string) (e entry[V], found boo
 	}
 	if err != nil {
 		if !errors.Is(err, errBreakerOpen) { // a bypassed Redis was not asked
-			c.rec.lookup(TierL2, false, start)
+			c.rec.lookupL2(false, start)
 		}
 		return e, false, err
 	}
@@ -389,7 +389,7 @@ func (c *Cache[V]) getL2(ctx context.Context, key string) (e entry[V], found boo
 	}
 	now := nowMicro()
 	hit := found && e.fresh(now)
-	c.rec.lookup(TierL2, hit, start)
+	c.rec.lookupL2(hit, start)
 	if hit {
 		if e.neg {
 			c.rec.event(EventNegativeHit)

@@ -177,23 +177,16 @@ func (r *recorder) now() time.Time {
 	return time.Time{}
 }
 
-func (r *recorder) since(t time.Time) time.Duration {
-	if r.timed {
-		return time.Since(t)
-	}
-	return 0
-}
-
-// lookup counts an L2 lookup (L1's are counted by otter).
-func (r *recorder) lookup(tier Tier, hit bool, start time.Time) {
-	switch {
-	case hit:
+// lookupL2 counts a Redis lookup that began at start and tells the
+// observer. (L1 lookups are counted by local's striped counters.)
+func (r *recorder) lookupL2(hit bool, start time.Time) {
+	if hit {
 		r.n.l2Hits.Add(1)
-	default:
+	} else {
 		r.n.l2Misses.Add(1)
 	}
 	if r.timed {
-		r.obs.Lookup(tier, hit, time.Since(start))
+		r.obs.Lookup(TierL2, hit, time.Since(start))
 	}
 }
 
