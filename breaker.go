@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -75,23 +76,77 @@ func WithoutBreaker() Option { return func(c *config) { c.breakerOn = false } }
 // errBreakerOpen is the error of a call the breaker did not let through.
 var errBreakerOpen = fmt.Errorf("%w: circuit breaker open", ErrRedis)
 
+// breaker wraps gobreaker's two-step breaker with a fast path for the
+// common case. gobreaker takes a mutex and reads the clock twice per call;
+// at tens of thousands of reads a second from many goroutines that mutex is
+// the hottest lock in the process. While the breaker is closed and no
+// failure is pending, a success changes nothing in gobreaker (it resets a
+// failure count that is already 0), so such calls skip it: they are let
+// through on an atomic load, and only a failure, or the first success after
+// one, is reported to gobreaker (by a late Allow and its done). Open and
+// half-open calls go through gobreaker as usual, which keeps its state
+// machine, probe limit and timings the only ones.
 type breaker struct {
-	cb *gobreaker.TwoStepCircuitBreaker[struct{}]
+	cb     *gobreaker.TwoStepCircuitBreaker[struct{}]
+	closed atomic.Bool // the state is closed (kept by OnStateChange)
+	dirty  atomic.Bool // a failure was reported since the last reported success
 }
 
 func newBreaker(s BreakerSettings, onChange func(from, to BreakerState)) *breaker {
-	return &breaker{cb: gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{
+	b := &breaker{}
+	b.closed.Store(true)
+	b.cb = gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{
 		Name:        "tiercache-redis",
 		MaxRequests: s.Probes,
 		Timeout:     s.OpenFor,
 		ReadyToTrip: func(c gobreaker.Counts) bool { return c.ConsecutiveFailures >= s.ConsecutiveFailures },
 		OnStateChange: func(_ string, from, to gobreaker.State) {
+			b.closed.Store(to == gobreaker.StateClosed)
 			onChange(breakerState(from), breakerState(to))
 		},
 		IsSuccessful: func(err error) bool { return !isRedisFault(err) },
-		// A caller that gave up says nothing about Redis.
-		IsExcluded: func(err error) bool { return errors.Is(err, context.Canceled) },
-	})}
+		IsExcluded:   excludedFromBreaker,
+	})
+	return b
+}
+
+// A caller that gave up says nothing about Redis.
+func excludedFromBreaker(err error) bool { return errors.Is(err, context.Canceled) }
+
+// begin reports whether a call may go to Redis. If it may, end must be
+// called with the call's result and the done begin returned.
+func (b *breaker) begin() (done func(error), ok bool) {
+	if b.closed.Load() {
+		return nil, true
+	}
+	done, err := b.cb.Allow()
+	return done, err == nil
+}
+
+// end reports a call's result.
+func (b *breaker) end(done func(error), err error) {
+	if done != nil {
+		done(err)
+		return
+	}
+	if excludedFromBreaker(err) {
+		return
+	}
+	if !isRedisFault(err) {
+		if !b.dirty.Swap(false) {
+			return // closed, nothing pending: nothing to tell gobreaker
+		}
+	}
+	// A late Allow: if the breaker opened meanwhile, the result is dropped,
+	// as gobreaker drops results from an earlier generation.
+	if d, aerr := b.cb.Allow(); aerr == nil {
+		d(err)
+	}
+	if isRedisFault(err) {
+		// After the report, so that a success racing it either sees this
+		// flag and resets the count, or was reported before this failure.
+		b.dirty.Store(true)
+	}
 }
 
 func breakerState(s gobreaker.State) BreakerState {

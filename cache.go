@@ -20,14 +20,10 @@ import (
 // the shared L2, and the caller's loader behind them. It is safe for
 // concurrent use; create it with [New] and stop it with [Cache.Close].
 type Cache[V any] struct {
-	rdb   redis.UniversalClient
-	reads redis.Cmdable // rdb, or its auto-pipeliner (WithAutoPipeline) for GETs
-	// apSick is set when a read through the auto-pipeliner failed: reads go
-	// to rdb, which honours their deadlines, until one succeeds. go-redis's
-	// auto-pipeliner retries dialling without looking at the command's
-	// context, so while Redis refuses connections a read through it can take
-	// seconds whatever its timeout.
-	apSick atomic.Bool
+	rdb redis.UniversalClient
+	// coal batches concurrent single-key reads into shared round trips;
+	// nil with WithoutReadCoalescing.
+	coal   *coalescer
 	cfg    config
 	layout keys.Layout
 	vc     *valueCodec
@@ -83,14 +79,8 @@ func New[V any](rdb redis.UniversalClient, opts ...Option) (*Cache[V], error) {
 	if err != nil {
 		return nil, err
 	}
-	reads, err := readPath(rdb, cfg.autoPipeline)
-	if err != nil {
-		vc.close()
-		return nil, err
-	}
 	c := &Cache[V]{
 		rdb:      rdb,
-		reads:    reads,
 		cfg:      cfg,
 		layout:   keys.New(cfg.prefix, cfg.version),
 		vc:       vc,
@@ -102,6 +92,9 @@ func New[V any](rdb redis.UniversalClient, opts ...Option) (*Cache[V], error) {
 	c.life, c.stop = context.WithCancel(context.Background())
 	if cfg.breakerOn {
 		c.brk = newBreaker(cfg.breaker, c.breakerChanged)
+	}
+	if cfg.coalesceReads {
+		c.coal = newCoalescer(cfg.readTimeout, c.fetchReads)
 	}
 	if cfg.l1Entries > 0 || cfg.l1Bytes > 0 {
 		if c.l1, err = newLocal[V](&cfg); err != nil {
@@ -136,27 +129,6 @@ func New[V any](rdb redis.UniversalClient, opts ...Option) (*Cache[V], error) {
 		c.log.Warn("tiercache: the redis client has ContextTimeoutEnabled off, so the cache's read and write timeouts cannot cut a slow socket short; set it on the client")
 	}
 	return c, nil
-}
-
-// readPath returns what single-key reads go through.
-func readPath(rdb redis.UniversalClient, auto bool) (redis.Cmdable, error) {
-	if !auto {
-		return rdb, nil
-	}
-	var ap *redis.AutoPipeliner
-	var err error
-	switch r := rdb.(type) {
-	case *redis.Client:
-		ap, err = r.AutoPipeline()
-	case *redis.ClusterClient:
-		ap, err = r.AutoPipeline()
-	default:
-		return nil, fmt.Errorf("%w: auto-pipelining needs a *redis.Client or *redis.ClusterClient, not %T", ErrInvalidOption, rdb)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("%w: auto-pipeline: %w", ErrInvalidOption, err)
-	}
-	return ap, nil
 }
 
 func timeoutsReachSocket(rdb redis.UniversalClient) bool {
@@ -248,15 +220,20 @@ func nowMicro() int64 { return time.Now().UnixMicro() }
 // call runs one Redis round trip under the breaker and a timeout, and
 // counts it. A call the breaker refuses fails at once with errBreakerOpen.
 func (c *Cache[V]) call(ctx context.Context, op string, timeout time.Duration, fn func(context.Context) error) error {
+	return c.callUntil(ctx, op, time.Now().Add(timeout), fn)
+}
+
+// callUntil is call with a deadline rather than a timeout.
+func (c *Cache[V]) callUntil(ctx context.Context, op string, deadline time.Time, fn func(context.Context) error) error {
 	var done func(error)
 	if c.brk != nil {
-		var err error
-		if done, err = c.brk.cb.Allow(); err != nil {
+		var ok bool
+		if done, ok = c.brk.begin(); !ok {
 			c.rec.event(EventBreakerReject)
 			return errBreakerOpen
 		}
 	}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
+	ctx, cancel := context.WithDeadline(ctx, deadline)
 	ctx, end := c.rec.span(ctx, op)
 	start := c.rec.now()
 	err := fn(ctx)
@@ -265,8 +242,8 @@ func (c *Cache[V]) call(ctx context.Context, op string, timeout time.Duration, f
 		err = nil
 	}
 	end(err)
-	if done != nil {
-		done(err)
+	if c.brk != nil {
+		c.brk.end(done, err)
 	}
 	c.rec.redis(op, start, err)
 	if err != nil {
@@ -365,17 +342,14 @@ func (c *Cache[V]) getL2(ctx context.Context, key string) (e entry[V], found boo
 	}
 	start := c.rec.now()
 	var b []byte
-	reads, viaAP := c.reads, c.cfg.autoPipeline && !c.apSick.Load()
-	if !viaAP {
-		reads = c.rdb
-	}
-	err = c.call(ctx, "get", c.cfg.readTimeout, func(ctx context.Context) error {
-		s, err := reads.Get(ctx, vk).Result()
-		b = unsafeBytes(s)
-		return err
-	})
-	if c.cfg.autoPipeline && !errors.Is(err, errBreakerOpen) {
-		c.apSick.Store(err != nil)
+	if c.coal != nil {
+		b, err = c.coal.get(ctx, vk)
+	} else {
+		err = c.call(ctx, "get", c.cfg.readTimeout, func(ctx context.Context) error {
+			s, err := c.rdb.Get(ctx, vk).Result()
+			b = unsafeBytes(s)
+			return err
+		})
 	}
 	if err != nil {
 		if !errors.Is(err, errBreakerOpen) { // a bypassed Redis was not asked
@@ -399,6 +373,22 @@ func (c *Cache[V]) getL2(ctx context.Context, key string) (e entry[V], found boo
 		}
 	}
 	return e, found, nil
+}
+
+// fetchReads is the coalescer's round trip: GET for a lone read, else
+// mget (an MGET, or GETs pipelined by node on a cluster).
+func (c *Cache[V]) fetchReads(ctx context.Context, deadline time.Time, vks []string, raw [][]byte) error {
+	if len(vks) == 1 {
+		return c.callUntil(ctx, "get", deadline, func(ctx context.Context) error {
+			s, err := c.rdb.Get(ctx, vks[0]).Result()
+			raw[0] = unsafeBytes(s)
+			return err
+		})
+	}
+	c.rec.eventN(EventReadBatched, len(vks))
+	return c.callUntil(ctx, "mget", deadline, func(ctx context.Context) error {
+		return c.mget(ctx, vks, raw)
+	})
 }
 
 // decodeStored decodes b (nil: absent) into e and reports whether it holds

@@ -54,7 +54,7 @@ type config struct {
 	maxRefreshes   int
 	breaker        BreakerSettings
 	breakerOn      bool
-	autoPipeline   bool
+	coalesceReads  bool
 }
 
 func defaultConfig() config {
@@ -80,6 +80,7 @@ func defaultConfig() config {
 		maxRefreshes:   256,
 		breaker:        defaultBreakerSettings(),
 		breakerOn:      true,
+		coalesceReads:  true,
 	}
 }
 
@@ -259,22 +260,15 @@ func WithObserver(o Observer) Option { return func(c *config) { c.observer = o }
 // value is refreshed on a later hit or when it expires.
 func WithMaxBackgroundRefreshes(n int) Option { return func(c *config) { c.maxRefreshes = n } }
 
-// WithAutoPipeline sends the cache's single-key Redis reads through
-// go-redis's auto-pipeliner (experimental in go-redis v9.23): reads that
-// arrive while a round trip is in flight go out together in the next one,
-// with no timer, so a lone read is not delayed. Under concurrency this
-// multiplies read throughput (see the README for the measured figures). It
-// needs a *redis.Client or a *redis.ClusterClient; the auto-pipeliner is
-// the client's own, shared by everything that uses it, and is released when
-// the client is closed.
-//
-// WARNING: go-redis's auto-pipeliner retries a failed dial (DialerRetries,
-// 5 by default) without looking at the command's context, so while Redis
-// refuses connections one read through it can take seconds, whatever
-// WithReadTimeout says. After such a failure the cache sends reads through
-// the plain client, which honours the timeout, until one succeeds; set
-// DialerRetries low on the client to shorten that first read too.
-func WithAutoPipeline() Option { return func(c *config) { c.autoPipeline = true } }
+// WithoutReadCoalescing sends every single-key Redis read as its own GET.
+// By default, reads that arrive while others are on the wire go out
+// together in one round trip (one MGET, or one pipeline per node on a
+// cluster), which multiplies read throughput under concurrency and costs a
+// lone read nothing (see the README for the measured figures). A
+// coalesced read still waits no longer than WithReadTimeout, counted from
+// when it was asked for. Turn it off to see one Observer.Redis call and one
+// trace span per read, rather than one per shared round trip.
+func WithoutReadCoalescing() Option { return func(c *config) { c.coalesceReads = false } }
 
 // SetOption configures one write: [Cache.Set], [Cache.SetMany], or a load
 // through [LoadOptions].

@@ -52,6 +52,7 @@ const (
 	EventInvalidationSent                  // an invalidation message was published
 	EventInvalidationReceived              // an invalidation message from another instance was applied
 	EventL1Flush                           // L1 was flushed (subscription lost or regained)
+	EventReadBatched                       // a single-key read shared its Redis round trip with other reads
 	numEvents
 )
 
@@ -59,6 +60,7 @@ var eventNames = [numEvents]string{
 	"coalesced", "lease_wait", "fill_refused", "early_refresh", "stale_served",
 	"stale_on_error", "negative_hit", "corrupt", "redis_error", "redis_timeout",
 	"breaker_reject", "invalidation_sent", "invalidation_received", "l1_flush",
+	"read_batched",
 }
 
 func (e Event) String() string {
@@ -201,6 +203,14 @@ func (r *recorder) load(d time.Duration, err error) {
 func (r *recorder) event(e Event) {
 	r.n.events[e].Add(1)
 	r.obs.Event(e)
+}
+
+// eventN counts n occurrences of e at once.
+func (r *recorder) eventN(e Event, n int) {
+	r.n.events[e].Add(uint64(n))
+	for range n {
+		r.obs.Event(e)
+	}
 }
 
 func (r *recorder) redis(op string, start time.Time, err error) {

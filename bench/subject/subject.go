@@ -122,7 +122,7 @@ func All() []Factory {
 		goRedisFactory(),
 		tiercacheFactory(tcPlain),
 		tiercacheFactory(tcL1),
-		tiercacheFactory(tcAutoPipeline),
+		tiercacheFactory(tcUncoalesced),
 		goRedisCacheFactory(false),
 		goRedisCacheFactory(true),
 		gocacheFactory(false),

@@ -9,7 +9,8 @@ import (
 )
 
 // tc adapts tiercache: Raw codec, the TTL as default TTL, every other option
-// at its default (lease, breaker, jitter, XFetch early refresh). With local,
+// at its default (lease, breaker, jitter, XFetch early refresh, read
+// coalescing). With local,
 // WithL1(LocalSize) (otter v2 W-TinyLFU) and its pub/sub invalidation.
 type tc struct {
 	rdb *redis.Client
@@ -20,9 +21,9 @@ type tc struct {
 type tiercacheVariant int
 
 const (
-	tcPlain        tiercacheVariant = iota // Redis only
-	tcL1                                   // WithL1
-	tcAutoPipeline                         // Redis only, WithAutoPipeline
+	tcPlain       tiercacheVariant = iota // Redis only
+	tcL1                                  // WithL1
+	tcUncoalesced                         // Redis only, WithoutReadCoalescing
 )
 
 func tiercacheFactory(v tiercacheVariant) Factory {
@@ -38,9 +39,9 @@ func tiercacheFactory(v tiercacheVariant) Factory {
 		f.Name = "tiercache+L1"
 		f.Caps.Local = "otter v2 (W-TinyLFU), bounded by entries"
 		f.Notes += "; WithL1(n)"
-	case tcAutoPipeline:
-		f.Name = "tiercache+autopipe"
-		f.Notes += "; WithAutoPipeline()"
+	case tcUncoalesced:
+		f.Name = "tiercache-nocoalesce"
+		f.Notes += "; WithoutReadCoalescing()"
 	}
 	f.New = func(cfg Config) (Subject, error) {
 		rdb := newGoRedis(cfg.Addr)
@@ -52,8 +53,8 @@ func tiercacheFactory(v tiercacheVariant) Factory {
 		switch v {
 		case tcL1:
 			opts = append(opts, tiercache.WithL1(cfg.LocalSize))
-		case tcAutoPipeline:
-			opts = append(opts, tiercache.WithAutoPipeline())
+		case tcUncoalesced:
+			opts = append(opts, tiercache.WithoutReadCoalescing())
 		}
 		c, err := tiercache.New[string](rdb, opts...)
 		if err != nil {

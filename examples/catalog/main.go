@@ -76,7 +76,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (co
 	fs.StringVar(&cfg.cache.prefix, "prefix", "catalog-product", "cache key prefix in Redis")
 	fs.DurationVar(&cfg.latency, "latency", 20*time.Millisecond, "simulated latency of each in-memory store call")
 	fs.IntVar(&cfg.cache.l1, "l1", 10_000, "L1 (in-process cache) entries; 0 turns L1 off")
-	fs.BoolVar(&cfg.cache.autoPipeline, "autopipeline", true, "send the cache's reads through go-redis's auto-pipeliner")
+	fs.BoolVar(&cfg.cache.coalesce, "coalesce", true, "send concurrent cache reads to Redis together, in shared round trips")
 	fs.IntVar(&cfg.seed, "seed", 100, "sample products (ids 1..n) to add where missing; existing rows are kept")
 	write := fs.String("write", "invalidate", "what a PUT does to the cache: invalidate or write-through")
 	if err := fs.Parse(args); err != nil {
@@ -150,7 +150,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	if err != nil {
 		return err
 	}
-	log.Info("catalog listening", "addr", "http://"+ln.Addr().String(), "write", cfg.write.String(), "l1", cfg.cache.l1, "autopipeline", cfg.cache.autoPipeline)
+	log.Info("catalog listening", "addr", "http://"+ln.Addr().String(), "write", cfg.write.String(), "l1", cfg.cache.l1, "coalesce", cfg.cache.coalesce)
 	if ready != nil {
 		ready(ln.Addr())
 	}
@@ -177,9 +177,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 
 // cacheConfig is what the flags say about the cache.
 type cacheConfig struct {
-	prefix       string
-	l1           int  // L1 entries; 0 for no L1
-	autoPipeline bool // use the client's auto-pipeliner for reads, if it has one
+	prefix   string
+	l1       int  // L1 entries; 0 for no L1
+	coalesce bool // share Redis round trips between concurrent reads (the library's default)
 }
 
 // newProductCache returns the cache of products over rdb.
@@ -199,18 +199,8 @@ func newProductCache(rdb redis.UniversalClient, cc cacheConfig, log *slog.Logger
 		// one instance drops the product from every instance's L1.
 		opts = append(opts, tiercache.WithL1(cc.l1))
 	}
-	if cc.autoPipeline {
-		switch rdb.(type) {
-		case *redis.Client, *redis.ClusterClient:
-			// Only these two have an auto-pipeliner; New rejects the
-			// option for any other client (a Ring, say).
-			//
-			// WARNING: while Redis refuses connections, a read through the
-			// auto-pipeliner waits for go-redis's dial retries (about 3s)
-			// instead of the cache's read timeout (100ms), until the
-			// circuit breaker opens; -autopipeline=false avoids that.
-			opts = append(opts, tiercache.WithAutoPipeline())
-		}
+	if !cc.coalesce {
+		opts = append(opts, tiercache.WithoutReadCoalescing())
 	}
 	return tiercache.New[catalog.Product](rdb, opts...)
 }

@@ -85,12 +85,12 @@ type instance struct {
 }
 
 // startInstance starts the service over store with a Redis client of its
-// own to rdbServer, its cache under prefix, with L1 and auto-pipelining on
+// own to rdbServer, its cache under prefix, with L1 and read coalescing on
 // as the command's defaults are. Instances that share prefix and Redis share
 // the cache, as the copies of one service do.
 func startInstance(t *testing.T, rdbServer *redistest.Server, store catalog.ProductRepository, prefix string, mode catalog.WriteMode) *instance {
 	t.Helper()
-	return startInstanceWith(t, rdbServer, store, cacheConfig{prefix: prefix, l1: 1000, autoPipeline: true}, mode)
+	return startInstanceWith(t, rdbServer, store, cacheConfig{prefix: prefix, l1: 1000, coalesce: true}, mode)
 }
 
 func startInstanceWith(t *testing.T, rdbServer *redistest.Server, store catalog.ProductRepository, cc cacheConfig, mode catalog.WriteMode) *instance {
@@ -336,24 +336,22 @@ func TestBadRequests(t *testing.T) {
 // reach the cache says so (503, retry) after saving.
 func TestRedisDown(t *testing.T) {
 	tests := []struct {
-		autoPipeline bool
+		coalesce bool
 		// readBound bounds a read while Redis refuses connections: the
-		// cache's read timeout (100ms) and lease timeout plus the store.
-		// Through the auto-pipeliner a read waits for go-redis's dial
-		// retries instead (about 3s each, until the breaker opens), which
-		// is not bounded here (see the WARNING in newProductCache).
+		// cache's read timeout (100ms) and lease timeout plus the store,
+		// whether or not reads share round trips.
 		readBound time.Duration
 	}{
-		{autoPipeline: false, readBound: time.Second},
-		{autoPipeline: true},
+		{coalesce: false, readBound: time.Second},
+		{coalesce: true, readBound: time.Second},
 	}
 	for _, tt := range tests {
-		t.Run(fmt.Sprintf("autopipeline=%v", tt.autoPipeline), func(t *testing.T) {
+		t.Run(fmt.Sprintf("coalesce=%v", tt.coalesce), func(t *testing.T) {
 			t.Parallel()
 			rs := redistest.StartServer(t)
 			store := catalog.NewMemoryRepository(0)
 			store.Seed(catalog.SampleProducts(3)...)
-			cc := cacheConfig{prefix: cachePrefix(t), l1: 1000, autoPipeline: tt.autoPipeline}
+			cc := cacheConfig{prefix: cachePrefix(t), l1: 1000, coalesce: tt.coalesce}
 			in := startInstanceWith(t, rs, store, cc, catalog.WriteThrough)
 			in.getProduct(t, 1, http.StatusOK)
 			rs.Stop()
@@ -365,7 +363,7 @@ func TestRedisDown(t *testing.T) {
 					t.Errorf("GET /products/%d with Redis down = %+v", id, p)
 				}
 				d := time.Since(start)
-				if tt.readBound > 0 && d > tt.readBound {
+				if d > tt.readBound {
 					t.Errorf("GET /products/%d with Redis down took %v, want at most %v", id, d, tt.readBound)
 				}
 				t.Logf("GET /products/%d with Redis down: %v", id, d)
@@ -455,8 +453,8 @@ func TestRun(t *testing.T) {
 		{"redis URL", func(t *testing.T) []string {
 			return []string{"-redis", "redis://" + redistest.SharedServer(t).Addr + "/0", "-prefix", cachePrefix(t)}
 		}},
-		{"write-through, no L1, no auto-pipelining", func(*testing.T) []string {
-			return []string{"-write", "write-through", "-l1", "0", "-autopipeline=false"}
+		{"write-through, no L1, no read coalescing", func(*testing.T) []string {
+			return []string{"-write", "write-through", "-l1", "0", "-coalesce=false"}
 		}},
 	}
 	for _, tt := range tests {

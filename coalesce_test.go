@@ -1,0 +1,319 @@
+package tiercache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tiercache/tiercache/internal/faults"
+	"github.com/tiercache/tiercache/internal/redistest"
+)
+
+// The coalescer's hand-offs under stress, with a fetch that answers "v:"+key
+// after a random delay: every read gets its own key's value or, if its
+// context ended, its context's error; no more round trips than slots are
+// ever in flight; reads are batched; and at the end no slot is held.
+func TestCoalescerHandOffs(t *testing.T) {
+	var inFlight, maxInFlight, batched, trips atomic.Int64
+	fetch := func(ctx context.Context, deadline time.Time, vks []string, raw [][]byte) error {
+		n := inFlight.Add(1)
+		defer inFlight.Add(-1)
+		for m := maxInFlight.Load(); n > m && !maxInFlight.CompareAndSwap(m, n); m = maxInFlight.Load() {
+		}
+		trips.Add(1)
+		if len(vks) > 1 {
+			batched.Add(int64(len(vks)))
+		}
+		time.Sleep(time.Duration(rand.IntN(200)) * time.Microsecond)
+		for i, k := range vks {
+			if !strings.HasPrefix(k, "absent") {
+				raw[i] = []byte("v:" + k)
+			}
+		}
+		return nil
+	}
+	co := newCoalescer(time.Second, fetch)
+	var wg sync.WaitGroup
+	var reads, canceled atomic.Int64
+	for g := range 100 {
+		wg.Go(func() {
+			for i := range 200 {
+				k := fmt.Sprint("k", g, ":", i%7)
+				if i%5 == 0 {
+					k = "absent" + k
+				}
+				ctx, cancel := context.WithCancel(t.Context())
+				if i%10 == 3 {
+					go func() { time.Sleep(time.Duration(rand.IntN(300)) * time.Microsecond); cancel() }()
+				}
+				v, err := co.get(ctx, k)
+				cancel()
+				reads.Add(1)
+				switch {
+				case errors.Is(err, context.Canceled):
+					canceled.Add(1)
+				case err != nil:
+					t.Errorf("get(%s): %v", k, err)
+				case strings.HasPrefix(k, "absent") && v != nil:
+					t.Errorf("get(%s) = %q, want nil", k, v)
+				case !strings.HasPrefix(k, "absent") && string(v) != "v:"+k:
+					t.Errorf("get(%s) = %q: another read's value", k, v)
+				}
+			}
+		})
+	}
+	if !waitDone(t, &wg, time.Minute) {
+		t.Fatal("reads still waiting: a hand-off was lost")
+	}
+	co.mu.Lock()
+	held, queued := co.inFlight, len(co.queue)
+	co.mu.Unlock()
+	t.Logf("%d reads (%d canceled) in %d round trips; %d reads shared one; at most %d in flight",
+		reads.Load(), canceled.Load(), trips.Load(), batched.Load(), maxInFlight.Load())
+	if held != 0 || queued != 0 {
+		t.Errorf("after every read returned: %d slots held, %d reads queued", held, queued)
+	}
+	if m := maxInFlight.Load(); m > coalesceSlots {
+		t.Errorf("%d round trips in flight at once, want at most %d", m, coalesceSlots)
+	}
+	if batched.Load() == 0 || trips.Load() >= reads.Load() {
+		t.Errorf("100 concurrent readers were never batched (%d round trips for %d reads)", trips.Load(), reads.Load())
+	}
+}
+
+// tripCounter counts the Redis round trips of single-key reads.
+type tripCounter struct {
+	NopObserver
+	get, mget atomic.Int64
+}
+
+func (o *tripCounter) Redis(op string, _ time.Duration, _ error) {
+	switch op {
+	case "get":
+		o.get.Add(1)
+	case "mget":
+		o.mget.Add(1)
+	}
+}
+
+// Concurrent Gets of keys over every slot, hits and misses, with
+// duplicates: each gets its own key's answer, and they share round trips.
+func TestCoalescedReads(t *testing.T) {
+	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
+		ctx := t.Context()
+		obs := &tripCounter{}
+		c := newCache[string](t, tg, WithObserver(obs))
+		const n = 400
+		items := map[string]string{}
+		for i := range n {
+			items[fmt.Sprint("key-", i)] = fmt.Sprint("value-", i)
+		}
+		if err := c.SetMany(ctx, items); err != nil {
+			t.Fatal(err)
+		}
+		var wg sync.WaitGroup
+		var reads atomic.Int64
+		for g := range 64 {
+			wg.Go(func() {
+				for i := range 60 {
+					j := (g*37 + i*11) % (n + n/4) // a fifth are absent
+					k := fmt.Sprint("key-", j)
+					v, err := c.Get(ctx, k)
+					reads.Add(1)
+					if j >= n {
+						if !errors.Is(err, ErrMiss) {
+							t.Errorf("Get(%s) absent = %q, %v; want ErrMiss", k, v, err)
+						}
+					} else if err != nil || v != items[k] {
+						t.Errorf("Get(%s) = %q, %v; want %q", k, v, err, items[k])
+					}
+				}
+			})
+		}
+		wg.Wait()
+		s := c.Stats()
+		trips := obs.get.Load() + obs.mget.Load()
+		t.Logf("%s: %d reads in %d round trips (%d shared); %d reads batched", tg.Name, reads.Load(), trips, obs.mget.Load(), s.Count(EventReadBatched))
+		if s.Count(EventReadBatched) == 0 || trips >= reads.Load() {
+			t.Errorf("64 concurrent readers never shared a round trip (%d round trips for %d reads)", trips, reads.Load())
+		}
+		if got := s.L2Hits + s.L2Misses; got != uint64(reads.Load()) {
+			t.Errorf("L2 lookups counted = %d, want one per read (%d)", got, reads.Load())
+		}
+	})
+}
+
+// With every Redis reply a second late and a 150ms read timeout, no read
+// waits much past its timeout, counted from when it asked, even when it
+// queued behind round trips that were already timing out: a read never pays
+// two timeouts for sharing a round trip.
+func TestFaultCoalescedReadsKeepTheirTimeout(t *testing.T) {
+	const readTimeout = 150 * time.Millisecond
+	px := faults.Start(t, redistest.SharedServer(t).Addr)
+	c := newCacheOn[string](t, px.Client(t), faultPrefix(t), WithReadTimeout(readTimeout), WithoutBreaker())
+	if _, err := c.Get(t.Context(), "warm"); !errors.Is(err, ErrMiss) {
+		t.Fatalf("healthy read: %v", err)
+	}
+	px.Latency(t, time.Second, 0)
+	var lat latencies
+	var wg sync.WaitGroup
+	for g := range 32 {
+		wg.Go(func() {
+			for i := range 3 {
+				start := time.Now()
+				_, err := c.Get(t.Context(), fmt.Sprint("k", g, i))
+				lat.add(time.Since(start))
+				if !errors.Is(err, ErrRedis) {
+					t.Errorf("Get with Redis a second late: %v, want ErrRedis", err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	t.Logf("reads with a %v timeout against a Redis a second late: %v", readTimeout, &lat)
+	if m := lat.max(); m > readTimeout+100*time.Millisecond {
+		t.Errorf("a read took %v with a %v read timeout", m, readTimeout)
+	}
+	// GetOrLoad still answers from the loader.
+	if v, err := c.GetOrLoad(t.Context(), "load", constLoad("db", 0)); err != nil || v != "db" {
+		t.Errorf("GetOrLoad with Redis slow = %q, %v", v, err)
+	}
+}
+
+// A read queued behind slow round trips returns as soon as its caller's
+// context ends, with that context's error; the reads that shared its round
+// trip are unaffected, and the coalescer serves reads after it.
+func TestFaultCoalescedReadCanceled(t *testing.T) {
+	px := faults.Start(t, redistest.SharedServer(t).Addr)
+	rdb := px.Client(t)
+	c := newCacheOn[string](t, rdb, faultPrefix(t), WithReadTimeout(5*time.Second), WithoutBreaker())
+	if err := c.Set(t.Context(), "k", "v"); err != nil {
+		t.Fatal(err)
+	}
+	toxic := px.Latency(t, 300*time.Millisecond, 0)
+	var wg sync.WaitGroup
+	// Fill every round trip slot with a slow read.
+	for range coalesceSlots {
+		wg.Go(func() {
+			if v, err := c.Get(t.Context(), "k"); err != nil || v != "v" {
+				t.Errorf("slow Get = %q, %v", v, err)
+			}
+		})
+	}
+	time.Sleep(50 * time.Millisecond)
+	// These queue; half give up after 30ms.
+	for i := range 8 {
+		wg.Go(func() {
+			ctx := t.Context()
+			if i%2 == 0 {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, 30*time.Millisecond)
+				defer cancel()
+			}
+			start := time.Now()
+			v, err := c.Get(ctx, "k")
+			d := time.Since(start)
+			if i%2 == 0 {
+				if !errors.Is(err, context.DeadlineExceeded) || d > 200*time.Millisecond {
+					t.Errorf("a queued read whose context ended after 30ms returned after %v with %q, %v", d, v, err)
+				}
+			} else if err != nil || v != "v" {
+				t.Errorf("a queued read = %q, %v", v, err)
+			}
+		})
+	}
+	if !waitDone(t, &wg, 10*time.Second) {
+		t.Fatal("reads stuck")
+	}
+	toxic.Remove()
+	start := time.Now()
+	if v, err := c.Get(t.Context(), "k"); err != nil || v != "v" {
+		t.Fatalf("a read after the canceled ones = %q, %v", v, err)
+	}
+	if d := time.Since(start); d > 100*time.Millisecond {
+		t.Errorf("a read after the canceled ones took %v", d)
+	}
+}
+
+// WithoutReadCoalescing: one GET per read, never an MGET.
+func TestWithoutReadCoalescing(t *testing.T) {
+	obs := &tripCounter{}
+	c := newCacheOn[string](t, directClient(t, redistest.SharedServer(t)), faultPrefix(t), WithObserver(obs), WithoutReadCoalescing())
+	var wg sync.WaitGroup
+	for g := range 32 {
+		wg.Go(func() {
+			for i := range 20 {
+				_, _ = c.Get(t.Context(), fmt.Sprint("k", g, i))
+			}
+		})
+	}
+	wg.Wait()
+	if obs.get.Load() != 32*20 || obs.mget.Load() != 0 {
+		t.Errorf("without coalescing: %d GETs and %d MGETs for 640 reads", obs.get.Load(), obs.mget.Load())
+	}
+}
+
+// The breaker's fast path keeps gobreaker's rules: consecutive failures
+// open it, a success in between resets the count, a canceled call counts
+// for nothing, and after OpenFor one probe's success closes it again.
+func TestBreakerFastPath(t *testing.T) {
+	var changes []string
+	var mu sync.Mutex
+	b := newBreaker(BreakerSettings{ConsecutiveFailures: 3, OpenFor: 50 * time.Millisecond, Probes: 1}, func(from, to BreakerState) {
+		mu.Lock()
+		changes = append(changes, from.String()+">"+to.String())
+		mu.Unlock()
+	})
+	fault := fmt.Errorf("read: %w", context.DeadlineExceeded)
+	call := func(err error) bool {
+		done, ok := b.begin()
+		if ok {
+			b.end(done, err)
+		}
+		return ok
+	}
+	state := func() BreakerState { return breakerState(b.cb.State()) }
+	for _, err := range []error{fault, fault, nil, fault, fault, context.Canceled, context.Canceled, nil, redis.Nil, fault, fault} {
+		if !call(err) {
+			t.Fatalf("a call was refused with the breaker %v", state())
+		}
+	}
+	if s := state(); s != BreakerClosed {
+		t.Fatalf("after failures broken up by successes the breaker is %v", s)
+	}
+	call(fault) // the third in a row
+	if s := state(); s != BreakerOpen {
+		t.Fatalf("after 3 consecutive failures the breaker is %v", s)
+	}
+	if call(nil) {
+		t.Fatal("an open breaker let a call through")
+	}
+	time.Sleep(60 * time.Millisecond)
+	done, ok := b.begin()
+	if !ok || done == nil {
+		t.Fatalf("after OpenFor: probe allowed %v, through gobreaker %v", ok, done != nil)
+	}
+	if _, ok := b.begin(); ok {
+		t.Fatal("a second probe was let through with Probes 1")
+	}
+	b.end(done, nil)
+	if s := state(); s != BreakerClosed {
+		t.Fatalf("after a successful probe the breaker is %v", s)
+	}
+	if done, ok := b.begin(); !ok || done != nil {
+		t.Fatalf("closed again: allowed %v, fast path %v", ok, done == nil)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if got := strings.Join(changes, " "); got != "closed>open open>half-open half-open>closed" {
+		t.Errorf("state changes: %s", got)
+	}
+}
