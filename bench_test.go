@@ -3,6 +3,7 @@ package tiercache
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -294,6 +295,47 @@ func benchThroughput(b *testing.B, newClient func() redis.UniversalClient) {
 		}
 		compareParallel(b, 64, plainGet(ap), plain)
 	})
+}
+
+// Single-key Get (L2 hit, no L1, coalescing on) against plain go-redis GET
+// + json.Unmarshal at 2 to 64 goroutines, alternating in rounds: where
+// coalescing starts to pay, and what it costs below that. Few readers go
+// out at once, as without coalescing; past the 4 round-trip slots reads
+// queue into shared round trips.
+func BenchmarkGetConcurrency(b *testing.B) {
+	for _, topo := range []string{"single", "cluster"} {
+		b.Run(topo, func(b *testing.B) {
+			ctx := context.Background()
+			var rdb redis.UniversalClient = benchClient(b)
+			if topo == "cluster" {
+				rdb = redistest.SharedCluster(b).Client(b, func(o *redis.ClusterOptions) { o.ContextTimeoutEnabled = true })
+			}
+			const keys = 1000
+			u := user{ID: 1, Name: "Ada"}
+			raw, _ := json.Marshal(u)
+			c := newCacheOn[user](b, rdb, "tput", WithReadTimeout(time.Second))
+			ks := make([]string, keys)
+			pk := make([]string, keys)
+			for i := range ks {
+				ks[i] = strconv.Itoa(i)
+				pk[i] = "conc-plain:" + ks[i]
+				c.Set(ctx, ks[i], u, WithTTL(time.Hour))
+				rdb.Set(ctx, pk[i], raw, time.Hour)
+			}
+			for _, g := range []int{2, 4, 8, 16, 64} {
+				b.Run(fmt.Sprint(g), func(b *testing.B) {
+					compareParallel(b, g, func(i int) error { _, err := c.Get(ctx, ks[i%keys]); return err }, func(i int) error {
+						bs, err := rdb.Get(ctx, pk[i%keys]).Bytes()
+						if err != nil {
+							return err
+						}
+						var v user
+						return json.Unmarshal(bs, &v)
+					})
+				})
+			}
+		})
+	}
 }
 
 // compareParallel is compare for throughput: each round runs the baseline
