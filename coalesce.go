@@ -59,6 +59,11 @@ type getReq struct {
 	// them), and when the oldest of them was queued.
 	batch []*getReq
 	since time.Time
+	// Room for a lone read's round trip, kept with the pooled request so
+	// that a read nobody shares allocates nothing here.
+	alone [1]*getReq
+	vks   [1]string
+	raw   [1][]byte
 }
 
 func newCoalescer(timeout time.Duration, fetch func(context.Context, time.Time, []string, [][]byte) error) *coalescer {
@@ -80,7 +85,8 @@ func (co *coalescer) get(ctx context.Context, vk string) ([]byte, error) {
 		// A free slot and nobody waiting: go out alone, now.
 		co.inFlight++
 		co.mu.Unlock()
-		co.run(r, []*getReq{r}, time.Now())
+		r.alone[0] = r
+		co.run(r, r.alone[:], time.Now())
 		return co.finish(r)
 	}
 	if len(co.queue) == 0 {
@@ -107,6 +113,7 @@ func (co *coalescer) get(ctx context.Context, vk string) ([]byte, error) {
 func (co *coalescer) finish(r *getReq) ([]byte, error) {
 	val, err := r.val, r.err
 	r.val, r.err, r.ctx, r.batch = nil, nil, nil, nil
+	r.alone[0], r.vks[0], r.raw[0] = nil, "", nil
 	co.reqs.Put(r)
 	return val, err
 }
@@ -114,8 +121,10 @@ func (co *coalescer) finish(r *getReq) ([]byte, error) {
 // run does one round trip for batch, which lead belongs to, then passes its
 // slot on to the oldest waiting read, if any, or frees it.
 func (co *coalescer) run(lead *getReq, batch []*getReq, since time.Time) {
-	vks := make([]string, len(batch))
-	raw := make([][]byte, len(batch))
+	vks, raw := lead.vks[:], lead.raw[:]
+	if len(batch) > 1 {
+		vks, raw = make([]string, len(batch)), make([][]byte, len(batch))
+	}
 	for i, r := range batch {
 		vks[i] = r.vk
 	}

@@ -146,8 +146,9 @@ func (s Stats) Count(e Event) uint64 {
 
 // counters are the live counters behind Stats: atomics, no lock.
 type counters struct {
-	l2Hits, l2Misses, loads, loadErrors atomic.Uint64
-	events                              [numEvents]atomic.Uint64
+	l2Hits, l2Misses  stripedCounter // every Redis read counts one
+	loads, loadErrors atomic.Uint64
+	events            [numEvents]atomic.Uint64
 }
 
 // recorder counts and forwards to the observer. All methods are cheap when
@@ -183,9 +184,9 @@ func (r *recorder) now() time.Time {
 // observer. (L1 lookups are counted by local's striped counters.)
 func (r *recorder) lookupL2(hit bool, start time.Time) {
 	if hit {
-		r.n.l2Hits.Add(1)
+		r.n.l2Hits.add()
 	} else {
-		r.n.l2Misses.Add(1)
+		r.n.l2Misses.add()
 	}
 	if r.timed {
 		r.obs.Lookup(TierL2, hit, time.Since(start))
@@ -229,7 +230,7 @@ func (r *recorder) span(ctx context.Context, op string) (context.Context, func(e
 
 func (r *recorder) snapshot() Stats {
 	s := Stats{
-		L2Hits: r.n.l2Hits.Load(), L2Misses: r.n.l2Misses.Load(),
+		L2Hits: r.n.l2Hits.load(), L2Misses: r.n.l2Misses.load(),
 		Loads: r.n.loads.Load(), LoadErrors: r.n.loadErrors.Load(),
 	}
 	for i := range s.Events {
@@ -238,7 +239,7 @@ func (r *recorder) snapshot() Stats {
 	return s
 }
 
-// stripedCounter is a counter for the L1 hot path: 16 cache-line-padded
+// stripedCounter is a counter for the hot paths: 16 cache-line-padded
 // stripes picked at random, so that concurrent hits rarely write the same
 // cache line. A single atomic would cost more than the L1 lookup under
 // contention.
