@@ -15,6 +15,9 @@
 //   - A Redis hit is one GET. Values are stored in a small versioned frame
 //     (docs/FORMAT.md) that carries the logical expiry, the time the load
 //     took and a check of the key; bytes that fail to decode are a miss.
+//     Under concurrency, reads that arrive while others are on the wire
+//     share a round trip (one MGET, or a pipeline per node on a cluster),
+//     with no timer to delay a lone read (see [WithoutReadCoalescing]).
 //   - On a miss, callers in one process share one load (coalescing), and
 //     across processes the first instance takes a lease in Redis and loads
 //     while the others wait for its value: N instances load a cold key once.

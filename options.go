@@ -154,7 +154,9 @@ func WithDefaultTTL(d time.Duration) Option { return func(c *config) { c.ttl = d
 func WithCodec(codec Codec) Option { return func(c *config) { c.codec = codec } }
 
 // WithReadTimeout bounds each Redis read the cache makes (default 100ms).
-// A read that times out is a miss: the caller goes on to the loader.
+// A read that times out is a miss: the caller goes on to the loader. A read
+// that shares a round trip with others is bounded from when it was asked
+// for, not from when its round trip left.
 //
 // NOTE: go-redis applies a context deadline to the socket only when the
 // client has ContextTimeoutEnabled set; without it the client's own
