@@ -385,10 +385,13 @@ func (c *Cache[V]) fetchReads(ctx context.Context, deadline time.Time, vks []str
 			return err
 		})
 	}
-	c.rec.eventN(EventReadBatched, len(vks))
-	return c.callUntil(ctx, "mget", deadline, func(ctx context.Context) error {
+	err := c.callUntil(ctx, "mget", deadline, func(ctx context.Context) error {
 		return c.mget(ctx, vks, raw)
 	})
+	if !errors.Is(err, errBreakerOpen) {
+		c.rec.eventN(EventReadBatched, len(vks))
+	}
+	return err
 }
 
 // decodeStored decodes b (nil: absent) into e and reports whether it holds
