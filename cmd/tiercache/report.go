@@ -273,7 +273,7 @@ func (r *scenarioResult) notes() []note {
 		var ev []string
 		for _, e := range []tiercache.Event{tiercache.EventCoalesced, tiercache.EventLeaseWait, tiercache.EventFillRefused,
 			tiercache.EventEarlyRefresh, tiercache.EventStaleServed, tiercache.EventStaleOnError, tiercache.EventRedisError,
-			tiercache.EventRedisTimeout, tiercache.EventBreakerReject, tiercache.EventInvalidationReceived} {
+			tiercache.EventRedisTimeout, tiercache.EventBreakerReject, tiercache.EventInvalidationReceived, tiercache.EventReadBatched} {
 			if n := t.Events[e.String()]; n > 0 {
 				ev = append(ev, fmt.Sprintf("%s %d", e, n))
 			}
