@@ -430,3 +430,31 @@ func benchGetMany[V any](b *testing.B, c *Cache[V], value func(i int) V) {
 		}
 	})
 }
+
+// GetMany of 100 keys that are in Redis but not in L1, with a full
+// 1,000-entry L1 against no L1, alternating in rounds: the cost of 100 L1
+// fills (and the evictions they cause) on top of the batch.
+func BenchmarkGetManyL1Fill(b *testing.B) {
+	ctx := context.Background()
+	rdb := benchClient(b)
+	w := newCacheOn[string](b, rdb, "manyl1", WithCodec(Raw))
+	const n = 100_000
+	ks := make([]string, n)
+	items := map[string]string{}
+	for i := range ks {
+		ks[i] = "k" + strconv.Itoa(i)
+		items[ks[i]] = "value-" + ks[i]
+	}
+	if err := w.SetMany(ctx, items, WithTTL(time.Hour)); err != nil {
+		b.Fatal(err)
+	}
+	withL1 := newCacheOn[string](b, rdb, "manyl1", WithCodec(Raw), WithL1(1000))
+	noL1 := newCacheOn[string](b, rdb, "manyl1", WithCodec(Raw))
+	getMany := func(c *Cache[string], i int) {
+		lo := (i * 100) % n
+		if got, err := c.GetMany(ctx, ks[lo:lo+100]); err != nil || len(got) != 100 {
+			b.Fatal(len(got), err)
+		}
+	}
+	compare(b, func(i int) { getMany(withL1, i) }, func(i int) { getMany(noL1, i) })
+}
