@@ -11,7 +11,7 @@ import (
 // the wire together, as one round trip (an MGET on one node, a pipeline of
 // GETs grouped by node on a cluster), instead of one command each. There is
 // no timer: a read that finds a round trip slot free goes out at once, alone
-// if nobody else is waiting, so a lone caller pays nothing. Only when every
+// if nobody else is waiting, so a lone caller never waits. Only when every
 // slot is busy do reads queue, and the queue goes out whole when a slot
 // frees. Under load that is what turns 64 concurrent Gets into a few deep
 // round trips.
@@ -117,7 +117,7 @@ func (co *coalescer) get(ctx context.Context, vk string) ([]byte, error) {
 // finish takes r's result and recycles r.
 func (co *coalescer) finish(r *getReq) ([]byte, error) {
 	val, err := r.val, r.err
-	r.val, r.err, r.ctx, r.batch = nil, nil, nil, nil
+	r.vk, r.val, r.err, r.ctx, r.batch = "", nil, nil, nil, nil
 	r.alone[0], r.vks[0], r.raw[0] = nil, "", nil
 	co.reqs.Put(r)
 	return val, err

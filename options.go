@@ -265,8 +265,8 @@ func WithMaxBackgroundRefreshes(n int) Option { return func(c *config) { c.maxRe
 // WithoutReadCoalescing sends every single-key Redis read as its own GET.
 // By default, reads that arrive while others are on the wire go out
 // together in one round trip (one MGET, or one pipeline per node on a
-// cluster), which multiplies read throughput under concurrency and costs a
-// lone read nothing (see the README for the measured figures). A
+// cluster), which multiplies read throughput under concurrency and never
+// makes a lone read wait (see the README for the measured figures). A
 // coalesced read still waits no longer than WithReadTimeout, counted from
 // when it was asked for. Turn it off to see one Observer.Redis call and one
 // trace span per read, rather than one per shared round trip.
