@@ -235,45 +235,20 @@ func BenchmarkCodec(b *testing.B) {
 // own auto-pipeliner, with nothing of the cache around it, is measured the
 // same way for comparison.
 func BenchmarkGetThroughput64(b *testing.B) {
-	b.Run("single", func(b *testing.B) {
-		benchThroughput(b, func() redis.UniversalClient { return benchClient(b) })
-	})
-	b.Run("cluster", func(b *testing.B) {
-		cl := redistest.SharedCluster(b)
-		benchThroughput(b, func() redis.UniversalClient {
-			return cl.Client(b, func(o *redis.ClusterOptions) { o.ContextTimeoutEnabled = true })
+	for _, topo := range []string{"single", "cluster"} {
+		b.Run(topo, func(b *testing.B) {
+			benchThroughput(b, topo == "cluster")
 		})
-	})
+	}
 }
 
-func benchThroughput(b *testing.B, newClient func() redis.UniversalClient) {
+func benchThroughput(b *testing.B, cluster bool) {
 	ctx := context.Background()
-	rdb := newClient()
-	const keys = 1000
-	ks := make([]string, keys)
-	plainKeys := make([]string, keys)
-	u := user{ID: 1, Name: "Ada"}
-	raw, _ := json.Marshal(u)
+	rdb := topoClient(b, cluster)
 	coalesced := newCacheOn[user](b, rdb, "tput", WithReadTimeout(time.Second))
 	uncoalesced := newCacheOn[user](b, rdb, "tput", WithReadTimeout(time.Second), WithoutReadCoalescing())
-	for i := range ks {
-		ks[i] = strconv.Itoa(i)
-		plainKeys[i] = "tput-plain:" + ks[i]
-		if err := coalesced.Set(ctx, ks[i], u, WithTTL(time.Hour)); err != nil {
-			b.Fatal(err)
-		}
-		rdb.Set(ctx, plainKeys[i], raw, time.Hour)
-	}
-	plainGet := func(c redis.Cmdable) func(i int) error {
-		return func(i int) error {
-			bs, err := c.Get(ctx, plainKeys[i%keys]).Bytes()
-			if err != nil {
-				return err
-			}
-			var v user
-			return json.Unmarshal(bs, &v)
-		}
-	}
+	ks, plainGet := readFixture(b, coalesced, rdb, "tput-plain:")
+	keys := len(ks)
 	plain := plainGet(rdb)
 	b.Run("tiercache", func(b *testing.B) {
 		compareParallel(b, 64, func(i int) error { _, err := coalesced.Get(ctx, ks[i%keys]); return err }, plain)
@@ -284,7 +259,7 @@ func benchThroughput(b *testing.B, newClient func() redis.UniversalClient) {
 	b.Run("go-redis-autopipeline", func(b *testing.B) {
 		var ap *redis.AutoPipeliner
 		var err error
-		switch r := newClient().(type) {
+		switch r := topoClient(b, cluster).(type) {
 		case *redis.Client:
 			ap, err = r.AutoPipeline()
 		case *redis.ClusterClient:
@@ -306,35 +281,58 @@ func BenchmarkGetConcurrency(b *testing.B) {
 	for _, topo := range []string{"single", "cluster"} {
 		b.Run(topo, func(b *testing.B) {
 			ctx := context.Background()
-			var rdb redis.UniversalClient = benchClient(b)
-			if topo == "cluster" {
-				rdb = redistest.SharedCluster(b).Client(b, func(o *redis.ClusterOptions) { o.ContextTimeoutEnabled = true })
-			}
-			const keys = 1000
-			u := user{ID: 1, Name: "Ada"}
-			raw, _ := json.Marshal(u)
-			c := newCacheOn[user](b, rdb, "tput", WithReadTimeout(time.Second))
-			ks := make([]string, keys)
-			pk := make([]string, keys)
-			for i := range ks {
-				ks[i] = strconv.Itoa(i)
-				pk[i] = "conc-plain:" + ks[i]
-				c.Set(ctx, ks[i], u, WithTTL(time.Hour))
-				rdb.Set(ctx, pk[i], raw, time.Hour)
-			}
+			rdb := topoClient(b, topo == "cluster")
+			c := newCacheOn[user](b, rdb, "conc", WithReadTimeout(time.Second))
+			ks, plainGet := readFixture(b, c, rdb, "conc-plain:")
 			for _, g := range []int{2, 4, 8, 16, 64} {
 				b.Run(fmt.Sprint(g), func(b *testing.B) {
-					compareParallel(b, g, func(i int) error { _, err := c.Get(ctx, ks[i%keys]); return err }, func(i int) error {
-						bs, err := rdb.Get(ctx, pk[i%keys]).Bytes()
-						if err != nil {
-							return err
-						}
-						var v user
-						return json.Unmarshal(bs, &v)
-					})
+					compareParallel(b, g, func(i int) error { _, err := c.Get(ctx, ks[i%len(ks)]); return err }, plainGet(rdb))
 				})
 			}
 		})
+	}
+}
+
+// topoClient returns a new client to the shared server, or to the shared
+// cluster, with context deadlines reaching the socket.
+func topoClient(b *testing.B, cluster bool) redis.UniversalClient {
+	if cluster {
+		return redistest.SharedCluster(b).Client(b, func(o *redis.ClusterOptions) { o.ContextTimeoutEnabled = true })
+	}
+	return benchClient(b)
+}
+
+// readFixture caches one user under 1,000 keys through c, and stores the
+// same user as plain JSON under plainPrefix+key through rdb. It returns the
+// cache's keys and plainGet, whose result reads key i%1000 the plain way
+// (GET + json.Unmarshal) through the client given: the baseline of the
+// read benchmarks.
+func readFixture(b *testing.B, c *Cache[user], rdb redis.UniversalClient, plainPrefix string) (ks []string, plainGet func(redis.Cmdable) func(i int) error) {
+	ctx := context.Background()
+	const keys = 1000
+	u := user{ID: 1, Name: "Ada"}
+	raw, _ := json.Marshal(u)
+	ks = make([]string, keys)
+	plainKeys := make([]string, keys)
+	for i := range ks {
+		ks[i] = strconv.Itoa(i)
+		plainKeys[i] = plainPrefix + ks[i]
+		if err := c.Set(ctx, ks[i], u, WithTTL(time.Hour)); err != nil {
+			b.Fatal(err)
+		}
+		if err := rdb.Set(ctx, plainKeys[i], raw, time.Hour).Err(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	return ks, func(rc redis.Cmdable) func(int) error {
+		return func(i int) error {
+			bs, err := rc.Get(ctx, plainKeys[i%keys]).Bytes()
+			if err != nil {
+				return err
+			}
+			var v user
+			return json.Unmarshal(bs, &v)
+		}
 	}
 }
 
@@ -399,11 +397,7 @@ func BenchmarkGetMany100(b *testing.B) {
 }
 
 func newManyCache[V any](b *testing.B, cluster bool, opts ...Option) *Cache[V] {
-	var rdb redis.UniversalClient = benchClient(b)
-	if cluster {
-		rdb = redistest.SharedCluster(b).Client(b, func(o *redis.ClusterOptions) { o.ContextTimeoutEnabled = true })
-	}
-	return newCacheOn[V](b, rdb, "many", append(opts, WithReadTimeout(time.Second))...)
+	return newCacheOn[V](b, topoClient(b, cluster), "many", append(opts, WithReadTimeout(time.Second))...)
 }
 
 func benchGetMany[V any](b *testing.B, c *Cache[V], value func(i int) V) {

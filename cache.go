@@ -345,11 +345,7 @@ func (c *Cache[V]) getL2(ctx context.Context, key string) (e entry[V], found boo
 	if c.coal != nil {
 		b, err = c.coal.get(ctx, vk)
 	} else {
-		err = c.call(ctx, "get", c.cfg.readTimeout, func(ctx context.Context) error {
-			s, err := c.rdb.Get(ctx, vk).Result()
-			b = unsafeBytes(s)
-			return err
-		})
+		b, err = c.getRaw(ctx, time.Now().Add(c.cfg.readTimeout), vk)
 	}
 	if err != nil {
 		if !errors.Is(err, errBreakerOpen) { // a bypassed Redis was not asked
@@ -375,15 +371,23 @@ func (c *Cache[V]) getL2(ctx context.Context, key string) (e entry[V], found boo
 	return e, found, nil
 }
 
+// getRaw is one GET of vk, done by deadline (nil when absent).
+func (c *Cache[V]) getRaw(ctx context.Context, deadline time.Time, vk string) (b []byte, err error) {
+	err = c.callUntil(ctx, "get", deadline, func(ctx context.Context) error {
+		s, err := c.rdb.Get(ctx, vk).Result()
+		b = unsafeBytes(s)
+		return err
+	})
+	return b, err
+}
+
 // fetchReads is the coalescer's round trip: GET for a lone read, else
 // mget (an MGET, or GETs pipelined by node on a cluster).
 func (c *Cache[V]) fetchReads(ctx context.Context, deadline time.Time, vks []string, raw [][]byte) error {
 	if len(vks) == 1 {
-		return c.callUntil(ctx, "get", deadline, func(ctx context.Context) error {
-			s, err := c.rdb.Get(ctx, vks[0]).Result()
-			raw[0] = unsafeBytes(s)
-			return err
-		})
+		var err error
+		raw[0], err = c.getRaw(ctx, deadline, vks[0])
+		return err
 	}
 	err := c.callUntil(ctx, "mget", deadline, func(ctx context.Context) error {
 		return c.mget(ctx, vks, raw)
