@@ -206,12 +206,12 @@ func BenchmarkCodec(b *testing.B) {
 		b.Fatal(err)
 	}
 	u := user{ID: 42, Name: "Ada Lovelace"}
-	now := time.Now()
-	frame, _ := vc.encode(u, false, 7, now, now.Add(time.Minute), time.Millisecond, nil)
+	now := nowMicro()
+	frame, _ := vc.encode(u, false, 7, now, now+60e6, time.Millisecond, nil)
 	raw, _ := json.Marshal(u)
 	b.Run("encode", func(b *testing.B) {
 		compare(b, func(int) {
-			_, _ = vc.encode(u, false, 7, now, now.Add(time.Minute), time.Millisecond, nil)
+			_, _ = vc.encode(u, false, 7, now, now+60e6, time.Millisecond, nil)
 		}, func(int) { _, _ = json.Marshal(u) })
 	})
 	b.Run("decode", func(b *testing.B) {

@@ -55,29 +55,20 @@ func newValueCodec(cfg *config) (*valueCodec, error) {
 	return vc, nil
 }
 
-func (vc *valueCodec) close() {
-	if vc.zdec != nil {
-		vc.zdec.Close()
-	}
-	if vc.zenc != nil {
-		_ = vc.zenc.Close()
-	}
-}
-
-// encode builds the frame of v for Redis key vk.
-func (vc *valueCodec) encode(v any, neg bool, keyHash uint64, now time.Time, softExp time.Time, delta time.Duration, tags []envelope.Tag) ([]byte, error) {
+// encode builds the frame of v for Redis key vk; times are Unix µs.
+func (vc *valueCodec) encode(v any, neg bool, keyHash uint64, now, softExp int64, delta time.Duration, tags []envelope.Tag) ([]byte, error) {
 	env := envelope.Envelope{
 		Tags:       tags,
 		Codec:      vc.codec.ID(),
-		WrittenAt:  now.UnixMicro(),
-		SoftExpiry: softExp.UnixMicro(),
-		Delta:      uint32(min(delta.Microseconds(), 1<<32-1)),
+		WrittenAt:  now,
+		SoftExpiry: softExp,
+		Delta:      micros32(delta),
 		KeyHash:    keyHash,
 	}
 	if neg {
 		env.Flags |= envelope.FlagNegative
 	} else {
-		payload, err := vc.codec.Marshal(v)
+		payload, err := marshal(vc.codec, v)
 		if err != nil {
 			return nil, fmt.Errorf("%w: %w", ErrCodec, err)
 		}
@@ -146,8 +137,29 @@ func decode[V any](vc *valueCodec, b []byte, keyHash uint64, e *entry[V]) error 
 			return fmt.Errorf("%w: zstd: %w", envelope.ErrCorrupt, err)
 		}
 	}
-	if err := vc.codec.Unmarshal(payload, &e.val); err != nil {
+	if err := unmarshal(vc.codec, payload, &e.val); err != nil {
 		return fmt.Errorf("%w: %w", envelope.ErrCorrupt, err)
 	}
 	return nil
+}
+
+// marshal and unmarshal call the codec, and so the value type's own
+// methods (MarshalJSON, ...), which may panic on what they meet: a panic is
+// an error, not a crash of the read (stored bytes are anyone's) or a write.
+func marshal(c Codec, v any) (b []byte, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("codec panicked: %v", p)
+		}
+	}()
+	return c.Marshal(v)
+}
+
+func unmarshal(c Codec, data []byte, v any) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("codec panicked: %v", p)
+		}
+	}()
+	return c.Unmarshal(data, v)
 }

@@ -9,8 +9,10 @@ import (
 // Errors returned by the cache. Each is a sentinel value: test for it with
 // [errors.Is], since the cache wraps it with detail.
 var (
-	// ErrMiss is returned by [Cache.Get] and [Cache.GetMany] callers for a key
-	// that is not cached (or whose cached value is logically expired).
+	// ErrMiss is returned by [Cache.Get] for a key that is not cached (or
+	// whose cached value is logically expired), and wrapped by the error of
+	// a Get or [Cache.GetMany] that Redis failed. GetMany reports plain
+	// misses by leaving keys out of its map.
 	ErrMiss = errors.New("tiercache: cache miss")
 
 	// ErrNotFound is the loader's way to say that the record does not exist.
@@ -51,16 +53,17 @@ var (
 	ErrNilLoader = errors.New("tiercache: nil loader")
 )
 
-// PanicError is the error of a load whose loader panicked. It keeps the
-// panic value and the loader goroutine's stack; every caller that waited on
-// the load gets it, and nothing is cached.
+// PanicError is the error of a load whose loader panicked or called
+// runtime.Goexit. It keeps the panic value and the loader goroutine's
+// stack; every caller that waited on the load gets it, and nothing is
+// cached. Error() is one line; the stack is in Stack.
 type PanicError struct {
 	Value any
 	Stack []byte
 }
 
 func (e *PanicError) Error() string {
-	return fmt.Sprintf("tiercache: loader panicked: %v\n\n%s", e.Value, e.Stack)
+	return fmt.Sprintf("tiercache: loader panicked: %v", e.Value)
 }
 
 // Unwrap makes errors.Is(err, ErrLoaderPanic) true, and reaches a panic
@@ -72,11 +75,17 @@ func (e *PanicError) Unwrap() []error {
 	return []error{ErrLoaderPanic}
 }
 
+// asPanicError is the *PanicError of a recovered panic value p, with the
+// stack of the goroutine that recovers it (p may be one already).
+func asPanicError(p any) *PanicError {
+	if perr, ok := p.(*PanicError); ok {
+		return perr
+	}
+	return &PanicError{Value: p, Stack: debug.Stack()}
+}
+
 // redisError wraps err from Redis so that errors.Is(err, ErrRedis) holds and
 // the original error stays reachable.
 func redisError(op string, err error) error {
 	return fmt.Errorf("%w: %s: %w", ErrRedis, op, err)
 }
-
-// stack is the stack of the goroutine that recovered a loader's panic.
-func stack() []byte { return debug.Stack() }

@@ -3,7 +3,6 @@ package tiercache
 import (
 	"context"
 	"crypto/rand"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -14,12 +13,17 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tiercache/tiercache/internal/envelope"
+	"github.com/tiercache/tiercache/internal/msg"
 )
 
 // invalidator keeps the L1 tiers of all instances coherent through Redis
 // pub/sub: one channel per namespace, on which Set, Delete and the other
-// writes publish the keys they change, and which every instance applies to
-// its L1 (ignoring its own messages, which it applied locally already).
+// writes publish the keys they change, and which every instance with L1
+// applies to its L1 (ignoring its own messages, which it applied locally
+// already). Every instance publishes, L1 or not: a process without L1 (a
+// change-event consumer calling Invalidate, a write-only service) still
+// changes what the others have cached. Only instances with L1 subscribe.
+// The messages' bytes are internal/msg's.
 //
 // Pub/sub delivers at most once, so the subscriber treats any doubt as loss:
 // when its connection fails, or stays silent through a ping, it flushes L1,
@@ -28,15 +32,14 @@ import (
 // confirmed it flushes L1 again, since entries filled during the gap may have
 // missed invalidations, and marks it up.
 type invalidator struct {
-	rdb      redis.UniversalClient
+	st       *store
 	channel  string
 	id       [8]byte
 	interval time.Duration
-	timeout  time.Duration
 	rec      *recorder
 	log      *slog.Logger
-	call     func(ctx context.Context, op string, timeout time.Duration, fn func(context.Context) error) error
 
+	// The subscriber's handlers; nil without L1 (nothing to subscribe for).
 	onKeys  func(keys []string)
 	onFlush func()
 	onTags  func(tags []envelope.Tag)
@@ -62,16 +65,6 @@ type pubReq struct {
 	ack  chan error
 }
 
-const (
-	msgMagic   = 'T'
-	msgVersion = 1
-	kindKeys   = 'k'
-	kindTags   = 't'
-	kindAll    = 'a'
-	msgHeader  = 11
-	maxMsgSize = 64 << 10
-)
-
 func newInstanceID() [8]byte {
 	var id [8]byte
 	_, _ = rand.Read(id[:])
@@ -82,13 +75,20 @@ func (iv *invalidator) start() {
 	iv.reqs = make(chan pubReq, 1024)
 	iv.done = make(chan struct{})
 	iv.life, iv.cancel = context.WithCancel(context.Background())
-	iv.wg.Add(2)
-	go iv.subscribe()
+	iv.wg.Add(1)
 	go iv.publish()
+	if iv.onKeys != nil {
+		iv.wg.Add(1)
+		go iv.subscribe()
+	}
 }
 
-// stop ends both goroutines and waits for them.
+// stop ends the goroutines and waits for them; nil-safe.
+
 func (iv *invalidator) stop() {
+	if iv == nil {
+		return
+	}
 	iv.mu.Lock()
 	iv.closed = true
 	ps := iv.ps
@@ -106,20 +106,15 @@ func (iv *invalidator) stop() {
 // healthy reports whether invalidations can currently arrive.
 func (iv *invalidator) healthy() bool { return iv.up.Load() }
 
-// send publishes keys (or, with all, a flush of every L1) and waits until
-// the message has gone to Redis. Concurrent sends are batched into one
-// message without delaying a lone sender: the publisher takes whatever has
-// queued while it was busy.
-func (iv *invalidator) send(ctx context.Context, keys []string, all bool) error {
-	return iv.enqueue(ctx, pubReq{keys: keys, all: all, ack: make(chan error, 1)})
-}
-
-// sendTags publishes new tag versions, like send.
-func (iv *invalidator) sendTags(ctx context.Context, tags []envelope.Tag) error {
-	return iv.enqueue(ctx, pubReq{tags: tags, ack: make(chan error, 1)})
-}
-
-func (iv *invalidator) enqueue(ctx context.Context, r pubReq) error {
+// send publishes keys and tag versions (or, with all, a flush of every
+// L1) and waits until the message has gone to Redis. Concurrent sends are
+// batched into one message without delaying a lone sender: the publisher
+// takes whatever has queued while it was busy. Nil-safe (invalidation off).
+func (iv *invalidator) send(ctx context.Context, keys []string, tags []envelope.Tag, all bool) error {
+	if iv == nil || (len(keys) == 0 && len(tags) == 0 && !all) {
+		return nil
+	}
+	r := pubReq{keys: keys, tags: tags, all: all, ack: make(chan error, 1)}
 	select {
 	case iv.reqs <- r:
 	case <-iv.done:
@@ -171,45 +166,14 @@ func (iv *invalidator) publish() {
 }
 
 func (iv *invalidator) publishBatch(batch []pubReq) error {
+	var keys []string
+	var tags []envelope.Tag
 	all := false
 	for _, r := range batch {
-		all = all || r.all
+		keys, tags, all = append(keys, r.keys...), append(tags, r.tags...), all || r.all
 	}
-	var msgs [][]byte
-	if all {
-		msgs = append(msgs, iv.header(kindAll))
-	} else {
-		keyMsg, tagMsg := iv.header(kindKeys), iv.header(kindTags)
-		for _, r := range batch {
-			for _, k := range r.keys {
-				if len(keyMsg) > msgHeader && len(keyMsg)+len(k)+binary.MaxVarintLen64 > maxMsgSize {
-					msgs = append(msgs, keyMsg)
-					keyMsg = iv.header(kindKeys)
-				}
-				keyMsg = binary.AppendUvarint(keyMsg, uint64(len(k)))
-				keyMsg = append(keyMsg, k...)
-			}
-			for _, t := range r.tags {
-				if len(tagMsg) > msgHeader && len(tagMsg)+len(t.Name)+binary.MaxVarintLen64+8 > maxMsgSize {
-					msgs = append(msgs, tagMsg)
-					tagMsg = iv.header(kindTags)
-				}
-				tagMsg = binary.AppendUvarint(tagMsg, uint64(len(t.Name)))
-				tagMsg = append(tagMsg, t.Name...)
-				tagMsg = binary.BigEndian.AppendUint64(tagMsg, t.Version)
-			}
-		}
-		for _, m := range [][]byte{keyMsg, tagMsg} {
-			if len(m) > msgHeader {
-				msgs = append(msgs, m)
-			}
-		}
-	}
-	for _, m := range msgs {
-		err := iv.call(context.Background(), "publish", iv.timeout, func(ctx context.Context) error {
-			return iv.rdb.Publish(ctx, iv.channel, m).Err()
-		})
-		if err != nil {
+	for _, m := range msg.Encode(iv.id, keys, tags, all) {
+		if err := iv.st.publish(context.Background(), iv.channel, m); err != nil {
 			return fmt.Errorf("publishing invalidation: %w", err)
 		}
 		iv.rec.event(EventInvalidationSent)
@@ -217,61 +181,35 @@ func (iv *invalidator) publishBatch(batch []pubReq) error {
 	return nil
 }
 
-func (iv *invalidator) header(kind byte) []byte {
-	m := make([]byte, msgHeader, 256)
-	m[0], m[1] = msgMagic, msgVersion
-	copy(m[2:10], iv.id[:])
-	m[10] = kind
-	return m
-}
-
-// apply handles one message; malformed ones are logged and dropped (a
-// foreign publisher on our channel must not break the subscriber).
+// apply handles one message. Any client of the Redis can publish on the
+// channel, so nothing in a message can stop the subscriber: bytes that are
+// not a tiercache message at all are logged and ignored; a tiercache
+// message that does not parse (truncated, say) may have meant to invalidate
+// anything, so it flushes L1.
 func (iv *invalidator) apply(payload string) {
-	if len(payload) < msgHeader || payload[0] != msgMagic || payload[1] != msgVersion {
-		iv.log.Warn("tiercache: ignoring malformed invalidation message", "channel", iv.channel, "bytes", len(payload))
+	m, err := msg.Decode(payload)
+	if err != nil {
+		if msg.HasHeader(payload) {
+			iv.log.Warn("tiercache: truncated invalidation message; flushing L1", "channel", iv.channel, "bytes", len(payload), "err", err)
+			iv.onFlush()
+			iv.rec.event(EventL1Flush)
+			return
+		}
+		iv.log.Warn("tiercache: ignoring a foreign message on the invalidation channel", "channel", iv.channel, "bytes", len(payload))
 		return
 	}
-	if payload[2:10] == string(iv.id[:]) {
+	if m.Sender == iv.id {
 		return // ours, applied locally already
 	}
-	switch payload[10] {
-	case kindAll:
+	switch m.Kind {
+	case msg.KindAll:
 		iv.onFlush()
-		iv.rec.event(EventInvalidationReceived)
-	case kindKeys:
-		b := []byte(payload[msgHeader:])
-		keys := make([]string, 0, 8)
-		for len(b) > 0 {
-			n, w := binary.Uvarint(b)
-			if w <= 0 || uint64(len(b)-w) < n {
-				iv.log.Warn("tiercache: truncated invalidation message; flushing L1", "channel", iv.channel)
-				iv.onFlush()
-				return
-			}
-			keys = append(keys, string(b[w:w+int(n)]))
-			b = b[w+int(n):]
-		}
-		iv.onKeys(keys)
-		iv.rec.event(EventInvalidationReceived) // counted once applied
-	case kindTags:
-		b := []byte(payload[msgHeader:])
-		var tags []envelope.Tag
-		for len(b) > 0 {
-			n, w := binary.Uvarint(b)
-			if w <= 0 || uint64(len(b)-w) < n+8 {
-				iv.log.Warn("tiercache: truncated tag invalidation message; flushing L1", "channel", iv.channel)
-				iv.onFlush()
-				return
-			}
-			tags = append(tags, envelope.Tag{Name: string(b[w : w+int(n)]), Version: binary.BigEndian.Uint64(b[w+int(n):])})
-			b = b[w+int(n)+8:]
-		}
-		iv.onTags(tags)
-		iv.rec.event(EventInvalidationReceived)
-	default:
-		iv.log.Warn("tiercache: unknown invalidation message kind", "kind", payload[10])
+	case msg.KindKeys:
+		iv.onKeys(m.Keys)
+	case msg.KindTags:
+		iv.onTags(m.Tags)
 	}
+	iv.rec.event(EventInvalidationReceived) // counted once applied
 }
 
 func (iv *invalidator) subscribe() {
@@ -285,7 +223,7 @@ func (iv *invalidator) subscribe() {
 		}
 		// No channel yet: no network call under the lock. stop closes ps
 		// and cancels iv.life, which ends whatever network call is running.
-		ps := iv.rdb.Subscribe(iv.life)
+		ps := iv.st.rdb.Subscribe(iv.life)
 		iv.ps = ps
 		iv.mu.Unlock()
 

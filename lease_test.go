@@ -118,7 +118,7 @@ func TestStaleSetRefused(t *testing.T) {
 				if n := a.Stats().Count(EventFillRefused); n != 1 {
 					t.Fatalf("fills refused = %d, want 1", n)
 				}
-				raw, err := a.rdb.Get(ctx, a.layout.Value("row")).Bytes()
+				raw, err := a.st.rdb.Get(ctx, a.st.layout.Value("row")).Bytes()
 				switch write {
 				case "delete":
 					if !errors.Is(err, redis.Nil) {
@@ -126,12 +126,12 @@ func TestStaleSetRefused(t *testing.T) {
 					}
 				case "set":
 					var e entry[string]
-					if err := decode(a.vc, raw, keys.Hash(a.layout.Value("row")), &e); err != nil || e.val != "new" {
+					if err := decode(a.vc, raw, keys.Hash(a.st.layout.Value("row")), &e); err != nil || e.val != "new" {
 						t.Fatalf("after Set, Redis holds %q (err %v), want the new row", e.val, err)
 					}
 				}
 				for i, c := range cs {
-					if e, ok := c.l1.get("row", nowMicro()); ok && e.val == "old" {
+					if e, ok := c.l1.get("row"); ok && e.val == "old" {
 						t.Fatalf("instance %d's L1 holds the stale row", i)
 					}
 				}
@@ -156,8 +156,8 @@ func TestDeadLeaseHolder(t *testing.T) {
 			cs := instances[string](t, tg, 1, WithLease(leaseTTL))
 			c := cs[0]
 			// A holder that took the lease and was killed before it filled.
-			vk := c.layout.Value("k")
-			if err := c.rdb.Set(ctx, keys.Lease(vk), "dead-holder", leaseTTL).Err(); err != nil {
+			vk := c.st.layout.Value("k")
+			if err := c.st.rdb.Set(ctx, keys.Lease(vk), "dead-holder", leaseTTL).Err(); err != nil {
 				t.Fatal(err)
 			}
 			start := time.Now()

@@ -3,9 +3,12 @@ package tiercache
 import (
 	"context"
 	"errors"
+	"math"
+	"math/rand/v2"
 	"sync"
 	"time"
 
+	"github.com/tiercache/tiercache/internal/envelope"
 	"github.com/tiercache/tiercache/internal/flight"
 	"github.com/tiercache/tiercache/internal/keys"
 )
@@ -16,19 +19,29 @@ import (
 // by [WithLoadTimeout] and by [Cache.Close].
 type LoadFunc[V any] func(ctx context.Context) (V, error)
 
+// BatchLoadFunc loads the values of keys from the source of truth, in one
+// call. It returns the values it found; a key it does not return is cached
+// as not found (for the negative TTL). Keys it returns that were not asked
+// for are ignored. Like [LoadFunc], it runs on a context detached from the
+// callers, bounded by the load timeout, and may call [LoadOptions].
+type BatchLoadFunc[V any] func(ctx context.Context, keys []string) (map[string]V, error)
+
 // GetOrLoad returns the value of key from L1, Redis, or, when neither has a
 // fresh one, from load, and caches what load returns.
 //
 // Concurrent callers of one key in one process share one call of load; a
 // caller whose ctx ends returns ctx.Err() at once while the load goes on
 // for the others. Across processes, the instance that misses first takes a
-// lease in Redis and loads; the others wait for its value instead of
+// lease in Redis and loads; the others wait for its value, for as long as
+// the holder may take (its lease TTL and a load timeout), instead of
 // loading too. Only the loader's own errors are returned: when Redis fails,
-// the read goes to load and nothing is cached.
+// the read goes to load, and the value is kept in L1 (when L1 is on) for
+// the L1 outage TTL only.
 //
 // When load returns [ErrNotFound], the key is cached as not found for the
-// negative TTL and GetOrLoad returns ErrNotFound. A loader that panics makes
-// every waiter get a *[PanicError] (errors.Is [ErrLoaderPanic]).
+// negative TTL and GetOrLoad returns ErrNotFound. A loader that panics (or
+// calls runtime.Goexit) makes every waiter get a *[PanicError] (errors.Is
+// [ErrLoaderPanic]); nothing is cached and nothing stays locked.
 func (c *Cache[V]) GetOrLoad(ctx context.Context, key string, load LoadFunc[V]) (V, error) {
 	var zero V
 	if err := c.check(key); err != nil {
@@ -38,7 +51,7 @@ func (c *Cache[V]) GetOrLoad(ctx context.Context, key string, load LoadFunc[V]) 
 		return zero, ErrNilLoader
 	}
 	if e, ok := c.getL1(key); ok {
-		c.maybeEarlyRefresh(key, e, c.l1.now(), load)
+		c.maybeEarlyRefresh(key, e, c.l1.now(), load, nil)
 		return e.result()
 	}
 	e, err := c.readThrough(ctx, key, load)
@@ -46,7 +59,7 @@ func (c *Cache[V]) GetOrLoad(ctx context.Context, key string, load LoadFunc[V]) 
 		return zero, err
 	}
 	if now := nowMicro(); e.fresh(now) {
-		c.maybeEarlyRefresh(key, &e, now, load)
+		c.maybeEarlyRefresh(key, &e, now, load, nil)
 	}
 	return e.result()
 }
@@ -56,102 +69,258 @@ func (c *Cache[V]) GetOrLoad(ctx context.Context, key string, load LoadFunc[V]) 
 // process, not one per caller.
 //
 // The leader of the flight reads Redis on its own goroutine, with its own
-// context (bounded by the read timeout): a hit, the common case, costs no
-// goroutine and no detached context. Only a miss hands the flight to a
-// detached goroutine for the lease and the loader, so that the load goes on
-// for the waiters if the leader leaves. If the leader's context ended during
-// the read, the detached goroutine reads again for the others.
+// context: a hit, the common case, costs no goroutine and no detached
+// context. Only a miss hands the flight to the load core in the
+// background, so that the load goes on for the waiters if the leader
+// leaves. (If the leader's context ended during the read, the core's
+// acquire reads Redis again for the others.)
 func (c *Cache[V]) readThrough(ctx context.Context, key string, load LoadFunc[V]) (entry[V], error) {
-	call, lead := c.flight.Begin(key)
+	fk := flightKey{flightRead, key}
+	call, lead := c.flight.Begin(fk)
 	if !lead {
 		c.rec.event(EventCoalesced)
 		return call.Wait(ctx)
 	}
+	ended := false
+	defer func() {
+		if !ended { // the read panicked (an Observer, say): end the flight all the same
+			c.flight.End(fk, call, entry[V]{}, errReadAborted)
+		}
+	}()
 	e, found, err := c.getL2(ctx, key)
-	if err == nil && found {
-		now := nowMicro()
+	if now := nowMicro(); err == nil && found {
 		switch {
 		case e.fresh(now):
-			c.flight.End(key, call, e, nil)
+			ended = true
+			c.flight.End(fk, call, e, nil)
 			return e, nil
 		case c.withinSWR(&e, now):
 			c.rec.event(EventStaleServed)
-			c.refreshAsync(key, load, e.writtenAt, false)
-			c.flight.End(key, call, e, nil)
+			c.refreshAsync(key, e.writtenAt, false, single(load))
+			ended = true
+			c.flight.End(fk, call, e, nil)
 			return e, nil
 		}
 	}
-	reread := ctx.Err() != nil
-	// Redis failed the read (not the caller, whose context is live): load
-	// without the lease and without caching, rather than spend more
-	// timeouts on a sick Redis.
-	sick := err != nil && !reread
-	return c.runFlight(ctx, key, call, func(ctx context.Context) (entry[V], error) {
-		if reread {
-			if e, found, err := c.getL2(ctx, key); err == nil && found && e.fresh(nowMicro()) {
-				return e, nil
-			}
-		}
-		if sick {
-			return c.loadAndFill(ctx, key, load, "-", nil, 0)
-		}
-		return c.loadKey(ctx, key, load, false)
-	})
-}
-
-// shared runs fn once per key in this process for all concurrent callers
-// (internal/flight), on a context detached from every caller: each caller
-// waits with its own ctx, and one leaving does not cancel the load of the
-// others. A panic in fn reaches every waiter as a *PanicError, and nothing
-// stays locked: the flight ends either way.
-func (c *Cache[V]) shared(ctx context.Context, flightKey string, fn func(context.Context) (entry[V], error)) (entry[V], error) {
-	call, lead := c.flight.Begin(flightKey)
-	if !lead {
-		c.rec.event(EventCoalesced)
-		return call.Wait(ctx)
+	kl := &keyLoad[V]{key: key, vk: c.st.layout.Value(key)}
+	if err == nil && found {
+		kl.stale = &e
 	}
-	return c.runFlight(ctx, flightKey, call, fn)
-}
-
-// runFlight runs fn in the background for call, the flight of flightKey
-// that the caller leads, ends the flight with its result, and waits for it
-// with the caller's ctx.
-func (c *Cache[V]) runFlight(ctx context.Context, flightKey string, call *flight.Call[entry[V]], fn func(context.Context) (entry[V], error)) (entry[V], error) {
-	if !c.goBackground() {
-		c.flight.End(flightKey, call, entry[V]{}, ErrClosed)
-		return entry[V]{}, ErrClosed
+	mode := loadRead
+	if err != nil && ctx.Err() == nil {
+		// Redis failed the read (not the caller, whose context is live):
+		// load without the lease rather than spend more timeouts on a sick
+		// Redis, and keep the value in L1 only.
+		mode = loadOutage
 	}
-	go func() {
-		defer c.bg.Done()
-		e, err := c.runDetached(ctx, fn)
-		c.flight.End(flightKey, call, e, err)
-	}()
+	ended = true
+	c.lead(ctx, flightRead, []*keyLoad[V]{kl}, []*flight.Call[entry[V]]{call}, mode, 0, single(load))
 	return call.Wait(ctx)
 }
 
-// runDetached runs fn on a context detached from the leader's parent (see
-// detached) and turns a panic into a *PanicError that keeps the value and
-// the stack.
-func (c *Cache[V]) runDetached(parent context.Context, fn func(context.Context) (entry[V], error)) (e entry[V], err error) {
-	ctx, cancel := c.detached(parent)
-	defer cancel()
-	defer func() {
-		if p := recover(); p != nil {
-			perr, ok := p.(*PanicError) // re-raised by callLoader
-			if !ok {
-				perr = &PanicError{Value: p, Stack: stack()}
+// GetOrLoadMany returns the values of keys: from L1, then from Redis in one
+// round trip per node, then from one call of load with only the keys still
+// missing, whose results are written back in one round trip per node
+// (through the lease, as [Cache.GetOrLoad] does for one key). Keys that
+// load does not return are cached as not found and are absent from the
+// map, as are keys already cached as not found.
+//
+// Keys that another call in this process is loading (a GetOrLoad or another
+// batch) are waited for, not loaded again. A loader error is returned with
+// the values found so far; nothing from the failed load is cached.
+func (c *Cache[V]) GetOrLoadMany(ctx context.Context, keys []string, load BatchLoadFunc[V]) (map[string]V, error) {
+	if load == nil {
+		return nil, ErrNilLoader
+	}
+	uniq, err := c.checkKeys(keys)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]V, len(uniq))
+	rest := c.manyFromL1(uniq, out, load)
+	if len(rest) == 0 {
+		return out, nil
+	}
+	mode := loadRead
+	var missing []*keyLoad[V]
+	es, found, err := c.getManyL2(ctx, rest)
+	if err != nil {
+		if ctx.Err() != nil {
+			return out, ctx.Err()
+		}
+		mode = loadOutage // as in readThrough
+	}
+	now := nowMicro()
+	for i, k := range rest {
+		if err == nil && found[i] {
+			e := &es[i]
+			fresh := e.fresh(now)
+			if fresh || c.withinSWR(e, now) {
+				if !e.neg {
+					out[k] = e.val
+				}
+				if !fresh {
+					c.rec.event(EventStaleServed)
+					c.refreshAsync(k, e.writtenAt, false, batch(load))
+				} else {
+					c.maybeEarlyRefresh(k, e, now, nil, load)
+				}
+				continue
 			}
-			e, err = entry[V]{}, perr
+		}
+		kl := &keyLoad[V]{key: k, vk: c.st.layout.Value(k)}
+		if err == nil && found[i] {
+			kl.stale = &es[i]
+		}
+		missing = append(missing, kl)
+	}
+	if len(missing) == 0 {
+		return out, nil
+	}
+	return out, c.loadMany(ctx, missing, mode, batch(load), out)
+}
+
+// loadMany claims the read flights of missing: it leads those nobody in
+// this process is loading, in one background load, and waits for all.
+func (c *Cache[V]) loadMany(ctx context.Context, missing []*keyLoad[V], mode loadMode, fn loader[V], out map[string]V) error {
+	calls := make([]*flight.Call[entry[V]], len(missing))
+	var lead []*keyLoad[V]
+	var leadCalls []*flight.Call[entry[V]]
+	for i, k := range missing {
+		call, leader := c.flight.Begin(flightKey{flightRead, k.key})
+		calls[i] = call
+		if leader {
+			lead = append(lead, k)
+			leadCalls = append(leadCalls, call)
+		} else {
+			c.rec.event(EventCoalesced)
+		}
+	}
+	if len(lead) > 0 {
+		c.lead(ctx, flightRead, lead, leadCalls, mode, 0, fn)
+	}
+	var firstErr error
+	for i, k := range missing {
+		e, err := calls[i].Wait(ctx)
+		switch {
+		case err == nil:
+			if !e.neg {
+				out[k.key] = e.val
+			}
+		case errors.Is(err, ErrNotFound):
+		case ctx.Err() != nil:
+			return ctx.Err()
+		case firstErr == nil:
+			firstErr = err
+		}
+	}
+	return firstErr
+}
+
+// Refresh reloads key now, through the lease, whether or not it is cached
+// and fresh, and returns the new value. When another instance is already
+// loading the key, Refresh waits for that load's value instead. A Refresh
+// that starts after a write of key never joins one that started before.
+func (c *Cache[V]) Refresh(ctx context.Context, key string, load LoadFunc[V]) (V, error) {
+	var zero V
+	if err := c.check(key); err != nil {
+		return zero, err
+	}
+	if load == nil {
+		return zero, ErrNilLoader
+	}
+	started := nowMicro()
+	fk := flightKey{flightRefresh, key}
+	call, lead := c.flight.Begin(fk)
+	if lead {
+		kl := &keyLoad[V]{key: key, vk: c.st.layout.Value(key)}
+		c.lead(ctx, flightRefresh, []*keyLoad[V]{kl}, []*flight.Call[entry[V]]{call}, loadRefresh, started, single(load))
+	} else {
+		c.rec.event(EventCoalesced)
+	}
+	e, err := call.Wait(ctx)
+	if err != nil {
+		return zero, err
+	}
+	return e.result()
+}
+
+// --- Flights ---
+
+// flightKind keeps apart the flights of one key that must not be shared: a
+// read never waits for a background refresh it did not ask for, nor a
+// Refresh for a read's load. Being part of the key (rather than a prefix
+// of a string) no user key can share another's flight.
+type flightKind uint8
+
+const (
+	flightRead flightKind = iota
+	flightRefresh
+	flightBackground
+)
+
+type flightKey struct {
+	kind flightKind
+	key  string
+}
+
+// forget makes the next load of key, of every kind, start anew: a read that
+// begins after a write must not get the result of a load that began before.
+func (c *Cache[V]) forget(key string) {
+	for kind := flightRead; kind <= flightBackground; kind++ {
+		c.flight.Forget(flightKey{kind, key})
+	}
+}
+
+// lead runs the load of ks, whose flights of kind the caller leads, in the
+// background, on a context detached from parent, and ends every flight.
+func (c *Cache[V]) lead(parent context.Context, kind flightKind, ks []*keyLoad[V], calls []*flight.Call[entry[V]], mode loadMode, notBefore int64, fn loader[V]) {
+	if !c.goBackground() {
+		for i, k := range ks {
+			c.flight.End(flightKey{kind, k.key}, calls[i], entry[V]{}, ErrClosed)
+		}
+		return
+	}
+	go func() {
+		defer c.bg.Done()
+		c.runLoad(parent, kind, ks, calls, mode, notBefore, fn)
+	}()
+}
+
+// runLoad runs the load core and then ends the flights of ks with their
+// results, whatever happened: a loader (or a decoder, an Observer) that
+// panicked or called runtime.Goexit must not leave a key's flight open for
+// good. As in x/sync/singleflight, two defers tell the two apart: a panic
+// is recovered by the inner one, a Goexit runs both without returning.
+func (c *Cache[V]) runLoad(parent context.Context, kind flightKind, ks []*keyLoad[V], calls []*flight.Call[entry[V]], mode loadMode, notBefore int64, fn loader[V]) {
+	ctx, cancel := c.detached(parent)
+	var abort error = &PanicError{Value: errGoexit}
+	defer func() {
+		cancel()
+		for i, k := range ks {
+			if !k.settled {
+				k.e, k.err = entry[V]{}, abort
+			}
+			c.flight.End(flightKey{kind, k.key}, calls[i], k.e, k.err)
 		}
 	}()
-	return fn(ctx)
+	func() {
+		defer func() {
+			if p := recover(); p != nil {
+				abort = asPanicError(p)
+			}
+		}()
+		c.load(ctx, ks, mode, notBefore, fn)
+		abort = errUnsettled // no key should be left unsettled on return
+	}()
 }
 
 // detached returns the context a load runs on: the values of parent (the
-// leading caller's trace, say) without its cancellation, the load timeout,
-// and cancelled by Close.
+// leading caller's trace, say) without its cancellation, and cancelled by
+// Close. The loader's call gets its own timeout (see callLoader); the wait
+// for another instance's lease has its own bound (see leaseWait).
 func (c *Cache[V]) detached(parent context.Context) (context.Context, context.CancelFunc) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(parent), c.cfg.loadTimeout)
+	ctx, cancel := context.WithCancel(context.WithoutCancel(parent))
 	stop := context.AfterFunc(c.life, cancel)
 	return ctx, func() {
 		stop()
@@ -159,259 +328,430 @@ func (c *Cache[V]) detached(parent context.Context) (context.Context, context.Ca
 	}
 }
 
-func (c *Cache[V]) withinSWR(e *entry[V], now int64) bool {
-	return c.cfg.swr > 0 && now < e.softExp+c.cfg.swr.Microseconds()
+var (
+	// errGoexit is the Value of the PanicError of a loader that called
+	// runtime.Goexit.
+	errGoexit      = errors.New("tiercache: the loader called runtime.Goexit")
+	errUnsettled   = errors.New("tiercache: internal error: a load left a key unsettled")
+	errReadAborted = errors.New("tiercache: the read that led this load panicked")
+	// errLeaseBusy ends a background refresh whose lease another instance holds.
+	errLeaseBusy = errors.New("tiercache: lease held by another instance")
+)
+
+// --- The load core ---
+
+// keyLoad is one key's part in a load, and its result.
+type keyLoad[V any] struct {
+	key, vk string
+	// stale is the stored value, served if the loader fails within the
+	// stale-if-error window.
+	stale *entry[V]
+	tok   fillToken // L1's token, taken before the Redis call that may fill it
+	token string    // our lease token (made on the first acquire, kept for retries)
+	owned bool      // the lease is ours and not yet filled or given back
+	force bool      // lease it even if it looks fresh: its bytes do not decode
+
+	e       entry[V]
+	err     error
+	settled bool
 }
 
-func (c *Cache[V]) withinSIE(e *entry[V], now int64) bool {
-	return c.cfg.sie > 0 && now < e.softExp+c.cfg.sie.Microseconds()
+func (k *keyLoad[V]) settle(e entry[V], err error) {
+	k.e, k.err, k.settled = e, err, true
 }
 
-// loadKey is the body of a coalesced load. With force (Refresh) it
-// reloads even when a fresh value exists.
+// loadMode is what a load is for.
+type loadMode uint8
+
+const (
+	loadRead       loadMode = iota // a read: load if missing or stale; wait for a holder
+	loadRefresh                    // Refresh: load even if fresh; wait for a holder
+	loadBackground                 // an early or stale refresh: load even if fresh; never wait
+	loadOutage                     // Redis failed the read: load, keep the value in L1 only
+)
+
+// fillMode is where a loaded value goes.
+type fillMode uint8
+
+const (
+	fillLeased fillMode = iota // Redis, by compare-and-set on our lease (Fill); then L1
+	fillPlain                  // Redis by SET (WithoutLease); then L1
+	fillOutage                 // L1 only, for the outage TTL: Redis failed
+	fillNone                   // nowhere: a waiter that gave up on a slow holder
+)
+
+// load is the one load core, for one key or many: a single-key miss is a
+// batch of one. It settles every key of ks.
 //
-// Why L1 is checked again: caller A misses L1 and Redis, and is about to
-// enter the flight; meanwhile caller B's flight for the same key loads,
-// fills and ends. A then starts a new flight and, without this check,
-// would load a second time a value that is already cached. Redis is checked
-// again too, by the Acquire script, which returns a fresh value instead of
-// a lease.
-func (c *Cache[V]) loadKey(ctx context.Context, key string, load LoadFunc[V], force bool) (entry[V], error) {
-	now := nowMicro()
-	if !force && c.l1 != nil {
-		if e, ok := c.l1.peek(key, now); ok {
-			return *e, nil
-		}
-	}
-	if !c.cfg.lease {
-		return c.loadUnleased(ctx, key, load, force)
-	}
-	mode := leaseRead
-	if force {
-		mode = leaseRefresh
-	}
-	return c.loadLeased(ctx, key, load, mode, 0)
-}
-
-// loadUnleased loads and writes the value without a lease: plain
-// cache-aside, for WithoutLease.
-func (c *Cache[V]) loadUnleased(ctx context.Context, key string, load LoadFunc[V], force bool) (entry[V], error) {
-	var stale *entry[V]
-	if !force {
-		e, found, err := c.getL2(ctx, key)
-		if err == nil && found {
-			if e.fresh(nowMicro()) {
-				return e, nil
+// With the lease (the default), each round takes the leases of the keys
+// still pending in one round trip per node (Acquire returns a value that
+// became fresh instead); the keys it owns are loaded with one loader call
+// and filled in one round trip; keys another instance holds are waited for
+// until filled, or taken over when their lease expires. Redis failing ends
+// the protocol: the keys are loaded all the same and kept in L1 only.
+func (c *Cache[V]) load(ctx context.Context, ks []*keyLoad[V], mode loadMode, notBefore int64, fn loader[V]) {
+	if mode == loadRead && c.l1 != nil {
+		// Why L1 is checked again: caller A misses L1 and Redis, and is
+		// about to enter the flight; meanwhile caller B's flight for the
+		// same key loads, fills and ends. A then starts a new flight and,
+		// without this check, would load a second time a value already
+		// cached. (Redis is checked again too, by Acquire, which returns a
+		// fresh value instead of a lease.)
+		rest := ks[:0:0]
+		for _, k := range ks {
+			if e, ok := c.l1.peek(k.key); ok {
+				k.settle(*e, nil)
+			} else {
+				rest = append(rest, k)
 			}
-			stale = &e
 		}
+		ks = rest
 	}
-	return c.loadAndFill(ctx, key, load, "", stale, nowMicro())
-}
+	switch {
+	case len(ks) == 0:
+		return
+	case mode == loadOutage:
+		c.loadAndFill(ctx, ks, fillOutage, fn, 0)
+		return
+	case !c.cfg.lease:
+		c.loadAndFill(ctx, ks, fillPlain, fn, nowMicro())
+		return
+	}
+	// Whatever happens below (a loader error, a panic, runtime.Goexit),
+	// leases still held are given back, so that other instances do not wait
+	// for a load nobody does.
+	defer c.release(ks)
 
-// loadLeased is the leased read-through: take the key's lease in Redis, or
-// wait for whoever holds it. Redis failures end the lease protocol and fall
-// back to calling the loader without caching, so that a sick Redis never
-// fails a read.
-//
-// In the refresh modes the value is reloaded even when fresh, unless it was
-// written after notBefore (someone else refreshed it meanwhile); a
-// background refresh gives up when another instance holds the lease.
-func (c *Cache[V]) loadLeased(ctx context.Context, key string, load LoadFunc[V], mode leaseMode, notBefore int64) (entry[V], error) {
-	force := mode != leaseRead
-	vk := c.layout.Value(key)
-	lk := keys.Lease(vk)
-	token := newToken()
-	wait := leaseBackoff{}
-	var tok fillToken
-	for attempt := 0; ; attempt++ {
-		if c.l1 != nil {
-			tok = c.l1.token(key)
+	wait := leaseWait{until: time.Now().Add(satAdd(c.cfg.leaseTTL, c.cfg.loadTimeout))}
+	pending := ks
+	for len(pending) > 0 {
+		reqs := make([]acquireReq, len(pending))
+		for i, k := range pending {
+			if k.token == "" {
+				k.token = newToken()
+			}
+			k.tok = c.l1.token(k.key)
+			reqs[i] = acquireReq{vk: k.vk, token: k.token, force: k.force || mode != loadRead}
+			if !k.force {
+				reqs[i].notBefore = notBefore
+			}
 		}
-		res, err := c.acquire(ctx, vk, lk, token, force, notBefore)
+		res, err := c.st.acquire(ctx, reqs)
 		if err != nil {
-			// The script may have run and taken the lease although its
-			// reply was lost (a timeout): give it back, or the other
-			// instances would wait for a load nobody does.
-			c.release(vk, token)
+			// The script may have run and taken leases although its reply
+			// was lost (a timeout): give them back.
+			for _, k := range pending {
+				k.owned = true
+			}
+			c.release(pending)
 			if ctx.Err() != nil {
-				return entry[V]{}, ctx.Err()
+				for _, k := range pending {
+					k.settle(entry[V]{}, ctx.Err())
+				}
+				return
 			}
-			// Redis is sick: serve the read from the loader, cache nothing.
-			return c.loadAndFill(ctx, key, load, "-", nil, 0)
+			c.loadAndFill(ctx, pending, fillOutage, fn, 0)
+			return
 		}
-		var e entry[V]
-		found := c.decodeStored(key, vk, res.value, &e)
-		if found && len(e.tags) > 0 {
-			found = c.validTags(ctx, []*entry[V]{&e})[0]
+		names, vks, raw := make([]string, len(pending)), make([]string, len(pending)), make([][]byte, len(pending))
+		for i, k := range pending {
+			names[i], vks[i], raw[i] = k.key, k.vk, res[i].value
 		}
+		es, found := make([]entry[V], len(pending)), make([]bool, len(pending))
+		c.decodeChecked(ctx, names, vks, raw, es, found)
+
 		now := nowMicro()
-		if res.state == acquireFresh && !found {
-			// The script judged the bytes fresh by their header, but they do
-			// not decode (corrupt, foreign, another codec) or one of their
-			// tags was invalidated. Take the lease regardless of freshness
-			// (and of the header's write time, which may be garbage too),
-			// after a pause, so that this cannot spin.
-			force, notBefore = true, 0
-			if err := wait.sleep(ctx, 0); err != nil {
-				return entry[V]{}, err
+		var owned, busy []*keyLoad[V]
+		var since int64 // when the earliest lease of this round was taken
+		var leaseLeft time.Duration
+		for i, k := range pending {
+			switch r := res[i]; {
+			case r.state == acquireFresh && !found[i]:
+				// Fresh by its header, but it does not decode (corrupt,
+				// foreign, another codec) or a tag was invalidated: lease it
+				// regardless of freshness, and of the header's write time,
+				// which may be garbage too. A value written meanwhile ends it.
+				k.force = true
+				busy = append(busy, k)
+			case r.state == acquireFresh:
+				if wait.rounds > 0 {
+					c.rec.event(EventLeaseWait)
+				}
+				c.l1.fill(k.key, k.tok, es[i], c.l1.limit())
+				k.settle(es[i], nil)
+			case r.state == acquireOwned:
+				k.owned = true
+				if found[i] {
+					k.stale = &es[i]
+				}
+				if since == 0 || r.at < since {
+					since = r.at
+				}
+				owned = append(owned, k)
+			case found[i] && mode == loadRead && c.withinSWR(&es[i], now):
+				// Someone else is refreshing it; the stale value will do.
+				c.rec.event(EventStaleServed)
+				k.settle(es[i], nil)
+			default:
+				busy = append(busy, k)
+				leaseLeft = max(leaseLeft, r.leaseTTL)
 			}
-			continue
+		}
+		if len(owned) > 0 {
+			c.loadAndFill(ctx, owned, fillLeased, fn, since)
+			c.release(owned)
+		}
+		if len(busy) == 0 {
+			return
 		}
 		switch {
-		case res.state == acquireFresh && found:
-			if attempt > 0 {
-				c.rec.event(EventLeaseWait)
+		case mode == loadBackground:
+			for _, k := range busy {
+				k.settle(entry[V]{}, errLeaseBusy)
 			}
-			if c.l1 != nil {
-				c.l1.fill(key, tok, e, now, c.limitL1())
+			return
+		case !wait.more():
+			// Holders have had a lease TTL and a load timeout and not
+			// filled: load without caching rather than fail the read.
+			c.loadAndFill(ctx, busy, fillNone, fn, 0)
+			return
+		}
+		// Another instance holds the lease: wait for its value. If it
+		// dies, its lease expires and the next acquire takes it over.
+		if err := wait.sleep(ctx, leaseLeft); err != nil {
+			for _, k := range busy {
+				k.settle(entry[V]{}, err)
 			}
-			return e, nil
-		case res.state == acquireOwned:
-			var stale *entry[V]
-			if found {
-				stale = &e
-			}
-			return c.loadAndFill(ctx, key, load, token, stale, res.at)
-		case found && !force && c.withinSWR(&e, now):
-			// Someone else is refreshing it; the stale value will do.
-			c.rec.event(EventStaleServed)
-			return e, nil
+			return
 		}
-		if mode == leaseBackground {
-			return entry[V]{}, errLeaseBusy
-		}
-		if c.waitedTooLong(ctx) {
-			// The holder is slow or gone and half the load budget is spent:
-			// load without caching rather than fail the read.
-			return c.loadAndFill(ctx, key, load, "-", nil, 0)
-		}
-		// Another instance holds the lease: wait for its value. If it dies,
-		// its lease expires and the next acquire takes it over.
-		if err := wait.sleep(ctx, res.leaseTTL); err != nil {
-			return entry[V]{}, err
-		}
+		pending = busy
 	}
 }
 
-// waitedTooLong reports whether a waiter for another instance's lease has
-// used half of its load budget: then it loads itself, without caching, so
-// that its read cannot fail for waiting (the holder still fills).
-func (c *Cache[V]) waitedTooLong(ctx context.Context) bool {
-	deadline, ok := ctx.Deadline()
-	return ok && time.Until(deadline) < c.cfg.loadTimeout/2
+// release gives back the leases of ks that are still ours.
+func (c *Cache[V]) release(ks []*keyLoad[V]) {
+	var ls []lease
+	for _, k := range ks {
+		if k.owned {
+			k.owned = false
+			ls = append(ls, lease{vk: k.vk, token: k.token})
+		}
+	}
+	c.st.release(ls)
 }
 
-// loadAndFill calls the loader and caches its result. token is the lease
-// token of a leased fill, "" for an unleased write, "-" for no write at
-// all (Redis failed). stale is the value already stored, if any, to serve
-// when the loader fails within the stale-if-error window. since is when the
-// load began (Unix µs, the server's clock when leased): a tag invalidated
-// after it refuses the fill.
-func (c *Cache[V]) loadAndFill(ctx context.Context, key string, load LoadFunc[V], token string, stale *entry[V], since int64) (entry[V], error) {
-	leased := token != "" && token != "-"
+// loadAndFill calls the loader once for ks, caches what it returns as mode
+// says, and settles each key. since is when the load began (Unix µs, the
+// server's clock when leased): a tag invalidated after it refuses the fill.
+// A key whose lease a fill used up is no longer owned; the others the
+// caller releases.
+func (c *Cache[V]) loadAndFill(ctx context.Context, ks []*keyLoad[V], mode fillMode, fn loader[V], since int64) {
+	if mode != fillLeased {
+		// No lease protects these values: L1's tokens do, taken before the
+		// loader reads the source, so that an invalidation that arrives
+		// during the load refuses the L1 fill. (A leased load took its
+		// tokens before the acquire.)
+		for _, k := range ks {
+			k.tok = c.l1.token(k.key)
+		}
+	}
+	names := make([]string, len(ks))
+	for i, k := range ks {
+		names[i] = k.key
+	}
+	out := make([]loaded[V], len(ks))
 	meta := &loadMeta{cfg: setConfig{ttl: c.cfg.ttl}}
-	vk := c.layout.Value(key)
-	v, delta, err := callLoader(c, ctx, meta, "load", load, func() {
-		if leased {
-			c.release(vk, token)
+	delta, err := c.callLoader(ctx, meta, fn, names, out)
+	if err != nil {
+		now := nowMicro()
+		for _, k := range ks {
+			if k.stale != nil && c.withinSIE(k.stale, now) {
+				c.rec.event(EventStaleOnError)
+				k.settle(*k.stale, nil)
+				continue
+			}
+			k.settle(entry[V]{}, err)
 		}
-	})
-	notFound := errors.Is(err, ErrNotFound)
-	if err != nil && !notFound {
-		if leased {
-			c.release(vk, token)
+		if c.cfg.sie > 0 {
+			c.log.Warn("tiercache: loader failed; stale values served where there were any", "keys", len(ks), "err", err)
 		}
-		if stale != nil && c.withinSIE(stale, nowMicro()) {
-			c.rec.event(EventStaleOnError)
-			c.log.Warn("tiercache: loader failed; serving a stale value", "key", key, "err", err)
-			return *stale, nil
-		}
-		return entry[V]{}, err
+		return
 	}
 	sc := meta.get()
 	now := time.Now()
-	ttl := sc.ttl
-	if notFound {
-		ttl = c.cfg.negativeTTL
-	}
-	e := entry[V]{val: v, neg: notFound, writtenAt: now.UnixMicro(), delta: uint32(min(delta.Microseconds(), 1<<32-1))}
-	e.softExp = now.UnixMicro() // until cached: returned, never reused
-	tagNames, tagErr := checkTags(sc.tags)
-	if tagErr != nil {
-		c.log.Warn("tiercache: loaded value not cached", "key", key, "err", tagErr)
-	}
-	if ttl <= 0 || sc.noCache || token == "-" || tagErr != nil {
-		if leased {
-			c.release(vk, token)
-		}
-		return e, nil
-	}
-	softExp := now.Add(c.jitter(ttl))
-	redisTTL := c.redisTTL(softExp.Sub(now))
-	tags, staleTags, err := c.readTagVersions(ctx, tagNames, since, redisTTL)
-	if err != nil || staleTags {
-		// A tag was invalidated while the loader ran (or cannot be read):
-		// what it loaded may predate the change. Return it, cache nothing.
-		if staleTags {
-			c.rec.event(EventFillRefused)
-		}
-		if leased {
-			c.release(vk, token)
-		}
-		return e, nil
-	}
-	b, err := c.vc.encode(v, notFound, keys.Hash(vk), now, softExp, delta, tags)
+	nowU := now.UnixMicro()
+	cache := mode != fillNone && !sc.noCache
+	tagNames, err := checkTags(sc.tags)
 	if err != nil {
-		// Too large or not encodable: the caller still gets the value.
-		c.log.Warn("tiercache: loaded value not cached", "key", key, "err", err)
-		if leased {
-			c.release(vk, token)
+		c.log.Warn("tiercache: loaded values not cached", "keys", len(ks), "err", err)
+		cache = false
+	}
+	es := make([]entry[V], len(ks))
+	keep := make([]bool, len(ks)) // es[i] is to be cached
+	var longest time.Duration
+	for i := range ks {
+		ttl := sc.ttl
+		if out[i].notFound {
+			ttl = c.cfg.negativeTTL
 		}
-		return e, nil
+		// Until it is cached, a value is returned but never reused.
+		es[i] = entry[V]{val: out[i].val, neg: out[i].notFound, writtenAt: nowU, softExp: nowU, delta: micros32(delta)}
+		if keep[i] = cache && ttl > 0; keep[i] {
+			ttl = c.jitter(ttl)
+			es[i].softExp = satAddMicros(nowU, ttl)
+			longest = max(longest, ttl)
+		}
 	}
-	e.softExp = softExp.UnixMicro()
-	e.tags = tags
-	e.size = len(b)
-	var tok fillToken
-	if c.l1 != nil {
-		tok = c.l1.token(key)
+	var tags []envelope.Tag
+	if cache && len(tagNames) > 0 && mode != fillOutage {
+		stale := false
+		tags, stale, err = c.st.tagRead(ctx, tagNames, since, c.redisTTL(longest))
+		if err != nil || stale {
+			// A tag was invalidated while the loader ran (or cannot be
+			// read): what it loaded may predate the change. Return it,
+			// cache nothing.
+			if stale {
+				c.rec.eventN(EventFillRefused, len(ks))
+			}
+			clear(keep)
+		}
 	}
-	written, err := c.fill(ctx, vk, token, b, redisTTL)
-	if err == nil && !written {
-		c.rec.event(EventFillRefused)
+	var ws []frameWrite
+	var wk []int // ws[j] is ks[wk[j]]
+	for i, k := range ks {
+		if !keep[i] {
+			es[i].softExp = nowU
+			continue
+		}
+		es[i].tags = tags
+		if mode == fillOutage {
+			continue
+		}
+		b, err := c.vc.encode(es[i].val, es[i].neg, keys.Hash(k.vk), nowU, es[i].softExp, delta, tags)
+		if err != nil {
+			// Too large or not encodable: the caller still gets the value.
+			c.log.Warn("tiercache: loaded value not cached", "key", k.key, "err", err)
+			keep[i], es[i].softExp = false, nowU
+			continue
+		}
+		es[i].size = len(b)
+		token := k.token
+		if mode == fillPlain {
+			token = ""
+		}
+		ws = append(ws, frameWrite{vk: k.vk, token: token, frame: b, ttl: c.redisTTL(time.Duration(es[i].softExp-nowU) * time.Microsecond)})
+		wk = append(wk, i)
 	}
-	if written && c.l1 != nil {
-		c.tagv.observe(tags)
-		c.l1.fill(key, tok, e, now.UnixMicro(), c.limitL1())
+	outage := mode == fillOutage
+	if len(ws) > 0 {
+		written, err := c.st.fill(ctx, ws)
+		outage = err != nil
+		for j, i := range wk {
+			k := ks[i]
+			switch {
+			case written[j]:
+				k.owned = false // Fill used the lease up
+				c.l1.fill(k.key, k.tok, es[i], c.l1.limit())
+				keep[i] = false // done
+			case err == nil:
+				// Refused: the lease is gone (a write or an invalidation
+				// since it was taken), so the value may predate the change.
+				k.owned = false
+				c.rec.event(EventFillRefused)
+				keep[i], es[i].softExp = false, nowU
+			}
+		}
 	}
-	return e, nil
+	if outage {
+		// Redis did not take the values: L1 keeps them for the outage TTL,
+		// so that an outage costs the source one load per key per instance
+		// per outage TTL rather than one per read. No tag versions could be
+		// read: L1 keeps them untagged, for no longer than that.
+		for i, k := range ks {
+			if keep[i] {
+				e := es[i]
+				e.tags = nil
+				c.l1.fill(k.key, k.tok, e, c.cfg.l1OutageTTL)
+			}
+		}
+	}
+	for i, k := range ks {
+		if !k.settled {
+			k.settle(es[i], nil)
+		}
+	}
 }
 
-// callLoader calls a loader in a span, times and counts it. If the loader
-// panics, the span ends, the load is counted as failed and onPanic runs
-// (to give the lease back) before the panic goes on to runDetached.
-func callLoader[V, R any](c *Cache[V], ctx context.Context, meta *loadMeta, op string, load func(context.Context) (R, error), onPanic func()) (v R, delta time.Duration, err error) {
-	lctx, end := c.rec.span(context.WithValue(ctx, loadMetaKey{}, meta), op)
+// loader is what the core calls: fn loads ks into out, in order; an error
+// fails them all. op names its span ("load" or "load_many").
+type loader[V any] struct {
+	op string
+	fn func(ctx context.Context, ks []string, out []loaded[V]) error
+}
+
+type loaded[V any] struct {
+	val      V
+	notFound bool
+}
+
+// single adapts a LoadFunc, which the core only ever calls for one key.
+func single[V any](load LoadFunc[V]) loader[V] {
+	return loader[V]{op: "load", fn: func(ctx context.Context, _ []string, out []loaded[V]) error {
+		v, err := load(ctx)
+		if errors.Is(err, ErrNotFound) {
+			out[0].notFound = true
+			return nil
+		}
+		out[0].val = v
+		return err
+	}}
+}
+
+// batch adapts a BatchLoadFunc: a key it does not return is not found.
+func batch[V any](load BatchLoadFunc[V]) loader[V] {
+	return loader[V]{op: "load_many", fn: func(ctx context.Context, ks []string, out []loaded[V]) error {
+		m, err := load(ctx, ks)
+		if err != nil {
+			return err
+		}
+		for i, k := range ks {
+			v, ok := m[k]
+			out[i] = loaded[V]{val: v, notFound: !ok}
+		}
+		return nil
+	}}
+}
+
+// callLoader calls fn for ks under the load timeout, in a span, and times
+// and counts it. A loader that panics or calls runtime.Goexit is counted as
+// failed and its span ended before the panic goes on to runLoad.
+func (c *Cache[V]) callLoader(ctx context.Context, meta *loadMeta, fn loader[V], ks []string, out []loaded[V]) (delta time.Duration, err error) {
+	ctx, cancel := context.WithTimeout(context.WithValue(ctx, loadMetaKey{}, meta), c.cfg.loadTimeout)
+	defer cancel()
+	ctx, end := c.rec.span(ctx, fn.op)
 	start := time.Now()
+	returned := false
 	defer func() {
-		if p := recover(); p != nil {
-			perr := &PanicError{Value: p, Stack: stack()}
-			end(perr)
-			c.rec.load(time.Since(start), perr)
-			onPanic()
+		if returned {
+			return
+		}
+		p := recover()
+		var perr error = &PanicError{Value: errGoexit}
+		if p != nil {
+			perr = asPanicError(p)
+		}
+		end(perr)
+		c.rec.load(time.Since(start), perr)
+		if p != nil {
 			panic(perr)
 		}
 	}()
-	v, err = load(lctx)
+	err = fn.fn(ctx, ks, out)
+	returned = true
 	delta = time.Since(start)
 	end(err)
-	if errors.Is(err, ErrNotFound) {
-		c.rec.load(delta, nil)
-	} else {
-		c.rec.load(delta, err)
-	}
-	return v, delta, err
+	c.rec.load(delta, err)
+	return delta, err
 }
 
 // loadMeta carries what a loader says about its result through [LoadOptions].
@@ -429,8 +769,9 @@ func (m *loadMeta) get() setConfig {
 }
 
 // LoadOptions lets a loader set how its result is cached: [WithTTL] for
-// its own TTL, [NoCache] to return a value without caching it. Call it
-// with the ctx the loader was given; elsewhere it does nothing.
+// its own TTL, [WithTags] to tag it, [NoCache] to return a value without
+// caching it. For a batch loader they apply to every value of the call.
+// Call it with the ctx the loader was given; elsewhere it does nothing.
 func LoadOptions(ctx context.Context, opts ...SetOption) {
 	m, ok := ctx.Value(loadMetaKey{}).(*loadMeta)
 	if !ok {
@@ -439,30 +780,87 @@ func LoadOptions(ctx context.Context, opts ...SetOption) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for _, o := range opts {
-		o(&m.cfg)
+		if o != nil {
+			o(&m.cfg)
+		}
 	}
 }
 
-// Refresh reloads key now, through the lease, whether or not it is cached
-// and fresh, and returns the new value. When another instance is already
-// loading the key, Refresh waits for that load's value instead.
-func (c *Cache[V]) Refresh(ctx context.Context, key string, load LoadFunc[V]) (V, error) {
-	var zero V
-	if err := c.check(key); err != nil {
-		return zero, err
-	}
-	if load == nil {
-		return zero, ErrNilLoader
-	}
-	started := nowMicro()
-	r, err := c.shared(ctx, "\x00refresh\x00"+key, func(ctx context.Context) (entry[V], error) {
-		if !c.cfg.lease {
-			return c.loadUnleased(ctx, key, load, true)
-		}
-		return c.loadLeased(ctx, key, load, leaseRefresh, started)
-	})
-	if err != nil {
-		return zero, err
-	}
-	return r.result()
+// leaseWait paces a waiter for another instance's lease: 2ms doubling to
+// 10ms, with jitter so that waiters do not poll in step, and never past
+// the time the lease has left (plus a little), when a takeover becomes
+// possible. The cap bounds how late a waiter sees the holder's fill: about
+// 10ms, for one poll per 10ms per key and process while it waits. A waiter
+// waits until its bound (a lease TTL and a load timeout: as long as a
+// holder can take); a read is never failed for waiting.
+type leaseWait struct {
+	d      time.Duration
+	rounds int
+	until  time.Time
 }
+
+func (w *leaseWait) more() bool { return time.Now().Before(w.until) }
+
+func (w *leaseWait) sleep(ctx context.Context, leaseLeft time.Duration) error {
+	w.rounds++
+	if w.d == 0 {
+		w.d = 2 * time.Millisecond
+	} else {
+		w.d = min(2*w.d, 10*time.Millisecond)
+	}
+	d := w.d/2 + time.Duration(rand.Int64N(int64(w.d/2)+1))
+	if leaseLeft > 0 {
+		d = min(d, leaseLeft+time.Millisecond)
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (c *Cache[V]) withinSWR(e *entry[V], now int64) bool {
+	return c.cfg.swr > 0 && now < satAddMicros(e.softExp, c.cfg.swr)
+}
+
+func (c *Cache[V]) withinSIE(e *entry[V], now int64) bool {
+	return c.cfg.sie > 0 && now < satAddMicros(e.softExp, c.cfg.sie)
+}
+
+// jitter stretches ttl by a random fraction in [0, cfg.jitter), without
+// overflowing.
+func (c *Cache[V]) jitter(ttl time.Duration) time.Duration {
+	if c.cfg.jitter == 0 {
+		return ttl
+	}
+	return satAdd(ttl, time.Duration(float64(ttl)*c.cfg.jitter*rand.Float64()))
+}
+
+// redisTTL is how long Redis keeps a value of logical TTL ttl: the logical
+// TTL plus the larger stale window, so that stale values are there to serve.
+func (c *Cache[V]) redisTTL(ttl time.Duration) time.Duration {
+	return max(satAdd(ttl, max(c.cfg.swr, c.cfg.sie)), time.Millisecond)
+}
+
+// satAdd is a+b for non-negative durations, saturating instead of
+// overflowing: a huge TTL must work, not wrap around and expire at once.
+func satAdd(a, b time.Duration) time.Duration {
+	if a > math.MaxInt64-b {
+		return math.MaxInt64
+	}
+	return a + b
+}
+
+// satAddMicros is t (Unix µs) plus d, saturating.
+func satAddMicros(t int64, d time.Duration) int64 {
+	us := d.Microseconds()
+	if t > math.MaxInt64-us {
+		return math.MaxInt64
+	}
+	return t + us
+}
+
+func micros32(d time.Duration) uint32 { return uint32(min(max(d.Microseconds(), 0), math.MaxUint32)) }

@@ -48,21 +48,32 @@ type local[V any] struct {
 	gens   [1024]atomic.Uint64
 	epoch  atomic.Uint64
 	maxTTL time.Duration
-	bytes  bool
-	// tagsCurrent reports whether an entry's tags are still at its versions
-	// (set by the cache; see tagVersions).
-	tagsCurrent func([]envelope.Tag) bool
+	// outageTTL caps an entry's life while invalidations cannot arrive
+	// (healthy reports false), and that of a value Redis did not take.
+	outageTTL time.Duration
+	bytes     bool
+	tags      *tagVersions // the tag versions this instance has seen
+	// healthy reports whether invalidations can arrive (the subscription is
+	// up); nil when invalidation is off, which counts as healthy.
+	healthy func() bool
 }
 
 // fillToken is what a reader remembers before it reads Redis.
 type fillToken struct{ gen, epoch uint64 }
 
+// newLocal returns the L1 tier, or nil when L1 is off. Every method of a
+// nil *local is a no-op that misses, so that callers need no checks.
 func newLocal[V any](cfg *config) (*local[V], error) {
-	l := &local[V]{maxTTL: cfg.l1TTL, clock: otter.NewCoarseClock(time.Millisecond), counts: stats.NewCounter()}
+	if cfg.l1Entries == 0 && cfg.l1Bytes == 0 {
+		return nil, nil
+	}
+	l := &local[V]{maxTTL: cfg.l1TTL, outageTTL: cfg.l1OutageTTL, clock: otter.NewCoarseClock(time.Millisecond), counts: stats.NewCounter()}
 	opts := &otter.Options[string, *entry[V]]{
 		// The entry carries its own deadline, set by fill and set.
 		ExpiryCalculator: otter.ExpiryWritingFunc(func(e otter.Entry[string, *entry[V]]) time.Duration {
-			return time.Duration(e.Value.l1Until-l.now()) * time.Microsecond
+			// l1Until is at most the L1 max TTL away; min keeps a huge one
+			// from overflowing the nanoseconds.
+			return time.Duration(min(e.Value.l1Until-l.now(), math.MaxInt64/1000)) * time.Microsecond
 		}),
 		Clock: l.clock,
 	}
@@ -81,20 +92,44 @@ func newLocal[V any](cfg *config) (*local[V], error) {
 		return nil, err
 	}
 	l.c = c
+	if l.tags, err = newTagVersions(100_000); err != nil {
+		l.close()
+		return nil, err
+	}
 	return l, nil
 }
 
-// now is L1's time in Unix µs.
-func (l *local[V]) now() int64 { return l.clock.NowNano() / 1000 }
+// now is L1's time in Unix µs (the precise clock when L1 is off).
+func (l *local[V]) now() int64 {
+	if l == nil {
+		return nowMicro()
+	}
+	return l.clock.NowNano() / 1000
+}
+
+// limit is the cap on a new L1 entry's life: the L1 max TTL, or the
+// outage TTL while invalidations cannot arrive.
+func (l *local[V]) limit() time.Duration {
+	if l == nil {
+		return 0
+	}
+	if l.healthy != nil && !l.healthy() {
+		return l.outageTTL
+	}
+	return l.maxTTL
+}
 
 func (l *local[V]) stripe(k string) *atomic.Uint64 {
 	return &l.gens[xxhash.Sum64String(k)&uint64(len(l.gens)-1)]
 }
 
-// get returns the fresh L1 entry of k. now is in Unix µs.
-func (l *local[V]) get(k string, now int64) (*entry[V], bool) {
-	e, ok := l.c.GetIfPresent(k)
-	if !ok || !e.fresh(now) || (len(e.tags) > 0 && !l.tagsCurrent(e.tags)) {
+// get returns the fresh L1 entry of k, counting the lookup.
+func (l *local[V]) get(k string) (*entry[V], bool) {
+	if l == nil {
+		return nil, false
+	}
+	e, ok := l.peek(k)
+	if !ok {
 		l.misses.add()
 		return nil, false
 	}
@@ -103,16 +138,22 @@ func (l *local[V]) get(k string, now int64) (*entry[V], bool) {
 }
 
 // peek is get without counting: a second look within one read.
-func (l *local[V]) peek(k string, now int64) (*entry[V], bool) {
+func (l *local[V]) peek(k string) (*entry[V], bool) {
+	if l == nil {
+		return nil, false
+	}
 	e, ok := l.c.GetIfPresent(k)
-	if !ok || !e.fresh(now) || (len(e.tags) > 0 && !l.tagsCurrent(e.tags)) {
+	if !ok || !e.fresh(l.now()) || (len(e.tags) > 0 && !l.tags.current(e.tags)) {
 		return nil, false
 	}
 	return e, true
 }
 
-// token must be taken before the Redis read whose result may fill L1.
+// token must be taken before the Redis call whose result may fill L1.
 func (l *local[V]) token(k string) fillToken {
+	if l == nil {
+		return fillToken{}
+	}
 	return fillToken{gen: l.stripe(k).Load(), epoch: l.epoch.Load()}
 }
 
@@ -122,12 +163,19 @@ func (l *local[V]) deadline(e *entry[V], now int64, limit time.Duration) int64 {
 	return min(e.softExp, now+min(l.maxTTL, limit).Microseconds())
 }
 
-// fill stores e for k if nothing invalidated k since tok was taken.
-func (l *local[V]) fill(k string, tok fillToken, e entry[V], now int64, limit time.Duration) {
+// fill stores e, read or loaded after tok was taken, for k if nothing
+// invalidated k since, for at most limit (see deadline). Its tags become
+// versions this instance has seen.
+func (l *local[V]) fill(k string, tok fillToken, e entry[V], limit time.Duration) {
+	if l == nil {
+		return
+	}
+	now := l.now()
 	e.l1Until = l.deadline(&e, now, limit)
 	if e.l1Until <= now {
 		return
 	}
+	l.tags.observe(e.tags)
 	g := l.stripe(k)
 	l.c.Compute(k, func(*entry[V], bool) (*entry[V], otter.ComputeOp) {
 		if g.Load() != tok.gen || l.epoch.Load() != tok.epoch {
@@ -137,31 +185,109 @@ func (l *local[V]) fill(k string, tok fillToken, e entry[V], now int64, limit ti
 	})
 }
 
-// set replaces k's entry with a value this instance wrote (write-through).
-// Bumping the generation first refuses any fill of an older read in flight.
-func (l *local[V]) set(k string, e entry[V], now int64, limit time.Duration) {
-	l.stripe(k).Add(1)
-	e.l1Until = l.deadline(&e, now, limit)
-	if e.l1Until <= now {
-		l.c.Invalidate(k)
+// store keeps e, a value this instance has just written to Redis, for k,
+// with tok taken before the Redis write. Redis's order of two writes of k
+// cannot be seen from here, so store keeps e only if nothing touched k since
+// tok, and otherwise drops k; either way it moves k's generation on.
+//
+//	writer A: tok=g          writer B (here or elsewhere): ...
+//	          SET k=a                                      SET k=b
+//	          store: gen still g? keep a, gen=g+1           store or message: gen!=tok, drop k
+//
+// Whichever of A and B stores second finds the generation moved and drops
+// k, so L1 never keeps the write that Redis did not keep: after both return
+// (and B's message arrives), L1 holds nothing older than Redis.
+func (l *local[V]) store(k string, tok fillToken, e entry[V]) {
+	if l == nil {
 		return
 	}
-	l.c.Set(k, &e)
+	now := l.now()
+	e.l1Until = l.deadline(&e, now, l.limit())
+	l.tags.observe(e.tags)
+	g := l.stripe(k)
+	l.c.Compute(k, func(*entry[V], bool) (*entry[V], otter.ComputeOp) {
+		if !g.CompareAndSwap(tok.gen, tok.gen+1) || l.epoch.Load() != tok.epoch || e.l1Until <= now {
+			g.Add(1)
+			return nil, otter.InvalidateOp
+		}
+		return &e, otter.WriteOp
+	})
 }
 
 // invalidate drops k and refuses fills of reads that started before.
 func (l *local[V]) invalidate(k string) {
+	if l == nil {
+		return
+	}
 	l.stripe(k).Add(1)
 	l.c.Invalidate(k)
 }
 
 // flush drops everything and refuses every fill in flight.
 func (l *local[V]) flush() {
+	if l == nil {
+		return
+	}
 	l.epoch.Add(1)
 	l.c.InvalidateAll()
 }
 
+// observeTags records tag versions seen in Redis or in a message.
+func (l *local[V]) observeTags(tags []envelope.Tag) {
+	if l != nil {
+		l.tags.observe(tags)
+	}
+}
+
 func (l *local[V]) close() {
+	if l == nil {
+		return
+	}
 	l.c.StopAllGoroutines()
 	l.clock.Stop()
+	if l.tags != nil {
+		l.tags.close()
+	}
 }
+
+// tagVersions is this instance's view of tag versions, for L1 hits: the
+// newest version it has seen for each tag, from Redis reads, its own
+// invalidations and other instances' messages. Versions only grow, so
+// updates keep the maximum and a late, older observation cannot undo an
+// invalidation. A tagged L1 entry is valid only if every tag is known at
+// exactly its version; a tag evicted from this bounded table makes its
+// entries L1 misses, which is safe.
+type tagVersions struct {
+	m *otter.Cache[string, uint64]
+}
+
+func newTagVersions(size int) (*tagVersions, error) {
+	m, err := otter.New(&otter.Options[string, uint64]{MaximumSize: size})
+	if err != nil {
+		return nil, err
+	}
+	return &tagVersions{m: m}, nil
+}
+
+func (tv *tagVersions) observe(tags []envelope.Tag) {
+	for _, t := range tags {
+		tv.m.Compute(t.Name, func(old uint64, found bool) (uint64, otter.ComputeOp) {
+			if found && old >= t.Version {
+				return old, otter.CancelOp
+			}
+			return t.Version, otter.WriteOp
+		})
+	}
+}
+
+// current reports whether every tag of tags is known at its version.
+func (tv *tagVersions) current(tags []envelope.Tag) bool {
+	for _, t := range tags {
+		if v, ok := tv.m.GetIfPresent(t.Name); !ok || v != t.Version {
+			return false
+		}
+	}
+	return true
+}
+
+func (tv *tagVersions) close() { tv.m.StopAllGoroutines() }

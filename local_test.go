@@ -48,7 +48,7 @@ func TestL1InvalidationAcrossInstances(t *testing.T) {
 				t.Fatalf("warm-up read %q, %v", v, err)
 			}
 		}
-		if _, ok := b.l1.get("k", nowMicro()); !ok {
+		if _, ok := b.l1.get("k"); !ok {
 			t.Fatal("b's L1 does not hold the value after a read")
 		}
 		l1HitsBefore := b.Stats().L1Hits
@@ -141,7 +141,7 @@ func TestL1FlushedOnSubscriptionLoss(t *testing.T) {
 		if err := b.Set(ctx, "k", "v"); err != nil {
 			t.Fatal(err)
 		}
-		if _, ok := b.l1.get("k", nowMicro()); !ok {
+		if _, ok := b.l1.get("k"); !ok {
 			t.Fatal("Set did not fill the writer's L1")
 		}
 		flushes := b.Stats().Count(EventL1Flush)
@@ -149,7 +149,7 @@ func TestL1FlushedOnSubscriptionLoss(t *testing.T) {
 		waitFor(t, 2*time.Second, "L1 flushed after the subscription was killed", func() bool {
 			return b.Stats().Count(EventL1Flush) > flushes
 		})
-		if _, ok := b.l1.get("k", nowMicro()); ok {
+		if _, ok := b.l1.get("k"); ok {
 			t.Fatal("L1 still holds the entry after the subscription was lost")
 		}
 		waitSubscribed(t, cs...)
@@ -186,7 +186,7 @@ func TestL1OutageTTL(t *testing.T) {
 		if err := c.Set(ctx, "k", "v"); err != nil {
 			t.Fatal(err)
 		}
-		if _, ok := c.l1.get("k", nowMicro()); !ok {
+		if _, ok := c.l1.get("k"); !ok {
 			t.Fatal("no L1 entry right after Set")
 		}
 		waitFor(t, time.Second, "L1 entry gone after the outage TTL", func() bool {
@@ -211,10 +211,10 @@ func TestL1Lifetime(t *testing.T) {
 			t.Fatal(err)
 		}
 		time.Sleep(40 * time.Millisecond)
-		if _, ok := c.l1.get("short", nowMicro()); ok {
+		if _, ok := c.l1.get("short"); ok {
 			t.Fatal("L1 entry outlived its logical expiry")
 		}
-		if _, ok := c.l1.get("long", nowMicro()); !ok {
+		if _, ok := c.l1.get("long"); !ok {
 			t.Fatal("L1 entry gone before the L1 TTL")
 		}
 		waitFor(t, time.Second, "L1 entry gone after the L1 max TTL", func() bool {
@@ -254,14 +254,14 @@ func TestL1FillRaceUnit(t *testing.T) {
 			tok := l.token(key)
 			v := stored.Load()
 			now := nowMicro()
-			l.fill(key, tok, entry[int]{val: int(v), softExp: now + 1e9}, now, time.Minute)
+			l.fill(key, tok, entry[int]{val: int(v), softExp: now + 1e9}, time.Minute)
 		})
 		wg.Go(func() {
 			stored.Store(old + 1)
 			l.invalidate(key)
 		})
 		wg.Wait()
-		if e, ok := l.get(key, nowMicro()); ok && int64(e.val) == old {
+		if e, ok := l.get(key); ok && int64(e.val) == old {
 			t.Fatalf("iteration %d: L1 holds the value from before the invalidation", i)
 		}
 	}
@@ -303,7 +303,7 @@ func TestL1FillRaceInstances(t *testing.T) {
 			waitFor(t, time.Second, "invalidation applied", func() bool {
 				return b.Stats().Count(EventInvalidationReceived) > received
 			})
-			if e, ok := b.l1.get(key, nowMicro()); ok && e.val == 2*i {
+			if e, ok := b.l1.get(key); ok && e.val == 2*i {
 				t.Fatalf("iteration %d: b's L1 holds the overwritten value", i)
 			}
 		}

@@ -36,7 +36,8 @@ type config struct {
 	jitter         float64
 	negativeTTL    time.Duration
 	maxValueSize   int
-	logger         *slog.Logger
+	logger         *slog.Logger // nil: discard (warnings about the client go to slog.Default)
+	loggerSet      bool
 	compression    Compression
 	compressAbove  int
 	lease          bool
@@ -105,7 +106,7 @@ func (c *config) validate() error {
 		return bad("negative TTL %v is negative", c.negativeTTL)
 	case c.maxValueSize <= 0:
 		return bad("max value size %d must be positive", c.maxValueSize)
-	case c.logger == nil:
+	case c.loggerSet && c.logger == nil:
 		return bad("logger is nil")
 	case c.compression > Zstd:
 		return bad("unknown compression %d", c.compression)
@@ -188,8 +189,12 @@ func WithMaxValueSize(n int) Option { return func(c *config) { c.maxValueSize = 
 // WithLogger sets the logger for what an operator must know: corrupt
 // entries, breaker state changes, subscription lost and regained, loaders
 // failing behind a stale value. Each message is logged at most once a
-// second, with a count of the ones held back. Default: discard.
-func WithLogger(l *slog.Logger) Option { return func(c *config) { c.logger = l } }
+// second, with a count of the ones held back. Default: discard, except
+// for [New]'s warning about a client whose timeouts cannot work, which then
+// goes to slog.Default().
+func WithLogger(l *slog.Logger) Option {
+	return func(c *config) { c.logger, c.loggerSet = l, true }
+}
 
 // WithCompression compresses encoded values longer than threshold bytes.
 func WithCompression(alg Compression, threshold int) Option {

@@ -3,6 +3,8 @@ package tiercache
 import (
 	"context"
 	"math"
+
+	"github.com/tiercache/tiercache/internal/flight"
 )
 
 // Early refresh (XFetch; Vattani, Chierichetti and Lowenstein, "Optimal
@@ -26,10 +28,16 @@ func shouldRefreshEarly(u float64, t, delta int64, beta float64) bool {
 }
 
 // maybeEarlyRefresh starts a background refresh of a fresh hit when XFetch
-// says so.
-func (c *Cache[V]) maybeEarlyRefresh(key string, e *entry[V], now int64, load LoadFunc[V]) {
-	if c.wantEarlyRefresh(e, now) {
-		c.refreshAsync(key, load, e.writtenAt, true)
+// says so, with load or, for a batch read, bload. The loader is adapted only
+// then: a hit allocates nothing for it.
+func (c *Cache[V]) maybeEarlyRefresh(key string, e *entry[V], now int64, load LoadFunc[V], bload BatchLoadFunc[V]) {
+	if !c.wantEarlyRefresh(e, now) {
+		return
+	}
+	if load != nil {
+		c.refreshAsync(key, e.writtenAt, true, single(load))
+	} else {
+		c.refreshAsync(key, e.writtenAt, true, batch(bload))
 	}
 }
 
@@ -44,39 +52,40 @@ func (c *Cache[V]) wantEarlyRefresh(e *entry[V], now int64) bool {
 	return shouldRefreshEarly(c.random(), t, int64(e.delta), c.cfg.beta)
 }
 
-// refreshAsync reloads key in the background, through the per-process
-// flight and the lease. The refresh is skipped when writtenAt is no longer
-// the latest write (someone refreshed it), when another instance holds the
-// lease, or when WithMaxBackgroundRefreshes refreshes already run. An early
-// refresh that does call the loader counts as EventEarlyRefresh.
-func (c *Cache[V]) refreshAsync(key string, load LoadFunc[V], writtenAt int64, early bool) {
+// refreshAsync reloads key in the background, through the load core. The
+// refresh is skipped when writtenAt is no longer the latest write (someone
+// refreshed it), when another instance holds the lease, when this process
+// already refreshes the key, or when WithMaxBackgroundRefreshes refreshes
+// already run. An early refresh that does call the loader counts as
+// EventEarlyRefresh.
+func (c *Cache[V]) refreshAsync(key string, writtenAt int64, early bool, fn loader[V]) {
 	select {
 	case c.refreshQ <- struct{}{}:
 	default:
 		return
 	}
-	if !c.goBackground() {
+	fk := flightKey{flightBackground, key}
+	call, lead := c.flight.Begin(fk)
+	if !lead {
 		<-c.refreshQ
 		return
+	}
+	if !c.goBackground() {
+		c.flight.End(fk, call, entry[V]{}, ErrClosed)
+		<-c.refreshQ
+		return
+	}
+	if early {
+		inner := fn.fn
+		fn.fn = func(ctx context.Context, ks []string, out []loaded[V]) error {
+			c.rec.event(EventEarlyRefresh)
+			return inner(ctx, ks, out)
+		}
 	}
 	go func() {
 		defer c.bg.Done()
 		defer func() { <-c.refreshQ }()
-		// The flight key differs from reads', so that a read never waits
-		// for a refresh it did not ask for; two refreshes of one key in one
-		// process still share one load.
-		counted := load
-		if early {
-			counted = func(ctx context.Context) (V, error) {
-				c.rec.event(EventEarlyRefresh)
-				return load(ctx)
-			}
-		}
-		_, _ = c.shared(context.Background(), "\x00bg\x00"+key, func(ctx context.Context) (entry[V], error) {
-			if !c.cfg.lease {
-				return c.loadUnleased(ctx, key, counted, true)
-			}
-			return c.loadLeased(ctx, key, counted, leaseBackground, writtenAt)
-		})
+		kl := &keyLoad[V]{key: key, vk: c.st.layout.Value(key)}
+		c.runLoad(context.Background(), flightBackground, []*keyLoad[V]{kl}, []*flight.Call[entry[V]]{call}, loadBackground, writtenAt, fn)
 	}()
 }

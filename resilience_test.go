@@ -291,7 +291,7 @@ func TestFaultConnectionResetMidLoad(t *testing.T) {
 			d := time.Since(start)
 			t.Logf("next read from another instance: %q, %v in %v", v, err, d)
 			if err != nil {
-				leaseTTL, _ := s.Client(t).PTTL(ctx, keys.Lease(b.layout.Value("k"))).Result()
+				leaseTTL, _ := s.Client(t).PTTL(ctx, keys.Lease(b.st.layout.Value("k"))).Result()
 				t.Fatalf("after a fill failed on a reset connection, the key stays leased (lease PTTL now %v): "+
 					"another instance's read waited %v and failed with %v", leaseTTL, d, err)
 			}
@@ -327,7 +327,7 @@ func TestFaultRedisRestartEmpty(t *testing.T) {
 	if v, err := b.Get(ctx, "k"); err != nil || v != "v1" {
 		t.Fatalf("b.Get = %q, %v", v, err)
 	}
-	if _, ok := b.l1.get("k", nowMicro()); !ok {
+	if _, ok := b.l1.get("k"); !ok {
 		t.Fatal("b's L1 does not hold v1")
 	}
 	flushes := b.Stats().Count(EventL1Flush)
@@ -415,7 +415,7 @@ func TestFaultRedisRestartEmpty(t *testing.T) {
 	if v, err := b.Get(ctx, "k"); err != nil || v != "v2" {
 		t.Fatalf("b.Get = %q, %v", v, err)
 	}
-	if _, ok := b.l1.get("k", nowMicro()); !ok {
+	if _, ok := b.l1.get("k"); !ok {
 		t.Fatal("b's L1 did not take v2")
 	}
 	if err := a.Set(ctx, "k", "v3"); err != nil {
@@ -452,7 +452,7 @@ func TestFaultStalledSubscriptionNoticed(t *testing.T) {
 	if noticed > 2*interval+500*time.Millisecond {
 		t.Errorf("stall noticed after %v, want within 2 x %v plus slack", noticed, interval)
 	}
-	if _, ok := c.l1.get("k", nowMicro()); ok {
+	if _, ok := c.l1.get("k"); ok {
 		t.Error("L1 still holds k after the stall was noticed")
 	}
 	stall.Remove()
@@ -472,7 +472,7 @@ func TestFaultClusterMasterKilled(t *testing.T) {
 	cc := cl.Client(t, func(o *redis.ClusterOptions) { o.ContextTimeoutEnabled = true })
 	c := newCacheOn[string](t, cc, faultPrefix(t))
 	const key = "k"
-	victim := cl.MasterForKey(ctx, c.layout.Value(key))
+	victim := cl.MasterForKey(ctx, c.st.layout.Value(key))
 	if victim == nil {
 		t.Fatal("no master for the key")
 	}
@@ -543,7 +543,7 @@ func TestFaultClusterMasterKilled(t *testing.T) {
 			break
 		}
 		if promoted == 0 {
-			if m := cl.MasterForKey(ctx, c.layout.Value(key)); m != nil && m != victim {
+			if m := cl.MasterForKey(ctx, c.st.layout.Value(key)); m != nil && m != victim {
 				promoted = time.Since(killed)
 			}
 		} else if time.Since(killed) > promoted+3*time.Second && !staleTopology {
@@ -591,7 +591,7 @@ func TestFaultFlushAll(t *testing.T) {
 	prefix := faultPrefix(t)
 	a := newCacheOn[string](t, directClient(t, s), prefix)
 	b := newCacheOn[string](t, directClient(t, s), prefix)
-	lease := keys.Lease(a.layout.Value("k"))
+	lease := keys.Lease(a.st.layout.Value("k"))
 
 	started, gate := make(chan struct{}), make(chan struct{})
 	aDone := make(chan string, 1)
@@ -708,7 +708,7 @@ func TestFaultDeleteFailureClearsL1(t *testing.T) {
 	}
 	for _, fault := range []string{"proxy down", "blackhole"} {
 		t.Run(fault, func(t *testing.T) {
-			if _, ok := c.l1.get("k", nowMicro()); !ok {
+			if _, ok := c.l1.get("k"); !ok {
 				t.Fatal("L1 does not hold k")
 			}
 			var heal func()
@@ -724,13 +724,13 @@ func TestFaultDeleteFailureClearsL1(t *testing.T) {
 			if !errors.Is(err, ErrRedis) {
 				t.Fatalf("Delete = %v, want an error wrapping ErrRedis", err)
 			}
-			if _, ok := c.l1.get("k", nowMicro()); ok {
+			if _, ok := c.l1.get("k"); ok {
 				t.Fatal("the L1 copy survived the failed Delete")
 			}
 			if err := c.Set(ctx, "s", "v2"); !errors.Is(err, ErrRedis) {
 				t.Fatalf("Set = %v, want an error wrapping ErrRedis", err)
 			}
-			if e, ok := c.l1.get("s", nowMicro()); ok {
+			if e, ok := c.l1.get("s"); ok {
 				t.Fatalf("L1 holds %q for s after a failed Set", e.val)
 			}
 			heal()
@@ -892,7 +892,7 @@ func TestFaultLoaderPanicAndTimeout(t *testing.T) {
 			// b arrives while a loads: it waits on a's lease.
 			admin := directClient(t, s)
 			waitFor(t, time.Second, "a holds the lease", func() bool {
-				return admin.Exists(ctx, keys.Lease(a.layout.Value("k"))).Val() == 1
+				return admin.Exists(ctx, keys.Lease(a.st.layout.Value("k"))).Val() == 1
 			})
 			bStart := time.Now()
 			bv, berr := b.GetOrLoad(ctx, "k", constLoad("from b", 0))
@@ -1113,7 +1113,7 @@ func TestFaultForeignBytes(t *testing.T) {
 	frame := func(k string, flags uint8, payload []byte) []byte {
 		now := time.Now()
 		env := envelope.Envelope{Flags: flags, Codec: JSON.ID(), WrittenAt: now.UnixMicro(),
-			SoftExpiry: now.Add(time.Hour).UnixMicro(), KeyHash: keys.Hash(c.layout.Value(k)), Payload: payload}
+			SoftExpiry: now.Add(time.Hour).UnixMicro(), KeyHash: keys.Hash(c.st.layout.Value(k)), Payload: payload}
 		b, err := envelope.Append(nil, &env)
 		if err != nil {
 			t.Fatal(err)
@@ -1150,7 +1150,7 @@ func TestFaultForeignBytes(t *testing.T) {
 			t.Run(tc.name, func(t *testing.T) {
 				k := "big:" + tc.name
 				b := tc.b(k)
-				if err := rdb.Set(ctx, c.layout.Value(k), b, time.Minute).Err(); err != nil {
+				if err := rdb.Set(ctx, c.st.layout.Value(k), b, time.Minute).Err(); err != nil {
 					t.Fatal(err)
 				}
 				corrupt := c.Stats().Count(EventCorrupt)
@@ -1196,7 +1196,7 @@ func TestFaultForeignBytes(t *testing.T) {
 			for j := range b {
 				b[j] = byte(rand.Uint32())
 			}
-			if err := rdb.Set(ctx, c.layout.Value(ks[i]), b, time.Minute).Err(); err != nil {
+			if err := rdb.Set(ctx, c.st.layout.Value(ks[i]), b, time.Minute).Err(); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -1246,7 +1246,7 @@ func TestFaultForeignBytes(t *testing.T) {
 			slowest = max(slowest, time.Since(start))
 			cancel()
 			if err != nil || v != "db:"+k {
-				raw, _ := rdb.Get(ctx, c.layout.Value(k)).Bytes()
+				raw, _ := rdb.Get(ctx, c.st.layout.Value(k)).Bytes()
 				t.Fatalf("GetOrLoad over a garbage value (%d bytes) = %q, %v after %d keys went fine: Acquire judges random bytes "+
 					"fresh by their \"header\" and the forced retry is fooled by their \"write time\"", len(raw), v, err, i)
 			}

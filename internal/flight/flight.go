@@ -15,9 +15,11 @@ import (
 )
 
 // Group is a set of loads in flight, by key. The zero value is ready to use.
-type Group[T any] struct {
+// K is comparable so that a cache can key flights by more than a string
+// (the kind of load and the user key) without two kinds sharing a flight.
+type Group[K comparable, T any] struct {
 	mu sync.Mutex
-	m  map[string]*Call[T] // guarded by mu
+	m  map[K]*Call[T] // guarded by mu
 }
 
 // Call is one load in flight.
@@ -32,14 +34,14 @@ type Call[T any] struct {
 // Begin registers a load of key. When leader is true the caller leads it
 // and must call End exactly once, whatever happens; otherwise it joined a
 // load another caller leads.
-func (g *Group[T]) Begin(key string) (c *Call[T], leader bool) {
+func (g *Group[K, T]) Begin(key K) (c *Call[T], leader bool) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if c, ok := g.m[key]; ok {
 		return c, false
 	}
 	if g.m == nil {
-		g.m = make(map[string]*Call[T])
+		g.m = make(map[K]*Call[T])
 	}
 	c = &Call[T]{done: make(chan struct{})}
 	g.m[key] = c
@@ -49,7 +51,7 @@ func (g *Group[T]) Begin(key string) (c *Call[T], leader bool) {
 // End publishes the result of c, the load of key that the caller leads,
 // wakes its waiters and forgets the key, so that the next Begin starts a
 // new load.
-func (g *Group[T]) End(key string, c *Call[T], val T, err error) {
+func (g *Group[K, T]) End(key K, c *Call[T], val T, err error) {
 	g.mu.Lock()
 	if g.m[key] == c {
 		delete(g.m, key)
@@ -75,14 +77,14 @@ func (c *Call[T]) Wait(ctx context.Context) (T, error) {
 // flight, if any, goes on for the callers already waiting on it. A cache
 // calls it when key is written or invalidated: a reader that arrives after
 // the write must not get the result of a load that began before it.
-func (g *Group[T]) Forget(key string) {
+func (g *Group[K, T]) Forget(key K) {
 	g.mu.Lock()
 	delete(g.m, key)
 	g.mu.Unlock()
 }
 
 // ForgetAll is Forget for every key.
-func (g *Group[T]) ForgetAll() {
+func (g *Group[K, T]) ForgetAll() {
 	g.mu.Lock()
 	clear(g.m)
 	g.mu.Unlock()

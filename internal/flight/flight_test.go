@@ -10,7 +10,7 @@ import (
 )
 
 func TestOneLeaderManyWaiters(t *testing.T) {
-	var g Group[int]
+	var g Group[string, int]
 	var leaders atomic.Int64
 	var wg sync.WaitGroup
 	start := make(chan struct{})
@@ -45,7 +45,7 @@ func TestOneLeaderManyWaiters(t *testing.T) {
 }
 
 func TestWaiterLeavesLoadGoesOn(t *testing.T) {
-	var g Group[string]
+	var g Group[string, string]
 	c, lead := g.Begin("k")
 	if !lead {
 		t.Fatal("first Begin did not lead")
@@ -73,7 +73,7 @@ func TestWaiterLeavesLoadGoesOn(t *testing.T) {
 // A batch claims keys some of which are already in flight: it learns at
 // once which it leads.
 func TestBatchClaim(t *testing.T) {
-	var g Group[int]
+	var g Group[string, int]
 	single, _ := g.Begin("b")
 	lead := map[string]bool{}
 	calls := map[string]*Call[int]{}
@@ -96,7 +96,7 @@ func TestBatchClaim(t *testing.T) {
 // After Forget, a new caller starts a new load; the old one still ends for
 // its own waiters.
 func TestForget(t *testing.T) {
-	var g Group[int]
+	var g Group[string, int]
 	old, _ := g.Begin("k")
 	g.Forget("k")
 	fresh, lead := g.Begin("k")

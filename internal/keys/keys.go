@@ -28,6 +28,7 @@ type Layout struct {
 	base    string // "<prefix>:<version>:"
 	channel string
 	tagBase string
+	floor   string
 }
 
 // New returns the layout of namespace prefix at schema version version.
@@ -39,6 +40,7 @@ func New(prefix string, version int) Layout {
 		base:    base,
 		channel: prefix + ":" + v + ":__tiercache_invalidate",
 		tagBase: prefix + ":" + v + ":__tag:{",
+		floor:   prefix + ":" + v + ":__tagfloor",
 	}
 }
 
@@ -61,3 +63,6 @@ func (l Layout) Channel() string { return l.channel }
 
 // Tag returns the Redis key that holds tag t's version.
 func (l Layout) Tag(t string) string { return l.tagBase + t + "}" }
+
+// TagFloor is the key of the namespace's tag floor (see the TagFloor script).
+func (l Layout) TagFloor() string { return l.floor }

@@ -4,8 +4,9 @@ import "github.com/redis/go-redis/v9"
 
 // The Lua scripts. Each touches only keys of one hash slot (a value key and
 // its lease), so each runs on Redis Cluster. go-redis's Script runs EVALSHA
-// and falls back to EVAL once on NOSCRIPT, so a restarted or flushed server
-// needs nothing from us.
+// and falls back to EVAL once on NOSCRIPT; in a pipeline the cache re-sends
+// with EVAL only the commands that a node refused with NOSCRIPT (see
+// store.runScript), so that nothing runs twice.
 
 // Acquire reads the value and, unless it is fresh, tries to take the lease.
 //
@@ -16,7 +17,8 @@ import "github.com/redis/go-redis/v9"
 //
 // It returns {state, value, lease pttl, server time}: state 2 = the value is
 // fresh (no lease taken), 1 = the lease is ours, 0 = someone else holds it.
-// value is "" when absent. The server time (Unix µs, from TIME) is when the
+// value is "" when absent. A lease that already holds the token is the
+// caller's (a retry whose first reply was lost) and is reported as taken. The server time (Unix µs, from TIME) is when the
 // lease was taken: a tag invalidated after it may have changed what the
 // holder loads (see TagRead). Freshness is read from the frame: the write time is 8 bytes
 // big-endian at offset 4, the logical expiry at offset 12 (0-based); bytes
@@ -38,7 +40,8 @@ end
 if not v then v = '' end
 local t = redis.call('TIME')
 local now = string.format('%.0f', t[1] * 1000000 + t[2])
-if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+-- The lease may already be ours: a retry after a reply that was lost.
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) or redis.call('GET', KEYS[2]) == ARGV[1] then
   return {1, v, 0, now}
 end
 return {0, v, redis.call('PTTL', KEYS[2]), now}
@@ -92,6 +95,11 @@ return redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 //	KEYS[1] tag key
 //	ARGV[1] version for a new tag key (the load's start, Unix µs) or "0" for
 //	        the server's time now; ARGV[2] the value's TTL in ms
+//
+// It returns {version, created}: created is 1 when the key was absent. A
+// load that finds its tag key absent cannot tell a tag never invalidated
+// from one invalidated during the load whose key then vanished (evicted,
+// deleted); the cache asks TagFloor which.
 var TagRead = redis.NewScript(`
 local v = redis.call('GET', KEYS[1])
 if not v then
@@ -101,29 +109,53 @@ if not v then
     v = string.format('%.0f', t[1] * 1000000 + t[2])
   end
   redis.call('SET', KEYS[1], v, 'PX', ARGV[2])
-  return v
+  return {v, 1}
 end
 local ttl = redis.call('PTTL', KEYS[1])
 if ttl >= 0 and ttl < tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return {v, 0}
+`)
+
+// TagFloor reads or raises the namespace's tag floor: the server time of the
+// latest tag invalidation in the namespace (Unix µs). With ARGV[1] "1" it
+// raises the floor to the server's time now (InvalidateTags, before it bumps
+// its tags); with "0" it only reads it, 0 when absent (no tag of the
+// namespace was ever invalidated, or the floor was evicted or flushed: the
+// one gap, which needs the floor and a tag key both evicted during a load
+// that an invalidation of that tag overlapped). The floor has no TTL.
+//
+//	KEYS[1] floor key, ARGV[1] "1" to raise, "0" to read
+var TagFloor = redis.NewScript(`
+local t = redis.call('TIME')
+local now = t[1] * 1000000 + t[2]
+local v = redis.call('GET', KEYS[1])
+if ARGV[1] == '1' then
+  if v then now = math.max(now, tonumber(v)) end
+  redis.call('SET', KEYS[1], string.format('%.0f', now))
+  return string.format('%.0f', now)
+end
+if not v then return '0' end
 return v
 `)
 
 // TagBump invalidates a tag: its version becomes max(version+1, server time
-// now), so versions only grow. An absent tag key is created with that
-// version for ARGV[1] ms, long enough for loads in flight to see it and
-// refuse their fills.
+// now), so versions only grow, and the tag key lives at least ARGV[1] ms
+// more, long enough for every load in flight to see the new version and
+// refuse its fill (a tag key that expired during a load would be recreated
+// at the load's start, and the invalidation forgotten).
 //
-//	KEYS[1] tag key, ARGV[1] TTL in ms for a tag key that did not exist
+//	KEYS[1] tag key, ARGV[1] the least TTL in ms the tag key keeps
 var TagBump = redis.NewScript(`
 local t = redis.call('TIME')
 local now = t[1] * 1000000 + t[2]
 local v = redis.call('GET', KEYS[1])
-if not v then
-  local s = string.format('%.0f', now)
+local s = string.format('%.0f', now)
+if v then s = string.format('%.0f', math.max(tonumber(v) + 1, now)) end
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl >= 0 and ttl > tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], s, 'KEEPTTL')
+else
   redis.call('SET', KEYS[1], s, 'PX', ARGV[1])
-  return s
 end
-local s = string.format('%.0f', math.max(tonumber(v) + 1, now))
-redis.call('SET', KEYS[1], s, 'KEEPTTL')
 return s
 `)

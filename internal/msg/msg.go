@@ -1,0 +1,186 @@
+// Package msg is the wire codec of tiercache's L1-invalidation messages,
+// which instances publish to each other over Redis pub/sub.
+//
+// A message is an 11-byte header, 'T', the version 1, the sender's 8-byte
+// instance id and a kind byte, followed by entries: for KindKeys repeated
+// {uvarint length, key}, for KindTags repeated {uvarint length, name,
+// 8-byte big-endian version}, for KindAll nothing. The layout is a contract
+// between tiercache versions running side by side, so it must not change
+// without a new version.
+//
+// Any client of the Redis can publish on the channel, so Decode treats its
+// input as hostile: it never panics, allocates only in proportion to the
+// bytes present, and writes its length checks so that they cannot overflow.
+package msg
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/tiercache/tiercache/internal/envelope"
+)
+
+const (
+	// Version is the only message version this package writes and reads.
+	Version = 1
+	// HeaderSize is the length of the header: magic, version, sender, kind.
+	HeaderSize = 11
+	// MaxSize is the size Encode keeps each message within, so that one
+	// large batch does not become one huge pub/sub message; a single entry
+	// larger than that still goes, alone in its message.
+	MaxSize = 64 << 10
+)
+
+const magic = 'T'
+
+// Kind says what a message invalidates.
+type Kind byte
+
+// The kinds of message.
+const (
+	KindKeys Kind = 'k' // the listed keys
+	KindTags Kind = 't' // the listed tags, now at the versions given
+	KindAll  Kind = 'a' // everything: the receiver flushes its L1
+)
+
+// ErrMalformed wraps every Decode failure.
+var ErrMalformed = errors.New("msg: malformed invalidation message")
+
+// Message is one decoded invalidation message.
+type Message struct {
+	Sender [8]byte
+	Kind   Kind
+	Keys   []string       // KindKeys
+	Tags   []envelope.Tag // KindTags
+}
+
+// Encode returns the messages that carry keys and tags from sender (keys in
+// 'k' messages, tags in 't' messages, each split at MaxSize), or, with all,
+// a single 'a' message (keys and tags are then ignored). No keys and no tags
+// and !all: nil.
+//
+// Empty keys, and tag names empty or longer than envelope.MaxTagLen, are
+// left out: no cache entry can have them, and Decode would reject the
+// message that carried them.
+func Encode(sender [8]byte, keys []string, tags []envelope.Tag, all bool) [][]byte {
+	if all {
+		return [][]byte{header(sender, KindAll)}
+	}
+	var msgs [][]byte
+	// Split where the old publisher did: before an entry that, with a
+	// worst-case length prefix, would take a non-empty message past MaxSize.
+	m := header(sender, KindKeys)
+	for _, k := range keys {
+		if k == "" {
+			continue
+		}
+		if len(m) > HeaderSize && len(m)+len(k)+binary.MaxVarintLen64 > MaxSize {
+			msgs, m = append(msgs, m), header(sender, KindKeys)
+		}
+		m = binary.AppendUvarint(m, uint64(len(k)))
+		m = append(m, k...)
+	}
+	if len(m) > HeaderSize {
+		msgs = append(msgs, m)
+	}
+	m = header(sender, KindTags)
+	for _, t := range tags {
+		if t.Name == "" || len(t.Name) > envelope.MaxTagLen {
+			continue
+		}
+		if len(m) > HeaderSize && len(m)+len(t.Name)+binary.MaxVarintLen64+8 > MaxSize {
+			msgs, m = append(msgs, m), header(sender, KindTags)
+		}
+		m = binary.AppendUvarint(m, uint64(len(t.Name)))
+		m = append(m, t.Name...)
+		m = binary.BigEndian.AppendUint64(m, t.Version)
+	}
+	if len(m) > HeaderSize {
+		msgs = append(msgs, m)
+	}
+	return msgs
+}
+
+func header(sender [8]byte, kind Kind) []byte {
+	m := make([]byte, HeaderSize, 256)
+	m[0], m[1], m[10] = magic, Version, byte(kind)
+	copy(m[2:10], sender[:])
+	return m
+}
+
+// Decode parses one payload. It takes a string, which is what go-redis gives
+// for a pub/sub payload, and reads it in place; the keys and tag names it
+// returns are copies, so that holding one does not pin the whole payload.
+// A KindAll message may carry trailing bytes, which are ignored (as earlier
+// versions did); a KindKeys or KindTags message may have no entries.
+func Decode(payload string) (Message, error) {
+	var m Message
+	if len(payload) < HeaderSize {
+		return m, fmt.Errorf("%w: %d bytes, shorter than the %d-byte header", ErrMalformed, len(payload), HeaderSize)
+	}
+	if payload[0] != magic {
+		return m, fmt.Errorf("%w: magic byte %#x, want %#x", ErrMalformed, payload[0], magic)
+	}
+	if payload[1] != Version {
+		return m, fmt.Errorf("%w: version %d, want %d", ErrMalformed, payload[1], Version)
+	}
+	copy(m.Sender[:], payload[2:10])
+	m.Kind = Kind(payload[10])
+	b := payload[HeaderSize:]
+	switch m.Kind {
+	case KindAll:
+		return m, nil
+	case KindKeys, KindTags:
+	default:
+		return Message{}, fmt.Errorf("%w: unknown kind %#x", ErrMalformed, payload[10])
+	}
+	for len(b) > 0 {
+		off := len(payload) - len(b)
+		// binary.Uvarint is inlined and only reads, so the compiler
+		// converts without copying (TestDecodeAllocs checks).
+		n, w := binary.Uvarint([]byte(b[:min(len(b), binary.MaxVarintLen64)]))
+		if w <= 0 {
+			return Message{}, fmt.Errorf("%w: truncated or overlong length at byte %d", ErrMalformed, off)
+		}
+		rest := len(b) - w
+		if m.Kind == KindKeys {
+			if n == 0 {
+				return Message{}, fmt.Errorf("%w: empty key at byte %d", ErrMalformed, off)
+			}
+			if n > uint64(rest) {
+				return Message{}, fmt.Errorf("%w: key of %d bytes at byte %d, %d bytes left", ErrMalformed, n, off, rest)
+			}
+			m.Keys = append(m.Keys, strings.Clone(b[w:w+int(n)]))
+			b = b[w+int(n):]
+			continue
+		}
+		if n == 0 || n > envelope.MaxTagLen {
+			return Message{}, fmt.Errorf("%w: tag name of %d bytes at byte %d, want 1 to %d", ErrMalformed, n, off, envelope.MaxTagLen)
+		}
+		if rest < 8 || n > uint64(rest-8) {
+			return Message{}, fmt.Errorf("%w: tag of %d+8 bytes at byte %d, %d bytes left", ErrMalformed, n, off, rest)
+		}
+		name, v := b[w:w+int(n)], b[w+int(n):w+int(n)+8]
+		m.Tags = append(m.Tags, envelope.Tag{Name: strings.Clone(name), Version: binary.BigEndian.Uint64([]byte(v))})
+		b = b[w+int(n)+8:]
+	}
+	return m, nil
+}
+
+// HasHeader reports whether payload starts like a tiercache message of
+// this version (magic, version, a known kind), whoever sent it: a payload
+// that does and still fails to Decode was meant to invalidate something
+// (it was truncated, say), while one that does not is foreign bytes on the
+// channel.
+func HasHeader(payload string) bool {
+	if len(payload) < HeaderSize || payload[0] != magic || payload[1] != Version {
+		return false
+	}
+	switch Kind(payload[10]) {
+	case KindKeys, KindTags, KindAll:
+		return true
+	}
+	return false
+}

@@ -1,0 +1,242 @@
+package tiercache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/tiercache/tiercache/internal/envelope"
+	"github.com/tiercache/tiercache/internal/keys"
+)
+
+// The read path without a loader: L1, then Redis. A fresh Redis hit fills
+// L1 unless an invalidation raced the read (see local.fill). Bytes that do
+// not decode, or whose tags were invalidated, are a counted miss.
+
+// Get returns the cached value of key, from L1 or Redis. It returns
+// [ErrMiss] when the key is not cached or its value is past its logical
+// expiry, and [ErrNotFound] for a cached "not found". A Redis failure is an
+// error that wraps both [ErrMiss] and [ErrRedis], so that code that treats
+// a miss as "go to the database" keeps working while Redis is down.
+func (c *Cache[V]) Get(ctx context.Context, key string) (V, error) {
+	var zero V
+	if err := c.check(key); err != nil {
+		return zero, err
+	}
+	if e, ok := c.getL1(key); ok {
+		return e.result()
+	}
+	e, found, err := c.getL2(ctx, key)
+	switch {
+	case err != nil:
+		return zero, fmt.Errorf("%w: %w", ErrMiss, err)
+	case !found || !e.fresh(nowMicro()):
+		return zero, ErrMiss
+	}
+	return e.result()
+}
+
+// GetMany returns the fresh cached values of keys, from L1 and then Redis in
+// one round trip per Redis node (MGET on a single node; a pipeline of GETs
+// grouped by node on a cluster, so it never fails with CROSSSLOT). Keys that
+// are not cached, expired or cached as not found are absent from the map;
+// duplicates are read once. A Redis failure returns the values found in L1
+// and an error wrapping [ErrMiss] and [ErrRedis].
+func (c *Cache[V]) GetMany(ctx context.Context, keys []string) (map[string]V, error) {
+	uniq, err := c.checkKeys(keys)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]V, len(uniq))
+	rest := c.manyFromL1(uniq, out, nil)
+	if len(rest) == 0 {
+		return out, nil
+	}
+	es, found, err := c.getManyL2(ctx, rest)
+	if err != nil {
+		return out, fmt.Errorf("%w: %w", ErrMiss, err)
+	}
+	now := nowMicro()
+	for i, k := range rest {
+		if found[i] && es[i].fresh(now) && !es[i].neg {
+			out[k] = es[i].val
+		}
+	}
+	return out, nil
+}
+
+// result is what a read of e returns to the caller.
+func (e *entry[V]) result() (V, error) {
+	if e.neg {
+		var zero V
+		return zero, ErrNotFound
+	}
+	return e.val, nil
+}
+
+// getL1 looks key up in L1, counting the lookup; the observer is told.
+func (c *Cache[V]) getL1(key string) (*entry[V], bool) {
+	if c.l1 == nil {
+		return nil, false
+	}
+	e, ok := c.l1.get(key)
+	if c.rec.timed {
+		// Not timed: a clock read costs more than the lookup.
+		c.rec.obs.Lookup(TierL1, ok, 0)
+	}
+	if ok && e.neg {
+		c.rec.event(EventNegativeHit)
+	}
+	return e, ok
+}
+
+// manyFromL1 moves the L1 hits of ks into out and returns the keys left.
+// With a loader, hits near expiry may start an early refresh.
+func (c *Cache[V]) manyFromL1(ks []string, out map[string]V, load BatchLoadFunc[V]) []string {
+	if c.l1 == nil {
+		return ks
+	}
+	rest := ks[:0:0]
+	for _, k := range ks {
+		e, ok := c.getL1(k)
+		if !ok {
+			rest = append(rest, k)
+			continue
+		}
+		if !e.neg {
+			out[k] = e.val
+		}
+		if load != nil {
+			c.maybeEarlyRefresh(k, e, c.l1.now(), nil, load)
+		}
+	}
+	return rest
+}
+
+// getL2 reads key from Redis. Stale values are returned too, for the
+// caller to judge.
+func (c *Cache[V]) getL2(ctx context.Context, key string) (e entry[V], found bool, err error) {
+	vk := c.st.layout.Value(key)
+	tok := c.l1.token(key)
+	start := c.rec.now()
+	b, err := c.st.get(ctx, vk)
+	if err != nil {
+		if !errors.Is(err, errBreakerOpen) { // a bypassed Redis was not asked
+			c.rec.lookupL2(false, start)
+		}
+		return e, false, err
+	}
+	ks, vks, raws, toks := [1]string{key}, [1]string{vk}, [1][]byte{b}, [1]fillToken{tok}
+	var es [1]entry[V]
+	var fs [1]bool
+	c.decodeChecked(ctx, ks[:], vks[:], raws[:], es[:], fs[:])
+	c.countL2(start, ks[:], toks[:], es[:], fs[:])
+	return es[0], fs[0], nil
+}
+
+// getManyL2 reads ks from Redis in one round trip per node.
+func (c *Cache[V]) getManyL2(ctx context.Context, ks []string) ([]entry[V], []bool, error) {
+	vks := make([]string, len(ks))
+	toks := make([]fillToken, len(ks))
+	for i, k := range ks {
+		vks[i] = c.st.layout.Value(k)
+		toks[i] = c.l1.token(k)
+	}
+	start := c.rec.now()
+	raw, err := c.st.getMany(ctx, vks)
+	if err != nil {
+		if !errors.Is(err, errBreakerOpen) {
+			for range ks {
+				c.rec.lookupL2(false, start)
+			}
+		}
+		return nil, nil, err
+	}
+	es, found := make([]entry[V], len(ks)), make([]bool, len(ks))
+	c.decodeChecked(ctx, ks, vks, raw, es, found)
+	c.countL2(start, ks, toks, es, found)
+	return es, found, nil
+}
+
+// countL2 counts the Redis lookups of ks and fills L1 with the fresh hits.
+func (c *Cache[V]) countL2(start time.Time, ks []string, toks []fillToken, es []entry[V], found []bool) {
+	now := nowMicro()
+	for i, k := range ks {
+		hit := found[i] && es[i].fresh(now)
+		c.rec.lookupL2(hit, start)
+		if hit {
+			if es[i].neg {
+				c.rec.event(EventNegativeHit)
+			}
+			c.l1.fill(k, toks[i], es[i], c.l1.limit())
+		}
+	}
+}
+
+// decodeChecked decodes raw[i] (nil: absent), stored under vks[i] for
+// ks[i], into es[i], and sets found[i] when it holds a usable entry: one
+// that decodes and whose tags still have the versions it was written with,
+// read from Redis in one round trip per node for all the tagged entries.
+// On a Redis failure tagged entries are not found: the read goes on to the
+// loader. Every read of stored bytes, by Get, GetMany or a lease acquire,
+// comes through here.
+func (c *Cache[V]) decodeChecked(ctx context.Context, ks, vks []string, raw [][]byte, es []entry[V], found []bool) {
+	tagged := 0
+	for i, b := range raw {
+		found[i] = false
+		if b == nil {
+			continue
+		}
+		if err := decode(c.vc, b, keys.Hash(vks[i]), &es[i]); err != nil {
+			c.rec.event(EventCorrupt)
+			c.log.Warn("tiercache: unreadable cached value treated as a miss", "key", ks[i], "err", err)
+			continue
+		}
+		found[i] = true
+		if len(es[i].tags) > 0 {
+			tagged++
+		}
+	}
+	if tagged > 0 {
+		c.checkTags(ctx, es, found)
+	}
+}
+
+// checkTags clears found[i] for each found entry whose tags are no longer
+// at the versions it was written with.
+func (c *Cache[V]) checkTags(ctx context.Context, es []entry[V], found []bool) {
+	var names []string
+	index := map[string]int{}
+	for i := range es {
+		if !found[i] {
+			continue
+		}
+		for _, t := range es[i].tags {
+			if _, seen := index[t.Name]; !seen {
+				index[t.Name] = len(names)
+				names = append(names, t.Name)
+			}
+		}
+	}
+	cur, have, err := c.st.tagGet(ctx, names)
+	for i := range es {
+		if !found[i] {
+			continue
+		}
+		for _, t := range es[i].tags {
+			if j := index[t.Name]; err != nil || !have[j] || cur[j] != t.Version {
+				found[i] = false
+			}
+		}
+	}
+	if err == nil && c.l1 != nil {
+		seen := make([]envelope.Tag, 0, len(names))
+		for j, n := range names {
+			if have[j] {
+				seen = append(seen, envelope.Tag{Name: n, Version: cur[j]})
+			}
+		}
+		c.l1.observeTags(seen)
+	}
+}

@@ -1,0 +1,233 @@
+package tiercache
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/tiercache/tiercache/internal/envelope"
+	"github.com/tiercache/tiercache/internal/keys"
+)
+
+// The write path. A write goes to Redis first, removing the key's lease in
+// the same step (so that a load in flight cannot write back what it loaded
+// before the write); then to this instance's L1, conditionally on a token
+// taken before the Redis write (see local.store); then to the other
+// instances' L1s, by one invalidation message.
+
+// Set writes v under key, in Redis and in this instance's L1, and tells the
+// other instances to drop their L1 copies. It also removes the key's lease,
+// so that a load in flight that started before the Set cannot overwrite it.
+// Tags the key had are replaced by those of opts (none without [WithTags]).
+//
+// A Redis failure is returned (wrapping [ErrRedis]) and the local L1 copy is
+// dropped: the caller should treat the cache as not updated, and either
+// retry or Delete the key once Redis is back.
+func (c *Cache[V]) Set(ctx context.Context, key string, v V, opts ...SetOption) error {
+	if err := c.check(key); err != nil {
+		return err
+	}
+	items := [1]item[V]{{key, v}}
+	return c.set(ctx, items[:], opts)
+}
+
+// SetMany writes items as [Cache.Set] does, in one round trip per Redis
+// node, and tells the other instances to drop them in one message. On a
+// Redis failure the local L1 copies are dropped and the error (wrapping
+// [ErrRedis]) returned; some items may have been written: retry, or Delete
+// them.
+func (c *Cache[V]) SetMany(ctx context.Context, items map[string]V, opts ...SetOption) error {
+	if c.closed.Load() {
+		return ErrClosed
+	}
+	list := make([]item[V], 0, len(items))
+	for k, v := range items {
+		if k == "" {
+			return ErrInvalidKey
+		}
+		list = append(list, item[V]{k, v})
+	}
+	return c.set(ctx, list, opts)
+}
+
+type item[V any] struct {
+	key string
+	val V
+}
+
+// set is the one write-through, for one item or many.
+func (c *Cache[V]) set(ctx context.Context, items []item[V], opts []SetOption) error {
+	sc := setConfig{ttl: c.cfg.ttl}
+	for _, o := range opts {
+		if o != nil {
+			o(&sc)
+		}
+	}
+	switch {
+	case sc.ttl <= 0:
+		return fmt.Errorf("%w: TTL %v must be positive", ErrInvalidOption, sc.ttl)
+	case sc.noCache:
+		return fmt.Errorf("%w: NoCache is for loaders (LoadOptions); to not cache a value, do not Set it", ErrInvalidOption)
+	case len(items) == 0:
+		return nil
+	}
+	tagNames, err := checkTags(sc.tags)
+	if err != nil {
+		return err
+	}
+	now := nowMicro()
+	softExp := make([]int64, len(items))
+	var longest time.Duration
+	for i := range items {
+		ttl := c.jitter(sc.ttl)
+		softExp[i] = satAddMicros(now, ttl)
+		longest = max(longest, ttl)
+	}
+	// The tags' keys must outlive the longest TTL of the items.
+	tags, _, err := c.st.tagRead(ctx, tagNames, 0, c.redisTTL(longest))
+	if err != nil {
+		return err
+	}
+	ws := make([]frameWrite, len(items))
+	es := make([]entry[V], len(items))
+	for i, it := range items {
+		vk := c.st.layout.Value(it.key)
+		b, err := c.vc.encode(it.val, false, keys.Hash(vk), now, softExp[i], 0, tags)
+		if err != nil {
+			return fmt.Errorf("key %q: %w", it.key, err)
+		}
+		ws[i] = frameWrite{vk: vk, frame: b, ttl: c.redisTTL(time.Duration(softExp[i]-now) * time.Microsecond)}
+		es[i] = entry[V]{val: it.val, writtenAt: now, softExp: softExp[i], size: len(b), tags: tags}
+	}
+	toks := make([]fillToken, len(items))
+	for i, it := range items {
+		toks[i] = c.l1.token(it.key)
+	}
+	err = c.st.set(ctx, ws)
+	ks := make([]string, len(items))
+	for i, it := range items {
+		ks[i] = it.key
+		c.forget(it.key)
+		if err != nil {
+			c.l1.invalidate(it.key)
+		} else {
+			c.l1.store(it.key, toks[i], es[i])
+		}
+	}
+	if err != nil {
+		return err
+	}
+	return c.inv.send(ctx, ks, nil, false)
+}
+
+// Delete removes keys from Redis and from every instance's L1, with their
+// leases, so that loads in flight for them do not write back what they
+// loaded before the Delete. On a Redis failure the local L1 copies are
+// dropped anyway and the error (wrapping [ErrRedis]) is returned: the keys
+// may still be in Redis, so retry the Delete.
+func (c *Cache[V]) Delete(ctx context.Context, keys ...string) error {
+	for _, k := range keys {
+		if err := c.check(k); err != nil {
+			return err
+		}
+	}
+	if len(keys) == 0 {
+		return nil
+	}
+	c.dropLocal(keys...)
+	vks := make([]string, len(keys))
+	for i, k := range keys {
+		vks[i] = c.st.layout.Value(k)
+	}
+	err := c.st.del(ctx, vks)
+	// Again now that Redis has no value: a read that ran between the first
+	// drop and the DEL may have put the old value back in L1 (its fill
+	// token predates this second drop, so a fill still in flight is refused).
+	c.dropLocal(keys...)
+	if err != nil {
+		return err
+	}
+	return c.inv.send(ctx, keys, nil, false)
+}
+
+// dropLocal removes keys from this instance: from L1, refusing fills of
+// reads that began before, and from the flights, so that a read that
+// begins now does not join a load that began before the change.
+func (c *Cache[V]) dropLocal(keys ...string) {
+	for _, k := range keys {
+		c.forget(k)
+		c.l1.invalidate(k)
+	}
+}
+
+// InvalidateTags makes every value carrying any of tags unreachable: in
+// Redis as soon as it returns, for every instance's Redis reads, and in the
+// L1 of every instance as soon as its invalidation message arrives (this
+// instance's at once). Loads in flight that read data before the
+// invalidation do not cache what they loaded, even if a tag's key vanishes
+// from Redis meanwhile. Values are removed lazily: they stay in Redis,
+// unreadable, until their TTL.
+//
+// A Redis failure is returned (wrapping [ErrRedis]): the tags may not be
+// invalidated, so retry.
+func (c *Cache[V]) InvalidateTags(ctx context.Context, tags ...string) error {
+	if c.closed.Load() {
+		return ErrClosed
+	}
+	tags, err := checkTags(tags)
+	if err != nil || len(tags) == 0 {
+		return err
+	}
+	// A tag key must outlive every load that may be in flight.
+	keep := satAdd(satAdd(c.cfg.loadTimeout, c.cfg.loadTimeout), c.cfg.leaseTTL)
+	versions, err := c.st.tagBump(ctx, tags, keep)
+	if err != nil {
+		return err
+	}
+	// Loads in flight may carry these tags: readers from now on start anew.
+	c.flight.ForgetAll()
+	c.l1.observeTags(versions)
+	return c.inv.send(ctx, nil, versions, false)
+}
+
+// Invalidation is what changed, for [Cache.Invalidate].
+type Invalidation struct {
+	Keys []string // keys to delete
+	Tags []string // tags to invalidate
+}
+
+// Invalidate applies an invalidation: it deletes inv.Keys and invalidates
+// inv.Tags, in every tier of every instance (an instance without L1
+// publishes to the others all the same). It is the one call to make from a
+// consumer of your own change events (a Kafka or NATS subscriber, a
+// database's change stream), so that the cache follows writes made
+// elsewhere. Like Delete and InvalidateTags it returns Redis errors; a
+// consumer should not acknowledge the event until it returns nil.
+func (c *Cache[V]) Invalidate(ctx context.Context, inv Invalidation) error {
+	if err := c.Delete(ctx, inv.Keys...); err != nil {
+		return err
+	}
+	return c.InvalidateTags(ctx, inv.Tags...)
+}
+
+// checkTags validates tag names and drops duplicates.
+func checkTags(tags []string) ([]string, error) {
+	if len(tags) == 0 {
+		return nil, nil
+	}
+	seen := make(map[string]struct{}, len(tags))
+	out := make([]string, 0, len(tags))
+	for _, t := range tags {
+		if t == "" || len(t) > envelope.MaxTagLen {
+			return nil, fmt.Errorf("%w: %q: want 1 to %d bytes", ErrInvalidTag, t, envelope.MaxTagLen)
+		}
+		if _, dup := seen[t]; !dup {
+			seen[t] = struct{}{}
+			out = append(out, t)
+		}
+	}
+	if len(out) > envelope.MaxTags {
+		return nil, fmt.Errorf("%w: %d tags, at most %d", ErrInvalidTag, len(out), envelope.MaxTags)
+	}
+	return out, nil
+}
