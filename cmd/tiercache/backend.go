@@ -4,8 +4,10 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -53,9 +55,9 @@ func openBackend(ctx context.Context, cfg config) (*backend, error) {
 		be.info = redisInfo{Kind: "cluster", Addr: strings.Join(addrs, ","),
 			Description: "Redis Cluster at " + strings.Join(addrs, ",")}
 	case cfg.RedisURL != "":
-		opts, err := redis.ParseURL(cfg.RedisURL)
+		opts, err := parseRedisURL(cfg.RedisURL)
 		if err != nil {
-			return nil, usagef("--redis %q: %v", redactURL(cfg.RedisURL), err)
+			return nil, &usageError{err: err}
 		}
 		opts.ContextTimeoutEnabled = true
 		be.newClient = func() redis.UniversalClient {
@@ -75,16 +77,33 @@ func openBackend(ctx context.Context, cfg config) (*backend, error) {
 			return redis.NewClient(&redis.Options{Addr: m.Addr(), ContextTimeoutEnabled: true})
 		}
 		be.info = redisInfo{Kind: "embedded", Addr: m.Addr(),
-			Description: "embedded miniredis (in-process) at " + m.Addr() + "; --redis URL or --cluster addrs for a real one"}
+			Description: "embedded miniredis (in-process) at " + m.Addr() + "; --redis or --cluster for a real one"}
 	}
 	be.admin = be.newClient()
-	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	pctx, cancel := context.WithTimeout(ctx, pingTimeout)
 	defer cancel()
 	if err := ping(pctx, be.admin); err != nil {
 		be.close()
-		return nil, fmt.Errorf("%s: %w", be.info.Description, err)
+		if pctx.Err() != nil && ctx.Err() == nil {
+			return nil, fmt.Errorf("%s did not answer PING within %v", be.where(), pingTimeout)
+		}
+		return nil, fmt.Errorf("%s: %w", be.where(), err)
 	}
 	return be, nil
+}
+
+// pingTimeout bounds the PING that checks the Redis before the run.
+var pingTimeout = 5 * time.Second
+
+// where names the Redis in an error: "redis at 127.0.0.1:6379".
+func (be *backend) where() string {
+	switch be.info.Kind {
+	case "cluster":
+		return "redis cluster at " + be.info.Addr
+	case "embedded":
+		return "embedded redis at " + be.info.Addr
+	}
+	return "redis at " + be.info.Addr
 }
 
 func ping(ctx context.Context, rdb redis.UniversalClient) error {
@@ -176,13 +195,57 @@ func (be *backend) close() {
 	}
 }
 
-// redactURL hides a password in a Redis URL.
-func redactURL(s string) string {
-	u, err := url.Parse(s)
-	if err != nil {
-		return "(unparsable URL)"
+// parseRedisURL parses --redis. Its errors quote the URL as given (but
+// for a password) and say what is wrong with it.
+func parseRedisURL(s string) (*redis.Options, error) {
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("--redis %q: %s (want a URL such as redis://localhost:6379/0)",
+			redactURL(s), fmt.Sprintf(format, args...))
 	}
-	return u.Redacted()
+	scheme, rest, ok := strings.Cut(s, "://")
+	scheme = strings.ToLower(scheme)
+	if !ok || scheme != "redis" && scheme != "rediss" && scheme != "unix" {
+		return nil, bad("not a redis:// or rediss:// URL")
+	}
+	if scheme != "unix" {
+		hostport := rest[:strings.IndexAny(rest+"/", "/?#")]
+		hostport = hostport[strings.LastIndex(hostport, "@")+1:]
+		if i := strings.LastIndex(hostport, ":"); i >= 0 && !strings.Contains(hostport[i:], "]") {
+			port := hostport[i+1:]
+			if n, err := strconv.Atoi(port); port != "" && (err != nil || n < 1 || n > 65535) {
+				return nil, bad("port %q is not a number from 1 to 65535", port)
+			}
+		}
+	}
+	opts, err := redis.ParseURL(s)
+	if err != nil {
+		// A *url.Error's message holds the whole URL, password and all.
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return nil, bad("%s", strings.TrimPrefix(err.Error(), "redis: "))
+	}
+	return opts, nil
+}
+
+// redactURL hides the password of a Redis URL and leaves the rest as it
+// was given.
+func redactURL(s string) string {
+	scheme, rest, ok := strings.Cut(s, "://")
+	if !ok {
+		return s
+	}
+	authority := rest[:strings.IndexAny(rest+"/", "/?#")]
+	at := strings.LastIndex(authority, "@")
+	if at < 0 {
+		return s
+	}
+	user, _, hasPassword := strings.Cut(authority[:at], ":")
+	if !hasPassword {
+		return s
+	}
+	return scheme + "://" + user + ":xxxxx" + rest[at:]
 }
 
 // newRunID returns a short random id that keeps the keys of concurrent

@@ -6,23 +6,32 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"runtime/debug"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
-
-	"github.com/redis/go-redis/v9"
 )
 
 // usageError is a bad command line: run's caller exits with status 2.
-type usageError struct{ err error }
+type usageError struct {
+	err  error
+	hint string // printed after the error, where to read the usage; or ""
+}
 
 func (e *usageError) Error() string { return e.err.Error() }
 func (e *usageError) Unwrap() error { return e.err }
 
 func usagef(format string, args ...any) error {
-	return &usageError{fmt.Errorf(format, args...)}
+	return &usageError{err: fmt.Errorf(format, args...)}
 }
+
+// The hints of a usage error that a look at the usage would fix.
+const (
+	commandHint = "Run \"tiercache help\" for the commands and the demo's flags.\n"
+	demoHint    = "Run \"tiercache demo -h\" for the demo's flags.\n"
+)
 
 const usageText = `tiercache shows what each layer of tiercache buys, with numbers and plots.
 
@@ -38,12 +47,11 @@ Run "tiercache demo -h" for the demo's flags.
 // Reports go to stdout, progress and diagnostics to stderr.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		fmt.Fprint(stderr, usageText)
-		return usagef("no command given")
+		return &usageError{err: errors.New("no command given"), hint: "\n" + usageText}
 	}
 	switch args[0] {
 	case "demo":
-		cfg, err := parseDemoFlags(args[1:], stderr)
+		cfg, err := parseDemoFlags(args[1:], stdout)
 		if err != nil {
 			return err
 		}
@@ -56,8 +64,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintln(stdout, "tiercache", version())
 		return nil
 	default:
-		fmt.Fprint(stderr, usageText)
-		return usagef("unknown command %q", args[0])
+		return &usageError{err: fmt.Errorf("unknown command %q: want demo, help or version", args[0]), hint: commandHint}
 	}
 }
 
@@ -129,7 +136,12 @@ type config struct {
 	Cluster     string `json:"-"`
 	MetricsAddr string `json:"-"`
 	scenario    string
+	given       map[string]bool // the flags given on the command line
 }
+
+// defaultOutDir is where the demo writes its plots and report.html unless
+// --out says otherwise.
+var defaultOutDir = "tiercache-demo-out"
 
 func defaultConfig() config {
 	return config{
@@ -146,6 +158,7 @@ func defaultConfig() config {
 		Rate:        10000,
 		L1Size:      10000,
 		Seed:        1,
+		OutDir:      defaultOutDir,
 		scenario:    "all",
 	}
 }
@@ -168,13 +181,13 @@ func demoFlagSet(out io.Writer) (*flag.FlagSet, *config) {
 	fs.IntVar(&cfg.Rate, "rate", cfg.Rate, "target requests per second over all workers (0: as fast as they go)")
 	fs.IntVar(&cfg.L1Size, "l1-size", cfg.L1Size, "L1 entries per instance in the full scenario")
 	fs.DurationVar(&cfg.ReadTimeout, "read-timeout", 0,
-		"tiercache's bound on one Redis read (WithReadTimeout); default tiercache's 100ms, or 500ms for the embedded Redis")
+		"tiercache's bound on one Redis read, > 0 (default 100ms, or 500ms with the embedded Redis)")
 	fs.DurationVar(&cfg.WriteTimeout, "write-timeout", 0,
-		"tiercache's bound on one Redis write (WithWriteTimeout); default tiercache's 250ms, or 1s for the embedded Redis")
+		"tiercache's bound on one Redis write, > 0 (default 250ms, or 1s with the embedded Redis)")
 	fs.Uint64Var(&cfg.Seed, "seed", cfg.Seed, "seed of the key and write choices (the same for every scenario)")
 	fs.StringVar(&cfg.scenario, "scenario", cfg.scenario, "scenario to run: "+strings.Join(allScenarios, ", ")+" or all")
 	fs.BoolVar(&cfg.JSON, "json", false, "print the results as one JSON object on stdout instead of a table")
-	fs.StringVar(&cfg.OutDir, "out", "", "write plots (PNG, SVG) and report.html to this `dir`")
+	fs.StringVar(&cfg.OutDir, "out", cfg.OutDir, "write the plots and report.html to this `dir` (\"\" for none)")
 	fs.StringVar(&cfg.RedisURL, "redis", "", "use the Redis server at this `URL` (redis://host:port/db) instead of an embedded one")
 	fs.StringVar(&cfg.Cluster, "cluster", "", "use the Redis Cluster with these seed `addrs` (host:port,...)")
 	fs.StringVar(&cfg.MetricsAddr, "metrics-addr", "", "serve Prometheus metrics on this `addr` (host:port) while running")
@@ -182,25 +195,78 @@ func demoFlagSet(out io.Writer) (*flag.FlagSet, *config) {
 }
 
 // parseDemoFlags parses and validates the demo's flags. Errors are usage
-// errors, which main prints; a flag the flag package cannot parse also
-// gets the flags' usage on stderr, and -h gets it alone (flag.ErrHelp).
-func parseDemoFlags(args []string, stderr io.Writer) (config, error) {
+// errors, which main prints; -h prints the flags' usage on stdout and
+// returns flag.ErrHelp.
+func parseDemoFlags(args []string, stdout io.Writer) (config, error) {
 	fs, cfg := demoFlagSet(io.Discard) // the flag package would print the error too
 	if err := fs.Parse(args); err != nil {
-		printDemoUsage(stderr)
 		if errors.Is(err, flag.ErrHelp) {
+			printDemoUsage(stdout)
 			return config{}, err
 		}
-		return config{}, &usageError{err}
+		return config{}, &usageError{err: flagError(fs, args, err), hint: demoHint}
 	}
 	if fs.NArg() > 0 {
-		printDemoUsage(stderr)
-		return config{}, usagef("demo: unexpected argument %q", fs.Arg(0))
+		return config{}, &usageError{err: fmt.Errorf("demo: unexpected argument %q: the demo takes flags only", fs.Arg(0)),
+			hint: demoHint}
 	}
+	cfg.given = map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { cfg.given[f.Name] = true })
 	if err := cfg.validate(); err != nil {
-		return config{}, &usageError{err}
+		return config{}, &usageError{err: err}
 	}
 	return *cfg, nil
+}
+
+// flagError rewrites the flag package's errors for an unknown flag and a
+// value it cannot parse: they quote the flag as typed and say what the
+// value should be.
+func flagError(fs *flag.FlagSet, args []string, err error) error {
+	msg := err.Error()
+	if name, ok := strings.CutPrefix(msg, "flag provided but not defined: -"); ok {
+		return fmt.Errorf("demo: unknown flag %q", typedFlag(args, name))
+	}
+	// "invalid value "banana" for flag -duration: parse error"
+	rest, ok := strings.CutPrefix(msg, "invalid value ")
+	if !ok {
+		return err
+	}
+	quoted, qerr := strconv.QuotedPrefix(rest)
+	name, _, _ := strings.Cut(strings.TrimPrefix(rest[len(quoted):], " for flag -"), ":")
+	f := fs.Lookup(name)
+	if qerr != nil || f == nil {
+		return err
+	}
+	g, ok := f.Value.(flag.Getter)
+	if !ok {
+		return err
+	}
+	var want string
+	switch g.Get().(type) {
+	case time.Duration:
+		want = "a duration such as 500ms, 10s or 2m"
+	case int, uint64:
+		want = "a whole number"
+	case float64:
+		want = "a number"
+	default:
+		return err
+	}
+	return fmt.Errorf("%s %s: want %s", typedFlag(args, name), quoted, want)
+}
+
+// typedFlag returns flag name as the user typed it ("--keys" or "-keys").
+func typedFlag(args []string, name string) string {
+	for _, a := range args {
+		if a == "--" {
+			break
+		}
+		typed, _, _ := strings.Cut(a, "=")
+		if strings.HasPrefix(a, "-") && strings.TrimLeft(typed, "-") == name {
+			return typed
+		}
+	}
+	return "-" + name
 }
 
 func printDemoUsage(w io.Writer) {
@@ -236,8 +302,12 @@ func (c *config) validate() error {
 		return fmt.Errorf("--rate %d: must not be negative", c.Rate)
 	case c.L1Size < 1:
 		return fmt.Errorf("--l1-size %d: must be positive", c.L1Size)
-	case c.ReadTimeout < 0 || c.WriteTimeout < 0:
-		return fmt.Errorf("--read-timeout %v, --write-timeout %v: must not be negative", c.ReadTimeout, c.WriteTimeout)
+	// An absent timeout flag leaves 0, which setTimeouts turns into the
+	// default; a given one must be positive.
+	case c.ReadTimeout < 0 || c.ReadTimeout == 0 && c.given["read-timeout"]:
+		return fmt.Errorf("--read-timeout %v: must be positive (leave the flag out for the default)", c.ReadTimeout)
+	case c.WriteTimeout < 0 || c.WriteTimeout == 0 && c.given["write-timeout"]:
+		return fmt.Errorf("--write-timeout %v: must be positive (leave the flag out for the default)", c.WriteTimeout)
 	case c.RedisURL != "" && c.Cluster != "":
 		return errors.New("--redis and --cluster: give at most one")
 	}
@@ -259,8 +329,8 @@ func (c *config) validate() error {
 	}
 	c.setTimeouts()
 	if c.RedisURL != "" {
-		if _, err := redis.ParseURL(c.RedisURL); err != nil {
-			return fmt.Errorf("--redis %q: %v", redactURL(c.RedisURL), err)
+		if _, err := parseRedisURL(c.RedisURL); err != nil {
+			return err
 		}
 	}
 	if c.Cluster != "" {
@@ -294,6 +364,11 @@ func (c *config) setTimeouts() {
 // runDemo runs the chosen scenarios one after another on the same
 // workload and reports them.
 func runDemo(ctx context.Context, cfg config, stdout, stderr io.Writer) error {
+	if cfg.OutDir != "" {
+		if err := checkOutDir(cfg.OutDir); err != nil {
+			return err
+		}
+	}
 	be, err := openBackend(ctx, cfg)
 	if err != nil {
 		return err
@@ -310,11 +385,13 @@ func runDemo(ctx context.Context, cfg config, stdout, stderr io.Writer) error {
 	}
 
 	rep := &report{Redis: be.info, Config: cfg, Started: time.Now()}
-	if !cfg.JSON {
-		rep.writeHeader(stdout)
-	} else {
-		rep.writeHeader(stderr)
+	// The header and the files' paths go with the table; stdout holds
+	// nothing but the JSON when there is JSON.
+	text := stdout
+	if cfg.JSON {
+		text = stderr
 	}
+	rep.writeHeader(text)
 	prog := newProgress(stderr)
 	runID := newRunID()
 	for _, name := range cfg.Scenarios {
@@ -338,17 +415,34 @@ func runDemo(ctx context.Context, cfg config, stdout, stderr io.Writer) error {
 			return err
 		}
 	} else {
-		rep.writeTable(stdout)
+		rep.writeTable(stdout, useColor(stdout))
 	}
 	if cfg.OutDir != "" && len(rep.Scenarios) > 0 {
 		files, err := writeOutputs(cfg.OutDir, rep)
 		if err != nil {
-			return err
+			return fmt.Errorf("--out %q: %w", cfg.OutDir, err)
 		}
-		fmt.Fprintf(stderr, "wrote %s\n", strings.Join(files, ", "))
+		fmt.Fprintln(text, "\nwrote the plots and the report:")
+		for _, f := range files {
+			fmt.Fprintf(text, "  %s\n", f)
+		}
 	}
 	if interrupted != nil {
 		return fmt.Errorf("interrupted: %w", interrupted)
 	}
 	return nil
+}
+
+// checkOutDir makes sure, before the run, that its plots can be written
+// into dir: it creates dir and a file in it, which it removes.
+func checkOutDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return usagef("--out %q: cannot create the directory: %v", dir, err)
+	}
+	f, err := os.CreateTemp(dir, ".tiercache-demo-check-*")
+	if err != nil {
+		return usagef("--out %q: cannot write a file in it: %v", dir, err)
+	}
+	_ = f.Close()
+	return os.Remove(f.Name())
 }

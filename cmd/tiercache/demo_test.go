@@ -5,9 +5,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
+	"fmt"
 	"image/png"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -17,6 +18,7 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/redis/go-redis/v9"
 
@@ -24,7 +26,9 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	redis.SetLogger(quietLogger{}) // TestUnreachableRedis would log every failed dial
+	// As main does: go-redis would log every failed dial of the tests that
+	// expect one (TestUnreachableRedis, TestCommandLine).
+	redis.SetLogger(quietLogger{})
 	redistest.MainWithLeakCheck(m)
 }
 
@@ -34,11 +38,11 @@ func TestMain(m *testing.M) {
 // aside, one load per key in full) rather than on the machine's speed: the
 // loads of rarely read keys, which no cache avoids, would otherwise blur it.
 // Redis timeouts are raised from tiercache's 100 and 250 ms, which a loaded
-// machine under -race exceeds.
+// machine under -race exceeds. It writes no files (--out "").
 var shortArgs = []string{
 	"--duration", "1500ms", "--keys", "20", "--zipf", "1.5", "--workers", "16", "--instances", "2",
 	"--ttl", "300ms", "--load-latency", "50ms", "--rate", "3000", "--write-ratio", "0.005",
-	"--read-timeout", "1s", "--write-timeout", "2s",
+	"--read-timeout", "1s", "--write-timeout", "2s", "--out", "",
 }
 
 // runJSON runs the demo with --json and decodes its report.
@@ -143,8 +147,22 @@ func TestDemoEmbedded(t *testing.T) {
 	if !strings.Contains(stderr, "full       done") {
 		t.Errorf("no progress line for full on stderr:\n%s", stderr)
 	}
-	for _, name := range []string{"loader_calls.png", "loader_calls.svg", "read_latency.png", "read_latency.svg", "report.html"} {
-		b, err := os.ReadFile(filepath.Join(out, name))
+	checkOutputs(t, out, stderr)
+}
+
+// outputFiles are the files the demo writes into its --out directory.
+var outputFiles = []string{"loader_calls.png", "loader_calls.svg", "read_latency.png", "read_latency.svg", "report.html"}
+
+// checkOutputs checks the plots and report.html in dir, and that listing
+// (the demo's output) gives their paths.
+func checkOutputs(t *testing.T, dir, listing string) {
+	t.Helper()
+	for _, name := range outputFiles {
+		path := filepath.Join(dir, name)
+		if !strings.Contains(listing, "\n  "+path+"\n") {
+			t.Errorf("the output does not give the path %s:\n%s", path, listing)
+		}
+		b, err := os.ReadFile(path)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -176,6 +194,20 @@ func TestDemoEmbedded(t *testing.T) {
 	}
 }
 
+// TestDemoDefaultOut runs the demo without --out, in a temporary working
+// directory: it writes the plots and report.html into defaultOutDir and
+// says where.
+func TestDemoDefaultOut(t *testing.T) {
+	t.Chdir(t.TempDir())
+	var stdout, stderr bytes.Buffer
+	args := []string{"demo", "--duration", "300ms", "--keys", "50", "--workers", "2", "--instances", "1",
+		"--rate", "500", "--scenario", "aside,full"}
+	if err := run(t.Context(), args, &stdout, &stderr); err != nil {
+		t.Fatalf("run: %v\n%s", err, stderr.String())
+	}
+	checkOutputs(t, defaultOutDir, stdout.String())
+}
+
 func TestDemoRealRedis(t *testing.T) {
 	srv := redistest.SharedServer(t)
 	rep, _ := runJSON(t, "--redis", "redis://"+srv.Addr)
@@ -202,7 +234,7 @@ func TestDemoCluster(t *testing.T) {
 	c := redistest.SharedCluster(t)
 	var stdout, stderr bytes.Buffer
 	args := []string{"demo", "--json", "--scenario", "full", "--duration", "500ms", "--keys", "100", "--workers", "4",
-		"--instances", "2", "--rate", "1000", "--cluster", strings.Join(c.Addrs(), ",")}
+		"--instances", "2", "--rate", "1000", "--out", "", "--cluster", strings.Join(c.Addrs(), ",")}
 	if err := run(t.Context(), args, &stdout, &stderr); err != nil {
 		t.Fatalf("run: %v\n%s", err, stderr.String())
 	}
@@ -231,23 +263,94 @@ func TestDemoCluster(t *testing.T) {
 func TestDemoTable(t *testing.T) {
 	var stdout, stderr bytes.Buffer
 	args := []string{"demo", "--duration", "300ms", "--keys", "50", "--workers", "2", "--instances", "1",
-		"--rate", "500", "--scenario", "aside,full"}
+		"--rate", "500", "--scenario", "aside,full", "--out", ""}
 	if err := run(t.Context(), args, &stdout, &stderr); err != nil {
 		t.Fatalf("run: %v\n%s", err, stderr.String())
 	}
 	out := stdout.String()
-	for _, want := range []string{"redis:    embedded miniredis", "scenario", "hit ratio", "p99.9", "stale reads"} {
+	if !strings.HasPrefix(out, "This demo sends the same requests") {
+		t.Errorf("the output does not open with what it shows:\n%s", out)
+	}
+	for _, want := range []string{"redis:    embedded miniredis", "scenario", "hits", "p99.9", "stale", "hits: 1 - loads/reads"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("the output lacks %q:\n%s", want, out)
 		}
 	}
 	for _, name := range []string{"aside", "full"} {
-		if !regexp.MustCompile(`\n +` + name + ` +[0-9]+ +[0-9.]+%`).MatchString(out) {
+		if !regexp.MustCompile(`\n` + name + ` +[0-9]+ +[0-9.]+%`).MatchString(out) {
 			t.Errorf("the table has no row for %s:\n%s", name, out)
 		}
 	}
-	if regexp.MustCompile(`\n +none +[0-9]`).MatchString(out) {
+	if regexp.MustCompile(`\nnone +[0-9]`).MatchString(out) {
 		t.Errorf("--scenario aside,full ran none:\n%s", out)
+	}
+	if strings.Contains(out, "wrote") {
+		t.Errorf("--out \"\" wrote files:\n%s", out)
+	}
+	checkWidth(t, out)
+}
+
+// checkWidth checks that no line of out is wider than lineWidth columns.
+func checkWidth(t *testing.T, out string) {
+	t.Helper()
+	for line := range strings.Lines(out) {
+		line = strings.TrimSuffix(line, "\n")
+		if n := utf8.RuneCountInString(line); n > lineWidth {
+			t.Errorf("a line of %d columns, more than %d:\n%s", n, lineWidth, line)
+		}
+	}
+}
+
+// TestTableWidth checks that the table, its header and notes fit in
+// lineWidth columns with the widest figures a run can give: 6 characters
+// a count, 7 a latency.
+func TestTableWidth(t *testing.T) {
+	cfg := defaultConfig()
+	cfg.Scenarios = allScenarios
+	cfg.ReadTimeout, cfg.WriteTimeout = 1500*time.Millisecond, 2500*time.Millisecond
+	rep := &report{
+		Redis:  redisInfo{Description: "Redis server at redis://someone:xxxxx@a-rather-long-host-name.example.com:6379/0"},
+		Config: cfg, Elapsed: 40 * time.Second,
+	}
+	for _, name := range allScenarios {
+		rep.Scenarios = append(rep.Scenarios, &scenarioResult{
+			Name: name, Reads: 999_999, HitRatio: 1, HasL1: true, L1HitRatio: 1,
+			LoaderCalls: 999_999, LoaderPeakPer100ms: 999_999, SteadyPeakToMean: 999.99,
+			P50us: 999_900, P99us: 999_900, P999us: 999_900,
+			Errors: 999_999, ReadErrors: 999_999, StaleReads: 999_999, StaleSame: 1, StaleLate: 1,
+			FirstError:   "tiercache: GET k000001: redis: connection pool timeout after waiting for a connection for a long while",
+			StaleSamples: []staleSample{{Key: "k000001", Got: 12345, Acked: 12346, LagAfterAck: 123.45, ReadDuration: 12.34}},
+		})
+	}
+	var out bytes.Buffer
+	rep.writeHeader(&out)
+	rep.writeTable(&out, false)
+	checkWidth(t, out.String())
+	if want := "\ncoalesced  999999  100.0%"; !strings.Contains(out.String(), want) {
+		t.Errorf("the table has no row %q", want)
+	}
+	if t.Failed() {
+		t.Logf("the output:\n%s", out.String())
+	}
+}
+
+// TestBadNotes checks that a bad note stands out: a leading "!!", and red
+// when colour is on.
+func TestBadNotes(t *testing.T) {
+	rep := &report{Config: defaultConfig(), Scenarios: []*scenarioResult{{
+		Name: scenarioFull, Reads: 100, Errors: 2, ReadErrors: 2, FirstError: "redis: i/o timeout",
+	}}}
+	var plain, color bytes.Buffer
+	rep.writeTable(&plain, false)
+	rep.writeTable(&color, true)
+	if want := "\n  !! 2 read errors, 0 write errors; first: redis: i/o timeout\n"; !strings.Contains(plain.String(), want) {
+		t.Errorf("no %q in:\n%s", want, plain.String())
+	}
+	if strings.Contains(plain.String(), "\x1b[") {
+		t.Errorf("colour when it is off:\n%q", plain.String())
+	}
+	if want := "\x1b[1;31m  !! 2 read errors"; !strings.Contains(color.String(), want) {
+		t.Errorf("no %q in:\n%q", want, color.String())
 	}
 }
 
@@ -274,7 +377,8 @@ func TestDemoMetrics(t *testing.T) {
 	done := make(chan error, 1)
 	go func() {
 		done <- run(t.Context(), []string{"demo", "--scenario", "full", "--duration", "1s", "--keys", "50",
-			"--workers", "2", "--instances", "2", "--rate", "500", "--metrics-addr", "127.0.0.1:0"}, io.Discard, &stderr)
+			"--workers", "2", "--instances", "2", "--rate", "500", "--metrics-addr", "127.0.0.1:0", "--out", ""},
+			io.Discard, &stderr)
 	}()
 	re := regexp.MustCompile(`metrics on (http://\S+/metrics)`)
 	var url string
@@ -362,7 +466,7 @@ func TestBadFlags(t *testing.T) {
 func TestUnreachableRedis(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
-	err := run(ctx, []string{"demo", "--redis", "redis://127.0.0.1:1"}, io.Discard, io.Discard)
+	err := run(ctx, []string{"demo", "--redis", "redis://127.0.0.1:1", "--out", ""}, io.Discard, io.Discard)
 	if err == nil || !strings.Contains(err.Error(), "127.0.0.1:1") {
 		t.Fatalf("err = %v, want one naming the server", err)
 	}
@@ -377,19 +481,126 @@ func TestHelpAndVersion(t *testing.T) {
 		want string
 	}{
 		{[]string{"help"}, "-duration"},
+		{[]string{"--help"}, "-duration"},
+		{[]string{"demo", "-h"}, "-write-ratio"},
+		{[]string{"demo", "--help"}, "-write-ratio"},
 		{[]string{"version"}, "tiercache "},
 	} {
-		var stdout bytes.Buffer
-		if err := run(t.Context(), tc.args, &stdout, io.Discard); err != nil {
-			t.Errorf("%v: %v", tc.args, err)
+		var stdout, stderr bytes.Buffer
+		err := run(t.Context(), tc.args, &stdout, &stderr)
+		if exitCode(err) != 0 {
+			t.Errorf("%v: exit code %d (%v)", tc.args, exitCode(err), err)
 		}
-		if !strings.Contains(stdout.String(), strings.TrimPrefix(tc.want, "-")) {
-			t.Errorf("%v: output lacks %q:\n%s", tc.args, tc.want, stdout.String())
+		if !strings.Contains(stdout.String(), tc.want) {
+			t.Errorf("%v: stdout lacks %q:\n%s", tc.args, tc.want, stdout.String())
+		}
+		if stderr.Len() > 0 {
+			t.Errorf("%v: output on stderr:\n%s", tc.args, stderr.String())
 		}
 	}
-	var stderr bytes.Buffer
-	err := run(t.Context(), []string{"demo", "-h"}, io.Discard, &stderr)
-	if !errors.Is(err, flag.ErrHelp) || exitCode(err) != 0 || !strings.Contains(stderr.String(), "-write-ratio") {
-		t.Errorf("demo -h: err %v, exit %d, stderr:\n%s", err, exitCode(err), stderr.String())
+}
+
+// TestCommandLine runs bad and help command lines as main would, and
+// checks the exit code and the first line of stdout and of stderr.
+func TestCommandLine(t *testing.T) {
+	// A regular file, which --out cannot make a directory under.
+	file := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(file, nil, 0o644); err != nil {
+		t.Fatal(err)
 	}
+	// A Redis that accepts connections and never answers.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var conns []net.Conn // touched by the accepting goroutine only until it ends
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conns = append(conns, c)
+		}
+	})
+	t.Cleanup(func() {
+		ln.Close()
+		wg.Wait()
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	defer func(d time.Duration) { pingTimeout = d }(pingTimeout)
+	pingTimeout = 200 * time.Millisecond
+
+	const usage = "tiercache shows what each layer of tiercache buys, with numbers and plots."
+	const demoUsage = "Usage: tiercache demo [flags]"
+	const redisWant = " (want a URL such as redis://localhost:6379/0)"
+	for _, tc := range []struct {
+		name           string // if not the args
+		args           []string
+		code           int
+		stdout, stderr string // first lines
+	}{
+		{"", []string{"--help"}, 0, usage, ""},
+		{"", []string{"help"}, 0, usage, ""},
+		{"", []string{"demo", "--help"}, 0, demoUsage, ""},
+		{"", []string{"demo", "-h"}, 0, demoUsage, ""},
+		{"no command", []string{}, 2, "", "tiercache: no command given"},
+		{"", []string{"frobnicate"}, 2, "", `tiercache: unknown command "frobnicate": want demo, help or version`},
+		{"", []string{"demo", "--no-such-flag"}, 2, "", `tiercache: demo: unknown flag "--no-such-flag"`},
+		{"", []string{"demo", "-no-such-flag=1"}, 2, "", `tiercache: demo: unknown flag "-no-such-flag"`},
+		{"", []string{"demo", "--duration", "banana"}, 2, "",
+			`tiercache: --duration "banana": want a duration such as 500ms, 10s or 2m`},
+		{"", []string{"demo", "stray"}, 2, "", `tiercache: demo: unexpected argument "stray": the demo takes flags only`},
+		{"", []string{"demo", "--redis", "not a url"}, 2, "",
+			`tiercache: --redis "not a url": not a redis:// or rediss:// URL` + redisWant},
+		{"", []string{"demo", "--redis", "localhost:6379"}, 2, "",
+			`tiercache: --redis "localhost:6379": not a redis:// or rediss:// URL` + redisWant},
+		{"", []string{"demo", "--redis", "redis://127.0.0.1:notaport"}, 2, "",
+			`tiercache: --redis "redis://127.0.0.1:notaport": port "notaport" is not a number from 1 to 65535` + redisWant},
+		{"", []string{"demo", "--redis", "redis://me:secret@127.0.0.1:notaport"}, 2, "",
+			`tiercache: --redis "redis://me:xxxxx@127.0.0.1:notaport": port "notaport" is not a number from 1 to 65535` + redisWant},
+		{"", []string{"demo", "--redis", "redis://127.0.0.1:6379/x"}, 2, "",
+			`tiercache: --redis "redis://127.0.0.1:6379/x": invalid database number: "x"` + redisWant},
+		{"", []string{"demo", "--read-timeout", "-1s"}, 2, "",
+			"tiercache: --read-timeout -1s: must be positive (leave the flag out for the default)"},
+		{"", []string{"demo", "--read-timeout", "0"}, 2, "",
+			"tiercache: --read-timeout 0s: must be positive (leave the flag out for the default)"},
+		{"", []string{"demo", "--write-timeout", "-5ms"}, 2, "",
+			"tiercache: --write-timeout -5ms: must be positive (leave the flag out for the default)"},
+		{"unwritable --out", []string{"demo", "--out", filepath.Join(file, "out")}, 2, "",
+			fmt.Sprintf("tiercache: --out %q: cannot create the directory: mkdir %s: not a directory",
+				filepath.Join(file, "out"), file)},
+		{"a Redis that never answers", []string{"demo", "--redis", "redis://" + ln.Addr().String(), "--out", ""}, 1, "",
+			"tiercache: redis at " + ln.Addr().String() + " did not answer PING within 200ms"},
+	} {
+		name := tc.name
+		if name == "" {
+			name = strings.Join(tc.args, " ")
+		}
+		t.Run(name, func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			err := run(t.Context(), tc.args, &stdout, &stderr)
+			code := exitCode(err)
+			if code != 0 {
+				printError(&stderr, err) // as main does
+			}
+			if code != tc.code {
+				t.Errorf("exit code %d, want %d (err %v)", code, tc.code, err)
+			}
+			if got := firstLine(stdout.String()); got != tc.stdout {
+				t.Errorf("stdout begins\n\t%s\nwant\n\t%s", got, tc.stdout)
+			}
+			if got := firstLine(stderr.String()); got != tc.stderr {
+				t.Errorf("stderr begins\n\t%s\nwant\n\t%s", got, tc.stderr)
+			}
+		})
+	}
+}
+
+func firstLine(s string) string {
+	line, _, _ := strings.Cut(s, "\n")
+	return line
 }

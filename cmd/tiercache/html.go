@@ -43,9 +43,7 @@ li { margin-bottom: 0.6em; }
 <tr>{{range .Columns}}<th>{{.}}</th>{{end}}</tr>
 {{range .Rows}}<tr>{{range $c := .Cells}}<td>{{$c}}</td>{{end}}</tr>
 {{end}}</table>
-<p class="note">hit ratio: share of reads the database was spared (1 − loader calls / reads); L1 hits: share of reads answered in process;
-peak and mean: loader calls per 100 ms window; steady peak/mean: the same after the first TTL (cold start left out); p50…p99.9: read latency; stale reads: reads that returned a version older than a write
-acknowledged before the read started.</p>
+<p class="note">{{.Legend}}</p>
 <ul>
 {{range .Rows}}<li><b>{{.Name}}</b>: {{.Description}}{{range .Notes}}<br>{{if .Sample}}&emsp;{{end}}<span{{if .Bad}} class="bad"{{end}}>{{.Text}}</span>{{end}}</li>
 {{end}}</ul>
@@ -69,12 +67,14 @@ func writeHTML(path string, rep *report, loaderSVG, latencySVG []byte) error {
 		Generated, Version    string
 		Rate, WritePct        string
 		Columns               []string
+		Legend                string
 		Rows                  []htmlRow
 		LoaderSVG, LatencySVG template.URL
 	}{
 		Rep: rep, Generated: time.Now().Format(time.RFC1123), Version: version(),
 		Rate: rateText(rep.Config.Rate), WritePct: pct(rep.Config.WriteRatio),
 		Columns:    tableColumns,
+		Legend:     tableLegend,
 		LoaderSVG:  svgDataURI(loaderSVG),
 		LatencySVG: svgDataURI(latencySVG),
 	}

@@ -4,7 +4,8 @@
 //	go run ./cmd/tiercache demo
 //
 // It simulates a service in front of a slow database (an embedded Redis by
-// default) and prints a table per scenario; see "tiercache help".
+// default), prints a table of the scenarios and writes plots and an HTML
+// report into ./tiercache-demo-out; see "tiercache help".
 package main
 
 import (
@@ -12,6 +13,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"syscall"
@@ -28,9 +30,19 @@ func main() {
 	stop()
 	code := exitCode(err)
 	if code != 0 {
-		fmt.Fprintln(os.Stderr, "tiercache:", err)
+		printError(os.Stderr, err)
 	}
 	os.Exit(code)
+}
+
+// printError reports run's error: "tiercache: " and the message, then,
+// for a usage error, where to read the usage.
+func printError(w io.Writer, err error) {
+	fmt.Fprintln(w, "tiercache:", err)
+	var ue *usageError
+	if errors.As(err, &ue) && ue.hint != "" {
+		fmt.Fprint(w, ue.hint)
+	}
 }
 
 // exitCode maps run's error to the process status: 2 for a usage error,

@@ -26,11 +26,19 @@ type progress struct {
 type progressSnapshot struct{ reads, loads, errors uint64 }
 
 func newProgress(w io.Writer) *progress {
-	p := &progress{w: w}
-	if f, ok := w.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
-		p.tty = true
-	}
-	return p
+	return &progress{w: w, tty: isTerminal(w)}
+}
+
+// isTerminal reports whether w is a terminal.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
+}
+
+// useColor reports whether to colour the output on w: on a terminal,
+// unless NO_COLOR is set (https://no-color.org).
+func useColor(w io.Writer) bool {
+	return isTerminal(w) && os.Getenv("NO_COLOR") == ""
 }
 
 // start shows the progress of scenario name until finish is called.

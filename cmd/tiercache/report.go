@@ -5,8 +5,8 @@ import (
 	"fmt"
 	"io"
 	"strings"
-	"text/tabwriter"
 	"time"
+	"unicode/utf8"
 
 	"github.com/tiercache/tiercache"
 )
@@ -157,14 +157,20 @@ func summarize(name string, cfg *config, elapsed time.Duration, loaderCalls uint
 
 func (rep *report) writeHeader(w io.Writer) {
 	c := &rep.Config
+	writeWrapped(w, "", "", fmt.Sprintf("This demo sends the same requests, for %v, through each cache setup below "+
+		"to a simulated database whose loads take %v, and reports how often each calls the database and how long "+
+		"its reads take.", c.Duration, c.LoadLatency))
+	fmt.Fprintln(w)
 	fmt.Fprintf(w, "tiercache demo %s\n", version())
-	fmt.Fprintf(w, "redis:    %s\n", rep.Redis.Description)
-	fmt.Fprintf(w, "workload: %d keys, Zipf s=%g, %d workers over %d instance(s), %s, %.3g%% writes (%s), %s per scenario\n",
-		c.Keys, c.Zipf, c.Workers, c.Instances, rateText(c.Rate), 100*c.WriteRatio, c.WriteMode, c.Duration)
-	fmt.Fprintf(w, "database: loads take %v ± %v; cache TTL %v; tiercache's Redis timeouts %v (read), %v (write)\n",
-		c.LoadLatency, c.LoadJitter, c.TTL, c.ReadTimeout, c.WriteTimeout)
+	writeWrapped(w, "redis:    ", "          ", rep.Redis.Description)
+	fmt.Fprintf(w, "workload: %d keys, Zipf s=%g, %.3g%% writes (%s), %s per scenario\n",
+		c.Keys, c.Zipf, 100*c.WriteRatio, c.WriteMode, c.Duration)
+	fmt.Fprintf(w, "clients:  %d workers over %d instance(s), %s\n", c.Workers, c.Instances, rateText(c.Rate))
+	fmt.Fprintf(w, "database: loads take %v ± %v\n", c.LoadLatency, c.LoadJitter)
+	fmt.Fprintf(w, "cache:    TTL %v; tiercache's Redis timeouts %v (read), %v (write)\n",
+		c.TTL, c.ReadTimeout, c.WriteTimeout)
 	for _, s := range c.Scenarios {
-		fmt.Fprintf(w, "  %-10s %s\n", s, scenarioDoc[s])
+		writeWrapped(w, fmt.Sprintf("  %-10s ", s), strings.Repeat(" ", 13), scenarioDoc[s])
 	}
 	fmt.Fprintln(w)
 }
@@ -176,9 +182,14 @@ func rateText(rate int) string {
 	return fmt.Sprintf("%d req/s target", rate)
 }
 
-// tableColumns are the table's headings.
-var tableColumns = []string{"scenario", "requests", "hit ratio", "L1 hits", "loader calls",
-	"peak/100ms", "mean/100ms", "steady peak/mean", "p50", "p99", "p99.9", "errors", "stale reads"}
+// tableColumns are the table's headings, short for the table to fit in
+// lineWidth columns; tableLegend explains them.
+var tableColumns = []string{"scenario", "reads", "hits", "L1", "loads", "peak", "spike",
+	"p50", "p99", "p99.9", "errors", "stale"}
+
+const tableLegend = "reads: reads made (writes not counted). hits: 1 - loads/reads. L1: reads answered in process. " +
+	"loads: loader (database) calls; peak: most in a 100 ms window; spike: peak/mean after the first TTL " +
+	"(expiry waves). p50..p99.9: read latency. stale: reads that missed a write acknowledged before they began."
 
 // tableRow formats one scenario's row of the table.
 func (r *scenarioResult) tableRow() []string {
@@ -186,34 +197,63 @@ func (r *scenarioResult) tableRow() []string {
 	if r.HasL1 {
 		l1 = pct(r.L1HitRatio)
 	}
+	spike := "-" // no window after the first TTL, or no load in them
+	if r.SteadyPeakToMean > 0 {
+		spike = fmt.Sprintf("%.2f", r.SteadyPeakToMean)
+	}
 	return []string{
-		r.Name, fmt.Sprint(r.Requests), pct(r.HitRatio), l1, fmt.Sprint(r.LoaderCalls),
-		fmt.Sprint(r.LoaderPeakPer100ms), fmt.Sprintf("%.1f", r.LoaderMeanPer100ms), fmt.Sprintf("%.2f", r.SteadyPeakToMean),
+		r.Name, count(r.Reads), pct(r.HitRatio), l1, count(r.LoaderCalls),
+		count(r.LoaderPeakPer100ms), spike,
 		fmtLatency(r.P50us), fmtLatency(r.P99us), fmtLatency(r.P999us),
-		fmt.Sprint(r.Errors), fmt.Sprint(r.StaleReads),
+		count(r.Errors), count(r.StaleReads),
 	}
 }
 
-func (rep *report) writeTable(w io.Writer) {
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, strings.Join(tableColumns, "\t")+"\t")
+// writeTable writes the table of the scenarios, its legend and the notes;
+// color marks the bad notes in red as well.
+func (rep *report) writeTable(w io.Writer, color bool) {
+	rows := [][]string{tableColumns}
 	for _, r := range rep.Scenarios {
-		fmt.Fprintln(tw, strings.Join(r.tableRow(), "\t")+"\t")
+		rows = append(rows, r.tableRow())
 	}
-	_ = tw.Flush()
+	writeColumns(w, rows)
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "hit ratio: share of reads the database was spared (1 - loader calls / reads); L1 hits: share of reads answered")
-	fmt.Fprintln(w, "in process; peak and mean: loader calls per 100 ms window; steady peak/mean: the same after the first TTL")
-	fmt.Fprintln(w, "(the cold start left out), where expiry spikes show; p50..p99.9: read latency; stale reads: reads")
-	fmt.Fprintln(w, "that returned a version older than a write acknowledged before the read started.")
+	writeWrapped(w, "", "", tableLegend)
 	for _, r := range rep.Scenarios {
-		rep.writeNotes(w, r)
+		rep.writeNotes(w, r, color)
 	}
 	fmt.Fprintf(w, "\ntotal time %.1fs\n", rep.Elapsed.Seconds())
 }
 
-// writeNotes prints what stands out in a scenario under the table.
-func (rep *report) writeNotes(w io.Writer, r *scenarioResult) {
+// writeColumns writes rows as a table: the first column aligned left, the
+// others right, two spaces apart.
+func writeColumns(w io.Writer, rows [][]string) {
+	var widths []int
+	for _, row := range rows {
+		for i, cell := range row {
+			if i == len(widths) {
+				widths = append(widths, 0)
+			}
+			widths[i] = max(widths[i], utf8.RuneCountInString(cell))
+		}
+	}
+	for _, row := range rows {
+		var b strings.Builder
+		for i, cell := range row {
+			pad := strings.Repeat(" ", widths[i]-utf8.RuneCountInString(cell))
+			if i == 0 {
+				b.WriteString(cell + pad)
+			} else {
+				b.WriteString("  " + pad + cell)
+			}
+		}
+		fmt.Fprintln(w, b.String())
+	}
+}
+
+// writeNotes prints what stands out in a scenario under the table. A bad
+// note starts with "!!", and is red if color is set.
+func (rep *report) writeNotes(w io.Writer, r *scenarioResult, color bool) {
 	notes := r.notes()
 	if len(notes) == 0 {
 		return
@@ -224,7 +264,47 @@ func (rep *report) writeNotes(w io.Writer, r *scenarioResult) {
 		if n.Sample {
 			indent = "    "
 		}
-		fmt.Fprintf(w, "%s%s\n", indent, n.Text)
+		first, rest := indent, indent
+		if n.Bad {
+			first, rest = indent+"!! ", indent+"   "
+		}
+		for _, line := range wrap(first, rest, n.Text) {
+			if n.Bad && color {
+				line = "\x1b[1;31m" + line + "\x1b[0m"
+			}
+			fmt.Fprintln(w, line)
+		}
+	}
+}
+
+// lineWidth is the width, in columns, that the demo's text report keeps
+// within.
+const lineWidth = 100
+
+// wrap breaks text at spaces into lines of at most lineWidth columns, the
+// first starting with first, the others with rest. A word too long for a
+// line gets one of its own.
+func wrap(first, rest, text string) []string {
+	var lines []string
+	line, empty := first, true
+	for _, word := range strings.Fields(text) {
+		if !empty && utf8.RuneCountInString(line)+1+utf8.RuneCountInString(word) > lineWidth {
+			lines = append(lines, line)
+			line, empty = rest, true
+		}
+		if !empty {
+			line += " "
+		}
+		line += word
+		empty = false
+	}
+	return append(lines, line)
+}
+
+// writeWrapped writes text wrapped as wrap does.
+func writeWrapped(w io.Writer, first, rest, text string) {
+	for _, line := range wrap(first, rest, text) {
+		fmt.Fprintln(w, line)
 	}
 }
 
@@ -293,12 +373,29 @@ func (rep *report) writeJSON(w io.Writer) error {
 
 func pct(f float64) string { return fmt.Sprintf("%.1f%%", 100*f) }
 
-// fmtLatency formats microseconds with a unit that keeps 3 digits.
+// count formats n in at most 6 characters: exactly up to 999999, then in
+// millions (M) or billions (G).
+func count(n uint64) string {
+	switch {
+	case n < 1_000_000:
+		return fmt.Sprint(n)
+	case n < 999_950_000: // below what %.1f rounds up to 1000.0M
+		return fmt.Sprintf("%.1fM", float64(n)/1e6)
+	default:
+		return fmt.Sprintf("%.1fG", float64(n)/1e9)
+	}
+}
+
+// fmtLatency formats microseconds with a unit that keeps 3 digits, in at
+// most 7 characters below 1000 s. The bounds are where the smaller unit
+// would round up to 1000.
 func fmtLatency(us float64) string {
 	switch {
-	case us >= 1000:
+	case us >= 999_950:
+		return fmt.Sprintf("%.2fs", us/1e6)
+	case us >= 999.5:
 		return fmt.Sprintf("%.1fms", us/1000)
-	case us >= 1:
+	case us >= 0.9995:
 		return fmt.Sprintf("%.0fµs", us)
 	default:
 		return fmt.Sprintf("%.0fns", us*1000)
