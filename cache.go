@@ -177,6 +177,7 @@ func (c *Cache[V]) Stats() Stats {
 		if c.l1.bytes {
 			s.L1Weight = c.l1.c.WeightedSize()
 		}
+		s.Subscribed = c.inv != nil && c.inv.healthy()
 	}
 	return s
 }

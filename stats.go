@@ -124,6 +124,10 @@ type Stats struct {
 	BreakerState BreakerState
 	L1Entries    int    // entries in L1 now
 	L1Weight     uint64 // sum of the encoded sizes of L1's values, when L1 is bounded by bytes
+	// Subscribed is whether the L1 invalidation subscription is up: while
+	// it is not, L1 entries live at most the L1 outage TTL. False without
+	// L1 or with WithoutInvalidation.
+	Subscribed bool
 }
 
 // HitRatio is the share of reads answered by a cache tier (L1 or Redis)
@@ -302,7 +306,8 @@ func (s Stats) MarshalJSON() ([]byte, error) {
 		BreakerState BreakerState      `json:"breaker_state"`
 		L1Entries    int               `json:"l1_entries"`
 		L1Weight     uint64            `json:"l1_weight"`
-	}{s.L1Hits, s.L1Misses, s.L2Hits, s.L2Misses, s.Loads, s.LoadErrors, s.HitRatio(), s.EventCounts(), s.BreakerState, s.L1Entries, s.L1Weight})
+		Subscribed   bool              `json:"subscribed"`
+	}{s.L1Hits, s.L1Misses, s.L2Hits, s.L2Misses, s.Loads, s.LoadErrors, s.HitRatio(), s.EventCounts(), s.BreakerState, s.L1Entries, s.L1Weight, s.Subscribed})
 }
 
 // redisOpNames are the Redis operations the cache reports to
@@ -324,37 +329,16 @@ func RedisOpName(i int) string { return redisOpNames[i] }
 // RedisOpIndex returns the index of the Redis operation named op, or -1 for
 // a name the cache does not report.
 func RedisOpIndex(op string) int {
-	switch op {
-	case "get":
-		return 0
-	case "set":
-		return 1
-	case "del":
-		return 2
-	case "acquire":
-		return 3
-	case "fill":
-		return 4
-	case "release":
-		return 5
-	case "publish":
-		return 6
-	case "mget":
-		return 7
-	case "set_many":
-		return 8
-	case "fill_many":
-		return 9
-	case "acquire_many":
-		return 10
-	case "release_many":
-		return 11
-	case "tag_read":
-		return 12
-	case "tag_bump":
-		return 13
-	case "tag_get":
-		return 14
+	if i, ok := redisOpIndex[op]; ok {
+		return i
 	}
 	return -1
 }
+
+var redisOpIndex = func() map[string]int {
+	m := make(map[string]int, len(redisOpNames))
+	for i, n := range redisOpNames {
+		m[n] = i
+	}
+	return m
+}()
