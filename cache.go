@@ -192,25 +192,6 @@ func (c *Cache[V]) check(key string) error {
 	return nil
 }
 
-// checkKeys validates keys and drops duplicates, keeping the first order.
-func (c *Cache[V]) checkKeys(ks []string) ([]string, error) {
-	if c.closed.Load() {
-		return nil, ErrClosed
-	}
-	seen := make(map[string]struct{}, len(ks))
-	uniq := make([]string, 0, len(ks))
-	for _, k := range ks {
-		if k == "" {
-			return nil, ErrInvalidKey
-		}
-		if _, dup := seen[k]; !dup {
-			seen[k] = struct{}{}
-			uniq = append(uniq, k)
-		}
-	}
-	return uniq, nil
-}
-
 // goBackground registers a background task with Close; it reports false,
 // and the task must not run, once Close has begun.
 func (c *Cache[V]) goBackground() bool {

@@ -44,11 +44,8 @@ type BatchLoadFunc[V any] func(ctx context.Context, keys []string) (map[string]V
 // [ErrLoaderPanic]); nothing is cached and nothing stays locked.
 func (c *Cache[V]) GetOrLoad(ctx context.Context, key string, load LoadFunc[V]) (V, error) {
 	var zero V
-	if err := c.check(key); err != nil {
+	if err := c.checkLoad(key, load); err != nil {
 		return zero, err
-	}
-	if load == nil {
-		return zero, ErrNilLoader
 	}
 	if e, ok := c.getL1(key); ok {
 		c.maybeEarlyRefresh(key, e, c.l1.now(), load, nil)
@@ -132,14 +129,9 @@ func (c *Cache[V]) GetOrLoadMany(ctx context.Context, keys []string, load BatchL
 	if load == nil {
 		return nil, ErrNilLoader
 	}
-	uniq, err := c.checkKeys(keys)
-	if err != nil {
-		return nil, err
-	}
-	out := make(map[string]V, len(uniq))
-	rest := c.manyFromL1(uniq, out, load)
-	if len(rest) == 0 {
-		return out, nil
+	out, rest, err := c.manyFromL1(keys, load)
+	if err != nil || len(rest) == 0 {
+		return out, err
 	}
 	mode := loadRead
 	var missing []*keyLoad[V]
@@ -177,27 +169,21 @@ func (c *Cache[V]) GetOrLoadMany(ctx context.Context, keys []string, load BatchL
 	if len(missing) == 0 {
 		return out, nil
 	}
-	return out, c.loadMany(ctx, missing, mode, batch(load), out)
-}
-
-// loadMany claims the read flights of missing: it leads those nobody in
-// this process is loading, in one background load, and waits for all.
-func (c *Cache[V]) loadMany(ctx context.Context, missing []*keyLoad[V], mode loadMode, fn loader[V], out map[string]V) error {
+	// Claim the read flights of the missing keys: lead those nobody in this
+	// process is loading, in one background load, and wait for all.
 	calls := make([]*flight.Call[entry[V]], len(missing))
 	var lead []*keyLoad[V]
 	var leadCalls []*flight.Call[entry[V]]
 	for i, k := range missing {
 		call, leader := c.flight.Begin(flightKey{flightRead, k.key})
-		calls[i] = call
-		if leader {
-			lead = append(lead, k)
-			leadCalls = append(leadCalls, call)
+		if calls[i] = call; leader {
+			lead, leadCalls = append(lead, k), append(leadCalls, call)
 		} else {
 			c.rec.event(EventCoalesced)
 		}
 	}
 	if len(lead) > 0 {
-		c.lead(ctx, flightRead, lead, leadCalls, mode, 0, fn)
+		c.lead(ctx, flightRead, lead, leadCalls, mode, 0, batch(load))
 	}
 	var firstErr error
 	for i, k := range missing {
@@ -209,12 +195,12 @@ func (c *Cache[V]) loadMany(ctx context.Context, missing []*keyLoad[V], mode loa
 			}
 		case errors.Is(err, ErrNotFound):
 		case ctx.Err() != nil:
-			return ctx.Err()
+			return out, ctx.Err()
 		case firstErr == nil:
 			firstErr = err
 		}
 	}
-	return firstErr
+	return out, firstErr
 }
 
 // Refresh reloads key now, through the lease, whether or not it is cached
@@ -223,11 +209,8 @@ func (c *Cache[V]) loadMany(ctx context.Context, missing []*keyLoad[V], mode loa
 // that starts after a write of key never joins one that started before.
 func (c *Cache[V]) Refresh(ctx context.Context, key string, load LoadFunc[V]) (V, error) {
 	var zero V
-	if err := c.check(key); err != nil {
+	if err := c.checkLoad(key, load); err != nil {
 		return zero, err
-	}
-	if load == nil {
-		return zero, ErrNilLoader
 	}
 	started := nowMicro()
 	fk := flightKey{flightRefresh, key}
@@ -243,6 +226,13 @@ func (c *Cache[V]) Refresh(ctx context.Context, key string, load LoadFunc[V]) (V
 		return zero, err
 	}
 	return e.result()
+}
+
+func (c *Cache[V]) checkLoad(key string, load LoadFunc[V]) error {
+	if load == nil {
+		return ErrNilLoader
+	}
+	return c.check(key)
 }
 
 // --- Flights ---

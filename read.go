@@ -44,14 +44,9 @@ func (c *Cache[V]) Get(ctx context.Context, key string) (V, error) {
 // duplicates are read once. A Redis failure returns the values found in L1
 // and an error wrapping [ErrMiss] and [ErrRedis].
 func (c *Cache[V]) GetMany(ctx context.Context, keys []string) (map[string]V, error) {
-	uniq, err := c.checkKeys(keys)
-	if err != nil {
-		return nil, err
-	}
-	out := make(map[string]V, len(uniq))
-	rest := c.manyFromL1(uniq, out, nil)
-	if len(rest) == 0 {
-		return out, nil
+	out, rest, err := c.manyFromL1(keys, nil)
+	if err != nil || len(rest) == 0 {
+		return out, err
 	}
 	es, found, err := c.getManyL2(ctx, rest)
 	if err != nil {
@@ -91,14 +86,23 @@ func (c *Cache[V]) getL1(key string) (*entry[V], bool) {
 	return e, ok
 }
 
-// manyFromL1 moves the L1 hits of ks into out and returns the keys left.
-// With a loader, hits near expiry may start an early refresh.
-func (c *Cache[V]) manyFromL1(ks []string, out map[string]V, load BatchLoadFunc[V]) []string {
-	if c.l1 == nil {
-		return ks
+// manyFromL1 validates keys, drops duplicates (keeping the first order),
+// puts their L1 hits in out and returns the keys left. With a loader, hits
+// near expiry may start an early refresh.
+func (c *Cache[V]) manyFromL1(keys []string, load BatchLoadFunc[V]) (out map[string]V, rest []string, err error) {
+	if c.closed.Load() {
+		return nil, nil, ErrClosed
 	}
-	rest := ks[:0:0]
-	for _, k := range ks {
+	out = make(map[string]V, len(keys))
+	seen := make(map[string]struct{}, len(keys))
+	for _, k := range keys {
+		if k == "" {
+			return nil, nil, ErrInvalidKey
+		}
+		if _, dup := seen[k]; dup {
+			continue
+		}
+		seen[k] = struct{}{}
 		e, ok := c.getL1(k)
 		if !ok {
 			rest = append(rest, k)
@@ -111,7 +115,7 @@ func (c *Cache[V]) manyFromL1(ks []string, out map[string]V, load BatchLoadFunc[
 			c.maybeEarlyRefresh(k, e, c.l1.now(), nil, load)
 		}
 	}
-	return rest
+	return out, rest, nil
 }
 
 // getL2 reads key from Redis. Stale values are returned too, for the

@@ -372,29 +372,24 @@ type frameWrite struct {
 
 // fill writes loaded values, in one round trip per node, and reports which
 // were written: a leased fill whose lease is gone is refused. A cache's
-// fills are all leased or all plain (WithoutLease), never mixed.
+// fills are all leased or all unleased (WithoutLease: written through as
+// Set writes, all or none).
 func (s *store) fill(ctx context.Context, ws []frameWrite) ([]bool, error) {
 	written := make([]bool, len(ws))
+	if ws[0].token == "" {
+		err := s.set(ctx, ws)
+		for i := range written {
+			written[i] = err == nil
+		}
+		return written, err
+	}
+	kk := make([][]string, len(ws))
+	args := make([][]any, len(ws))
+	for i, w := range ws {
+		kk[i] = []string{w.vk, keys.Lease(w.vk)}
+		args[i] = []any{w.token, w.frame, ms(w.ttl)}
+	}
 	err := s.write(ctx, op("fill", len(ws)), func(ctx context.Context) error {
-		if ws[0].token == "" {
-			cmds := make([]*redis.StatusCmd, len(ws))
-			_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-				for i, w := range ws {
-					cmds[i] = p.Set(ctx, w.vk, w.frame, w.ttl)
-				}
-				return nil
-			})
-			for i, cmd := range cmds {
-				written[i] = cmd.Err() == nil
-			}
-			return err
-		}
-		kk := make([][]string, len(ws))
-		args := make([][]any, len(ws))
-		for i, w := range ws {
-			kk[i] = []string{w.vk, keys.Lease(w.vk)}
-			args[i] = []any{w.token, w.frame, ms(w.ttl)}
-		}
 		cmds, err := s.runScript(ctx, keys.Fill, kk, args)
 		for i, cmd := range cmds {
 			n, _ := cmd.Int64()
@@ -479,10 +474,9 @@ func (s *store) set(ctx context.Context, ws []frameWrite) error {
 // (the two share a slot), in one round trip per node.
 func (s *store) del(ctx context.Context, vks []string) error {
 	return s.write(ctx, "del", func(ctx context.Context) error {
-		cmds := make([]*redis.IntCmd, len(vks))
 		_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-			for i, vk := range vks {
-				cmds[i] = p.Del(ctx, vk, keys.Lease(vk))
+			for _, vk := range vks {
+				p.Del(ctx, vk, keys.Lease(vk))
 			}
 			return nil
 		})

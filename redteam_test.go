@@ -1,0 +1,411 @@
+package tiercache
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tiercache/tiercache/internal/envelope"
+	"github.com/tiercache/tiercache/internal/faults"
+	"github.com/tiercache/tiercache/internal/keys"
+	"github.com/tiercache/tiercache/internal/msg"
+	"github.com/tiercache/tiercache/internal/redistest"
+)
+
+// gatedLoad is a GetOrLoad in flight whose loader, tagged with tag, has
+// started (started closes) and returns val once proceed is closed.
+type gatedLoad struct {
+	started, proceed chan struct{}
+	done             chan string
+}
+
+func startGatedLoad(ctx context.Context, c *Cache[string], key, val, tag string) *gatedLoad {
+	g := &gatedLoad{started: make(chan struct{}), proceed: make(chan struct{}), done: make(chan string, 1)}
+	go func() {
+		v, err := c.GetOrLoad(ctx, key, func(ctx context.Context) (string, error) {
+			LoadOptions(ctx, WithTags(tag))
+			close(g.started)
+			<-g.proceed
+			return val, nil
+		})
+		if err != nil {
+			v = "error: " + err.Error()
+		}
+		g.done <- v
+	}()
+	return g
+}
+
+// FAILS. Two loads of keys tagged "t" are in flight (L began before L');
+// the tag is invalidated and its key then vanishes (evicted). L returns
+// first: its TagRead recreates the tag key at L's start, sees the floor and
+// is refused, but leaves the tag key holding L's start time. L' returns: its
+// TagRead finds the key present at a version older than L' began, so it is
+// not stale and no floor is consulted: the value loaded before the
+// invalidation is cached and served, although InvalidateTags promises that
+// "loads in flight that read data before the invalidation do not cache what
+// they loaded, even if a tag's key vanishes from Redis meanwhile".
+func TestRedTeamTagKeyVanishingForgetsInvalidation(t *testing.T) {
+	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
+		ctx := t.Context()
+		c := newCache[string](t, tg) // no L1: every read is Redis's answer
+		raw := tg.NewClient(t)
+
+		l := startGatedLoad(ctx, c, "k1", "old1", "t")
+		<-l.started
+		time.Sleep(2 * time.Millisecond) // L' takes its lease at a later server time
+		l2 := startGatedLoad(ctx, c, "k2", "old2", "t")
+		<-l2.started
+
+		if err := c.InvalidateTags(ctx, "t"); err != nil {
+			t.Fatal(err)
+		}
+		if err := raw.Del(ctx, c.st.layout.Tag("t")).Err(); err != nil { // evicted
+			t.Fatal(err)
+		}
+		close(l.proceed)
+		if v := <-l.done; v != "old1" {
+			t.Fatalf("L returned %q", v)
+		}
+		close(l2.proceed)
+		if v := <-l2.done; v != "old2" {
+			t.Fatalf("L' returned %q", v)
+		}
+		for _, k := range []string{"k1", "k2"} {
+			if v, err := c.Get(ctx, k); err == nil {
+				t.Errorf("Get(%s) = %q after InvalidateTags: a value loaded before the invalidation was cached "+
+					"(tag key now %q; fills refused %d, want 2)", k, v, raw.Get(ctx, c.st.layout.Tag("t")).Val(), c.Stats().Count(EventFillRefused))
+			}
+		}
+	})
+}
+
+// FAILS. A tagged value loaded while Redis reads fail is kept in L1 for the
+// outage TTL with its tags stripped (load.go, the outage branch of
+// loadAndFill). Redis recovers and InvalidateTags of its tag succeeds on
+// this very instance, yet the next read is an L1 hit on the value loaded
+// before the invalidation. InvalidateTags promises the L1 of "this
+// instance's at once".
+func TestRedTeamOutageL1IgnoresInvalidateTags(t *testing.T) {
+	ctx := t.Context()
+	px := faults.Start(t, redistest.SharedServer(t).Addr)
+	c := newCacheOn[string](t, px.Client(t), faultPrefix(t), WithL1(100), WithL1OutageTTL(time.Minute),
+		WithReadTimeout(50*time.Millisecond), WithWriteTimeout(10*time.Second), WithoutBreaker())
+	waitSubscribed(t, c)
+
+	lat := px.Latency(t, 300*time.Millisecond, 0) // reads time out; the subscription stays up
+	v, err := c.GetOrLoad(ctx, "k", func(ctx context.Context) (string, error) {
+		LoadOptions(ctx, WithTags("t"))
+		return "old", nil
+	})
+	if err != nil || v != "old" {
+		t.Fatalf("GetOrLoad during the outage = %q, %v", v, err)
+	}
+	if _, ok := c.l1.peek("k"); !ok {
+		t.Skip("the outage load was not kept in L1; nothing to test")
+	}
+	lat.Remove()
+
+	if err := c.InvalidateTags(ctx, "t"); err != nil {
+		t.Fatalf("InvalidateTags once Redis answers: %v", err)
+	}
+	v, err = c.GetOrLoad(ctx, "k", func(ctx context.Context) (string, error) {
+		LoadOptions(ctx, WithTags("t"))
+		return "new", nil
+	})
+	if err != nil || v != "new" {
+		t.Fatalf("GetOrLoad after InvalidateTags(t) returned = %q, %v; the L1 copy loaded during the outage survived the invalidation", v, err)
+	}
+}
+
+// FAILS (minor). Set documents: "A Redis failure is returned ... and the
+// local L1 copy is dropped". A Set WithTags whose first Redis call (the tag
+// read) fails returns the error and leaves the old L1 copy in place.
+func TestRedTeamFailedTaggedSetKeepsL1(t *testing.T) {
+	ctx := t.Context()
+	px := faults.Start(t, redistest.SharedServer(t).Addr)
+	c := newCacheOn[string](t, px.Client(t), faultPrefix(t), WithL1(100), WithWriteTimeout(50*time.Millisecond), WithoutBreaker())
+	waitSubscribed(t, c)
+	if err := c.Set(ctx, "k", "old"); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := c.l1.peek("k"); !ok {
+		t.Fatal("a Set did not keep its value in L1")
+	}
+	lat := px.Latency(t, 300*time.Millisecond, 0)
+	err := c.Set(ctx, "k", "new", WithTags("t"))
+	lat.Remove()
+	if !errors.Is(err, ErrRedis) {
+		t.Fatalf("Set with Redis slower than the write timeout = %v, want ErrRedis", err)
+	}
+	if e, ok := c.l1.peek("k"); ok {
+		t.Fatalf("after a failed Set, L1 still holds %q; Set promises to drop the local L1 copy", e.val)
+	}
+}
+
+// --- Guards that pass ---
+
+// Every way a load can end without filling (runtime.Goexit, panic, NoCache,
+// WithTTL(0), ErrNotFound with WithNegativeTTL(0), a value over the size
+// limit, a loader error) gives the lease back: another instance then loads
+// at once instead of waiting out a one-minute lease.
+func TestRedTeamLeaseGivenBackOnEveryUnfilledEnd(t *testing.T) {
+	cases := []struct {
+		name string
+		load LoadFunc[string]
+		want func(v string, err error) bool
+	}{
+		{"goexit", func(context.Context) (string, error) { runtime.Goexit(); return "", nil },
+			func(_ string, err error) bool { return errors.Is(err, ErrLoaderPanic) }},
+		{"panic", func(context.Context) (string, error) { panic("boom") },
+			func(_ string, err error) bool { return errors.Is(err, ErrLoaderPanic) }},
+		{"nocache", func(ctx context.Context) (string, error) { LoadOptions(ctx, NoCache()); return "v", nil },
+			func(v string, err error) bool { return err == nil && v == "v" }},
+		{"ttl0", func(ctx context.Context) (string, error) { LoadOptions(ctx, WithTTL(0)); return "v", nil },
+			func(v string, err error) bool { return err == nil && v == "v" }},
+		{"notfound-negttl0", func(context.Context) (string, error) { return "", ErrNotFound },
+			func(_ string, err error) bool { return errors.Is(err, ErrNotFound) }},
+		{"too-large", func(context.Context) (string, error) { return strings.Repeat("x", 4096), nil },
+			func(v string, err error) bool { return err == nil && len(v) == 4096 }},
+		{"error", func(context.Context) (string, error) { return "", errors.New("db down") },
+			func(_ string, err error) bool { return err != nil && err.Error() == "db down" }},
+	}
+	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
+		cs := instances[string](t, tg, 2, WithL1(100), WithLease(time.Minute), WithNegativeTTL(0), WithMaxValueSize(1024))
+		a, b := cs[0], cs[1]
+		raw := tg.NewClient(t)
+		for _, tc := range cases {
+			t.Run(tc.name, func(t *testing.T) {
+				ctx := t.Context()
+				key := "lease-" + tc.name
+				if v, err := a.GetOrLoad(ctx, key, tc.load); !tc.want(v, err) {
+					t.Fatalf("GetOrLoad = %q, %v", v, err)
+				}
+				lk := keys.Lease(a.st.layout.Value(key))
+				waitFor(t, 10*time.Second, "lease given back", func() bool { return raw.Exists(ctx, lk).Val() == 0 })
+				if v, err := b.GetOrLoad(ctx, key, constLoad("b", 0)); err != nil || v != "b" {
+					t.Fatalf("other instance = %q, %v", v, err)
+				}
+			})
+		}
+	})
+}
+
+// Two instances with L1 Set one key concurrently while a third reads it;
+// once both invalidations have arrived everywhere, every L1 holds nothing
+// or what Redis holds.
+func TestRedTeamConcurrentSetsL1AgreesWithRedis(t *testing.T) {
+	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
+		ctx := t.Context()
+		prefix := strings.TrimSuffix(redistest.UniquePrefix(t), ":")
+		cs := make([]*Cache[string], 3)
+		for i := range cs {
+			cs[i] = newCacheOn[string](t, tg.NewClient(t), prefix, WithL1(100))
+		}
+		ref := newCacheOn[string](t, tg.NewClient(t), prefix) // no L1: Redis's view
+		waitSubscribed(t, cs...)
+		n := 150
+		if testing.Short() {
+			n = 30
+		}
+		for i := range n {
+			var wg sync.WaitGroup
+			before := make([]uint64, len(cs))
+			for j, c := range cs {
+				before[j] = c.Stats().Count(EventInvalidationReceived)
+			}
+			for j := range 2 {
+				wg.Go(func() {
+					if err := cs[j].Set(ctx, "k", fmt.Sprint(i, "-", j)); err != nil {
+						t.Error(err)
+					}
+				})
+			}
+			wg.Go(func() { _, _ = cs[2].GetOrLoad(ctx, "k", constLoad("loaded", 0)) })
+			wg.Wait()
+			// a and b each get the other's message; the reader gets both.
+			want := []uint64{1, 1, 2}
+			for j, c := range cs {
+				waitFor(t, 10*time.Second, "invalidations delivered", func() bool {
+					return c.Stats().Count(EventInvalidationReceived) >= before[j]+want[j]
+				})
+			}
+			inRedis, err := ref.Get(ctx, "k")
+			if err != nil {
+				t.Fatal(err)
+			}
+			for j, c := range cs {
+				if e, ok := c.l1.peek("k"); ok && e.val != inRedis {
+					t.Fatalf("iteration %d: instance %d's L1 holds %q, Redis %q", i, j, e.val, inRedis)
+				}
+			}
+		}
+	})
+}
+
+// Hostile payloads on the invalidation channel neither crash nor stall the
+// subscriber, nor make it miss the real invalidation that follows them.
+func TestRedTeamHostilePayloadsThenRealInvalidation(t *testing.T) {
+	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
+		ctx := t.Context()
+		cs := instances[string](t, tg, 2, WithL1(100))
+		a, b := cs[0], cs[1]
+		waitSubscribed(t, cs...)
+		if _, err := a.GetOrLoad(ctx, "k", constLoad("old", 0)); err != nil {
+			t.Fatal(err)
+		}
+		hdr := func(sender [8]byte, kind msg.Kind) []byte {
+			return append([]byte{'T', msg.Version}, append(sender[:], byte(kind))...)
+		}
+		var other [8]byte
+		copy(other[:], "attacker")
+		huge := binary.AppendUvarint(hdr(other, msg.KindKeys), math.MaxUint64)
+		overlong := append(hdr(other, msg.KindKeys), 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01)
+		tag256 := append(binary.AppendUvarint(hdr(other, msg.KindTags), 256), strings.Repeat("t", 256+8)...)
+		tagShort := append(binary.AppendUvarint(hdr(other, msg.KindTags), 3), "abc1234"...)
+		spoofed := hdr(a.inv.id, msg.KindKeys) // a's own id: a ignores it, as it should
+		spoofed = append(binary.AppendUvarint(spoofed, 1), 'k')
+		payloads := [][]byte{
+			nil, []byte("T"), []byte("hello"), hdr(other, 0), huge, overlong, tag256, tagShort, spoofed,
+			[]byte(strings.Repeat("\x00", 1<<20)),
+			msg.Encode(other, nil, []envelope.Tag{{Name: "unrelated", Version: math.MaxUint64}}, false)[0],
+		}
+		raw := tg.NewClient(t)
+		before := a.Stats().Count(EventInvalidationReceived)
+		// The last one is a valid message from another sender: once it
+		// is counted, every payload before it has been handled.
+		payloads = append(payloads, msg.Encode(other, []string{"marker"}, nil, false)[0])
+		for _, p := range payloads {
+			if err := raw.Publish(ctx, a.st.layout.Channel(), p).Err(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		waitFor(t, 10*time.Second, "hostile payloads handled", func() bool {
+			return a.Stats().Count(EventInvalidationReceived) >= before+2 // the unrelated tag and the marker
+		})
+		if !a.inv.healthy() {
+			t.Fatal("the subscription went down on hostile payloads")
+		}
+		// Truncated messages flush L1 (by design): fill it again.
+		if _, err := a.GetOrLoad(ctx, "k", constLoad("old", 0)); err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := a.l1.peek("k"); !ok {
+			t.Fatal("a's L1 does not hold k")
+		}
+		if err := b.Set(ctx, "k", "new"); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 10*time.Second, "b's invalidation applied by a", func() bool {
+			return a.Stats().Count(EventInvalidationReceived) >= before+3
+		})
+		if e, ok := a.l1.peek("k"); ok {
+			t.Fatalf("a's L1 still holds %q after b's invalidation was applied", e.val)
+		}
+		if v, err := a.GetOrLoad(ctx, "k", constLoad("loaded", 0)); err != nil || v != "new" {
+			t.Fatalf("a reads %q, %v after b's Set", v, err)
+		}
+	})
+}
+
+// Huge TTLs and stale windows saturate instead of wrapping: values written
+// and loaded with them are cached, fresh, and live in Redis.
+func TestRedTeamHugeTTLs(t *testing.T) {
+	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
+		ctx := t.Context()
+		c := newCache[string](t, tg, WithDefaultTTL(math.MaxInt64), WithJitter(1),
+			WithStaleWhileRevalidate(math.MaxInt64), WithStaleIfError(math.MaxInt64), WithNegativeTTL(math.MaxInt64),
+			WithLoadTimeout(math.MaxInt64), WithLease(math.MaxInt64))
+		raw := tg.NewClient(t)
+		check := func(k, want string) {
+			t.Helper()
+			if v, err := c.Get(ctx, k); err != nil || v != want {
+				t.Fatalf("Get(%s) = %q, %v", k, v, err)
+			}
+			if d := raw.PTTL(ctx, c.st.layout.Value(k)).Val(); d <= 0 {
+				t.Fatalf("PTTL(%s) = %v", k, d)
+			}
+		}
+		if err := c.Set(ctx, "s", "v", WithTags("h")); err != nil {
+			t.Fatal(err)
+		}
+		check("s", "v")
+		if err := c.Set(ctx, "s2", "v", WithTTL(200*365*24*time.Hour)); err != nil {
+			t.Fatal(err)
+		}
+		check("s2", "v")
+		if _, err := c.GetOrLoad(ctx, "l", func(ctx context.Context) (string, error) {
+			LoadOptions(ctx, WithTags("h"), WithTTL(200*365*24*time.Hour))
+			return "lv", nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		check("l", "lv")
+		if _, err := c.GetOrLoad(ctx, "neg", func(context.Context) (string, error) { return "", ErrNotFound }); !errors.Is(err, ErrNotFound) {
+			t.Fatal(err)
+		}
+		if _, err := c.Get(ctx, "neg"); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("negative entry: %v", err)
+		}
+		if err := c.InvalidateTags(ctx, "h"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Get(ctx, "l"); !errors.Is(err, ErrMiss) {
+			t.Fatalf("Get after InvalidateTags = %v, want ErrMiss", err)
+		}
+	})
+}
+
+// A Refresh or GetOrLoad that starts after a Set never joins the Refresh
+// that began before it, on the writer's instance.
+func TestRedTeamRefreshAfterSetDoesNotJoin(t *testing.T) {
+	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
+		ctx := t.Context()
+		c := newCache[string](t, tg, WithL1(100))
+		started, proceed := make(chan struct{}), make(chan struct{})
+		done := make(chan string, 1)
+		go func() {
+			v, err := c.Refresh(ctx, "k", func(context.Context) (string, error) {
+				close(started)
+				<-proceed
+				return "old", nil
+			})
+			if err != nil {
+				v = err.Error()
+			}
+			done <- v
+		}()
+		<-started
+		if err := c.Set(ctx, "k", "new"); err != nil {
+			t.Fatal(err)
+		}
+		if v, err := c.GetOrLoad(ctx, "k", constLoad("loaded", 0)); err != nil || v != "new" {
+			t.Fatalf("GetOrLoad after Set = %q, %v", v, err)
+		}
+		if v, err := c.Refresh(ctx, "k", constLoad("new2", 0)); err != nil || v != "new2" {
+			t.Fatalf("Refresh after Set = %q, %v: it joined the Refresh that began before", v, err)
+		}
+		close(proceed)
+		if v := <-done; v != "old" {
+			t.Fatalf("first Refresh = %q", v)
+		}
+		raw := tg.NewClient(t)
+		b, err := raw.Get(ctx, c.st.layout.Value("k")).Bytes()
+		if err != nil && !errors.Is(err, redis.Nil) {
+			t.Fatal(err)
+		}
+		var e entry[string]
+		if err := decode(c.vc, b, keys.Hash(c.st.layout.Value("k")), &e); err != nil || e.val != "new2" {
+			t.Fatalf("Redis holds %q (%v), want new2", e.val, err)
+		}
+	})
+}
