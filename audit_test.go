@@ -663,3 +663,58 @@ func TestAuditClusterPipelineErrorsAreNotMisses(t *testing.T) {
 		t.Fatalf("GetMany with a dead master = %d values, %v; want ErrRedis", len(got), err)
 	}
 }
+
+// With Redis down, loaded values are kept in L1 for the outage TTL: the
+// loader sees about one call per key per outage TTL, not one per read; a
+// write during the outage fails and drops the key from this instance's L1,
+// so the next read loads again.
+func TestOutageL1AbsorbsLoads(t *testing.T) {
+	s := redistest.StartServer(t)
+	rdb := s.Client(t, func(o *redis.Options) {
+		o.ContextTimeoutEnabled = true
+		o.MaxRetries = 0
+		o.DialTimeout = 50 * time.Millisecond
+	})
+	const outageTTL = 500 * time.Millisecond
+	c := newCacheOn[string](t, rdb, "outage", WithL1(1000), WithL1OutageTTL(outageTTL), WithReadTimeout(50*time.Millisecond))
+	s.Stop()
+	var calls atomic.Int64
+	version := atomic.Int64{}
+	load := func(ctx context.Context) (string, error) {
+		calls.Add(1)
+		return "v" + strconv.FormatInt(version.Load(), 10), nil
+	}
+	ctx := t.Context()
+	start := time.Now()
+	var wg sync.WaitGroup
+	var failed atomic.Int64
+	for g := range 8 {
+		wg.Go(func() {
+			for i := range 500 {
+				if _, err := c.GetOrLoad(ctx, "k"+strconv.Itoa((g+i)%20), load); err != nil {
+					failed.Add(1)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	if failed.Load() != 0 {
+		t.Fatalf("%d reads failed during the outage", failed.Load())
+	}
+	// At most one load per key per outage TTL elapsed (plus one per key for
+	// the start, and the loads that overlap an expiry).
+	limit := int64(20 * (2 + int(elapsed/outageTTL)) * 2)
+	t.Logf("4000 reads in %v during the outage: %d loader calls (bound %d)", elapsed, calls.Load(), limit)
+	if calls.Load() > limit {
+		t.Fatalf("%d loader calls for 4000 reads of 20 keys in %v; want at most %d", calls.Load(), elapsed, limit)
+	}
+	// A write during the outage fails and drops the key here.
+	version.Store(1)
+	if err := c.Set(ctx, "k0", "written"); !errors.Is(err, ErrRedis) {
+		t.Fatalf("Set during the outage = %v, want ErrRedis", err)
+	}
+	if v, err := c.GetOrLoad(ctx, "k0", load); err != nil || v != "v1" {
+		t.Fatalf("read after a failed write = %q, %v; want a fresh load", v, err)
+	}
+}

@@ -20,9 +20,11 @@
 //     with no timer to delay a lone read (see [WithoutReadCoalescing]).
 //   - On a miss, callers in one process share one load (coalescing), and
 //     across processes the first instance takes a lease in Redis and loads
-//     while the others wait for its value: N instances load a cold key once.
-//     The fill is a compare-and-set on the lease, and writes remove the
-//     lease, so a value loaded before a Set or Delete never lands after it.
+//     while the others wait for its value, for as long as the holder may
+//     take: N instances load a cold key once. The fill is a compare-and-set
+//     on the lease, and writes remove the lease, so a value loaded before a
+//     Set, Delete or tag invalidation never lands after it, in Redis or in
+//     any L1. A single key and a batch go through the same load code.
 //
 // Values are refreshed in the background before they expire (XFetch early
 // refresh), may be served stale while they are refreshed or when the loader
@@ -33,20 +35,29 @@
 //
 // A cache failure never fails a read that the loader can serve: when Redis
 // is slow or down, reads go to L1 and the loader, and a circuit breaker
-// stops calling Redis until it recovers. Writes ([Cache.Set],
-// [Cache.Delete]) do return Redis errors, since a lost invalidation would
-// leave stale data; retry them. Every error is a sentinel value of this
-// package (see errors.go), wrapped with detail: test with [errors.Is].
+// stops calling Redis until it recovers. A value loaded while Redis cannot
+// take it is kept in L1 (when L1 is on) for the L1 outage TTL, so that an
+// outage costs the database about one load per key per instance per outage
+// TTL; without L1 only the callers of one process share a load. Writes
+// ([Cache.Set], [Cache.Delete]) do return Redis errors, since a lost
+// invalidation would leave stale data, and drop the key from this
+// instance's L1; retry them. Every error is a sentinel value of this
+// package (see errors.go), wrapped with detail: test with [errors.Is]. A
+// panic in a value's codec is an error; a loader's panic or
+// runtime.Goexit is a [*PanicError] for every waiter.
 //
 // # Consistency, in plain words
 //
 // Within one instance, a read that starts after a Set or Delete returned
-// sees its effect. Another instance sees it as soon as the invalidation
-// message reaches it (normally within a millisecond or two of the write
-// returning); if that message is lost, no later than the L1 max TTL, and
-// if the subscription is known to be down, no later than the L1 outage TTL
-// (1s), after which L1 is flushed. Redis itself is never left holding a
-// value loaded before the last Set or Delete of its key.
+// sees its effect (or something newer). Another instance sees it as soon as
+// the invalidation message reaches it; every instance publishes its
+// writes, with L1 or without. If that message is lost, the other instance
+// sees the write no later than the L1 max TTL, and if its subscription is
+// known to be down, no later than the L1 outage TTL (1s), after which L1
+// is flushed. After concurrent writes of a key have returned and their
+// messages arrived, no L1 holds a value Redis does not. Redis itself is
+// never left holding a value loaded before the last Set, Delete or tag
+// invalidation of its key.
 //
 // # Concurrency and lifetime
 //
