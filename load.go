@@ -634,7 +634,7 @@ func (c *Cache[V]) loadAndFill(ctx context.Context, ks []*keyLoad[V], mode fillM
 	}
 	outage := mode == fillOutage
 	if len(ws) > 0 {
-		written, err := c.st.fill(ctx, ws)
+		written, refused, err := c.st.fill(ctx, ws)
 		outage = err != nil
 		for j, i := range wk {
 			k := ks[i]
@@ -643,7 +643,7 @@ func (c *Cache[V]) loadAndFill(ctx context.Context, ks []*keyLoad[V], mode fillM
 				k.owned = false // Fill used the lease up
 				c.l1.fill(k.key, k.tok, es[i], c.l1.limit())
 				keep[i] = false // done
-			case err == nil:
+			case refused[j]:
 				// Refused: the lease is gone (a write or an invalidation
 				// since it was taken), so the value may predate the change.
 				k.owned = false
@@ -652,16 +652,15 @@ func (c *Cache[V]) loadAndFill(ctx context.Context, ks []*keyLoad[V], mode fillM
 			}
 		}
 	}
-	if outage {
+	if outage && len(tagNames) == 0 {
 		// Redis did not take the values: L1 keeps them for the outage TTL,
 		// so that an outage costs the source one load per key per instance
-		// per outage TTL rather than one per read. No tag versions could be
-		// read: L1 keeps them untagged, for no longer than that.
+		// per outage TTL rather than one per read. Not a tagged value: with
+		// no tag versions to check it against, InvalidateTags could not
+		// reach it.
 		for i, k := range ks {
 			if keep[i] {
-				e := es[i]
-				e.tags = nil
-				c.l1.fill(k.key, k.tok, e, c.cfg.l1OutageTTL)
+				c.l1.fill(k.key, k.tok, es[i], c.cfg.l1OutageTTL)
 			}
 		}
 	}

@@ -371,17 +371,17 @@ type frameWrite struct {
 }
 
 // fill writes loaded values, in one round trip per node, and reports which
-// were written: a leased fill whose lease is gone is refused. A cache's
-// fills are all leased or all unleased (WithoutLease: written through as
-// Set writes, all or none).
-func (s *store) fill(ctx context.Context, ws []frameWrite) ([]bool, error) {
-	written := make([]bool, len(ws))
+// were written and which refused (a leased fill whose lease is gone);
+// neither, when its command failed. A cache's fills are all leased or all
+// unleased (WithoutLease: written through as Set writes, all or none).
+func (s *store) fill(ctx context.Context, ws []frameWrite) (written, refused []bool, err error) {
+	written, refused = make([]bool, len(ws)), make([]bool, len(ws))
 	if ws[0].token == "" {
 		err := s.set(ctx, ws)
 		for i := range written {
 			written[i] = err == nil
 		}
-		return written, err
+		return written, refused, err
 	}
 	kk := make([][]string, len(ws))
 	args := make([][]any, len(ws))
@@ -389,15 +389,15 @@ func (s *store) fill(ctx context.Context, ws []frameWrite) ([]bool, error) {
 		kk[i] = []string{w.vk, keys.Lease(w.vk)}
 		args[i] = []any{w.token, w.frame, ms(w.ttl)}
 	}
-	err := s.write(ctx, op("fill", len(ws)), func(ctx context.Context) error {
+	err = s.write(ctx, op("fill", len(ws)), func(ctx context.Context) error {
 		cmds, err := s.runScript(ctx, keys.Fill, kk, args)
 		for i, cmd := range cmds {
-			n, _ := cmd.Int64()
-			written[i] = n == 1
+			n, cerr := cmd.Int64()
+			written[i], refused[i] = cerr == nil && n == 1, cerr == nil && n == 0
 		}
 		return err
 	})
-	return written, err
+	return written, refused, err
 }
 
 // lease is a lease this instance holds: its value key and token.
@@ -494,14 +494,13 @@ func (s *store) publish(ctx context.Context, channel string, msg []byte) error {
 // --- Tags (see tags.go) ---
 
 // tagRead returns the current versions of tags, creating missing tag keys
-// with version since (Unix µs; 0: the server's time now) and making each
-// live at least ttl. For a load, since is when it began, and stale reports
-// that a tag may have been invalidated since: its version is newer, or its
-// key was absent while the namespace's tag floor (the time of its latest
-// tag invalidation) is newer or unknown. The second case is the one where a
-// tag was invalidated during the load and its key then vanished (evicted,
-// deleted): without the floor the load would recreate the tag at its own
-// start and land a value loaded before the invalidation.
+// at the server's time and making each live at least ttl. For a load, since
+// is when it began (Unix µs, 0 for a write), and stale reports that a tag
+// may have been invalidated since: an existing tag's version is newer, or a
+// tag key was absent while the namespace's tag floor (the time of its
+// latest tag invalidation) is newer. The second case is the one where a tag
+// was invalidated during the load and its key then vanished (evicted,
+// deleted): recreated, it would carry no trace of the invalidation.
 func (s *store) tagRead(ctx context.Context, tags []string, since int64, ttl time.Duration) (out []envelope.Tag, stale bool, err error) {
 	if len(tags) == 0 {
 		return nil, false, nil
@@ -511,7 +510,7 @@ func (s *store) tagRead(ctx context.Context, tags []string, since int64, ttl tim
 	args := make([][]any, len(tags))
 	for i, t := range tags {
 		kk[i] = []string{s.layout.Tag(t)}
-		args[i] = []any{since, max(ms(ttl), 1)}
+		args[i] = []any{ms(ttl)}
 	}
 	err = s.write(ctx, "tag_read", func(ctx context.Context) error {
 		cmds, err := s.runScript(ctx, keys.TagRead, kk, args)
@@ -529,9 +528,11 @@ func (s *store) tagRead(ctx context.Context, tags []string, since int64, ttl tim
 				return err
 			}
 			out[i] = envelope.Tag{Name: tags[i], Version: v}
-			stale = stale || (since > 0 && int64(v) > since)
-			isNew, _ := vals[1].(int64)
-			created = created || isNew == 1
+			if isNew, _ := vals[1].(int64); isNew == 1 {
+				created = true
+			} else if since > 0 && int64(v) > since {
+				stale = true
+			}
 		}
 		if since == 0 || stale || !created {
 			return nil

@@ -86,6 +86,9 @@ func (c *Cache[V]) set(ctx context.Context, items []item[V], opts []SetOption) e
 	// The tags' keys must outlive the longest TTL of the items.
 	tags, _, err := c.st.tagRead(ctx, tagNames, 0, c.redisTTL(longest))
 	if err != nil {
+		for _, it := range items {
+			c.dropLocal(it.key) // as after a failed write: the caller retries
+		}
 		return err
 	}
 	ws := make([]frameWrite, len(items))

@@ -89,30 +89,28 @@ return redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 // version. Invalidating a tag moves its version forward, which makes every
 // value carrying it invalid at once, however many there are: O(1) in Redis.
 
-// TagRead returns a tag's version, creating the tag key when absent, and
-// makes sure it lives at least as long as the value about to be written.
+// TagRead returns a tag's version, creating the tag key when absent at the
+// server's time now, and makes sure it lives at least as long as the value
+// about to be written.
 //
-//	KEYS[1] tag key
-//	ARGV[1] version for a new tag key (the load's start, Unix µs) or "0" for
-//	        the server's time now; ARGV[2] the value's TTL in ms
+//	KEYS[1] tag key, ARGV[1] the value's TTL in ms
 //
 // It returns {version, created}: created is 1 when the key was absent. A
 // load that finds its tag key absent cannot tell a tag never invalidated
 // from one invalidated during the load whose key then vanished (evicted,
-// deleted); the cache asks TagFloor which.
+// deleted); the cache asks TagFloor which. A key created now is newer than
+// every load in flight, so those loads refuse their fills: a false refusal
+// at worst, never a forgotten invalidation.
 var TagRead = redis.NewScript(`
 local v = redis.call('GET', KEYS[1])
 if not v then
-  v = ARGV[1]
-  if v == '0' then
-    local t = redis.call('TIME')
-    v = string.format('%.0f', t[1] * 1000000 + t[2])
-  end
-  redis.call('SET', KEYS[1], v, 'PX', ARGV[2])
+  local t = redis.call('TIME')
+  v = string.format('%.0f', t[1] * 1000000 + t[2])
+  redis.call('SET', KEYS[1], v, 'PX', ARGV[1])
   return {v, 1}
 end
 local ttl = redis.call('PTTL', KEYS[1])
-if ttl >= 0 and ttl < tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+if ttl >= 0 and ttl < tonumber(ARGV[1]) then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
 return {v, 0}
 `)
 
