@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -193,4 +194,70 @@ func isTimeout(err error) bool {
 	}
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// nodes holds one breaker per Redis node, so that on a cluster a dead
+// master bypasses only the keys of its slots while the others keep their
+// Redis hits. A single node (or a Sentinel or Ring client) has one breaker.
+// Nil-safe: nil is WithoutBreaker.
+type nodes struct {
+	settings BreakerSettings
+	onChange func(node string, from, to BreakerState)
+	one      *breaker // the breaker of a client that is not a cluster client
+
+	mu sync.RWMutex
+	m  map[string]*breaker // by node address
+}
+
+// of returns node's breaker ("": the one node of a non-cluster client, or
+// a cluster node that could not be told).
+func (n *nodes) of(node string) *breaker {
+	if n == nil {
+		return nil
+	}
+	if n.one != nil {
+		return n.one
+	}
+	return n.get(node)
+}
+
+func (n *nodes) get(node string) *breaker {
+	n.mu.RLock()
+	b := n.m[node]
+	n.mu.RUnlock()
+	if b != nil {
+		return b
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if b = n.m[node]; b == nil {
+		b = newBreaker(n.settings, func(from, to BreakerState) { n.onChange(node, from, to) })
+		n.m[node] = b
+	}
+	return b
+}
+
+// states returns each node's breaker state, and the worst of them.
+func (n *nodes) states() (map[string]BreakerState, BreakerState) {
+	if n == nil {
+		return nil, BreakerClosed
+	}
+	n.mu.RLock()
+	defer n.mu.RUnlock()
+	out := make(map[string]BreakerState, len(n.m))
+	worst := BreakerClosed
+	for addr, b := range n.m {
+		s := breakerState(b.cb.State())
+		out[addr] = s
+		worst = max(worst, s)
+	}
+	return out, worst
+}
+
+// clientAddr names the node of a client that is not a cluster client.
+func clientAddr(rdb redis.UniversalClient) string {
+	if c, ok := rdb.(*redis.Client); ok {
+		return c.Options().Addr
+	}
+	return "redis"
 }

@@ -89,12 +89,15 @@ func New[V any](rdb redis.UniversalClient, opts ...Option) (*Cache[V], error) {
 		c.stop()
 		return nil, fmt.Errorf("%w: L1: %w", ErrInvalidOption, err)
 	}
-	if cfg.invalidation {
+	if cfg.invalidation || cfg.lease {
 		c.inv = &invalidator{
 			st: c.st, channel: c.st.layout.Channel(), id: newInstanceID(),
-			interval: cfg.healthInterval, rec: c.rec, log: c.log,
+			interval: cfg.healthInterval, rec: c.rec, log: c.log, publishes: cfg.invalidation,
 		}
-		if c.l1 != nil {
+		if cfg.lease {
+			c.inv.fills = &fillWaits{}
+		}
+		if c.l1 != nil && cfg.invalidation {
 			c.inv.onKeys = func(keys []string) { c.dropLocal(keys...) }
 			c.inv.onFlush = func() {
 				c.flight.ForgetAll()
@@ -129,12 +132,21 @@ func timeoutsReachSocket(rdb redis.UniversalClient) bool {
 	return true
 }
 
-func (c *Cache[V]) breakerChanged(from, to BreakerState) {
+// breakerChanged is told of every change of a node's breaker. When a node
+// comes back, L1 is flushed once: while it was bypassed, writes that other
+// instances made to it may have lost their messages, and this instance's
+// outage fills may predate them.
+func (c *Cache[V]) breakerChanged(node string, from, to BreakerState) {
 	lvl := slog.LevelWarn
 	if to == BreakerClosed {
 		lvl = slog.LevelInfo
+		c.flight.ForgetAll()
+		if c.l1 != nil {
+			c.l1.flush()
+			c.rec.event(EventL1Flush)
+		}
 	}
-	c.log.Log(context.Background(), lvl, "tiercache: redis circuit breaker "+to.String(), "from", from.String())
+	c.log.Log(context.Background(), lvl, "tiercache: redis circuit breaker "+to.String(), "node", node, "from", from.String())
 	c.rec.obs.BreakerChanged(from, to)
 }
 
@@ -167,17 +179,14 @@ func (c *Cache[V]) Close() error {
 // Stats returns a snapshot of the cache's counters.
 func (c *Cache[V]) Stats() Stats {
 	s := c.rec.snapshot()
-	s.BreakerState = BreakerClosed
-	if c.st.brk != nil {
-		s.BreakerState = breakerState(c.st.brk.cb.State())
-	}
+	s.Breakers, s.BreakerState = c.st.nodes.states()
 	if c.l1 != nil {
 		s.L1Hits, s.L1Misses = c.l1.hits.load(), c.l1.misses.load()
 		s.L1Entries = c.l1.c.EstimatedSize()
 		if c.l1.bytes {
 			s.L1Weight = c.l1.c.WeightedSize()
 		}
-		s.Subscribed = c.inv != nil && c.inv.healthy()
+		s.Subscribed = c.inv != nil && c.inv.onKeys != nil && c.inv.healthy()
 	}
 	return s
 }

@@ -21,9 +21,10 @@ import (
 // Redis short) and because one MGET costs Redis and the client less than the
 // same keys as pipelined GETs; docs/DESIGN.md has the figures.
 type coalescer struct {
-	// fetch runs one round trip for vks into raw (nil for an absent key),
-	// to be done by deadline; ctx carries the leading caller's values.
-	fetch func(ctx context.Context, deadline time.Time, vks []string, raw [][]byte) error
+	// fetch runs one round trip (per node) for vks into raw (nil for an
+	// absent key) and errs (the error of each key, nil when read), to be
+	// done by deadline; ctx carries the leading caller's values.
+	fetch func(ctx context.Context, deadline time.Time, vks []string, raw [][]byte, errs []error)
 	// timeout bounds a read's wait, counted from when it was queued.
 	timeout time.Duration
 	slots   int // round trips that may be in flight at once
@@ -69,9 +70,10 @@ type getReq struct {
 	alone [1]*getReq
 	vks   [1]string
 	raw   [1][]byte
+	errs  [1]error
 }
 
-func newCoalescer(timeout time.Duration, fetch func(context.Context, time.Time, []string, [][]byte) error) *coalescer {
+func newCoalescer(timeout time.Duration, fetch func(context.Context, time.Time, []string, [][]byte, []error)) *coalescer {
 	return &coalescer{fetch: fetch, timeout: timeout, slots: coalesceSlots}
 }
 
@@ -118,7 +120,7 @@ func (co *coalescer) get(ctx context.Context, vk string) ([]byte, error) {
 func (co *coalescer) finish(r *getReq) ([]byte, error) {
 	val, err := r.val, r.err
 	r.vk, r.val, r.err, r.ctx, r.batch = "", nil, nil, nil, nil
-	r.alone[0], r.vks[0], r.raw[0] = nil, "", nil
+	r.alone[0], r.vks[0], r.raw[0], r.errs[0] = nil, "", nil, nil
 	co.reqs.Put(r)
 	return val, err
 }
@@ -126,9 +128,9 @@ func (co *coalescer) finish(r *getReq) ([]byte, error) {
 // run does one round trip for batch, which lead belongs to, then passes its
 // slot on to the oldest waiting read, if any, or frees it.
 func (co *coalescer) run(lead *getReq, batch []*getReq, since time.Time) {
-	vks, raw := lead.vks[:], lead.raw[:]
+	vks, raw, errs := lead.vks[:], lead.raw[:], lead.errs[:]
 	if len(batch) > 1 {
-		vks, raw = make([]string, len(batch)), make([][]byte, len(batch))
+		vks, raw, errs = make([]string, len(batch)), make([][]byte, len(batch)), make([]error, len(batch))
 	}
 	for i, r := range batch {
 		vks[i] = r.vk
@@ -140,9 +142,9 @@ func (co *coalescer) run(lead *getReq, batch []*getReq, since time.Time) {
 	if len(batch) > 1 {
 		ctx = context.WithoutCancel(ctx)
 	}
-	err := co.fetch(ctx, since.Add(co.timeout), vks, raw)
+	co.fetch(ctx, since.Add(co.timeout), vks, raw, errs)
 	for i, r := range batch {
-		r.val, r.err = raw[i], err
+		r.val, r.err = raw[i], errs[i]
 		if r != lead {
 			r.done <- struct{}{}
 		}

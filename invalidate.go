@@ -39,10 +39,15 @@ type invalidator struct {
 	rec      *recorder
 	log      *slog.Logger
 
-	// The subscriber's handlers; nil without L1 (nothing to subscribe for).
+	// The subscriber's handlers; nil without L1 (no invalidations to apply).
 	onKeys  func(keys []string)
 	onFlush func()
 	onTags  func(tags []envelope.Tag)
+	// publishes is whether this instance publishes its writes (invalidation
+	// on); fills, when the lease is on, wakes the waiters of a lease whose
+	// fill is published on the fill channel.
+	publishes bool
+	fills     *fillWaits
 
 	up   atomic.Bool // the subscription is confirmed and healthy
 	reqs chan pubReq
@@ -59,6 +64,7 @@ type invalidator struct {
 }
 
 type pubReq struct {
+	at   int64 // when the write it announces was acknowledged (Unix µs)
 	keys []string
 	tags []envelope.Tag
 	all  bool
@@ -75,11 +81,34 @@ func (iv *invalidator) start() {
 	iv.reqs = make(chan pubReq, 1024)
 	iv.done = make(chan struct{})
 	iv.life, iv.cancel = context.WithCancel(context.Background())
-	iv.wg.Add(1)
-	go iv.publish()
-	if iv.onKeys != nil {
+	if iv.publishes {
+		iv.wg.Add(1)
+		go iv.publish()
+	}
+	if len(iv.channels()) > 0 {
 		iv.wg.Add(1)
 		go iv.subscribe()
+	}
+}
+
+// channels are what the subscriber listens to: the invalidation channel
+// (with L1) and the fill channel (with the lease).
+func (iv *invalidator) channels() []string {
+	var chs []string
+	if iv.onKeys != nil {
+		chs = append(chs, iv.channel)
+	}
+	if iv.fills != nil {
+		chs = append(chs, iv.st.layout.Fills())
+	}
+	return chs
+}
+
+// flush drops L1 (when there is one): invalidations may have been missed.
+func (iv *invalidator) flush() {
+	if iv.onFlush != nil {
+		iv.onFlush()
+		iv.rec.event(EventL1Flush)
 	}
 }
 
@@ -111,10 +140,10 @@ func (iv *invalidator) healthy() bool { return iv.up.Load() }
 // batched into one message without delaying a lone sender: the publisher
 // takes whatever has queued while it was busy. Nil-safe (invalidation off).
 func (iv *invalidator) send(ctx context.Context, keys []string, tags []envelope.Tag, all bool) error {
-	if iv == nil || (len(keys) == 0 && len(tags) == 0 && !all) {
+	if iv == nil || !iv.publishes || (len(keys) == 0 && len(tags) == 0 && !all) {
 		return nil
 	}
-	r := pubReq{keys: keys, tags: tags, all: all, ack: make(chan error, 1)}
+	r := pubReq{at: nowMicro(), keys: keys, tags: tags, all: all, ack: make(chan error, 1)}
 	select {
 	case iv.reqs <- r:
 	case <-iv.done:
@@ -168,11 +197,12 @@ func (iv *invalidator) publish() {
 func (iv *invalidator) publishBatch(batch []pubReq) error {
 	var keys []string
 	var tags []envelope.Tag
-	all := false
+	all, at := false, batch[0].at
 	for _, r := range batch {
 		keys, tags, all = append(keys, r.keys...), append(tags, r.tags...), all || r.all
+		at = min(at, r.at) // the delay of the batch is its oldest write's
 	}
-	for _, m := range msg.Encode(iv.id, keys, tags, all) {
+	for _, m := range msg.EncodeAt(iv.id, at, keys, tags, all) {
 		if err := iv.st.publish(context.Background(), iv.channel, m); err != nil {
 			return fmt.Errorf("publishing invalidation: %w", err)
 		}
@@ -191,8 +221,7 @@ func (iv *invalidator) apply(payload string) {
 	if err != nil {
 		if msg.HasHeader(payload) {
 			iv.log.Warn("tiercache: truncated invalidation message; flushing L1", "channel", iv.channel, "bytes", len(payload), "err", err)
-			iv.onFlush()
-			iv.rec.event(EventL1Flush)
+			iv.flush()
 			return
 		}
 		iv.log.Warn("tiercache: ignoring a foreign message on the invalidation channel", "channel", iv.channel, "bytes", len(payload))
@@ -210,6 +239,9 @@ func (iv *invalidator) apply(payload string) {
 		iv.onTags(m.Tags)
 	}
 	iv.rec.event(EventInvalidationReceived) // counted once applied
+	if m.SentAt > 0 {
+		iv.rec.invalidationDelay(time.Duration(nowMicro()-m.SentAt) * time.Microsecond)
+	}
 }
 
 func (iv *invalidator) subscribe() {
@@ -227,14 +259,16 @@ func (iv *invalidator) subscribe() {
 		iv.ps = ps
 		iv.mu.Unlock()
 
-		confirmed, err := false, ps.Subscribe(iv.life, iv.channel)
+		confirmed, err := false, ps.Subscribe(iv.life, iv.channels()...)
 		if err == nil {
 			confirmed, err = iv.receive(ps)
 		}
 		_ = ps.Close()
 		wasUp := iv.up.Swap(false)
-		iv.onFlush()
-		iv.rec.event(EventL1Flush)
+		iv.flush()
+		// Fill messages may have been missed too: waiters look for
+		// themselves (and poll until the subscription is back).
+		iv.fills.wakeAll()
 		select {
 		case <-iv.done:
 			return
@@ -261,6 +295,7 @@ func (iv *invalidator) subscribe() {
 // whether the subscription had been confirmed.
 func (iv *invalidator) receive(ps *redis.PubSub) (confirmed bool, err error) {
 	pinged := false
+	want, subscribed := len(iv.channels()), 0
 	for {
 		msg, err := ps.ReceiveTimeout(iv.life, iv.interval)
 		if err != nil {
@@ -281,20 +316,96 @@ func (iv *invalidator) receive(ps *redis.PubSub) (confirmed bool, err error) {
 		pinged = false
 		switch m := msg.(type) {
 		case *redis.Subscription:
-			if m.Kind == "subscribe" && m.Channel == iv.channel {
-				// Anything filled before this point may have missed an
-				// invalidation: flush, then trust L1 again.
-				iv.onFlush()
-				iv.up.Store(true)
-				if confirmed {
-					continue
-				}
+			if m.Kind != "subscribe" {
+				continue
+			}
+			if subscribed++; subscribed < want {
+				continue
+			}
+			// Anything filled before this point may have missed an
+			// invalidation: flush, then trust L1 again.
+			iv.flush()
+			iv.up.Store(true)
+			if !confirmed {
 				confirmed = true
-				iv.log.Info("tiercache: invalidation subscription up", "channel", iv.channel)
+				iv.log.Info("tiercache: invalidation subscription up", "channels", iv.channels())
 			}
 		case *redis.Message:
+			if iv.fills != nil && m.Channel == iv.st.layout.Fills() {
+				iv.fills.wake(m.Payload)
+				continue
+			}
 			iv.apply(m.Payload)
 		case *redis.Pong:
+		}
+	}
+}
+
+// fillWaits wakes this instance's waiters for other instances' leases: the
+// script that ends a waited-for lease (a fill, a release, a write) publishes
+// its value key on the fill channel, and the subscriber calls wake. A
+// waiter watches its keys before its acquire, so that a message that comes
+// between the acquire's reply and the wait is not lost.
+type fillWaits struct {
+	mu sync.Mutex
+	m  map[string]map[chan struct{}]struct{} // by value key
+}
+
+// watch returns a channel that receives when any of vks is woken, and the
+// function that stops watching.
+func (f *fillWaits) watch(vks []string) (<-chan struct{}, func()) {
+	ch := make(chan struct{}, 1)
+	f.mu.Lock()
+	if f.m == nil {
+		f.m = map[string]map[chan struct{}]struct{}{}
+	}
+	for _, vk := range vks {
+		set := f.m[vk]
+		if set == nil {
+			set = map[chan struct{}]struct{}{}
+			f.m[vk] = set
+		}
+		set[ch] = struct{}{}
+	}
+	f.mu.Unlock()
+	return ch, func() {
+		f.mu.Lock()
+		for _, vk := range vks {
+			if set := f.m[vk]; set != nil {
+				delete(set, ch)
+				if len(set) == 0 {
+					delete(f.m, vk)
+				}
+			}
+		}
+		f.mu.Unlock()
+	}
+}
+
+func (f *fillWaits) wake(vk string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for ch := range f.m[vk] {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// wakeAll wakes every waiter (nil-safe): messages may have been lost.
+func (f *fillWaits) wakeAll() {
+	if f == nil {
+		return
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, set := range f.m {
+		for ch := range set {
+			select {
+			case ch <- struct{}{}:
+			default:
+			}
 		}
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -377,4 +378,135 @@ func TestRefresh(t *testing.T) {
 			t.Fatalf("other instance reads %d after Refresh", v)
 		}
 	})
+}
+
+// countingObserver counts Redis round trips by operation.
+type countingObserver struct {
+	NopObserver
+	mu  sync.Mutex
+	ops map[string]int
+}
+
+func (o *countingObserver) Redis(op string, _ time.Duration, _ error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.ops == nil {
+		o.ops = map[string]int{}
+	}
+	o.ops[op]++
+}
+
+func (o *countingObserver) count(op string) int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.ops[op]
+}
+
+// A waiter for another instance's lease is woken by the holder's fill: it
+// costs Redis no polls while it waits (one acquire to find the lease held,
+// one after the wake-up), and gets the holder's value.
+func TestLeaseWaiterWokenByFill(t *testing.T) {
+	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
+		prefix := fmt.Sprintf("wake%d", time.Now().UnixNano())
+		holder := newCacheOn[string](t, tg.NewClient(t), prefix, WithLease(30*time.Second))
+		obs := &countingObserver{}
+		waiter := newCacheOn[string](t, tg.NewClient(t), prefix, WithLease(30*time.Second), WithObserver(obs))
+		waitFor(t, 10*time.Second, "the waiter's fill subscription", waiter.inv.healthy)
+		loading, release := make(chan struct{}), make(chan struct{})
+		var calls atomic.Int64
+		go func() {
+			_, _ = holder.GetOrLoad(context.Background(), "k", func(ctx context.Context) (string, error) {
+				calls.Add(1)
+				close(loading)
+				<-release
+				return "held", nil
+			})
+		}()
+		<-loading
+		got := make(chan string, 1)
+		go func() {
+			v, err := waiter.GetOrLoad(context.Background(), "k", func(ctx context.Context) (string, error) {
+				calls.Add(1)
+				return "waiter", nil
+			})
+			if err != nil {
+				v = err.Error()
+			}
+			got <- v
+		}()
+		waitFor(t, 10*time.Second, "the waiter's first acquire", func() bool { return obs.count("acquire") >= 1 })
+		time.Sleep(200 * time.Millisecond) // polling would acquire about 20 times meanwhile
+		if n := obs.count("acquire"); n > 1 {
+			t.Fatalf("the waiter acquired %d times while the holder loaded: it polls", n)
+		}
+		close(release)
+		if v := <-got; v != "held" {
+			t.Fatalf("the waiter got %q, want the holder's value", v)
+		}
+		if calls.Load() != 1 || obs.count("acquire") > 2 {
+			t.Fatalf("%d loads, %d acquires by the waiter", calls.Load(), obs.count("acquire"))
+		}
+	})
+}
+
+// The stampede of the issue: 4 instances x 250 goroutines on one cold key,
+// a 50ms loader. Reported: loads (must be 1) and the waiters' p99 over the
+// loader time, with fills waking the waiters and with polling.
+func BenchmarkStampede(b *testing.B) {
+	for _, mode := range []string{"woken", "polling"} {
+		b.Run(mode, func(b *testing.B) {
+			tg := redistest.Target{NewClient: func(tb testing.TB) redis.UniversalClient {
+				return redistest.SharedServer(tb).Client(tb, func(o *redis.Options) { o.ContextTimeoutEnabled = true; o.PoolSize = 64 })
+			}}
+			var p99s []time.Duration
+			var loads int64
+			for i := range b.N {
+				prefix := fmt.Sprintf("stampede%s%d%d", mode, time.Now().UnixNano(), i)
+				cs := make([]*Cache[int], 4)
+				for j := range cs {
+					cs[j] = newCacheOn[int](b, tg.NewClient(b), prefix, WithL1(10))
+					if mode == "polling" {
+						cs[j].inv.fills = nil
+					} else {
+						for !cs[j].inv.healthy() {
+							time.Sleep(time.Millisecond)
+						}
+					}
+				}
+				var calls atomic.Int64
+				load := func(ctx context.Context) (int, error) {
+					calls.Add(1)
+					time.Sleep(50 * time.Millisecond)
+					return 1, nil
+				}
+				lat := make([]time.Duration, 0, 1000)
+				var mu sync.Mutex
+				start := make(chan struct{})
+				var wg sync.WaitGroup
+				for _, c := range cs {
+					for range 250 {
+						wg.Go(func() {
+							<-start
+							t0 := time.Now()
+							_, _ = c.GetOrLoad(context.Background(), "cold", load)
+							mu.Lock()
+							lat = append(lat, time.Since(t0))
+							mu.Unlock()
+						})
+					}
+				}
+				close(start)
+				wg.Wait()
+				slices.Sort(lat)
+				p99s = append(p99s, lat[len(lat)*99/100])
+				loads += calls.Load()
+				for _, c := range cs {
+					_ = c.Close()
+				}
+			}
+			slices.Sort(p99s)
+			b.ReportMetric(float64(p99s[len(p99s)/2].Microseconds())/1000, "p99-ms")
+			b.ReportMetric(float64(loads)/float64(b.N), "loads/op")
+		})
+	}
 }

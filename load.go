@@ -133,18 +133,17 @@ func (c *Cache[V]) GetOrLoadMany(ctx context.Context, keys []string, load BatchL
 	if err != nil || len(rest) == 0 {
 		return out, err
 	}
-	mode := loadRead
-	var missing []*keyLoad[V]
-	es, found, err := c.getManyL2(ctx, rest)
-	if err != nil {
-		if ctx.Err() != nil {
-			return out, ctx.Err()
-		}
-		mode = loadOutage // as in readThrough
+	// Keys whose node failed the read are loaded as in an outage (see
+	// readThrough); the others as usual.
+	var missing, outage []*keyLoad[V]
+	es, found, errs, err := c.getManyL2(ctx, rest)
+	if err != nil && ctx.Err() != nil {
+		return out, ctx.Err()
 	}
 	now := nowMicro()
 	for i, k := range rest {
-		if err == nil && found[i] {
+		failed := errs != nil && errs[i] != nil
+		if !failed && found[i] {
 			e := &es[i]
 			fresh := e.fresh(now)
 			if fresh || c.withinSWR(e, now) {
@@ -160,12 +159,18 @@ func (c *Cache[V]) GetOrLoadMany(ctx context.Context, keys []string, load BatchL
 				continue
 			}
 		}
-		kl := &keyLoad[V]{key: k, vk: c.st.layout.Value(k)}
-		if err == nil && found[i] {
+		kl := &keyLoad[V]{key: k, vk: c.st.layout.Value(k), outage: failed}
+		switch {
+		case failed:
+			outage = append(outage, kl)
+		case found[i]:
 			kl.stale = &es[i]
+			fallthrough
+		default:
+			missing = append(missing, kl)
 		}
-		missing = append(missing, kl)
 	}
+	missing = append(missing, outage...)
 	if len(missing) == 0 {
 		return out, nil
 	}
@@ -182,8 +187,17 @@ func (c *Cache[V]) GetOrLoadMany(ctx context.Context, keys []string, load BatchL
 			c.rec.event(EventCoalesced)
 		}
 	}
-	if len(lead) > 0 {
-		c.lead(ctx, flightRead, lead, leadCalls, mode, 0, batch(load))
+	// Two loads at most: the keys read as usual, and those of failed nodes
+	// (missing lists them last, so lead does too).
+	n := len(lead)
+	for n > 0 && lead[n-1].outage {
+		n--
+	}
+	if n > 0 {
+		c.lead(ctx, flightRead, lead[:n], leadCalls[:n], loadRead, 0, batch(load))
+	}
+	if n < len(lead) {
+		c.lead(ctx, flightRead, lead[n:], leadCalls[n:], loadOutage, 0, batch(load))
 	}
 	var firstErr error
 	for i, k := range missing {
@@ -340,6 +354,8 @@ type keyLoad[V any] struct {
 	token string    // our lease token (made on the first acquire, kept for retries)
 	owned bool      // the lease is ours and not yet filled or given back
 	force bool      // lease it even if it looks fresh: its bytes do not decode
+	// outage: its node failed the read; it is loaded for L1 only.
+	outage bool
 
 	e       entry[V]
 	err     error
@@ -413,35 +429,60 @@ func (c *Cache[V]) load(ctx context.Context, ks []*keyLoad[V], mode loadMode, no
 	defer c.release(ks)
 
 	wait := leaseWait{until: time.Now().Add(satAdd(c.cfg.leaseTTL, c.cfg.loadTimeout))}
+	unwatch := func() {}
+	defer func() { unwatch() }()
 	pending := ks
 	for len(pending) > 0 {
+		// A waiter is woken by the holder's fill (see fillWaits) while the
+		// subscription is up, and polls otherwise. It watches before its
+		// acquire: a fill between the acquire's reply and the wait wakes it.
+		var woken <-chan struct{}
+		notified := mode != loadBackground && c.inv != nil && c.inv.fills != nil && c.inv.healthy()
 		reqs := make([]acquireReq, len(pending))
 		for i, k := range pending {
 			if k.token == "" {
 				k.token = newToken()
 			}
 			k.tok = c.l1.token(k.key)
-			reqs[i] = acquireReq{vk: k.vk, token: k.token, force: k.force || mode != loadRead}
+			reqs[i] = acquireReq{vk: k.vk, token: k.token, force: k.force || mode != loadRead, wait: notified}
 			if !k.force {
 				reqs[i].notBefore = notBefore
 			}
 		}
-		res, err := c.st.acquire(ctx, reqs)
-		if err != nil {
-			// The script may have run and taken leases although its reply
-			// was lost (a timeout): give them back.
-			for _, k := range pending {
-				k.owned = true
+		if notified {
+			vks := make([]string, len(pending))
+			for i, k := range pending {
+				vks[i] = k.vk
 			}
-			c.release(pending)
+			woken, unwatch = c.inv.fills.watch(vks)
+		}
+		res, errs := c.st.acquire(ctx, reqs)
+		if errs != nil {
+			// A node failed: its keys are loaded for L1 only (Redis is sick:
+			// no lease, no more timeouts), the others go on. The script may
+			// have run and taken their leases although its reply was lost
+			// (a timeout): give them back.
+			var failed []*keyLoad[V]
+			ok, okRes := pending[:0:0], res[:0:0]
+			for i, k := range pending {
+				if errs[i] != nil {
+					k.owned = true
+					failed = append(failed, k)
+				} else {
+					ok, okRes = append(ok, k), append(okRes, res[i])
+				}
+			}
+			c.release(failed)
 			if ctx.Err() != nil {
 				for _, k := range pending {
 					k.settle(entry[V]{}, ctx.Err())
 				}
 				return
 			}
-			c.loadAndFill(ctx, pending, fillOutage, fn, 0)
-			return
+			c.loadAndFill(ctx, failed, fillOutage, fn, 0)
+			if pending, res = ok, okRes; len(pending) == 0 {
+				return
+			}
 		}
 		names, vks, raw := make([]string, len(pending)), make([]string, len(pending)), make([][]byte, len(pending))
 		for i, k := range pending {
@@ -508,7 +549,9 @@ func (c *Cache[V]) load(ctx context.Context, ks []*keyLoad[V], mode loadMode, no
 		}
 		// Another instance holds the lease: wait for its value. If it
 		// dies, its lease expires and the next acquire takes it over.
-		if err := wait.sleep(ctx, leaseLeft); err != nil {
+		err := wait.sleep(ctx, leaseLeft, woken)
+		unwatch()
+		if err != nil {
 			for _, k := range busy {
 				k.settle(entry[V]{}, err)
 			}
@@ -775,13 +818,15 @@ func LoadOptions(ctx context.Context, opts ...SetOption) {
 	}
 }
 
-// leaseWait paces a waiter for another instance's lease: 2ms doubling to
-// 10ms, with jitter so that waiters do not poll in step, and never past
-// the time the lease has left (plus a little), when a takeover becomes
-// possible. The cap bounds how late a waiter sees the holder's fill: about
-// 10ms, for one poll per 10ms per key and process while it waits. A waiter
-// waits until its bound (a lease TTL and a load timeout: as long as a
-// holder can take); a read is never failed for waiting.
+// leaseWait paces a waiter for another instance's lease. Woken by fills
+// (woken not nil), it sleeps until a wake-up, the lease's expiry (when a
+// takeover becomes possible) or half a second, whichever comes first: it
+// costs Redis no polls while it waits, and a lost message costs it at most
+// that long. Without wake-ups (the subscription is down) it polls: 2ms
+// doubling to 10ms, with jitter so that waiters do not poll in step, never
+// past the lease's expiry. A waiter waits until its bound (a lease TTL and
+// a load timeout: as long as a holder can take); a read is never failed
+// for waiting.
 type leaseWait struct {
 	d      time.Duration
 	rounds int
@@ -790,14 +835,15 @@ type leaseWait struct {
 
 func (w *leaseWait) more() bool { return time.Now().Before(w.until) }
 
-func (w *leaseWait) sleep(ctx context.Context, leaseLeft time.Duration) error {
+func (w *leaseWait) sleep(ctx context.Context, leaseLeft time.Duration, woken <-chan struct{}) error {
 	w.rounds++
-	if w.d == 0 {
-		w.d = 2 * time.Millisecond
+	var d time.Duration
+	if woken != nil {
+		d = 500 * time.Millisecond
 	} else {
-		w.d = min(2*w.d, 10*time.Millisecond)
+		w.d = min(max(2*w.d, 2*time.Millisecond), 10*time.Millisecond)
+		d = w.d/2 + time.Duration(rand.Int64N(int64(w.d/2)+1))
 	}
-	d := w.d/2 + time.Duration(rand.Int64N(int64(w.d/2)+1))
 	if leaseLeft > 0 {
 		d = min(d, leaseLeft+time.Millisecond)
 	}
@@ -805,6 +851,8 @@ func (w *leaseWait) sleep(ctx context.Context, leaseLeft time.Duration) error {
 	defer t.Stop()
 	select {
 	case <-t.C:
+		return nil
+	case <-woken:
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()

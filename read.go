@@ -48,15 +48,16 @@ func (c *Cache[V]) GetMany(ctx context.Context, keys []string) (map[string]V, er
 	if err != nil || len(rest) == 0 {
 		return out, err
 	}
-	es, found, err := c.getManyL2(ctx, rest)
-	if err != nil {
-		return out, fmt.Errorf("%w: %w", ErrMiss, err)
-	}
+	es, found, _, err := c.getManyL2(ctx, rest)
 	now := nowMicro()
 	for i, k := range rest {
 		if found[i] && es[i].fresh(now) && !es[i].neg {
 			out[k] = es[i].val
 		}
+	}
+	if err != nil {
+		// A node failed: its keys are missing, the others are there.
+		return out, fmt.Errorf("%w: %w", ErrMiss, err)
 	}
 	return out, nil
 }
@@ -131,16 +132,18 @@ func (c *Cache[V]) getL2(ctx context.Context, key string) (e entry[V], found boo
 		}
 		return e, false, err
 	}
-	ks, vks, raws, toks := [1]string{key}, [1]string{vk}, [1][]byte{b}, [1]fillToken{tok}
+	ks, vks, raws := [1]string{key}, [1]string{vk}, [1][]byte{b}
 	var es [1]entry[V]
 	var fs [1]bool
 	c.decodeChecked(ctx, ks[:], vks[:], raws[:], es[:], fs[:])
-	c.countL2(start, ks[:], toks[:], es[:], fs[:])
+	c.countL2(start, nowMicro(), key, tok, &es[0], fs[0])
 	return es[0], fs[0], nil
 }
 
-// getManyL2 reads ks from Redis in one round trip per node.
-func (c *Cache[V]) getManyL2(ctx context.Context, ks []string) ([]entry[V], []bool, error) {
+// getManyL2 reads ks from Redis in one round trip per node. errs[i] is the
+// error of ks[i] when its node failed (nil: read), err the first; the
+// others are read all the same.
+func (c *Cache[V]) getManyL2(ctx context.Context, ks []string) (es []entry[V], found []bool, errs []error, err error) {
 	vks := make([]string, len(ks))
 	toks := make([]fillToken, len(ks))
 	for i, k := range ks {
@@ -148,33 +151,31 @@ func (c *Cache[V]) getManyL2(ctx context.Context, ks []string) ([]entry[V], []bo
 		toks[i] = c.l1.token(k)
 	}
 	start := c.rec.now()
-	raw, err := c.st.getMany(ctx, vks)
-	if err != nil {
-		if !errors.Is(err, errBreakerOpen) {
-			for range ks {
-				c.rec.lookupL2(false, start)
-			}
-		}
-		return nil, nil, err
-	}
-	es, found := make([]entry[V], len(ks)), make([]bool, len(ks))
+	raw, errs, err := c.st.getMany(ctx, vks)
+	es, found = make([]entry[V], len(ks)), make([]bool, len(ks))
 	c.decodeChecked(ctx, ks, vks, raw, es, found)
-	c.countL2(start, ks, toks, es, found)
-	return es, found, nil
-}
-
-// countL2 counts the Redis lookups of ks and fills L1 with the fresh hits.
-func (c *Cache[V]) countL2(start time.Time, ks []string, toks []fillToken, es []entry[V], found []bool) {
 	now := nowMicro()
 	for i, k := range ks {
-		hit := found[i] && es[i].fresh(now)
-		c.rec.lookupL2(hit, start)
-		if hit {
-			if es[i].neg {
-				c.rec.event(EventNegativeHit)
+		if errs != nil && errs[i] != nil {
+			if !errors.Is(errs[i], errBreakerOpen) { // a bypassed Redis was not asked
+				c.rec.lookupL2(false, start)
 			}
-			c.l1.fill(k, toks[i], es[i], c.l1.limit())
+			continue
 		}
+		c.countL2(start, now, k, toks[i], &es[i], found[i])
+	}
+	return es, found, errs, err
+}
+
+// countL2 counts the Redis lookup of k and fills L1 with a fresh hit.
+func (c *Cache[V]) countL2(start time.Time, now int64, k string, tok fillToken, e *entry[V], found bool) {
+	hit := found && e.fresh(now)
+	c.rec.lookupL2(hit, start)
+	if hit {
+		if e.neg {
+			c.rec.event(EventNegativeHit)
+		}
+		c.l1.fill(k, tok, *e, c.l1.limit())
 	}
 }
 

@@ -3,6 +3,7 @@ package tiercache
 import (
 	"context"
 	"encoding/json"
+	"math"
 	"math/rand/v2"
 	"sync/atomic"
 	"time"
@@ -103,6 +104,14 @@ type Tracer interface {
 	Start(ctx context.Context, op string) (context.Context, func(err error))
 }
 
+// DelayObserver is an optional interface of an [Observer]: when the
+// observer implements it, the cache reports the delay of each invalidation
+// message it applies (from the sender's acknowledged write to this
+// instance's L1 drop; see [Stats].InvalidationDelay).
+type DelayObserver interface {
+	InvalidationDelay(d time.Duration)
+}
+
 // NopObserver implements [Observer] and does nothing.
 type NopObserver struct{}
 
@@ -120,10 +129,20 @@ type Stats struct {
 	LoadErrors       uint64 // loader calls that failed (ErrNotFound is not a failure)
 	// Events counts each [Event] by its value: Events[EventCoalesced] is how
 	// many reads shared another caller's load, and so on.
-	Events       [numEvents]uint64
+	Events [numEvents]uint64
+	// BreakerState is the worst state of the breakers; Breakers has each
+	// node's, by address (one entry on a single node, one per master seen
+	// on a cluster; nil with WithoutBreaker).
 	BreakerState BreakerState
+	Breakers     map[string]BreakerState
 	L1Entries    int    // entries in L1 now
 	L1Weight     uint64 // sum of the encoded sizes of L1's values, when L1 is bounded by bytes
+	// InvalidationDelay is the distribution of the delays of the
+	// invalidation messages this instance applied, from the moment the
+	// sending instance's write was acknowledged by Redis to the moment this
+	// instance dropped the keys from L1. It includes the clock difference
+	// between the two hosts (none between processes of one host).
+	InvalidationDelay DelayHistogram
 	// Subscribed is whether the L1 invalidation subscription is up: while
 	// it is not, L1 entries live at most the L1 outage TTL. False without
 	// L1 or with WithoutInvalidation.
@@ -148,11 +167,79 @@ func (s Stats) Count(e Event) uint64 {
 	return 0
 }
 
+// DelayBuckets is the number of buckets of a [DelayHistogram].
+const DelayBuckets = 24
+
+// DelayHistogram counts durations in buckets whose bounds double from 16µs:
+// Buckets[i] counts the durations below [DelayBucketBound](i) and at least
+// the bound before; the last bucket has no upper bound.
+type DelayHistogram struct {
+	Buckets [DelayBuckets]uint64
+	Count   uint64
+	Sum     time.Duration
+	Max     time.Duration
+}
+
+// DelayBucketBound is the upper bound of bucket i: 16µs * 2^i (the last
+// bucket's is math.MaxInt64).
+func DelayBucketBound(i int) time.Duration {
+	if i >= DelayBuckets-1 {
+		return math.MaxInt64
+	}
+	return 16 * time.Microsecond << i
+}
+
+// Quantile returns the upper bound of the bucket that holds the q-th
+// quantile (q in [0, 1]), capped at Max: an upper bound of the true one.
+// It is 0 for an empty histogram.
+func (h DelayHistogram) Quantile(q float64) time.Duration {
+	if h.Count == 0 {
+		return 0
+	}
+	rank := uint64(math.Ceil(q * float64(h.Count)))
+	var n uint64
+	for i, c := range h.Buckets {
+		if n += c; n >= max(rank, 1) {
+			return min(DelayBucketBound(i), h.Max)
+		}
+	}
+	return h.Max
+}
+
+// delays is the live histogram behind DelayHistogram.
+type delays struct {
+	buckets  [DelayBuckets]atomic.Uint64
+	count    atomic.Uint64
+	sum, max atomic.Int64
+}
+
+func (d *delays) observe(v time.Duration) {
+	v = max(v, 0)
+	i := 0
+	for i < DelayBuckets-1 && v >= DelayBucketBound(i) {
+		i++
+	}
+	d.buckets[i].Add(1)
+	d.count.Add(1)
+	d.sum.Add(int64(v))
+	for m := d.max.Load(); int64(v) > m && !d.max.CompareAndSwap(m, int64(v)); m = d.max.Load() {
+	}
+}
+
+func (d *delays) snapshot() DelayHistogram {
+	h := DelayHistogram{Count: d.count.Load(), Sum: time.Duration(d.sum.Load()), Max: time.Duration(d.max.Load())}
+	for i := range h.Buckets {
+		h.Buckets[i] = d.buckets[i].Load()
+	}
+	return h
+}
+
 // counters are the live counters behind Stats: atomics, no lock.
 type counters struct {
 	l2Hits, l2Misses  stripedCounter // every Redis read counts one
 	loads, loadErrors atomic.Uint64
 	events            [numEvents]atomic.Uint64
+	delays            delays
 }
 
 // recorder counts and forwards to the observer. All methods are cheap when
@@ -160,8 +247,9 @@ type counters struct {
 type recorder struct {
 	n      counters
 	obs    Observer
-	tracer Tracer // nil unless obs implements Tracer
-	timed  bool   // whether obs wants durations (false for NopObserver)
+	tracer Tracer        // nil unless obs implements Tracer
+	delay  DelayObserver // nil unless obs implements DelayObserver
+	timed  bool          // whether obs wants durations (false for NopObserver)
 }
 
 func newRecorder(obs Observer) *recorder {
@@ -171,6 +259,7 @@ func newRecorder(obs Observer) *recorder {
 	} else {
 		r.timed = true
 		r.tracer, _ = obs.(Tracer)
+		r.delay, _ = obs.(DelayObserver)
 	}
 	return r
 }
@@ -218,6 +307,14 @@ func (r *recorder) eventN(e Event, n int) {
 	}
 }
 
+// invalidationDelay records the delay of one applied invalidation.
+func (r *recorder) invalidationDelay(d time.Duration) {
+	r.n.delays.observe(d)
+	if r.delay != nil {
+		r.delay.InvalidationDelay(d)
+	}
+}
+
 func (r *recorder) redis(op string, start time.Time, err error) {
 	if r.timed {
 		r.obs.Redis(op, time.Since(start), err)
@@ -240,6 +337,7 @@ func (r *recorder) snapshot() Stats {
 	for i := range s.Events {
 		s.Events[i] = r.n.events[i].Load()
 	}
+	s.InvalidationDelay = r.n.delays.snapshot()
 	return s
 }
 
@@ -295,19 +393,20 @@ func (s Stats) EventCounts() map[string]uint64 {
 // event name, the breaker state as text, and the hit ratio.
 func (s Stats) MarshalJSON() ([]byte, error) {
 	return json.Marshal(struct {
-		L1Hits       uint64            `json:"l1_hits"`
-		L1Misses     uint64            `json:"l1_misses"`
-		L2Hits       uint64            `json:"l2_hits"`
-		L2Misses     uint64            `json:"l2_misses"`
-		Loads        uint64            `json:"loads"`
-		LoadErrors   uint64            `json:"load_errors"`
-		HitRatio     float64           `json:"hit_ratio"`
-		Events       map[string]uint64 `json:"events"`
-		BreakerState BreakerState      `json:"breaker_state"`
-		L1Entries    int               `json:"l1_entries"`
-		L1Weight     uint64            `json:"l1_weight"`
-		Subscribed   bool              `json:"subscribed"`
-	}{s.L1Hits, s.L1Misses, s.L2Hits, s.L2Misses, s.Loads, s.LoadErrors, s.HitRatio(), s.EventCounts(), s.BreakerState, s.L1Entries, s.L1Weight, s.Subscribed})
+		L1Hits       uint64                  `json:"l1_hits"`
+		L1Misses     uint64                  `json:"l1_misses"`
+		L2Hits       uint64                  `json:"l2_hits"`
+		L2Misses     uint64                  `json:"l2_misses"`
+		Loads        uint64                  `json:"loads"`
+		LoadErrors   uint64                  `json:"load_errors"`
+		HitRatio     float64                 `json:"hit_ratio"`
+		Events       map[string]uint64       `json:"events"`
+		BreakerState BreakerState            `json:"breaker_state"`
+		Breakers     map[string]BreakerState `json:"breakers,omitempty"`
+		L1Entries    int                     `json:"l1_entries"`
+		L1Weight     uint64                  `json:"l1_weight"`
+		Subscribed   bool                    `json:"subscribed"`
+	}{s.L1Hits, s.L1Misses, s.L2Hits, s.L2Misses, s.Loads, s.LoadErrors, s.HitRatio(), s.EventCounts(), s.BreakerState, s.Breakers, s.L1Entries, s.L1Weight, s.Subscribed})
 }
 
 // redisOpNames are the Redis operations the cache reports to

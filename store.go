@@ -28,13 +28,14 @@ import (
 // are one pipeline: go-redis splits a pipeline by node on a cluster, so a
 // batch costs one round trip per node and no command spans two slots.
 type store struct {
-	rdb    redis.UniversalClient
-	layout keys.Layout
-	brk    *breaker   // nil with WithoutBreaker
-	coal   *coalescer // nil with WithoutReadCoalescing
-	rec    *recorder
-	log    *slog.Logger
-	single bool // rdb is one node: a batch read is MGET
+	rdb     redis.UniversalClient
+	cluster *redis.ClusterClient // rdb, when it is a cluster client
+	layout  keys.Layout
+	nodes   *nodes     // the breakers, one per node; nil with WithoutBreaker
+	coal    *coalescer // nil with WithoutReadCoalescing
+	rec     *recorder
+	log     *slog.Logger
+	single  bool // rdb is one node: a batch read is MGET
 
 	readTimeout, writeTimeout, leaseTTL time.Duration
 
@@ -49,14 +50,18 @@ type store struct {
 	lastReload atomic.Int64
 }
 
-func newStore(rdb redis.UniversalClient, cfg *config, rec *recorder, log *slog.Logger, life context.Context, onBreaker func(from, to BreakerState)) *store {
+func newStore(rdb redis.UniversalClient, cfg *config, rec *recorder, log *slog.Logger, life context.Context, onBreaker func(node string, from, to BreakerState)) *store {
 	s := &store{
 		rdb: rdb, layout: keys.New(cfg.prefix, cfg.version), rec: rec, log: log, life: life,
 		readTimeout: cfg.readTimeout, writeTimeout: cfg.writeTimeout, leaseTTL: cfg.leaseTTL,
 	}
 	_, s.single = rdb.(*redis.Client)
+	s.cluster, _ = rdb.(*redis.ClusterClient)
 	if cfg.breakerOn {
-		s.brk = newBreaker(cfg.breaker, onBreaker)
+		s.nodes = &nodes{settings: cfg.breaker, onChange: onBreaker, m: map[string]*breaker{}}
+		if s.cluster == nil {
+			s.nodes.one = s.nodes.get(clientAddr(rdb))
+		}
 	}
 	if cfg.coalesceReads {
 		s.coal = newCoalescer(cfg.readTimeout, s.fetchReads)
@@ -64,14 +69,16 @@ func newStore(rdb redis.UniversalClient, cfg *config, rec *recorder, log *slog.L
 	return s
 }
 
-// call runs one Redis round trip under the breaker, done by deadline, and
-// counts it. A call the breaker refuses fails at once with errBreakerOpen.
-// redis.Nil (an absent key) is not an error.
-func (s *store) call(ctx context.Context, op string, deadline time.Time, fn func(context.Context) error) error {
+// call runs one Redis round trip to node (its address; "" for the one node
+// of a single-node client) under that node's breaker, done by deadline,
+// and counts it. A call the breaker refuses fails at once with
+// errBreakerOpen. redis.Nil (an absent key) is not an error.
+func (s *store) call(ctx context.Context, node, op string, deadline time.Time, fn func(context.Context) error) error {
+	brk := s.nodes.of(node)
 	var done func(error)
-	if s.brk != nil {
+	if brk != nil {
 		var ok bool
-		if done, ok = s.brk.begin(); !ok {
+		if done, ok = brk.begin(); !ok {
 			s.rec.event(EventBreakerReject)
 			return errBreakerOpen
 		}
@@ -85,8 +92,8 @@ func (s *store) call(ctx context.Context, op string, deadline time.Time, fn func
 		err = nil
 	}
 	end(err)
-	if s.brk != nil {
-		s.brk.end(done, err)
+	if brk != nil {
+		brk.end(done, err)
 	}
 	s.rec.redis(op, start, err)
 	if err != nil {
@@ -100,13 +107,75 @@ func (s *store) call(ctx context.Context, op string, deadline time.Time, fn func
 	return nil
 }
 
-func (s *store) read(ctx context.Context, op string, fn func(context.Context) error) error {
-	return s.call(ctx, op, time.Now().Add(s.readTimeout), fn)
+// nodeOf is the address of the node that serves key ("" on one node).
+func (s *store) nodeOf(ctx context.Context, key string) string {
+	if s.cluster == nil {
+		return ""
+	}
+	m, err := s.cluster.MasterForKey(ctx, key)
+	if err != nil {
+		return "" // no slot map: the call will fail, under the unknown node's breaker
+	}
+	return m.Options().Addr
 }
 
-func (s *store) write(ctx context.Context, op string, fn func(context.Context) error) error {
-	return s.call(ctx, op, time.Now().Add(s.writeTimeout), fn)
+// callKeys runs one round trip per node for keys: fn(ctx, idx) for the
+// indexes of keys each node serves, each under its node's breaker, the
+// nodes at once, so that a dead node fails only its own keys. errs[i] is
+// the error of keys[i] (nil: done); err is the first. On one node it is one
+// call of fn, as the pipelines of go-redis would be.
+func (s *store) callKeys(ctx context.Context, op string, deadline time.Time, keys []string, fn func(ctx context.Context, idx []int) error) (errs []error, err error) {
+	if s.cluster == nil {
+		all := make([]int, len(keys))
+		for i := range all {
+			all[i] = i
+		}
+		if err = s.call(ctx, "", op, deadline, func(ctx context.Context) error { return fn(ctx, all) }); err != nil {
+			errs = make([]error, len(keys))
+			for i := range errs {
+				errs[i] = err
+			}
+		}
+		return errs, err
+	}
+	var addrs []string
+	groups := map[string][]int{}
+	for i, k := range keys {
+		a := s.nodeOf(ctx, k)
+		if _, ok := groups[a]; !ok {
+			addrs = append(addrs, a)
+		}
+		groups[a] = append(groups[a], i)
+	}
+	gerrs := make([]error, len(addrs))
+	var wg sync.WaitGroup
+	for j, a := range addrs {
+		run := func() {
+			gerrs[j] = s.call(ctx, a, op, deadline, func(ctx context.Context) error { return fn(ctx, groups[a]) })
+		}
+		if j == len(addrs)-1 {
+			run() // the last on this goroutine
+		} else {
+			wg.Go(run)
+		}
+	}
+	wg.Wait()
+	for j, a := range addrs {
+		if gerrs[j] == nil {
+			continue
+		}
+		if errs == nil {
+			errs, err = make([]error, len(keys)), gerrs[j]
+		}
+		for _, i := range groups[a] {
+			errs[i] = gerrs[j]
+		}
+	}
+	return errs, err
 }
+
+func (s *store) readBy() time.Time  { return time.Now().Add(s.readTimeout) }
+func (s *store) writeBy() time.Time { return time.Now().Add(s.writeTimeout) }
 
 // op names a round trip for observers: name for one key, name_many for more.
 func op(name string, n int) string {
@@ -141,12 +210,12 @@ func (s *store) get(ctx context.Context, vk string) ([]byte, error) {
 	if s.coal != nil {
 		return s.coal.get(ctx, vk)
 	}
-	return s.getOne(ctx, time.Now().Add(s.readTimeout), vk)
+	return s.getOne(ctx, s.readBy(), vk)
 }
 
 // getOne is one GET of vk, done by deadline.
 func (s *store) getOne(ctx context.Context, deadline time.Time, vk string) (b []byte, err error) {
-	err = s.call(ctx, "get", deadline, func(ctx context.Context) error {
+	err = s.call(ctx, s.nodeOf(ctx, vk), "get", deadline, func(ctx context.Context) error {
 		v, err := s.rdb.Get(ctx, vk).Result()
 		b = unsafeBytes(v)
 		return err
@@ -154,72 +223,86 @@ func (s *store) getOne(ctx context.Context, deadline time.Time, vk string) (b []
 	return b, err
 }
 
-// fetchReads is the coalescer's round trip: GET for a lone read, else mget.
-func (s *store) fetchReads(ctx context.Context, deadline time.Time, vks []string, raw [][]byte) error {
+// fetchReads is the coalescer's round trip: GET for a lone read, else one
+// read per node.
+func (s *store) fetchReads(ctx context.Context, deadline time.Time, vks []string, raw [][]byte, errs []error) {
 	if len(vks) == 1 {
-		var err error
-		raw[0], err = s.getOne(ctx, deadline, vks[0])
-		return err
+		raw[0], errs[0] = s.getOne(ctx, deadline, vks[0])
+		return
 	}
-	err := s.call(ctx, "mget", deadline, func(ctx context.Context) error { return s.mget(ctx, vks, raw) })
-	if !errors.Is(err, errBreakerOpen) {
-		s.rec.eventN(EventReadBatched, len(vks))
+	kerrs, _ := s.callKeys(ctx, "mget", deadline, vks, func(ctx context.Context, idx []int) error { return s.mget(ctx, vks, idx, raw) })
+	batched := 0
+	for i := range vks {
+		if kerrs != nil {
+			errs[i] = kerrs[i]
+		}
+		if errs[i] == nil || !errors.Is(errs[i], errBreakerOpen) {
+			batched++
+		}
 	}
-	return err
+	s.rec.eventN(EventReadBatched, batched)
 }
 
-// getMany reads vks in one round trip per node (nil for absent keys).
-func (s *store) getMany(ctx context.Context, vks []string) ([][]byte, error) {
-	raw := make([][]byte, len(vks))
-	err := s.read(ctx, "mget", func(ctx context.Context) error { return s.mget(ctx, vks, raw) })
-	return raw, err
+// getMany reads vks in one round trip per node (nil for absent keys);
+// errs[i] is set for the keys of a node that failed.
+func (s *store) getMany(ctx context.Context, vks []string) (raw [][]byte, errs []error, err error) {
+	raw = make([][]byte, len(vks))
+	errs, err = s.callKeys(ctx, "mget", s.readBy(), vks, func(ctx context.Context, idx []int) error { return s.mget(ctx, vks, idx, raw) })
+	return raw, errs, err
 }
 
 // maxBatchCommand bounds the keys of one MGET; a larger batch is split into
 // several commands, still sent in one round trip.
 const maxBatchCommand = 512
 
-// mget reads vks into raw: MGETs of at most maxBatchCommand keys on a
-// single node, GETs on a cluster (no command spans two slots). A command
-// that failed on one node fails the read: its keys are not misses.
-func (s *store) mget(ctx context.Context, vks []string, raw [][]byte) error {
+// mget reads the keys vks[idx] (of one node) into raw: MGETs of at most
+// maxBatchCommand keys on a single node, GETs on a cluster (no command spans
+// two slots). A command that failed fails the read: its keys are not
+// misses.
+func (s *store) mget(ctx context.Context, vks []string, idx []int, raw [][]byte) error {
 	if s.single {
+		// One node: callKeys passes every index, in order.
 		var cmds []*redis.SliceCmd
-		_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-			for i := 0; i < len(vks); i += maxBatchCommand {
-				cmds = append(cmds, p.MGet(ctx, vks[i:min(i+maxBatchCommand, len(vks))]...))
+		if len(vks) <= maxBatchCommand {
+			cmds = append(cmds, s.rdb.MGet(ctx, vks...))
+		} else if _, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for j := 0; j < len(vks); j += maxBatchCommand {
+				cmds = append(cmds, p.MGet(ctx, vks[j:min(j+maxBatchCommand, len(vks))]...))
 			}
 			return nil
-		})
-		if err != nil {
+		}); err != nil {
 			return err
 		}
-		i := 0
+		n := 0
 		for _, cmd := range cmds {
-			for _, v := range cmd.Val() {
+			vals, err := cmd.Result()
+			if err != nil {
+				return err
+			}
+			for _, v := range vals {
 				if v, ok := v.(string); ok {
-					raw[i] = unsafeBytes(v)
+					raw[n] = unsafeBytes(v)
 				}
-				i++
+				n++
 			}
 		}
 		return nil
 	}
-	cmds := make([]*redis.StringCmd, len(vks))
+	cmds := make([]*redis.StringCmd, len(idx))
 	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for i, vk := range vks {
-			cmds[i] = p.Get(ctx, vk)
+		for n, i := range idx {
+			cmds[n] = p.Get(ctx, vks[i])
 		}
 		return nil
 	})
 	if err != nil && !errors.Is(err, redis.Nil) {
 		return err
 	}
-	for i, cmd := range cmds {
+	for n, cmd := range cmds {
 		v, err := cmd.Result()
 		switch {
 		case err == nil:
-			raw[i] = unsafeBytes(v)
+			raw[idx[n]] = unsafeBytes(v)
 		case !errors.Is(err, redis.Nil):
 			return err
 		}
@@ -300,7 +383,12 @@ type acquireReq struct {
 	vk, token string
 	force     bool  // take the lease even if the value is fresh
 	notBefore int64 // with force: a value written after it (Unix µs) counts as fresh
+	wait      bool  // the caller will wait for another holder: ask to be woken
 }
+
+// leaseKeys are the keys of vk's lease scripts (one slot): value, lease,
+// waiters.
+func leaseKeys(vk string) []string { return []string{vk, keys.Lease(vk), keys.Waiters(vk)} }
 
 type acquireResult struct {
 	state    int64
@@ -310,33 +398,52 @@ type acquireResult struct {
 }
 
 // acquire runs the Acquire script for each request, in one round trip per
-// node: the value if fresh, else the lease if free.
-func (s *store) acquire(ctx context.Context, reqs []acquireReq) ([]acquireResult, error) {
+// node: the value if fresh, else the lease if free. errs[i] is set for the
+// requests of a node that failed.
+func (s *store) acquire(ctx context.Context, reqs []acquireReq) ([]acquireResult, []error) {
 	out := make([]acquireResult, len(reqs))
 	kk := make([][]string, len(reqs))
 	args := make([][]any, len(reqs))
 	now := nowMicro()
-	for i, r := range reqs {
-		kk[i] = []string{r.vk, keys.Lease(r.vk)}
-		force := "0"
-		if r.force {
-			force = "1"
+	flag := func(b bool) string {
+		if b {
+			return "1"
 		}
-		args[i] = []any{r.token, s.leaseTTL.Milliseconds(), now, force, strconv.FormatInt(r.notBefore, 10)}
+		return "0"
 	}
-	err := s.read(ctx, op("acquire", len(reqs)), func(ctx context.Context) error {
-		cmds, err := s.runScript(ctx, keys.Acquire, kk, args)
+	for i, r := range reqs {
+		kk[i] = leaseKeys(r.vk)
+		args[i] = []any{r.token, s.leaseTTL.Milliseconds(), now, flag(r.force), strconv.FormatInt(r.notBefore, 10), flag(r.wait)}
+	}
+	vks := make([]string, len(reqs))
+	for i, r := range reqs {
+		vks[i] = r.vk
+	}
+	errs, _ := s.callKeys(ctx, op("acquire", len(reqs)), s.readBy(), vks, func(ctx context.Context, idx []int) error {
+		cmds, err := s.runScript(ctx, keys.Acquire, pick(kk, idx), pick(args, idx))
 		if err != nil {
 			return err
 		}
-		for i, cmd := range cmds {
-			if out[i], err = parseAcquire(cmd); err != nil {
+		for n, cmd := range cmds {
+			if out[idx[n]], err = parseAcquire(cmd); err != nil {
 				return err
 			}
 		}
 		return nil
 	})
-	return out, err
+	return out, errs
+}
+
+// pick returns xs[idx] in order (xs itself when idx is every index).
+func pick[T any](xs []T, idx []int) []T {
+	if len(idx) == len(xs) {
+		return xs
+	}
+	out := make([]T, len(idx))
+	for n, i := range idx {
+		out[n] = xs[i]
+	}
+	return out
 }
 
 // parseAcquire reads the reply of the Acquire script.
@@ -385,15 +492,17 @@ func (s *store) fill(ctx context.Context, ws []frameWrite) (written, refused []b
 	}
 	kk := make([][]string, len(ws))
 	args := make([][]any, len(ws))
+	vks := make([]string, len(ws))
 	for i, w := range ws {
-		kk[i] = []string{w.vk, keys.Lease(w.vk)}
-		args[i] = []any{w.token, w.frame, ms(w.ttl)}
+		kk[i] = leaseKeys(w.vk)
+		args[i] = []any{w.token, w.frame, ms(w.ttl), s.layout.Fills()}
+		vks[i] = w.vk
 	}
-	err = s.write(ctx, op("fill", len(ws)), func(ctx context.Context) error {
-		cmds, err := s.runScript(ctx, keys.Fill, kk, args)
-		for i, cmd := range cmds {
-			n, cerr := cmd.Int64()
-			written[i], refused[i] = cerr == nil && n == 1, cerr == nil && n == 0
+	_, err = s.callKeys(ctx, op("fill", len(ws)), s.writeBy(), vks, func(ctx context.Context, idx []int) error {
+		cmds, err := s.runScript(ctx, keys.Fill, pick(kk, idx), pick(args, idx))
+		for n, cmd := range cmds {
+			v, cerr := cmd.Int64()
+			written[idx[n]], refused[idx[n]] = cerr == nil && v == 1, cerr == nil && v == 0
 		}
 		return err
 	})
@@ -421,9 +530,11 @@ func (s *store) release(ls []lease) {
 	}
 	kk := make([][]string, len(ls))
 	args := make([][]any, len(ls))
+	lks := make([]string, len(ls))
 	for i, l := range ls {
-		kk[i] = []string{keys.Lease(l.vk)}
-		args[i] = []any{l.token}
+		lks[i] = l.vk
+		kk[i] = leaseKeys(l.vk)
+		args[i] = []any{l.token, s.layout.Fills()}
 	}
 	s.releases.Add(1)
 	go func() {
@@ -433,8 +544,9 @@ func (s *store) release(ls []lease) {
 		for {
 			closing := s.life.Err() != nil
 			// Not on life: a release must outlive Close by one attempt.
-			err := s.write(context.Background(), op("release", len(ls)), func(ctx context.Context) error {
-				_, err := s.runScript(ctx, keys.Release, kk, args)
+			// (A lease given back twice is harmless: Release checks the token.)
+			_, err := s.callKeys(context.Background(), op("release", len(ls)), s.writeBy(), lks, func(ctx context.Context, idx []int) error {
+				_, err := s.runScript(ctx, keys.Release, pick(kk, idx), pick(args, idx))
 				return err
 			})
 			if err == nil || closing || time.Now().After(deadline) {
@@ -461,32 +573,39 @@ func (s *store) set(ctx context.Context, ws []frameWrite) error {
 	kk := make([][]string, len(ws))
 	args := make([][]any, len(ws))
 	for i, w := range ws {
-		kk[i] = []string{w.vk, keys.Lease(w.vk)}
-		args[i] = []any{w.frame, ms(w.ttl)}
+		kk[i] = leaseKeys(w.vk)
+		args[i] = []any{w.frame, ms(w.ttl), s.layout.Fills()}
 	}
-	return s.write(ctx, op("set", len(ws)), func(ctx context.Context) error {
-		_, err := s.runScript(ctx, keys.Set, kk, args)
+	vks := make([]string, len(ws))
+	for i, w := range ws {
+		vks[i] = w.vk
+	}
+	_, err := s.callKeys(ctx, op("set", len(ws)), s.writeBy(), vks, func(ctx context.Context, idx []int) error {
+		_, err := s.runScript(ctx, keys.Set, pick(kk, idx), pick(args, idx))
 		return err
 	})
+	return err
 }
 
-// del deletes the value and the lease of each value key: one DEL per key
-// (the two share a slot), in one round trip per node.
+// del deletes the value and the lease of each value key (the Del script:
+// they share a slot), in one round trip per node, waking the lease's
+// waiters.
 func (s *store) del(ctx context.Context, vks []string) error {
-	return s.write(ctx, "del", func(ctx context.Context) error {
-		_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-			for _, vk := range vks {
-				p.Del(ctx, vk, keys.Lease(vk))
-			}
-			return nil
-		})
+	kk := make([][]string, len(vks))
+	args := make([][]any, len(vks))
+	for i, vk := range vks {
+		kk[i], args[i] = leaseKeys(vk), []any{s.layout.Fills()}
+	}
+	_, err := s.callKeys(ctx, "del", s.writeBy(), vks, func(ctx context.Context, idx []int) error {
+		_, err := s.runScript(ctx, keys.Del, pick(kk, idx), pick(args, idx))
 		return err
 	})
+	return err
 }
 
 // publish sends one invalidation message.
 func (s *store) publish(ctx context.Context, channel string, msg []byte) error {
-	return s.write(ctx, "publish", func(ctx context.Context) error {
+	return s.call(ctx, s.nodeOf(ctx, channel), "publish", s.writeBy(), func(ctx context.Context) error {
 		return s.rdb.Publish(ctx, channel, msg).Err()
 	})
 }
@@ -506,19 +625,21 @@ func (s *store) tagRead(ctx context.Context, tags []string, since int64, ttl tim
 		return nil, false, nil
 	}
 	out = make([]envelope.Tag, len(tags))
+	tks := make([]string, len(tags))
 	kk := make([][]string, len(tags))
 	args := make([][]any, len(tags))
 	for i, t := range tags {
-		kk[i] = []string{s.layout.Tag(t)}
+		tks[i] = s.layout.Tag(t)
+		kk[i] = []string{tks[i]}
 		args[i] = []any{ms(ttl)}
 	}
-	err = s.write(ctx, "tag_read", func(ctx context.Context) error {
-		cmds, err := s.runScript(ctx, keys.TagRead, kk, args)
+	created := make([]bool, len(tags))
+	if _, err = s.callKeys(ctx, "tag_read", s.writeBy(), tks, func(ctx context.Context, idx []int) error {
+		cmds, err := s.runScript(ctx, keys.TagRead, pick(kk, idx), pick(args, idx))
 		if err != nil {
 			return err
 		}
-		created := false
-		for i, cmd := range cmds {
+		for n, cmd := range cmds {
 			vals, err := cmd.Slice()
 			if err != nil || len(vals) != 2 {
 				return fmt.Errorf("tag_read: unexpected reply %v: %w", cmd.Val(), err)
@@ -527,75 +648,98 @@ func (s *store) tagRead(ctx context.Context, tags []string, since int64, ttl tim
 			if err != nil {
 				return err
 			}
+			i := idx[n]
 			out[i] = envelope.Tag{Name: tags[i], Version: v}
-			if isNew, _ := vals[1].(int64); isNew == 1 {
-				created = true
-			} else if since > 0 && int64(v) > since {
-				stale = true
-			}
+			isNew, _ := vals[1].(int64)
+			created[i] = isNew == 1
 		}
-		if since == 0 || stale || !created {
-			return nil
-		}
-		floor, err := keys.TagFloor.Run(ctx, s.rdb, []string{s.layout.TagFloor()}, "0").Text()
-		if err != nil {
-			return err
-		}
-		f, err := strconv.ParseInt(floor, 10, 64)
-		if err != nil {
-			return fmt.Errorf("tag floor %q: %w", floor, err)
-		}
-		stale = f > since
 		return nil
+	}); err != nil {
+		return nil, false, err
+	}
+	anyNew := false
+	for i, t := range out {
+		if created[i] {
+			anyNew = true
+		} else if since > 0 && int64(t.Version) > since {
+			return out, true, nil
+		}
+	}
+	if since == 0 || !anyNew {
+		return out, false, nil
+	}
+	var floor string
+	fk := s.layout.TagFloor()
+	err = s.call(ctx, s.nodeOf(ctx, fk), "tag_read", s.writeBy(), func(ctx context.Context) error {
+		var err error
+		floor, err = keys.TagFloor.Run(ctx, s.rdb, []string{fk}, "0").Text()
+		return err
 	})
-	return out, stale, err
+	if err != nil {
+		return nil, false, err
+	}
+	f, err := strconv.ParseInt(floor, 10, 64)
+	if err != nil {
+		return nil, false, fmt.Errorf("tag floor %q: %w", floor, err)
+	}
+	return out, f > since, nil
 }
 
 // tagBump invalidates tags and returns their new versions. The namespace's
 // floor goes first (see tagRead), then each tag's version.
 func (s *store) tagBump(ctx context.Context, tags []string, keep time.Duration) ([]envelope.Tag, error) {
+	fk := s.layout.TagFloor()
+	if err := s.call(ctx, s.nodeOf(ctx, fk), "tag_bump", s.writeBy(), func(ctx context.Context) error {
+		return keys.TagFloor.Run(ctx, s.rdb, []string{fk}, "1").Err()
+	}); err != nil {
+		return nil, err
+	}
 	out := make([]envelope.Tag, len(tags))
+	tks := make([]string, len(tags))
 	kk := make([][]string, len(tags))
 	args := make([][]any, len(tags))
 	for i, t := range tags {
-		kk[i] = []string{s.layout.Tag(t)}
+		tks[i] = s.layout.Tag(t)
+		kk[i] = []string{tks[i]}
 		args[i] = []any{ms(keep)}
 	}
-	err := s.write(ctx, "tag_bump", func(ctx context.Context) error {
-		if err := keys.TagFloor.Run(ctx, s.rdb, []string{s.layout.TagFloor()}, "1").Err(); err != nil {
-			return err
-		}
-		cmds, err := s.runScript(ctx, keys.TagBump, kk, args)
+	_, err := s.callKeys(ctx, "tag_bump", s.writeBy(), tks, func(ctx context.Context, idx []int) error {
+		cmds, err := s.runScript(ctx, keys.TagBump, pick(kk, idx), pick(args, idx))
 		if err != nil {
 			return err
 		}
-		for i, cmd := range cmds {
+		for n, cmd := range cmds {
 			v, err := parseVersion(cmd.Val())
 			if err != nil {
 				return err
 			}
-			out[i] = envelope.Tag{Name: tags[i], Version: v}
+			out[idx[n]] = envelope.Tag{Name: tags[idx[n]], Version: v}
 		}
 		return nil
 	})
 	return out, err
 }
 
-// tagGet reads the current versions of tags (have[i] false: absent).
+// tagGet reads the current versions of tags (have[i] false: absent, or its
+// node failed; err is the first failure).
 func (s *store) tagGet(ctx context.Context, tags []string) (cur []uint64, have []bool, err error) {
 	cur, have = make([]uint64, len(tags)), make([]bool, len(tags))
-	err = s.read(ctx, "tag_get", func(ctx context.Context) error {
-		cmds := make([]*redis.StringCmd, len(tags))
+	tks := make([]string, len(tags))
+	for i, t := range tags {
+		tks[i] = s.layout.Tag(t)
+	}
+	_, err = s.callKeys(ctx, "tag_get", s.readBy(), tks, func(ctx context.Context, idx []int) error {
+		cmds := make([]*redis.StringCmd, len(idx))
 		_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-			for i, t := range tags {
-				cmds[i] = p.Get(ctx, s.layout.Tag(t))
+			for n, i := range idx {
+				cmds[n] = p.Get(ctx, tks[i])
 			}
 			return nil
 		})
 		if err != nil && !errors.Is(err, redis.Nil) {
 			return err
 		}
-		for i, cmd := range cmds {
+		for n, cmd := range cmds {
 			if err := cmd.Err(); err != nil {
 				if errors.Is(err, redis.Nil) {
 					continue
@@ -605,7 +749,7 @@ func (s *store) tagGet(ctx context.Context, tags []string) (cur []uint64, have [
 			// Bytes that are not a version (written by someone else) make
 			// the tag unknown, and its values misses: not a Redis fault.
 			if v, err := cmd.Uint64(); err == nil {
-				cur[i], have[i] = v, true
+				cur[idx[n]], have[idx[n]] = v, true
 			}
 		}
 		return nil

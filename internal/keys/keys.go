@@ -29,6 +29,7 @@ type Layout struct {
 	channel string
 	tagBase string
 	floor   string
+	fills   string
 }
 
 // New returns the layout of namespace prefix at schema version version.
@@ -41,6 +42,7 @@ func New(prefix string, version int) Layout {
 		channel: prefix + ":" + v + ":__tiercache_invalidate",
 		tagBase: prefix + ":" + v + ":__tag:{",
 		floor:   prefix + ":" + v + ":__tagfloor",
+		fills:   prefix + ":" + v + ":__tiercache_fill",
 	}
 }
 
@@ -55,6 +57,9 @@ func (l Layout) Value(k string) string {
 // Lease returns the lease key belonging to value key vk (same slot).
 func Lease(vk string) string { return vk + ":lease" }
 
+// Waiters returns the key that marks vk's lease as waited for (same slot).
+func Waiters(vk string) string { return vk + ":lease:w" }
+
 // Hash is the key check stored in every frame: xxhash64 of the value key.
 func Hash(vk string) uint64 { return xxhash.Sum64String(vk) }
 
@@ -66,3 +71,7 @@ func (l Layout) Tag(t string) string { return l.tagBase + t + "}" }
 
 // TagFloor is the key of the namespace's tag floor (see the TagFloor script).
 func (l Layout) TagFloor() string { return l.floor }
+
+// Fills is the pub/sub channel on which the scripts that end a waited-for
+// lease publish its value key.
+func (l Layout) Fills() string { return l.fills }

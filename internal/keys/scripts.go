@@ -10,21 +10,28 @@ import "github.com/redis/go-redis/v9"
 
 // Acquire reads the value and, unless it is fresh, tries to take the lease.
 //
-//	KEYS[1] value key, KEYS[2] lease key
+//	KEYS[1] value key, KEYS[2] lease key, KEYS[3] waiters key
 //	ARGV[1] token, ARGV[2] lease TTL in ms, ARGV[3] now in unix µs,
 //	ARGV[4] "1" to force (ignore freshness), ARGV[5] unix µs or "0": a value
-//	written after it counts as fresh even when forced (someone refreshed it)
+//	written after it counts as fresh even when forced (someone refreshed it),
+//	ARGV[6] "1" if the caller will wait for another holder's fill
 //
 // It returns {state, value, lease pttl, server time}: state 2 = the value is
 // fresh (no lease taken), 1 = the lease is ours, 0 = someone else holds it.
 // value is "" when absent. A lease that already holds the token is the
-// caller's (a retry whose first reply was lost) and is reported as taken. The server time (Unix µs, from TIME) is when the
-// lease was taken: a tag invalidated after it may have changed what the
-// holder loads (see TagRead). Freshness is read from the frame: the write time is 8 bytes
-// big-endian at offset 4, the logical expiry at offset 12 (0-based); bytes
-// too short to hold them, or whose version (offset 0) is not 1 or reserved
-// byte (offset 3) is not 0, are not fresh. The numbers are Unix µs, well within
-// the 2^53 that Lua's doubles hold exactly.
+// caller's (a retry whose first reply was lost) and is reported as taken.
+// The server time (Unix µs, from TIME) is when the lease was taken: a tag
+// invalidated after it may have changed what the holder loads. Freshness is
+// read from the frame: the write time is 8 bytes big-endian at offset 4,
+// the logical expiry at offset 12 (0-based); bytes too short to hold them,
+// or whose version (offset 0) is not 1 or reserved byte (offset 3) is not
+// 0, are not fresh. The numbers are Unix µs, well within the 2^53 that
+// Lua's doubles hold exactly.
+//
+// A caller that will wait marks the lease as waited for (the waiters key,
+// living as long as the lease): the script that ends the lease then
+// publishes the value key on the fill channel, which wakes the waiters. A
+// lease nobody waits for ends without a message.
 var Acquire = redis.NewScript(`
 local function u64(s, at)
   local n = 0
@@ -44,43 +51,63 @@ local now = string.format('%.0f', t[1] * 1000000 + t[2])
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) or redis.call('GET', KEYS[2]) == ARGV[1] then
   return {1, v, 0, now}
 end
-return {0, v, redis.call('PTTL', KEYS[2]), now}
+local left = redis.call('PTTL', KEYS[2])
+if ARGV[6] == '1' and left > 0 then redis.call('SET', KEYS[3], '1', 'PX', left) end
+return {0, v, left, now}
 `)
+
+// The scripts that end a lease (Fill, Release, Set, Del) wake its waiters:
+// if the waiters key existed they delete it and publish the value key on
+// the fill channel.
+const wake = `
+if redis.call('DEL', KEYS[3]) == 1 then redis.call('PUBLISH', ARGV[#ARGV], KEYS[1]) end
+`
 
 // Fill writes a loaded value only if the lease token still matches: a
 // Delete, Set or invalidation since the lease was taken removed the lease,
 // and the fill is refused so that a value loaded before the change cannot
 // land after it.
 //
-//	KEYS[1] value key, KEYS[2] lease key
-//	ARGV[1] token, ARGV[2] frame, ARGV[3] TTL in ms
+//	KEYS[1] value key, KEYS[2] lease key, KEYS[3] waiters key
+//	ARGV[1] token, ARGV[2] frame, ARGV[3] TTL in ms, ARGV[4] fill channel
 //
 // Returns 1 when written, 0 when refused.
 var Fill = redis.NewScript(`
 if redis.call('GET', KEYS[2]) == ARGV[1] then
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-  redis.call('DEL', KEYS[2])
-  return 1
+  redis.call('DEL', KEYS[2])` + wake + `  return 1
 end
 return 0
 `)
 
-// Release drops the lease if the token still matches (the load failed).
+// Release drops the lease if the token still matches (the load failed, or
+// its value was not to be cached): a waiter then takes the lease at once.
 //
-//	KEYS[1] lease key, ARGV[1] token
+//	KEYS[1] value key, KEYS[2] lease key, KEYS[3] waiters key
+//	ARGV[1] token, ARGV[2] fill channel
 var Release = redis.NewScript(`
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+if redis.call('GET', KEYS[2]) == ARGV[1] then
+  redis.call('DEL', KEYS[2])` + wake + `  return 1
+end
 return 0
 `)
 
 // Set is a write-through: it removes the lease, so that any fill in flight
-// is refused, and writes the value, atomically.
+// is refused, and writes the value, atomically; the lease's waiters read it.
 //
-//	KEYS[1] value key, KEYS[2] lease key
-//	ARGV[1] frame, ARGV[2] TTL in ms
+//	KEYS[1] value key, KEYS[2] lease key, KEYS[3] waiters key
+//	ARGV[1] frame, ARGV[2] TTL in ms, ARGV[3] fill channel
 var Set = redis.NewScript(`
 redis.call('DEL', KEYS[2])
-return redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])` + wake + `return 1
+`)
+
+// Del deletes a value and its lease; the lease's waiters load anew.
+//
+//	KEYS[1] value key, KEYS[2] lease key, KEYS[3] waiters key
+//	ARGV[1] fill channel
+var Del = redis.NewScript(`
+redis.call('DEL', KEYS[1], KEYS[2])` + wake + `return 1
 `)
 
 // Tags. Each tag has a version key (its own slot) holding a Unix µs

@@ -30,6 +30,10 @@ func FuzzDecode(f *testing.F) {
 	f.Add(hdr('t') + "\x01n1234567")
 	f.Add(hdr('x'))
 	f.Add("")
+	for _, m := range EncodeAt(sender, 1_780_000_000_000_000, []string{"user:1"}, []envelope.Tag{{Name: "team:7", Version: 42}}, false) {
+		f.Add(string(m))
+	}
+	f.Add("T\x02" + hdr('k')[2:] + "\x00\x01") // version 2, send time cut short
 	f.Fuzz(func(t *testing.T, payload string) {
 		m, err := Decode(payload)
 		if err != nil {
@@ -38,7 +42,7 @@ func FuzzDecode(f *testing.F) {
 			}
 			return
 		}
-		msgs := Encode(m.Sender, m.Keys, m.Tags, m.Kind == KindAll)
+		msgs := EncodeAt(m.Sender, m.SentAt, m.Keys, m.Tags, m.Kind == KindAll)
 		if m.Kind == KindAll && len(msgs) != 1 {
 			t.Fatalf("flush re-encodes to %d messages", len(msgs))
 		}
@@ -51,6 +55,9 @@ func FuzzDecode(f *testing.F) {
 			}
 			if again.Sender != m.Sender {
 				t.Fatalf("re-encoded message %d: sender %x, want %x", i, again.Sender, m.Sender)
+			}
+			if again.SentAt != m.SentAt {
+				t.Fatalf("re-encoded message %d: sent at %d, want %d", i, again.SentAt, m.SentAt)
 			}
 			if again.Kind != m.Kind {
 				t.Fatalf("re-encoded message %d: kind %q, want %q", i, again.Kind, m.Kind)

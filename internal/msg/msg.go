@@ -1,8 +1,10 @@
 // Package msg is the wire codec of tiercache's L1-invalidation messages,
 // which instances publish to each other over Redis pub/sub.
 //
-// A message is an 11-byte header, 'T', the version 1, the sender's 8-byte
-// instance id and a kind byte, followed by entries: for KindKeys repeated
+// A message is an 11-byte header, 'T', the version (1 or 2), the sender's
+// 8-byte instance id and a kind byte; in version 2 the header goes on with
+// the send time (8 bytes, big-endian Unix µs), so that receivers can
+// measure the invalidation's delay. Entries follow: for KindKeys repeated
 // {uvarint length, key}, for KindTags repeated {uvarint length, name,
 // 8-byte big-endian version}, for KindAll nothing. The layout is a contract
 // between tiercache versions running side by side, so it must not change
@@ -23,9 +25,13 @@ import (
 )
 
 const (
-	// Version is the only message version this package writes and reads.
+	// Version is the version Encode writes; Decode reads it and version 2,
+	// which EncodeAt writes.
 	Version = 1
-	// HeaderSize is the length of the header: magic, version, sender, kind.
+	// VersionTimed is the version with the send time in its header.
+	VersionTimed = 2
+	// HeaderSize is the length of the header: magic, version, sender, kind
+	// (and 8 more bytes of send time in version 2).
 	HeaderSize = 11
 	// MaxSize is the size Encode keeps each message within, so that one
 	// large batch does not become one huge pub/sub message; a single entry
@@ -51,6 +57,7 @@ var ErrMalformed = errors.New("msg: malformed invalidation message")
 // Message is one decoded invalidation message.
 type Message struct {
 	Sender [8]byte
+	SentAt int64 // Unix µs; 0 in a version-1 message
 	Kind   Kind
 	Keys   []string       // KindKeys
 	Tags   []envelope.Tag // KindTags
@@ -65,6 +72,16 @@ type Message struct {
 // left out: no cache entry can have them, and Decode would reject the
 // message that carried them.
 func Encode(sender [8]byte, keys []string, tags []envelope.Tag, all bool) [][]byte {
+	return encode(sender, 0, keys, tags, all)
+}
+
+// EncodeAt is Encode in version 2, with the send time sentAt (Unix µs).
+func EncodeAt(sender [8]byte, sentAt int64, keys []string, tags []envelope.Tag, all bool) [][]byte {
+	return encode(sender, sentAt, keys, tags, all)
+}
+
+func encode(sender [8]byte, sentAt int64, keys []string, tags []envelope.Tag, all bool) [][]byte {
+	header := func(sender [8]byte, kind Kind) []byte { return header(sender, kind, sentAt) }
 	if all {
 		return [][]byte{header(sender, KindAll)}
 	}
@@ -72,17 +89,18 @@ func Encode(sender [8]byte, keys []string, tags []envelope.Tag, all bool) [][]by
 	// Split where the old publisher did: before an entry that, with a
 	// worst-case length prefix, would take a non-empty message past MaxSize.
 	m := header(sender, KindKeys)
+	hl := len(m)
 	for _, k := range keys {
 		if k == "" {
 			continue
 		}
-		if len(m) > HeaderSize && len(m)+len(k)+binary.MaxVarintLen64 > MaxSize {
+		if len(m) > hl && len(m)+len(k)+binary.MaxVarintLen64 > MaxSize {
 			msgs, m = append(msgs, m), header(sender, KindKeys)
 		}
 		m = binary.AppendUvarint(m, uint64(len(k)))
 		m = append(m, k...)
 	}
-	if len(m) > HeaderSize {
+	if len(m) > hl {
 		msgs = append(msgs, m)
 	}
 	m = header(sender, KindTags)
@@ -90,23 +108,28 @@ func Encode(sender [8]byte, keys []string, tags []envelope.Tag, all bool) [][]by
 		if t.Name == "" || len(t.Name) > envelope.MaxTagLen {
 			continue
 		}
-		if len(m) > HeaderSize && len(m)+len(t.Name)+binary.MaxVarintLen64+8 > MaxSize {
+		if len(m) > hl && len(m)+len(t.Name)+binary.MaxVarintLen64+8 > MaxSize {
 			msgs, m = append(msgs, m), header(sender, KindTags)
 		}
 		m = binary.AppendUvarint(m, uint64(len(t.Name)))
 		m = append(m, t.Name...)
 		m = binary.BigEndian.AppendUint64(m, t.Version)
 	}
-	if len(m) > HeaderSize {
+	if len(m) > hl {
 		msgs = append(msgs, m)
 	}
 	return msgs
 }
 
-func header(sender [8]byte, kind Kind) []byte {
+// header starts a message; version 2 when sentAt is set.
+func header(sender [8]byte, kind Kind, sentAt int64) []byte {
 	m := make([]byte, HeaderSize, 256)
 	m[0], m[1], m[10] = magic, Version, byte(kind)
 	copy(m[2:10], sender[:])
+	if sentAt != 0 {
+		m[1] = VersionTimed
+		m = binary.BigEndian.AppendUint64(m, uint64(sentAt))
+	}
 	return m
 }
 
@@ -123,12 +146,18 @@ func Decode(payload string) (Message, error) {
 	if payload[0] != magic {
 		return m, fmt.Errorf("%w: magic byte %#x, want %#x", ErrMalformed, payload[0], magic)
 	}
-	if payload[1] != Version {
-		return m, fmt.Errorf("%w: version %d, want %d", ErrMalformed, payload[1], Version)
+	if payload[1] != Version && payload[1] != VersionTimed {
+		return m, fmt.Errorf("%w: version %d, want %d or %d", ErrMalformed, payload[1], Version, VersionTimed)
 	}
 	copy(m.Sender[:], payload[2:10])
 	m.Kind = Kind(payload[10])
 	b := payload[HeaderSize:]
+	if payload[1] == VersionTimed {
+		if len(b) < 8 {
+			return Message{}, fmt.Errorf("%w: version 2 header without its send time", ErrMalformed)
+		}
+		m.SentAt, b = int64(binary.BigEndian.Uint64([]byte(b[:8]))), b[8:]
+	}
 	switch m.Kind {
 	case KindAll:
 		return m, nil
@@ -175,7 +204,7 @@ func Decode(payload string) (Message, error) {
 // (it was truncated, say), while one that does not is foreign bytes on the
 // channel.
 func HasHeader(payload string) bool {
-	if len(payload) < HeaderSize || payload[0] != magic || payload[1] != Version {
+	if len(payload) < HeaderSize || payload[0] != magic || (payload[1] != Version && payload[1] != VersionTimed) {
 		return false
 	}
 	switch Kind(payload[10]) {

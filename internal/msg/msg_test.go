@@ -267,3 +267,33 @@ func TestDecodeAllocs(t *testing.T) {
 		t.Errorf("%v allocations for one tag, want at most 2 (the name and the slice)", n)
 	}
 }
+
+// Version 2 carries the send time; Decode reads both versions.
+func TestEncodeAtCarriesSendTime(t *testing.T) {
+	const at = 1_780_000_000_123_456
+	msgs := EncodeAt(sender, at, []string{"a", "b"}, []envelope.Tag{{Name: "t", Version: 5}}, false)
+	if len(msgs) != 2 {
+		t.Fatalf("%d messages, want 2", len(msgs))
+	}
+	for _, b := range msgs {
+		if b[1] != VersionTimed || !HasHeader(string(b)) {
+			t.Fatalf("header %q", b[:HeaderSize])
+		}
+		m, err := Decode(string(b))
+		if err != nil || m.SentAt != at || m.Sender != sender {
+			t.Fatalf("Decode = %+v, %v", m, err)
+		}
+	}
+	m, _ := Decode(string(msgs[0]))
+	if !slices.Equal(m.Keys, []string{"a", "b"}) {
+		t.Fatalf("keys %q", m.Keys)
+	}
+	if all := EncodeAt(sender, at, nil, nil, true); len(all) != 1 {
+		t.Fatal("flush")
+	} else if m, err := Decode(string(all[0])); err != nil || m.Kind != KindAll || m.SentAt != at {
+		t.Fatalf("flush: %+v, %v", m, err)
+	}
+	if _, err := Decode(string(msgs[0][:HeaderSize+4])); !errors.Is(err, ErrMalformed) {
+		t.Fatalf("a cut send time: %v", err)
+	}
+}
