@@ -373,7 +373,7 @@ func TestAuditHostileMessagesDoNotStopTheSubscriber(t *testing.T) {
 			header('z'), {'T'}, {}, []byte("hello"),
 		}
 		for _, p := range payloads {
-			if err := admin.Publish(ctx, a.st.layout.Channel(), p).Err(); err != nil {
+			if err := publishRaw(ctx, a, admin, p); err != nil {
 				t.Fatal(err)
 			}
 		}

@@ -26,7 +26,7 @@ func TestInvalidationDelayHistogram(t *testing.T) {
 		waitFor(t, 10*time.Second, "a's message at b", func() bool { return b.Stats().InvalidationDelay.Count == 1 })
 		// A message that took 700ms (its send time is 700ms old).
 		late := msg.EncodeAt([8]byte{9, 9, 9}, nowMicro()-700_000, []string{"k"}, nil, false)[0]
-		if err := tg.NewClient(t).Publish(ctx, b.st.layout.Channel(), late).Err(); err != nil {
+		if err := publishRaw(ctx, b, tg.NewClient(t), late); err != nil {
 			t.Fatal(err)
 		}
 		waitFor(t, 10*time.Second, "the late message at b", func() bool { return b.Stats().InvalidationDelay.Count == 2 })

@@ -49,7 +49,7 @@ type invalidator struct {
 	publishes bool
 	fills     *fillWaits
 
-	up   atomic.Bool // the subscription is confirmed and healthy
+	subs []*subscription // started by start; healthy when all are up
 	reqs chan pubReq
 	done chan struct{}
 	wg   sync.WaitGroup
@@ -59,8 +59,29 @@ type invalidator struct {
 	cancel context.CancelFunc
 
 	mu     sync.Mutex
-	ps     *redis.PubSub // the current subscription, closed by stop
 	closed bool
+
+	// sharded is whether invalidations go over sharded pub/sub (SPUBLISH,
+	// SSUBSCRIBE): on a cluster whose servers have it (Redis 7), so that a
+	// message goes to the shard that owns the channel instead of over the
+	// cluster bus to every node. Found out once, from the servers, before
+	// the first publish or subscribe, so that every instance agrees.
+	modeMu    sync.Mutex
+	modeKnown bool
+	sharded   bool
+}
+
+// subscription is one pub/sub connection of the subscriber and its channels:
+// one for everything, or, with sharded pub/sub, one for the invalidation
+// channel (to its shard) and one for the fill channel (which the lease
+// scripts publish to classically).
+type subscription struct {
+	channels []string
+	sharded  bool
+	up       atomic.Bool // confirmed and healthy
+
+	mu sync.Mutex
+	ps *redis.PubSub // the current connection, closed by stop
 }
 
 type pubReq struct {
@@ -85,23 +106,33 @@ func (iv *invalidator) start() {
 		iv.wg.Add(1)
 		go iv.publish()
 	}
-	if len(iv.channels()) > 0 {
+	if iv.onKeys != nil || iv.fills != nil {
 		iv.wg.Add(1)
 		go iv.subscribe()
 	}
 }
 
-// channels are what the subscriber listens to: the invalidation channel
-// (with L1) and the fill channel (with the lease).
-func (iv *invalidator) channels() []string {
-	var chs []string
-	if iv.onKeys != nil {
-		chs = append(chs, iv.channel)
+// shardedMode reports whether invalidations use sharded pub/sub, finding
+// out once (COMMAND INFO SPUBLISH on a cluster node).
+func (iv *invalidator) shardedMode(ctx context.Context) (bool, error) {
+	iv.modeMu.Lock()
+	defer iv.modeMu.Unlock()
+	if iv.modeKnown || iv.st.cluster == nil {
+		return iv.sharded, nil
 	}
-	if iv.fills != nil {
-		chs = append(chs, iv.st.layout.Fills())
+	err := iv.st.call(ctx, "", "command_info", iv.st.writeBy(), func(ctx context.Context) error {
+		info, err := iv.st.cluster.Do(ctx, "COMMAND", "INFO", "SPUBLISH").Slice()
+		if err != nil {
+			return err
+		}
+		iv.sharded = len(info) == 1 && info[0] != nil
+		return nil
+	})
+	if err != nil {
+		return false, err
 	}
-	return chs
+	iv.modeKnown = true
+	return iv.sharded, nil
 }
 
 // flush drops L1 (when there is one): invalidations may have been missed.
@@ -120,20 +151,35 @@ func (iv *invalidator) stop() {
 	}
 	iv.mu.Lock()
 	iv.closed = true
-	ps := iv.ps
+	subs := iv.subs
 	iv.mu.Unlock()
 	// Cancel first: it ends a dial or handshake in progress, which holds the
 	// PubSub's own lock that Close needs; then Close ends a Receive.
 	iv.cancel()
 	close(iv.done)
-	if ps != nil {
-		_ = ps.Close()
+	for _, sub := range subs {
+		sub.mu.Lock()
+		if sub.ps != nil {
+			_ = sub.ps.Close()
+		}
+		sub.mu.Unlock()
 	}
 	iv.wg.Wait()
 }
 
-// healthy reports whether invalidations can currently arrive.
-func (iv *invalidator) healthy() bool { return iv.up.Load() }
+// healthy reports whether invalidations (and fill messages) can currently
+// arrive: every subscription is up.
+func (iv *invalidator) healthy() bool {
+	iv.mu.Lock()
+	subs := iv.subs
+	iv.mu.Unlock()
+	for _, sub := range subs {
+		if !sub.up.Load() {
+			return false
+		}
+	}
+	return len(subs) > 0
+}
 
 // send publishes keys and tag versions (or, with all, a flush of every
 // L1) and waits until the message has gone to Redis. Concurrent sends are
@@ -202,8 +248,12 @@ func (iv *invalidator) publishBatch(batch []pubReq) error {
 		keys, tags, all = append(keys, r.keys...), append(tags, r.tags...), all || r.all
 		at = min(at, r.at) // the delay of the batch is its oldest write's
 	}
+	sharded, err := iv.shardedMode(context.Background())
+	if err != nil {
+		return fmt.Errorf("publishing invalidation: %w", err)
+	}
 	for _, m := range msg.EncodeAt(iv.id, at, keys, tags, all) {
-		if err := iv.st.publish(context.Background(), iv.channel, m); err != nil {
+		if err := iv.st.publish(context.Background(), iv.channel, m, sharded); err != nil {
 			return fmt.Errorf("publishing invalidation: %w", err)
 		}
 		iv.rec.event(EventInvalidationSent)
@@ -244,27 +294,90 @@ func (iv *invalidator) apply(payload string) {
 	}
 }
 
+// subscribe finds out the pub/sub mode, then keeps the subscriptions:
+// with classic pub/sub one connection for both channels, with sharded
+// pub/sub one for each (see subscription).
 func (iv *invalidator) subscribe() {
 	defer iv.wg.Done()
+	var sharded bool
+	for backoff := 10 * time.Millisecond; ; backoff = min(2*backoff, time.Second) {
+		var err error
+		if sharded, err = iv.shardedMode(iv.life); err == nil {
+			break
+		}
+		t := time.NewTimer(backoff)
+		select {
+		case <-t.C:
+		case <-iv.done:
+			t.Stop()
+			return
+		}
+	}
+	var inv, fills []string
+	if iv.onKeys != nil {
+		inv = []string{iv.channel}
+	}
+	if iv.fills != nil {
+		fills = []string{iv.st.layout.Fills()}
+	}
+	subs := []*subscription{{channels: append(inv, fills...)}}
+	if sharded && inv != nil {
+		subs = []*subscription{{channels: inv, sharded: true}}
+		if fills != nil {
+			subs = append(subs, &subscription{channels: fills})
+		}
+	}
+	iv.mu.Lock()
+	if iv.closed {
+		iv.mu.Unlock()
+		return
+	}
+	iv.subs = subs
+	iv.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, sub := range subs {
+		wg.Go(func() { iv.keep(sub) })
+	}
+	wg.Wait()
+}
+
+// keep keeps one subscription: it subscribes, reads it until it fails or
+// stalls, flushes L1 (messages may have been lost), and subscribes again
+// with a bounded backoff.
+func (iv *invalidator) keep(sub *subscription) {
 	backoff := 10 * time.Millisecond
 	for {
+		sub.mu.Lock()
 		iv.mu.Lock()
-		if iv.closed {
-			iv.mu.Unlock()
+		closed := iv.closed
+		iv.mu.Unlock()
+		if closed {
+			sub.mu.Unlock()
 			return
 		}
 		// No channel yet: no network call under the lock. stop closes ps
 		// and cancels iv.life, which ends whatever network call is running.
-		ps := iv.st.rdb.Subscribe(iv.life)
-		iv.ps = ps
-		iv.mu.Unlock()
+		var ps *redis.PubSub
+		var err error
+		if sub.sharded {
+			ps = iv.st.cluster.SSubscribe(iv.life)
+		} else {
+			ps = iv.st.rdb.Subscribe(iv.life)
+		}
+		sub.ps = ps
+		sub.mu.Unlock()
 
-		confirmed, err := false, ps.Subscribe(iv.life, iv.channels()...)
+		confirmed := false
+		if sub.sharded {
+			err = ps.SSubscribe(iv.life, sub.channels...)
+		} else {
+			err = ps.Subscribe(iv.life, sub.channels...)
+		}
 		if err == nil {
-			confirmed, err = iv.receive(ps)
+			confirmed, err = iv.receive(ps, sub)
 		}
 		_ = ps.Close()
-		wasUp := iv.up.Swap(false)
+		wasUp := sub.up.Swap(false)
 		iv.flush()
 		// Fill messages may have been missed too: waiters look for
 		// themselves (and poll until the subscription is back).
@@ -275,7 +388,7 @@ func (iv *invalidator) subscribe() {
 		default:
 		}
 		if wasUp {
-			iv.log.Warn("tiercache: invalidation subscription lost; L1 flushed", "channel", iv.channel, "err", err)
+			iv.log.Warn("tiercache: invalidation subscription lost; L1 flushed", "channels", sub.channels, "err", err)
 		}
 		if confirmed {
 			backoff = 10 * time.Millisecond
@@ -293,11 +406,11 @@ func (iv *invalidator) subscribe() {
 
 // receive reads the subscription until it fails or stalls. It reports
 // whether the subscription had been confirmed.
-func (iv *invalidator) receive(ps *redis.PubSub) (confirmed bool, err error) {
+func (iv *invalidator) receive(ps *redis.PubSub, sub *subscription) (confirmed bool, err error) {
 	pinged := false
-	want, subscribed := len(iv.channels()), 0
+	subscribed := 0
 	for {
-		msg, err := ps.ReceiveTimeout(iv.life, iv.interval)
+		m, err := ps.ReceiveTimeout(iv.life, iv.interval)
 		if err != nil {
 			if isTimeout(err) && !pinged {
 				// Silence: make the server say something. A dead connection
@@ -314,21 +427,27 @@ func (iv *invalidator) receive(ps *redis.PubSub) (confirmed bool, err error) {
 			return confirmed, err
 		}
 		pinged = false
-		switch m := msg.(type) {
+		switch m := m.(type) {
 		case *redis.Subscription:
-			if m.Kind != "subscribe" {
+			switch m.Kind {
+			case "subscribe", "ssubscribe":
+			case "sunsubscribe", "unsubscribe":
+				// The server ended it: the channel's slot moved (a failover,
+				// a resharding). Subscribe again, to the new owner.
+				return confirmed, fmt.Errorf("%s of %s by the server", m.Kind, m.Channel)
+			default:
 				continue
 			}
-			if subscribed++; subscribed < want {
+			if subscribed++; subscribed < len(sub.channels) {
 				continue
 			}
 			// Anything filled before this point may have missed an
 			// invalidation: flush, then trust L1 again.
 			iv.flush()
-			iv.up.Store(true)
+			sub.up.Store(true)
 			if !confirmed {
 				confirmed = true
-				iv.log.Info("tiercache: invalidation subscription up", "channels", iv.channels())
+				iv.log.Info("tiercache: invalidation subscription up", "channels", sub.channels, "sharded", sub.sharded)
 			}
 		case *redis.Message:
 			if iv.fills != nil && m.Channel == iv.st.layout.Fills() {

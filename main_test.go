@@ -1,6 +1,7 @@
 package tiercache
 
 import (
+	"context"
 	"strings"
 	"testing"
 
@@ -29,4 +30,17 @@ func newCacheOn[V any](t testing.TB, rdb redis.UniversalClient, prefix string, o
 	}
 	t.Cleanup(func() { _ = c.Close() })
 	return c
+}
+
+// publishRaw publishes payload on c's invalidation channel as another
+// client of the Redis would, by SPUBLISH where c uses sharded pub/sub.
+func publishRaw[V any](ctx context.Context, c *Cache[V], rdb redis.UniversalClient, payload any) error {
+	sharded, err := c.inv.shardedMode(ctx)
+	if err != nil {
+		return err
+	}
+	if sharded {
+		return rdb.SPublish(ctx, c.st.layout.Channel(), payload).Err()
+	}
+	return rdb.Publish(ctx, c.st.layout.Channel(), payload).Err()
 }

@@ -15,7 +15,6 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tiercache/tiercache/internal/envelope"
-	"github.com/tiercache/tiercache/internal/faults"
 	"github.com/tiercache/tiercache/internal/keys"
 	"github.com/tiercache/tiercache/internal/msg"
 	"github.com/tiercache/tiercache/internal/redistest"
@@ -89,68 +88,8 @@ func TestRedTeamTagKeyVanishingForgetsInvalidation(t *testing.T) {
 	})
 }
 
-// FAILS. A tagged value loaded while Redis reads fail is kept in L1 for the
-// outage TTL with its tags stripped (load.go, the outage branch of
-// loadAndFill). Redis recovers and InvalidateTags of its tag succeeds on
-// this very instance, yet the next read is an L1 hit on the value loaded
-// before the invalidation. InvalidateTags promises the L1 of "this
-// instance's at once".
-func TestRedTeamOutageL1IgnoresInvalidateTags(t *testing.T) {
-	ctx := t.Context()
-	px := faults.Start(t, redistest.SharedServer(t).Addr)
-	c := newCacheOn[string](t, px.Client(t), faultPrefix(t), WithL1(100), WithL1OutageTTL(time.Minute),
-		WithReadTimeout(50*time.Millisecond), WithWriteTimeout(10*time.Second), WithoutBreaker())
-	waitSubscribed(t, c)
-
-	lat := px.Latency(t, 300*time.Millisecond, 0) // reads time out; the subscription stays up
-	v, err := c.GetOrLoad(ctx, "k", func(ctx context.Context) (string, error) {
-		LoadOptions(ctx, WithTags("t"))
-		return "old", nil
-	})
-	if err != nil || v != "old" {
-		t.Fatalf("GetOrLoad during the outage = %q, %v", v, err)
-	}
-	if _, ok := c.l1.peek("k"); !ok {
-		t.Skip("the outage load was not kept in L1; nothing to test")
-	}
-	lat.Remove()
-
-	if err := c.InvalidateTags(ctx, "t"); err != nil {
-		t.Fatalf("InvalidateTags once Redis answers: %v", err)
-	}
-	v, err = c.GetOrLoad(ctx, "k", func(ctx context.Context) (string, error) {
-		LoadOptions(ctx, WithTags("t"))
-		return "new", nil
-	})
-	if err != nil || v != "new" {
-		t.Fatalf("GetOrLoad after InvalidateTags(t) returned = %q, %v; the L1 copy loaded during the outage survived the invalidation", v, err)
-	}
-}
-
-// FAILS (minor). Set documents: "A Redis failure is returned ... and the
-// local L1 copy is dropped". A Set WithTags whose first Redis call (the tag
-// read) fails returns the error and leaves the old L1 copy in place.
-func TestRedTeamFailedTaggedSetKeepsL1(t *testing.T) {
-	ctx := t.Context()
-	px := faults.Start(t, redistest.SharedServer(t).Addr)
-	c := newCacheOn[string](t, px.Client(t), faultPrefix(t), WithL1(100), WithWriteTimeout(50*time.Millisecond), WithoutBreaker())
-	waitSubscribed(t, c)
-	if err := c.Set(ctx, "k", "old"); err != nil {
-		t.Fatal(err)
-	}
-	if _, ok := c.l1.peek("k"); !ok {
-		t.Fatal("a Set did not keep its value in L1")
-	}
-	lat := px.Latency(t, 300*time.Millisecond, 0)
-	err := c.Set(ctx, "k", "new", WithTags("t"))
-	lat.Remove()
-	if !errors.Is(err, ErrRedis) {
-		t.Fatalf("Set with Redis slower than the write timeout = %v, want ErrRedis", err)
-	}
-	if e, ok := c.l1.peek("k"); ok {
-		t.Fatalf("after a failed Set, L1 still holds %q; Set promises to drop the local L1 copy", e.val)
-	}
-}
+// (The outage interleavings found here moved to the fault suite, ./faults:
+// TestOutageTaggedValueNotKeptInL1 and TestFailedTaggedSetDropsL1.)
 
 // --- Guards that pass ---
 
@@ -285,7 +224,7 @@ func TestRedTeamHostilePayloadsThenRealInvalidation(t *testing.T) {
 		// is counted, every payload before it has been handled.
 		payloads = append(payloads, msg.Encode(other, []string{"marker"}, nil, false)[0])
 		for _, p := range payloads {
-			if err := raw.Publish(ctx, a.st.layout.Channel(), p).Err(); err != nil {
+			if err := publishRaw(ctx, a, raw, p); err != nil {
 				t.Fatal(err)
 			}
 		}

@@ -414,7 +414,7 @@ func (s Stats) MarshalJSON() ([]byte, error) {
 var redisOpNames = [...]string{
 	"get", "set", "del", "acquire", "fill", "release", "publish",
 	"mget", "set_many", "fill_many", "acquire_many", "release_many",
-	"tag_read", "tag_bump", "tag_get",
+	"tag_read", "tag_bump", "tag_get", "command_info",
 }
 
 // NumRedisOps is how many Redis operations the cache reports: an observer

@@ -603,9 +603,12 @@ func (s *store) del(ctx context.Context, vks []string) error {
 	return err
 }
 
-// publish sends one invalidation message.
-func (s *store) publish(ctx context.Context, channel string, msg []byte) error {
+// publish sends one invalidation message, by SPUBLISH when sharded.
+func (s *store) publish(ctx context.Context, channel string, msg []byte, sharded bool) error {
 	return s.call(ctx, s.nodeOf(ctx, channel), "publish", s.writeBy(), func(ctx context.Context) error {
+		if sharded {
+			return s.rdb.SPublish(ctx, channel, msg).Err()
+		}
 		return s.rdb.Publish(ctx, channel, msg).Err()
 	})
 }

@@ -1,13 +1,18 @@
-// Package faults puts a TCP proxy with injectable faults between a go-redis
-// client and a redis-server, for tiercache's resilience tests. It embeds
+// Package proxy puts a TCP proxy with injectable faults between a go-redis
+// client and a redis-server, for tiercache's fault tests (module
+// github.com/tiercache/tiercache/faults). It embeds
 // github.com/Shopify/toxiproxy/v2 as a library: no toxiproxy process, no HTTP
 // API, one in-process proxy per call of [Start], stopped when the test ends.
+//
+// It lives in a module of its own so that toxiproxy and what it pulls in
+// (zerolog, an old Prometheus client, gorilla/mux) are not requirements of
+// the tiercache module.
 //
 // A fault is a toxic on one direction of the proxy's links: "upstream" is
 // client to Redis (commands), "downstream" is Redis to client (replies).
 // Toxics apply to the connections open when they are added and to every
 // connection opened while they are in place.
-package faults
+package proxy
 
 import (
 	"bytes"
@@ -57,7 +62,7 @@ func Start(tb testing.TB, upstream string) *Proxy {
 	name := "redis" + strconv.FormatUint(seq.Add(1), 10)
 	p := toxiproxy.NewProxy(server(), name, "127.0.0.1:0", upstream)
 	if err := p.Start(); err != nil {
-		tb.Fatalf("faults: start proxy to %s: %v", upstream, err)
+		tb.Fatalf("proxy: start proxy to %s: %v", upstream, err)
 	}
 	tb.Cleanup(p.Stop)
 	p.Lock()
@@ -89,7 +94,7 @@ func (p *Proxy) Disable() { p.p.Stop() }
 func (p *Proxy) Enable(tb testing.TB) {
 	tb.Helper()
 	if err := p.p.Start(); err != nil && err != toxiproxy.ErrProxyAlreadyStarted {
-		tb.Fatalf("faults: restart proxy %s: %v", p.Addr, err)
+		tb.Fatalf("proxy: restart proxy %s: %v", p.Addr, err)
 	}
 }
 
@@ -114,7 +119,7 @@ func (p *Proxy) Add(tb testing.TB, typ, stream string, attrs any) *Toxic {
 		tb.Fatal(err)
 	}
 	if _, err := p.p.Toxics.AddToxicJson(bytes.NewReader(body)); err != nil {
-		tb.Fatalf("faults: add %s toxic: %v", typ, err)
+		tb.Fatalf("proxy: add %s toxic: %v", typ, err)
 	}
 	t := &Toxic{p: p, name: name}
 	tb.Cleanup(t.Remove)

@@ -1,9 +1,9 @@
-package tiercache
+package faults_test
 
 // The fault suite: "a sick Redis never fails a read, and bad data never
 // crashes anything". Every test runs against real redis-server processes;
 // network faults are injected by a toxiproxy proxy embedded in the test
-// binary (internal/faults) between the go-redis client and Redis. Each test
+// binary (internal/proxy) between the go-redis client and Redis. Each test
 // says what it expects in its name and first comment.
 //
 // Bounds are generous, for -race on two cores: they tell a read that pays a
@@ -18,9 +18,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"runtime"
-	"runtime/pprof"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -30,118 +28,12 @@ import (
 	"github.com/klauspost/compress/zstd"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/tiercache/tiercache"
+	"github.com/tiercache/tiercache/faults/internal/proxy"
 	"github.com/tiercache/tiercache/internal/envelope"
-	"github.com/tiercache/tiercache/internal/faults"
 	"github.com/tiercache/tiercache/internal/keys"
 	"github.com/tiercache/tiercache/internal/redistest"
 )
-
-// faultPrefix returns a cache prefix of the test's own.
-func faultPrefix(t testing.TB) string {
-	return strings.TrimSuffix(redistest.UniquePrefix(t), ":")
-}
-
-// directClient is a client straight to s, with context deadlines reaching
-// the socket, closed when the test ends.
-func directClient(t testing.TB, s *redistest.Server, opts ...func(*redis.Options)) *redis.Client {
-	return s.Client(t, append([]func(*redis.Options){func(o *redis.Options) { o.ContextTimeoutEnabled = true }}, opts...)...)
-}
-
-// constLoad returns a loader of v that takes d.
-func constLoad(v string, d time.Duration) LoadFunc[string] {
-	return func(ctx context.Context) (string, error) {
-		if d > 0 {
-			time.Sleep(d)
-		}
-		return v, nil
-	}
-}
-
-// latencies collects durations, safe for concurrent use.
-type latencies struct {
-	mu sync.Mutex
-	d  []time.Duration
-}
-
-func (l *latencies) add(d time.Duration) {
-	l.mu.Lock()
-	l.d = append(l.d, d)
-	l.mu.Unlock()
-}
-
-func (l *latencies) n() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return len(l.d)
-}
-
-// q returns the q-quantile (0 when empty).
-func (l *latencies) q(q float64) time.Duration {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if len(l.d) == 0 {
-		return 0
-	}
-	s := slices.Clone(l.d)
-	slices.Sort(s)
-	return s[min(len(s)-1, int(q*float64(len(s))))]
-}
-
-func (l *latencies) max() time.Duration { return l.q(1) }
-
-func (l *latencies) String() string {
-	return fmt.Sprintf("n=%d p50=%v p99=%v max=%v", l.n(), l.q(.5).Round(100*time.Microsecond),
-		l.q(.99).Round(100*time.Microsecond), l.max().Round(100*time.Microsecond))
-}
-
-// waitDone waits for wg up to d and reports whether it finished; if not, it
-// logs every goroutine's stack.
-func waitDone(t testing.TB, wg *sync.WaitGroup, d time.Duration) bool {
-	t.Helper()
-	done := make(chan struct{})
-	go func() { wg.Wait(); close(done) }()
-	select {
-	case <-done:
-		return true
-	case <-time.After(d):
-		var b bytes.Buffer
-		_ = pprof.Lookup("goroutine").WriteTo(&b, 1)
-		t.Logf("goroutines still running after %v:\n%s", d, b.String())
-		return false
-	}
-}
-
-// within receives from ch, failing the test if nothing comes within d: a
-// test that waits on a load must not hang the binary when the load is lost.
-func within[T any](t testing.TB, ch <-chan T, d time.Duration, what string) T {
-	t.Helper()
-	select {
-	case v := <-ch:
-		return v
-	case <-time.After(d):
-		t.Fatalf("%s: not within %v", what, d)
-		panic("unreachable")
-	}
-}
-
-// waitGoroutinesGone waits until no goroutine's stack mentions fn, for the
-// background goroutines of go-redis that end a little after Close.
-func waitGoroutinesGone(t testing.TB, fn string, d time.Duration) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		var b bytes.Buffer
-		_ = pprof.Lookup("goroutine").WriteTo(&b, 1)
-		if !strings.Contains(b.String(), fn) {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Errorf("goroutines running %s still there after %v", fn, d)
-			return
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
 
 // 1. Every Redis reply 500ms late, a 50ms read timeout: GetOrLoad returns
 // the loader's value every time. While the breaker is closed a read pays
@@ -155,8 +47,8 @@ func TestFaultSlowRedisReadsFallBackToLoader(t *testing.T) {
 		slack       = 150 * time.Millisecond // scheduling under -race on 2 cores
 	)
 	ctx := t.Context()
-	px := faults.Start(t, redistest.SharedServer(t).Addr)
-	c := newCacheOn[string](t, px.Client(t), faultPrefix(t), WithReadTimeout(readTimeout))
+	px := proxy.Start(t, redistest.SharedServer(t).Addr)
+	c := newCacheOn[string](t, px.Client(t), faultPrefix(t), tiercache.WithReadTimeout(readTimeout))
 	if v, err := c.GetOrLoad(ctx, "warm", constLoad("w", 0)); err != nil || v != "w" {
 		t.Fatalf("healthy read = %q, %v", v, err)
 	}
@@ -176,7 +68,7 @@ func TestFaultSlowRedisReadsFallBackToLoader(t *testing.T) {
 
 	// Closed: each read times out on Redis, then loads.
 	var closed latencies
-	for i := 0; c.Stats().BreakerState != BreakerOpen; i++ {
+	for i := 0; c.Stats().BreakerState != tiercache.BreakerOpen; i++ {
 		if i == 10 {
 			t.Fatalf("the breaker is still %v after 10 reads against a slow Redis", c.Stats().BreakerState)
 		}
@@ -208,7 +100,7 @@ func TestFaultSlowRedisReadsFallBackToLoader(t *testing.T) {
 
 	s := c.Stats()
 	t.Logf("500ms Redis latency, %v read timeout, %v loader: breaker closed: %v; open: %v; across probes: %v; redis timeouts %d, breaker rejects %d",
-		readTimeout, loadTime, &closed, &open, &probing, s.Count(EventRedisTimeout), s.Count(EventBreakerReject))
+		readTimeout, loadTime, &closed, &open, &probing, s.Count(tiercache.EventRedisTimeout), s.Count(tiercache.EventBreakerReject))
 	if p := open.q(.99); p > loadTime+80*time.Millisecond {
 		t.Errorf("p99 with the breaker open = %v, want about the loader's %v", p, loadTime)
 	}
@@ -239,21 +131,21 @@ func TestFaultConnectionResetMidLoad(t *testing.T) {
 		name string
 		// fault breaks the connections while the loader runs; heal, called
 		// once the read has returned, repairs what is left.
-		fault func(t *testing.T, px *faults.Proxy) (heal func())
+		fault func(t *testing.T, px *proxy.Proxy) (heal func())
 	}{
-		{"every connection dropped, Redis reachable again", func(t *testing.T, px *faults.Proxy) func() {
+		{"every connection dropped, Redis reachable again", func(t *testing.T, px *proxy.Proxy) func() {
 			px.Disable()
 			px.Enable(t)
 			return func() {}
 		}},
-		{"every command reset until the read returned", func(t *testing.T, px *faults.Proxy) func() {
+		{"every command reset until the read returned", func(t *testing.T, px *proxy.Proxy) func() {
 			return px.ResetPeer(t, 0).Remove
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := t.Context()
 			s := redistest.SharedServer(t)
-			px := faults.Start(t, s.Addr)
+			px := proxy.Start(t, s.Addr)
 			prefix := faultPrefix(t)
 			a := newCacheOn[string](t, px.Client(t), prefix)
 			b := newCacheOn[string](t, directClient(t, s), prefix)
@@ -291,7 +183,7 @@ func TestFaultConnectionResetMidLoad(t *testing.T) {
 			d := time.Since(start)
 			t.Logf("next read from another instance: %q, %v in %v", v, err, d)
 			if err != nil {
-				leaseTTL, _ := s.Client(t).PTTL(ctx, keys.Lease(b.st.layout.Value("k"))).Result()
+				leaseTTL, _ := s.Client(t).PTTL(ctx, keys.Lease(valueKey(prefix, "k"))).Result()
 				t.Fatalf("after a fill failed on a reset connection, the key stays leased (lease PTTL now %v): "+
 					"another instance's read waited %v and failed with %v", leaseTTL, d, err)
 			}
@@ -312,25 +204,30 @@ func TestFaultRedisRestartEmpty(t *testing.T) {
 	ctx := t.Context()
 	s := redistest.StartServer(t)
 	prefix := faultPrefix(t)
-	opts := []Option{WithL1(1000), WithL1TTL(l1TTL), WithHealthCheck(200 * time.Millisecond)}
+	opts := []tiercache.Option{tiercache.WithL1(1000), tiercache.WithL1TTL(l1TTL), tiercache.WithHealthCheck(200 * time.Millisecond)}
 	a := newCacheOn[string](t, directClient(t, s), prefix, opts...)
 	b := newCacheOn[string](t, directClient(t, s), prefix, opts...)
-	waitSubscribed(t, a, b)
+	// g is b with L1 entries that may live an hour, also while the
+	// subscription is down: it holds the entry planted in the gap below.
+	g := newCacheOn[string](t, directClient(t, s), prefix,
+		append(slices.Clip(opts), tiercache.WithL1TTL(time.Hour), tiercache.WithL1OutageTTL(time.Hour))...)
+	waitSubscribed(t, a, b, g)
 
 	if err := a.Set(ctx, "k", "v1"); err != nil {
 		t.Fatal(err)
 	}
 	// a's invalidation must reach b before b reads, or it drops the copy.
 	waitFor(t, time.Second, "b received a's invalidation", func() bool {
-		return b.Stats().Count(EventInvalidationReceived) > 0
+		return b.Stats().Count(tiercache.EventInvalidationReceived) > 0
 	})
 	if v, err := b.Get(ctx, "k"); err != nil || v != "v1" {
 		t.Fatalf("b.Get = %q, %v", v, err)
 	}
-	if _, ok := b.l1.get("k"); !ok {
-		t.Fatal("b's L1 does not hold v1")
+	// Does b's L1 hold v1 now? Then the next Get is an L1 hit on v1.
+	if v, hit, err := getL1(ctx, b, "k"); !hit || err != nil || v != "v1" {
+		t.Fatalf("b's L1 does not hold v1 (the next Get: %q, %v, L1 hit %v)", v, err, hit)
 	}
-	flushes := b.Stats().Count(EventL1Flush)
+	flushes := b.Stats().Count(tiercache.EventL1Flush)
 
 	s.Stop()
 	stopped := time.Now()
@@ -359,7 +256,7 @@ func TestFaultRedisRestartEmpty(t *testing.T) {
 		check(v, err, k, time.Since(start))
 		time.Sleep(5 * time.Millisecond)
 	}
-	if b.inv.healthy() || b.Stats().Count(EventL1Flush) == flushes {
+	if b.Stats().Subscribed || b.Stats().Count(tiercache.EventL1Flush) == flushes {
 		t.Fatal("b did not notice that its subscription was lost")
 	}
 	if stale.Load() > 0 {
@@ -372,31 +269,56 @@ func TestFaultRedisRestartEmpty(t *testing.T) {
 
 	// Plant an L1 entry just after a failed resubscription, as if a read
 	// had filled it while no invalidation could arrive: the flush on
-	// resubscribing must drop it.
-	lost := b.Stats().Count(EventL1Flush)
-	waitFor(t, 5*time.Second, "a failed resubscription", func() bool { return b.Stats().Count(EventL1Flush) > lost })
-	lost = b.Stats().Count(EventL1Flush)
-	far := time.Now().Add(time.Hour).UnixMicro()
-	b.l1.c.Set("planted", &entry[string]{val: "gap", softExp: far, l1Until: far})
+	// resubscribing must drop it. The entry is planted the way a read
+	// plants it: a GetOrLoad while Redis is down, whose loaded value Redis
+	// cannot take, so that L1 keeps it for the outage TTL. It goes into g,
+	// not b: b's L1 keeps nothing past its 500ms L1 TTL, less than the
+	// subscriber's backoff (a second by now) before it resubscribes, so
+	// there the entry would be gone by itself; in g it lives an hour, and
+	// only a flush drops it.
+	var lost uint64
+	for try := 1; ; try++ {
+		lost = g.Stats().Count(tiercache.EventL1Flush)
+		waitFor(t, 5*time.Second, "a failed resubscription", func() bool { return g.Stats().Count(tiercache.EventL1Flush) > lost })
+		lost = g.Stats().Count(tiercache.EventL1Flush)
+		if v, err := g.GetOrLoad(ctx, "planted", constLoad("gap", 0)); err != nil || v != "gap" {
+			t.Fatalf("GetOrLoad during the outage = %q, %v", v, err)
+		}
+		// Planted if the next Get is an L1 hit (Redis is down: only L1
+		// can answer it).
+		v, hit, err := getL1(ctx, g, "planted")
+		if g.Stats().Count(tiercache.EventL1Flush) > lost {
+			// Another failed resubscription flushed L1 meanwhile.
+			if try == 5 {
+				t.Fatal("every try to plant an L1 entry in the gap was flushed by another failed resubscription")
+			}
+			continue
+		}
+		if !hit || err != nil || v != "gap" {
+			t.Fatalf("a value loaded while Redis is down was not kept in L1 (the next Get: %q, %v, L1 hit %v)", v, err, hit)
+		}
+		break
+	}
 	s.Restart(t)
 	back := time.Now()
 	waitFor(t, 5*time.Second, "subscriptions back after the restart", func() bool {
-		return a.inv.healthy() && b.inv.healthy()
+		return a.Stats().Subscribed && b.Stats().Subscribed && g.Stats().Subscribed
 	})
 	resub := time.Since(back)
-	if _, ok := b.l1.c.GetIfPresent("planted"); ok {
-		t.Error("an L1 entry from the gap survived the resubscription: L1 not flushed when the subscription came back")
-	} else if b.Stats().Count(EventL1Flush) > lost {
+	// Redis restarted empty: a Get of "planted" that finds it is an L1 hit.
+	if v, hit, _ := getL1(ctx, g, "planted"); hit {
+		t.Errorf("an L1 entry from the gap (%q) survived the resubscription: L1 not flushed when the subscription came back", v)
+	} else if g.Stats().Count(tiercache.EventL1Flush) > lost {
 		t.Log("inconclusive: another resubscription failed after the entry was planted")
 	}
 	// Redis restarted empty: nobody may serve v1.
-	for _, x := range []*Cache[string]{a, b} {
+	for _, x := range []*tiercache.Cache[string]{a, b} {
 		if v, err := x.Get(ctx, "k"); err == nil || v == "v1" {
 			t.Fatalf("after the restart Get = %q, %v; want a miss", v, err)
 		}
 	}
 	// Writes resume once the breaker lets them through.
-	recv := b.Stats().Count(EventInvalidationReceived)
+	recv := b.Stats().Count(tiercache.EventInvalidationReceived)
 	waitFor(t, 5*time.Second, "Set succeeds after the restart", func() bool {
 		return a.Set(ctx, "k", "v2") == nil
 	})
@@ -410,13 +332,14 @@ func TestFaultRedisRestartEmpty(t *testing.T) {
 	// And invalidation works again: once b holds v2 in L1, a writes v3 and
 	// b sees it at once.
 	waitFor(t, time.Second, "b received the invalidation of v2", func() bool {
-		return b.Stats().Count(EventInvalidationReceived) > recv
+		return b.Stats().Count(tiercache.EventInvalidationReceived) > recv
 	})
 	if v, err := b.Get(ctx, "k"); err != nil || v != "v2" {
 		t.Fatalf("b.Get = %q, %v", v, err)
 	}
-	if _, ok := b.l1.get("k"); !ok {
-		t.Fatal("b's L1 did not take v2")
+	// Did b's L1 take v2? Then the next Get is an L1 hit on v2.
+	if v, hit, err := getL1(ctx, b, "k"); !hit || err != nil || v != "v2" {
+		t.Fatalf("b's L1 did not take v2 (the next Get: %q, %v, L1 hit %v)", v, err, hit)
 	}
 	if err := a.Set(ctx, "k", "v3"); err != nil {
 		t.Fatal(err)
@@ -435,28 +358,30 @@ func TestFaultRedisRestartEmpty(t *testing.T) {
 func TestFaultStalledSubscriptionNoticed(t *testing.T) {
 	const interval = 200 * time.Millisecond
 	ctx := t.Context()
-	px := faults.Start(t, redistest.SharedServer(t).Addr)
-	c := newCacheOn[string](t, px.Client(t), faultPrefix(t), WithL1(100), WithHealthCheck(interval))
+	px := proxy.Start(t, redistest.SharedServer(t).Addr)
+	c := newCacheOn[string](t, px.Client(t), faultPrefix(t), tiercache.WithL1(100), tiercache.WithHealthCheck(interval))
 	waitSubscribed(t, c)
 	if err := c.Set(ctx, "k", "v"); err != nil {
 		t.Fatal(err)
 	}
-	flushes := c.Stats().Count(EventL1Flush)
+	flushes := c.Stats().Count(tiercache.EventL1Flush)
 	stall := px.Blackhole(t)
 	start := time.Now()
 	waitFor(t, 4*interval+time.Second, "stalled subscription noticed", func() bool {
-		return !c.inv.healthy() && c.Stats().Count(EventL1Flush) > flushes
+		return !c.Stats().Subscribed && c.Stats().Count(tiercache.EventL1Flush) > flushes
 	})
 	noticed := time.Since(start)
 	t.Logf("stall noticed after %v (health check %v)", noticed, interval)
 	if noticed > 2*interval+500*time.Millisecond {
 		t.Errorf("stall noticed after %v, want within 2 x %v plus slack", noticed, interval)
 	}
-	if _, ok := c.l1.get("k"); ok {
-		t.Error("L1 still holds k after the stall was noticed")
+	// Does L1 still hold k? Then a Get is an L1 hit (Redis, blackholed,
+	// cannot answer it: a miss costs the read timeout and fails).
+	if v, hit, _ := getL1(ctx, c, "k"); hit {
+		t.Errorf("L1 still holds k (%q) after the stall was noticed", v)
 	}
 	stall.Remove()
-	waitFor(t, 5*time.Second, "subscription back after the stall", c.inv.healthy)
+	waitFor(t, 5*time.Second, "subscription back after the stall", subscribed(c))
 }
 
 // 5. A cluster master is killed while a key it owns is being loaded: that
@@ -470,9 +395,11 @@ func TestFaultClusterMasterKilled(t *testing.T) {
 	// notices only on its next attempt, up to a second later.
 	t.Cleanup(func() { waitGoroutinesGone(t, "(*ConnPool).tryDial", 3*time.Second) })
 	cc := cl.Client(t, func(o *redis.ClusterOptions) { o.ContextTimeoutEnabled = true })
-	c := newCacheOn[string](t, cc, faultPrefix(t))
+	prefix := faultPrefix(t)
+	c := newCacheOn[string](t, cc, prefix)
 	const key = "k"
-	victim := cl.MasterForKey(ctx, c.st.layout.Value(key))
+	vk := valueKey(prefix, key)
+	victim := cl.MasterForKey(ctx, vk)
 	if victim == nil {
 		t.Fatal("no master for the key")
 	}
@@ -543,7 +470,7 @@ func TestFaultClusterMasterKilled(t *testing.T) {
 			break
 		}
 		if promoted == 0 {
-			if m := cl.MasterForKey(ctx, c.st.layout.Value(key)); m != nil && m != victim {
+			if m := cl.MasterForKey(ctx, vk); m != nil && m != victim {
 				promoted = time.Since(killed)
 			}
 		} else if time.Since(killed) > promoted+3*time.Second && !staleTopology {
@@ -570,7 +497,7 @@ func TestFaultClusterMasterKilled(t *testing.T) {
 	s := c.Stats()
 	t.Logf("replica promoted %v after the master was killed, writes resumed after %v; %d reads, %d failed, latency %v; redis errors %d, breaker rejects %d",
 		promoted.Round(time.Millisecond), resumed.Round(time.Millisecond), reads.Load(), failed.Load(), &lat,
-		s.Count(EventRedisError), s.Count(EventBreakerReject))
+		s.Count(tiercache.EventRedisError), s.Count(tiercache.EventBreakerReject))
 	if staleTopology {
 		t.Fatalf("writes to the dead master's slots kept failing more than 3s after a replica was promoted (%v after the kill), "+
 			"until the cluster client's slot map was reloaded by hand: the cache never asks go-redis to reload it", promoted)
@@ -591,7 +518,7 @@ func TestFaultFlushAll(t *testing.T) {
 	prefix := faultPrefix(t)
 	a := newCacheOn[string](t, directClient(t, s), prefix)
 	b := newCacheOn[string](t, directClient(t, s), prefix)
-	lease := keys.Lease(a.st.layout.Value("k"))
+	lease := keys.Lease(valueKey(prefix, "k"))
 
 	started, gate := make(chan struct{}), make(chan struct{})
 	aDone := make(chan string, 1)
@@ -643,13 +570,13 @@ func TestFaultFlushAll(t *testing.T) {
 	if v := within(t, aDone, 5*time.Second, "a's read"); v != "from a" {
 		t.Fatalf("a = %q", v)
 	}
-	if n := a.Stats().Count(EventFillRefused); n != 1 {
+	if n := a.Stats().Count(tiercache.EventFillRefused); n != 1 {
 		t.Errorf("a's fill after FLUSHALL: refused %d times, want 1 (b's value is newer)", n)
 	}
 	if n, _ := admin.Exists(ctx, lease).Result(); n != 0 {
 		t.Error("the lease is still there")
 	}
-	for _, x := range []*Cache[string]{a, b} {
+	for _, x := range []*tiercache.Cache[string]{a, b} {
 		rctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
 		v, err := x.GetOrLoad(rctx, "k", constLoad("again", 0))
 		cancel()
@@ -671,7 +598,7 @@ func TestFaultFlushAll(t *testing.T) {
 	if err := admin.FlushAll(ctx).Err(); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := b.Get(ctx, "e0"); !errors.Is(err, ErrMiss) || errors.Is(err, ErrRedis) {
+	if _, err := b.Get(ctx, "e0"); !errors.Is(err, tiercache.ErrMiss) || errors.Is(err, tiercache.ErrRedis) {
 		t.Fatalf("Get after FLUSHALL = %v, want a plain miss", err)
 	}
 	if got, err := b.GetMany(ctx, ks); err != nil || len(got) != 0 {
@@ -697,8 +624,8 @@ func TestFaultFlushAll(t *testing.T) {
 // failed. The value is still in Redis, so a retried Delete removes it.
 func TestFaultDeleteFailureClearsL1(t *testing.T) {
 	ctx := t.Context()
-	px := faults.Start(t, redistest.SharedServer(t).Addr)
-	c := newCacheOn[string](t, px.Client(t), faultPrefix(t), WithL1(100))
+	px := proxy.Start(t, redistest.SharedServer(t).Addr)
+	c := newCacheOn[string](t, px.Client(t), faultPrefix(t), tiercache.WithL1(100))
 	waitSubscribed(t, c)
 	if err := c.Set(ctx, "k", "v"); err != nil {
 		t.Fatal(err)
@@ -708,8 +635,9 @@ func TestFaultDeleteFailureClearsL1(t *testing.T) {
 	}
 	for _, fault := range []string{"proxy down", "blackhole"} {
 		t.Run(fault, func(t *testing.T) {
-			if _, ok := c.l1.get("k"); !ok {
-				t.Fatal("L1 does not hold k")
+			// Does L1 hold k? Then a Get is an L1 hit on it.
+			if v, hit, err := getL1(ctx, c, "k"); !hit || err != nil || v != "v" {
+				t.Fatalf("L1 does not hold k (a Get: %q, %v, L1 hit %v)", v, err, hit)
 			}
 			var heal func()
 			if fault == "proxy down" {
@@ -721,17 +649,18 @@ func TestFaultDeleteFailureClearsL1(t *testing.T) {
 			start := time.Now()
 			err := c.Delete(ctx, "k")
 			t.Logf("Delete with Redis unreachable (%s): %v in %v", fault, err, time.Since(start))
-			if !errors.Is(err, ErrRedis) {
+			if !errors.Is(err, tiercache.ErrRedis) {
 				t.Fatalf("Delete = %v, want an error wrapping ErrRedis", err)
 			}
-			if _, ok := c.l1.get("k"); ok {
-				t.Fatal("the L1 copy survived the failed Delete")
+			// Redis is unreachable: a Get of k that answers is an L1 hit.
+			if v, hit, _ := getL1(ctx, c, "k"); hit {
+				t.Fatalf("the L1 copy (%q) survived the failed Delete", v)
 			}
-			if err := c.Set(ctx, "s", "v2"); !errors.Is(err, ErrRedis) {
+			if err := c.Set(ctx, "s", "v2"); !errors.Is(err, tiercache.ErrRedis) {
 				t.Fatalf("Set = %v, want an error wrapping ErrRedis", err)
 			}
-			if e, ok := c.l1.get("s"); ok {
-				t.Fatalf("L1 holds %q for s after a failed Set", e.val)
+			if v, hit, _ := getL1(ctx, c, "s"); hit {
+				t.Fatalf("L1 holds %q for s after a failed Set", v)
 			}
 			heal()
 			// The DEL did not happen: the value is still in Redis, and L1
@@ -743,7 +672,7 @@ func TestFaultDeleteFailureClearsL1(t *testing.T) {
 			waitFor(t, 5*time.Second, "the retried Delete succeeds", func() bool {
 				return c.Delete(ctx, "k") == nil
 			})
-			if _, err := c.Get(ctx, "k"); !errors.Is(err, ErrMiss) || errors.Is(err, ErrRedis) {
+			if _, err := c.Get(ctx, "k"); !errors.Is(err, tiercache.ErrMiss) || errors.Is(err, tiercache.ErrRedis) {
 				t.Fatalf("Get after the retried Delete = %v", err)
 			}
 			if err := c.Set(ctx, "k", "v"); err != nil {
@@ -767,10 +696,10 @@ func TestFaultEveryValueMatchesItsKey(t *testing.T) {
 		n = 2000
 	}
 	ctx := t.Context()
-	px := faults.Start(t, redistest.SharedServer(t).Addr)
+	px := proxy.Start(t, redistest.SharedServer(t).Addr)
 	px.Latency(t, 2*time.Millisecond, 2*time.Millisecond)
 	c := newCacheOn[keyed](t, px.Client(t, func(o *redis.Options) { o.PoolSize = 16 }), faultPrefix(t),
-		WithReadTimeout(2*time.Second), WithWriteTimeout(2*time.Second))
+		tiercache.WithReadTimeout(2*time.Second), tiercache.WithWriteTimeout(2*time.Second))
 	alphabet := "abcdefghijklmnopqrstuvwxyz0123456789:{}-_ "
 	randKey := func(i int) string {
 		b := make([]byte, 1+rand.IntN(24))
@@ -843,9 +772,9 @@ func TestFaultEveryValueMatchesItsKey(t *testing.T) {
 	wg.Wait()
 	s := c.Stats()
 	t.Logf("%d keys, %d reads in %v under 2±2ms latency: %d wrong, %d from the loader, %d corrupt",
-		n, reads.Load(), time.Since(start).Round(time.Millisecond), wrong.Load(), fallbacks.Load(), s.Count(EventCorrupt))
-	if s.Count(EventCorrupt) != 0 {
-		t.Errorf("%d replies failed the frame check (a reply for another key?)", s.Count(EventCorrupt))
+		n, reads.Load(), time.Since(start).Round(time.Millisecond), wrong.Load(), fallbacks.Load(), s.Count(tiercache.EventCorrupt))
+	if s.Count(tiercache.EventCorrupt) != 0 {
+		t.Errorf("%d replies failed the frame check (a reply for another key?)", s.Count(tiercache.EventCorrupt))
 	}
 }
 
@@ -857,15 +786,15 @@ func TestFaultEveryValueMatchesItsKey(t *testing.T) {
 func TestFaultLoaderPanicAndTimeout(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
-		load  LoadFunc[string]
+		load  tiercache.LoadFunc[string]
 		check func(error) bool
 	}{
 		{"panic", func(context.Context) (string, error) {
 			time.Sleep(50 * time.Millisecond)
 			panic("loader bug")
 		}, func(err error) bool {
-			var pe *PanicError
-			return errors.Is(err, ErrLoaderPanic) && errors.As(err, &pe) && pe.Value == "loader bug" &&
+			var pe *tiercache.PanicError
+			return errors.Is(err, tiercache.ErrLoaderPanic) && errors.As(err, &pe) && pe.Value == "loader bug" &&
 				bytes.Contains(pe.Stack, []byte("resilience_test.go"))
 		}},
 		{"timeout", func(ctx context.Context) (string, error) {
@@ -878,8 +807,8 @@ func TestFaultLoaderPanicAndTimeout(t *testing.T) {
 			s := redistest.SharedServer(t)
 			prefix := faultPrefix(t)
 			// b's loads (and so its wait on a's lease) may take 2s; a's 100ms.
-			a := newCacheOn[string](t, directClient(t, s), prefix, WithLoadTimeout(100*time.Millisecond), WithL1(100))
-			b := newCacheOn[string](t, directClient(t, s), prefix, WithLoadTimeout(2*time.Second), WithL1(100))
+			a := newCacheOn[string](t, directClient(t, s), prefix, tiercache.WithLoadTimeout(100*time.Millisecond), tiercache.WithL1(100))
+			b := newCacheOn[string](t, directClient(t, s), prefix, tiercache.WithLoadTimeout(2*time.Second), tiercache.WithL1(100))
 			const waiters = 20
 			errs := make(chan error, waiters)
 			var wg sync.WaitGroup
@@ -892,7 +821,7 @@ func TestFaultLoaderPanicAndTimeout(t *testing.T) {
 			// b arrives while a loads: it waits on a's lease.
 			admin := directClient(t, s)
 			waitFor(t, time.Second, "a holds the lease", func() bool {
-				return admin.Exists(ctx, keys.Lease(a.st.layout.Value("k"))).Val() == 1
+				return admin.Exists(ctx, keys.Lease(valueKey(prefix, "k"))).Val() == 1
 			})
 			bStart := time.Now()
 			bv, berr := b.GetOrLoad(ctx, "k", constLoad("from b", 0))
@@ -930,7 +859,7 @@ func TestFaultLoaderPanicAndTimeout(t *testing.T) {
 // from the loader), none waits long, nothing deadlocks.
 func TestFaultPoolExhaustion(t *testing.T) {
 	ctx := t.Context()
-	px := faults.Start(t, redistest.SharedServer(t).Addr)
+	px := proxy.Start(t, redistest.SharedServer(t).Addr)
 	px.Latency(t, 20*time.Millisecond, 0)
 	rdb := px.Client(t, func(o *redis.Options) { o.PoolSize = 2; o.PoolTimeout = 10 * time.Millisecond })
 	c := newCacheOn[string](t, rdb, faultPrefix(t))
@@ -960,8 +889,8 @@ func TestFaultPoolExhaustion(t *testing.T) {
 	}
 	s := c.Stats()
 	t.Logf("1000 reads by 200 goroutines over 2 connections in %v: %v; failed %d; redis errors %d (timeouts %d), breaker rejects %d, loads %d",
-		time.Since(start).Round(time.Millisecond), &lat, failed.Load(), s.Count(EventRedisError), s.Count(EventRedisTimeout),
-		s.Count(EventBreakerReject), s.Loads)
+		time.Since(start).Round(time.Millisecond), &lat, failed.Load(), s.Count(tiercache.EventRedisError), s.Count(tiercache.EventRedisTimeout),
+		s.Count(tiercache.EventBreakerReject), s.Loads)
 	if m := lat.max(); m > 3*time.Second {
 		t.Errorf("a read waited %v", m)
 	}
@@ -971,10 +900,10 @@ func TestFaultPoolExhaustion(t *testing.T) {
 // every call returns soon after Close (with its result or an error), Close
 // itself does not hang, and every goroutine stops (TestMain runs goleak).
 func TestFaultCloseInFlight(t *testing.T) {
-	px := faults.Start(t, redistest.SharedServer(t).Addr)
+	px := proxy.Start(t, redistest.SharedServer(t).Addr)
 	px.Latency(t, 300*time.Millisecond, 0)
-	c, err := New[string](px.Client(t), WithPrefix(faultPrefix(t)), WithL1(1000),
-		WithReadTimeout(time.Second), WithWriteTimeout(time.Second))
+	c, err := tiercache.New[string](px.Client(t), tiercache.WithPrefix(faultPrefix(t)), tiercache.WithL1(1000),
+		tiercache.WithReadTimeout(time.Second), tiercache.WithWriteTimeout(time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1069,19 +998,19 @@ func TestFaultCloseInFlight(t *testing.T) {
 // 11b. Close while Redis is blackholed (the subscriber is reconnecting to a
 // Redis that never answers): Close returns promptly.
 func TestFaultCloseWhileBlackholed(t *testing.T) {
-	px := faults.Start(t, redistest.SharedServer(t).Addr)
+	px := proxy.Start(t, redistest.SharedServer(t).Addr)
 	// A 1s socket timeout (3s by default) bounds what this test waits when
 	// Close does wait on the network.
 	rdb := px.Client(t, func(o *redis.Options) { o.ReadTimeout = time.Second })
-	c, err := New[string](rdb, WithPrefix(faultPrefix(t)), WithL1(1000), WithHealthCheck(100*time.Millisecond))
+	c, err := tiercache.New[string](rdb, tiercache.WithPrefix(faultPrefix(t)), tiercache.WithL1(1000), tiercache.WithHealthCheck(100*time.Millisecond))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = c.Close() })
 	waitSubscribed(t, c)
 	px.Blackhole(t)
-	flushes := c.Stats().Count(EventL1Flush)
-	waitFor(t, 2*time.Second, "stall noticed", func() bool { return c.Stats().Count(EventL1Flush) > flushes })
+	flushes := c.Stats().Count(tiercache.EventL1Flush)
+	waitFor(t, 2*time.Second, "stall noticed", func() bool { return c.Stats().Count(tiercache.EventL1Flush) > flushes })
 	time.Sleep(50 * time.Millisecond) // the subscriber is now resubscribing into the void
 	start := time.Now()
 	_ = c.Close()
@@ -1107,13 +1036,14 @@ func TestFaultForeignBytes(t *testing.T) {
 	ctx := t.Context()
 	s := redistest.SharedServer(t)
 	rdb := directClient(t, s)
-	c := newCacheOn[string](t, rdb, faultPrefix(t), WithMaxValueSize(maxSize), WithLoadTimeout(2*time.Second),
-		WithCompression(Zstd, 1<<20))
+	prefix := faultPrefix(t)
+	c := newCacheOn[string](t, rdb, prefix, tiercache.WithMaxValueSize(maxSize), tiercache.WithLoadTimeout(2*time.Second),
+		tiercache.WithCompression(tiercache.Zstd, 1<<20))
 
 	frame := func(k string, flags uint8, payload []byte) []byte {
 		now := time.Now()
-		env := envelope.Envelope{Flags: flags, Codec: JSON.ID(), WrittenAt: now.UnixMicro(),
-			SoftExpiry: now.Add(time.Hour).UnixMicro(), KeyHash: keys.Hash(c.st.layout.Value(k)), Payload: payload}
+		env := envelope.Envelope{Flags: flags, Codec: tiercache.JSON.ID(), WrittenAt: now.UnixMicro(),
+			SoftExpiry: now.Add(time.Hour).UnixMicro(), KeyHash: keys.Hash(valueKey(prefix, k)), Payload: payload}
 		b, err := envelope.Append(nil, &env)
 		if err != nil {
 			t.Fatal(err)
@@ -1150,10 +1080,10 @@ func TestFaultForeignBytes(t *testing.T) {
 			t.Run(tc.name, func(t *testing.T) {
 				k := "big:" + tc.name
 				b := tc.b(k)
-				if err := rdb.Set(ctx, c.st.layout.Value(k), b, time.Minute).Err(); err != nil {
+				if err := rdb.Set(ctx, valueKey(prefix, k), b, time.Minute).Err(); err != nil {
 					t.Fatal(err)
 				}
-				corrupt := c.Stats().Count(EventCorrupt)
+				corrupt := c.Stats().Count(tiercache.EventCorrupt)
 				// The read itself holds the stored bytes once or twice; the
 				// decoded 16MiB must never be allocated. TotalAlloc counts
 				// the whole process: the least of three reads is the read's.
@@ -1163,12 +1093,12 @@ func TestFaultForeignBytes(t *testing.T) {
 					runtime.ReadMemStats(&before)
 					_, err := c.Get(ctx, k)
 					runtime.ReadMemStats(&after)
-					if !errors.Is(err, ErrMiss) || errors.Is(err, ErrRedis) {
+					if !errors.Is(err, tiercache.ErrMiss) || errors.Is(err, tiercache.ErrRedis) {
 						t.Fatalf("Get = %v, want a miss", err)
 					}
 					alloc = min(alloc, after.TotalAlloc-before.TotalAlloc)
 				}
-				if c.Stats().Count(EventCorrupt) <= corrupt {
+				if c.Stats().Count(tiercache.EventCorrupt) <= corrupt {
 					t.Fatal("the miss was not counted as corrupt")
 				}
 				if alloc > uint64(3*len(b)+4<<20) {
@@ -1196,7 +1126,7 @@ func TestFaultForeignBytes(t *testing.T) {
 			for j := range b {
 				b[j] = byte(rand.Uint32())
 			}
-			if err := rdb.Set(ctx, c.st.layout.Value(ks[i]), b, time.Minute).Err(); err != nil {
+			if err := rdb.Set(ctx, valueKey(prefix, ks[i]), b, time.Minute).Err(); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -1210,15 +1140,16 @@ func TestFaultForeignBytes(t *testing.T) {
 	}
 	// A cache of its own, so that loads still busy with the keys above do
 	// not count in its statistics.
-	c = newCacheOn[string](t, rdb, faultPrefix(t), WithMaxValueSize(maxSize), WithLoadTimeout(2*time.Second))
+	prefix = faultPrefix(t)
+	c = newCacheOn[string](t, rdb, prefix, tiercache.WithMaxValueSize(maxSize), tiercache.WithLoadTimeout(2*time.Second))
 	t.Run("garbage GetMany and GetOrLoadMany", func(t *testing.T) {
 		garbage()
-		corrupt := c.Stats().Count(EventCorrupt)
+		corrupt := c.Stats().Count(tiercache.EventCorrupt)
 		got, err := c.GetMany(ctx, ks)
 		if err != nil || len(got) != 0 {
 			t.Fatalf("GetMany of garbage = %d values, %v; want none, no error", len(got), err)
 		}
-		if n := c.Stats().Count(EventCorrupt) - corrupt; n != 100 {
+		if n := c.Stats().Count(tiercache.EventCorrupt) - corrupt; n != 100 {
 			t.Fatalf("%d corrupt entries counted, want 100", n)
 		}
 		rctx, cancel := context.WithTimeout(ctx, time.Second)
@@ -1246,7 +1177,7 @@ func TestFaultForeignBytes(t *testing.T) {
 			slowest = max(slowest, time.Since(start))
 			cancel()
 			if err != nil || v != "db:"+k {
-				raw, _ := rdb.Get(ctx, c.st.layout.Value(k)).Bytes()
+				raw, _ := rdb.Get(ctx, valueKey(prefix, k)).Bytes()
 				t.Fatalf("GetOrLoad over a garbage value (%d bytes) = %q, %v after %d keys went fine: Acquire judges random bytes "+
 					"fresh by their \"header\" and the forced retry is fooled by their \"write time\"", len(raw), v, err, i)
 			}
@@ -1272,7 +1203,7 @@ func TestResilienceFigures(t *testing.T) {
 		reads, fails           atomic.Int64
 	}
 	// run reads random keys of 1000 from readers goroutines for d.
-	run := func(c *Cache[string], d time.Duration, p *phase) {
+	run := func(c *tiercache.Cache[string], d time.Duration, p *phase) {
 		var wg sync.WaitGroup
 		until := time.Now().Add(d)
 		for range readers {
@@ -1288,9 +1219,9 @@ func TestResilienceFigures(t *testing.T) {
 						p.fails.Add(1)
 					}
 					switch state {
-					case BreakerOpen:
+					case tiercache.BreakerOpen:
 						p.open.add(el)
-					case BreakerHalfOpen:
+					case tiercache.BreakerHalfOpen:
 						p.halfOpen.add(el)
 					default:
 						p.closed.add(el)
@@ -1305,20 +1236,20 @@ func TestResilienceFigures(t *testing.T) {
 	// Healthy baseline, then blackholed without a breaker.
 	var healthy, noBreaker phase
 	{
-		px := faults.Start(t, s.Addr)
-		c := newCacheOn[string](t, px.Client(t), faultPrefix(t), WithoutBreaker())
+		px := proxy.Start(t, s.Addr)
+		c := newCacheOn[string](t, px.Client(t), faultPrefix(t), tiercache.WithoutBreaker())
 		run(c, 300*time.Millisecond, &healthy)
 		px.Blackhole(t)
 		run(c, 1500*time.Millisecond, &noBreaker)
 	}
 	// Blackholed with the default breaker, then healed.
 	var withBreaker phase
-	px := faults.Start(t, s.Addr)
+	px := proxy.Start(t, s.Addr)
 	c := newCacheOn[string](t, px.Client(t), faultPrefix(t))
 	run(c, 100*time.Millisecond, &phase{}) // warm the pool
 	hole := px.Blackhole(t)
 	run(c, 2500*time.Millisecond, &withBreaker)
-	if c.Stats().BreakerState == BreakerClosed {
+	if c.Stats().BreakerState == tiercache.BreakerClosed {
 		t.Fatal("the breaker is closed with Redis blackholed")
 	}
 	hole.Remove()
@@ -1331,7 +1262,7 @@ func TestResilienceFigures(t *testing.T) {
 		run(c, 4*time.Second, &recovering)
 	}()
 	for closedAfter == 0 && time.Since(healed) < 4*time.Second {
-		if c.Stats().BreakerState == BreakerClosed {
+		if c.Stats().BreakerState == tiercache.BreakerClosed {
 			closedAfter = time.Since(healed)
 		}
 		time.Sleep(time.Millisecond)
