@@ -102,3 +102,42 @@ func TestClusterDeadMasterKeepsTheOthers(t *testing.T) {
 		return c.Stats().Breakers[victim.Addr] == BreakerClosed
 	})
 }
+
+// Sharded pub/sub: killing the master that owns the invalidation channel's
+// slot moves the subscription to its promoted replica; L1 is flushed on the
+// way, and a write after the failover reaches the other instance's L1.
+func TestShardedSubscriptionFollowsTheChannelsShard(t *testing.T) {
+	cl := redistest.StartCluster(t, 3, 1)
+	t.Cleanup(func() { waitGoroutinesGone(t, "(*ConnPool).tryDial", 3*time.Second) })
+	ctx := t.Context()
+	client := func() redis.UniversalClient {
+		return cl.Client(t, func(o *redis.ClusterOptions) { o.ContextTimeoutEnabled = true })
+	}
+	a := newCacheOn[string](t, client(), "shard", WithL1(100))
+	b := newCacheOn[string](t, client(), "shard", WithL1(100))
+	waitSubscribed(t, a, b)
+	if sharded, err := b.inv.shardedMode(ctx); err != nil || !sharded {
+		t.Fatalf("sharded pub/sub on a Redis 7 cluster: %v, %v", sharded, err)
+	}
+	owner := cl.MasterForKey(ctx, b.st.layout.Channel())
+	flushes := b.Stats().Count(EventL1Flush)
+	owner.Stop()
+	waitFor(t, 60*time.Second, "b's subscription lost and back", func() bool {
+		return b.Stats().Count(EventL1Flush) > flushes && b.Stats().Subscribed
+	})
+	if now := cl.MasterForKey(ctx, b.st.layout.Channel()); now == nil || now == owner {
+		t.Fatalf("the channel's slot did not move (owner %v)", now)
+	}
+	waitFor(t, 60*time.Second, "a write after the failover", func() bool { return a.Set(ctx, "k", "old") == nil })
+	if v, err := b.Get(ctx, "k"); err != nil || v != "old" {
+		t.Fatalf("b reads %q, %v", v, err)
+	}
+	recv := b.Stats().Count(EventInvalidationReceived)
+	waitFor(t, 30*time.Second, "a's Set reaches b", func() bool {
+		_ = a.Set(ctx, "k", "new")
+		return b.Stats().Count(EventInvalidationReceived) > recv
+	})
+	if v, _ := b.Get(ctx, "k"); v != "new" {
+		t.Fatalf("b reads %q after a's Set", v)
+	}
+}

@@ -57,3 +57,22 @@ func waitDone(t testing.TB, wg *sync.WaitGroup, d time.Duration) bool {
 		return false
 	}
 }
+
+// waitGoroutinesGone waits until no goroutine runs fn (go-redis's redial
+// loop for a dead node notices a closed client only on its next attempt).
+func waitGoroutinesGone(t testing.TB, fn string, d time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		var b bytes.Buffer
+		_ = pprof.Lookup("goroutine").WriteTo(&b, 1)
+		if !strings.Contains(b.String(), fn) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("goroutines running %s still there after %v", fn, d)
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

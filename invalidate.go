@@ -377,6 +377,9 @@ func (iv *invalidator) keep(sub *subscription) {
 			confirmed, err = iv.receive(ps, sub)
 		}
 		_ = ps.Close()
+		// A cluster client picks the connection's node from its slot map:
+		// after a failover it must learn the new owner before it retries.
+		iv.st.reloadClusterState(err)
 		wasUp := sub.up.Swap(false)
 		iv.flush()
 		// Fill messages may have been missed too: waiters look for
