@@ -229,7 +229,7 @@ func TestAuditWriterL1FollowsRedis(t *testing.T) {
 		// Redis; b's write lands after it and b's message reaches a; only
 		// then does a store in its L1.
 		tok := a.l1.token("k")
-		if err := a.st.set(ctx, []frameWrite{a.frame(t, "k", "a-old")}); err != nil {
+		if _, _, err := a.st.set(ctx, []frameWrite{a.frame(t, "k", "a-old")}); err != nil {
 			t.Fatal(err)
 		}
 		recv := a.Stats().Count(EventInvalidationReceived)
@@ -274,7 +274,7 @@ func (c *Cache[V]) frame(t *testing.T, key string, v V) frameWrite {
 	t.Helper()
 	vk := c.st.layout.Value(key)
 	now := nowMicro()
-	b, err := c.vc.encode(v, false, keys.Hash(vk), now, now+60e6, 0, nil)
+	b, err := c.frameOf(t.Context(), vk, &entry[V]{val: v, writtenAt: now, softExp: now + 60e6})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -290,7 +290,7 @@ func decodedValue[V any](t *testing.T, c *Cache[V], admin redis.UniversalClient,
 		t.Fatal(err)
 	}
 	var e entry[V]
-	if err := decode(c.vc, b, keys.Hash(vk), &e); err != nil {
+	if err := decode(c.vc, b, c.keyHash(vk), &e); err != nil {
 		t.Fatal(err)
 	}
 	return e.val

@@ -13,6 +13,7 @@ import (
 	"github.com/maypok86/otter/v2"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/tiercache/tiercache/internal/envelope"
 	"github.com/tiercache/tiercache/internal/redistest"
 )
 
@@ -207,11 +208,12 @@ func BenchmarkCodec(b *testing.B) {
 	}
 	u := user{ID: 42, Name: "Ada Lovelace"}
 	now := nowMicro()
-	frame, _ := vc.encode(u, false, 7, now, now+60e6, time.Millisecond, nil)
+	env := envelope.Envelope{KeyHash: 7, WrittenAt: now, SoftExpiry: now + 60e6, Delta: 1000}
+	frame, _ := vc.encode(u, env)
 	raw, _ := json.Marshal(u)
 	b.Run("encode", func(b *testing.B) {
 		compare(b, func(int) {
-			_, _ = vc.encode(u, false, 7, now, now+60e6, time.Millisecond, nil)
+			_, _ = vc.encode(u, env)
 		}, func(int) { _, _ = json.Marshal(u) })
 	})
 	b.Run("decode", func(b *testing.B) {

@@ -5,10 +5,12 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"reflect"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/cespare/xxhash/v2"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tiercache/tiercache/internal/envelope"
@@ -48,6 +50,8 @@ type Cache[V any] struct {
 
 	// random returns a float64 in [0, 1) for XFetch; tests replace it.
 	random func() float64
+	// typeHash is the value type's part of every frame's key check.
+	typeHash uint64
 }
 
 // New returns a cache over rdb, which the caller owns and closes after the
@@ -82,6 +86,7 @@ func New[V any](rdb redis.UniversalClient, opts ...Option) (*Cache[V], error) {
 		log:      newLimitedLogger(logger, time.Second),
 		refreshQ: make(chan struct{}, cfg.maxRefreshes),
 		random:   rand.Float64,
+		typeHash: xxhash.Sum64String(reflect.TypeFor[V]().String()),
 	}
 	c.life, c.stop = context.WithCancel(context.Background())
 	c.st = newStore(rdb, &cfg, c.rec, c.log, c.life, c.breakerChanged)

@@ -258,8 +258,8 @@ func TestVersionedNamespace(t *testing.T) {
 		ctx := t.Context()
 		rdb := tg.NewClient(t)
 		prefix := "ver" + fmt.Sprint(time.Now().UnixNano())
-		v1 := newCacheOn[string](t, rdb, prefix, WithVersion(1))
-		v2 := newCacheOn[string](t, rdb, prefix, WithVersion(2))
+		v1 := newCacheOn[string](t, rdb, prefix, WithSchemaVersion(1))
+		v2 := newCacheOn[string](t, rdb, prefix, WithSchemaVersion(2))
 		if err := v1.Set(ctx, "k", "old shape"); err != nil {
 			t.Fatal(err)
 		}
@@ -380,7 +380,7 @@ func TestOptionsValidation(t *testing.T) {
 	}{
 		{"empty prefix", WithPrefix("")},
 		{"prefix with a brace", WithPrefix("a{b")},
-		{"negative version", WithVersion(-1)},
+		{"negative version", WithSchemaVersion(-1)},
 		{"zero TTL", WithDefaultTTL(0)},
 		{"nil codec", WithCodec(nil)},
 		{"zero read timeout", WithReadTimeout(0)},

@@ -1,14 +1,15 @@
 package tiercache
 
 import (
+	"context"
 	"fmt"
-	"time"
 	"unsafe"
 
 	"github.com/klauspost/compress/s2"
 	"github.com/klauspost/compress/zstd"
 
 	"github.com/tiercache/tiercache/internal/envelope"
+	"github.com/tiercache/tiercache/internal/keys"
 )
 
 // entry is a value as the cache handles it between tiers: decoded, with
@@ -16,6 +17,8 @@ import (
 type entry[V any] struct {
 	val       V
 	neg       bool           // a cached "not found"
+	version   uint64         // the row version it was written as (0: unversioned)
+	gen       uint64         // the namespace's generation it was written in
 	writtenAt int64          // when it was written
 	softExp   int64          // logical expiry: fresh before, stale after
 	l1Until   int64          // L1 only: when the L1 copy must go
@@ -55,19 +58,11 @@ func newValueCodec(cfg *config) (*valueCodec, error) {
 	return vc, nil
 }
 
-// encode builds the frame of v for Redis key vk; times are Unix µs.
-func (vc *valueCodec) encode(v any, neg bool, keyHash uint64, now, softExp int64, delta time.Duration, tags []envelope.Tag) ([]byte, error) {
-	env := envelope.Envelope{
-		Tags:       tags,
-		Codec:      vc.codec.ID(),
-		WrittenAt:  now,
-		SoftExpiry: softExp,
-		Delta:      micros32(delta),
-		KeyHash:    keyHash,
-	}
-	if neg {
-		env.Flags |= envelope.FlagNegative
-	} else {
+// encode builds the frame of v: env holds its metadata (times, key hash,
+// tags, versions, the negative flag); encode adds the codec's payload.
+func (vc *valueCodec) encode(v any, env envelope.Envelope) ([]byte, error) {
+	env.Codec = vc.codec.ID()
+	if !env.Negative() {
 		payload, err := marshal(vc.codec, v)
 		if err != nil {
 			return nil, fmt.Errorf("%w: %w", ErrCodec, err)
@@ -107,7 +102,8 @@ func decode[V any](vc *valueCodec, b []byte, keyHash uint64, e *entry[V]) error 
 	if err := envelope.Decode(b, vc.maxSize, keyHash, &env); err != nil {
 		return err
 	}
-	*e = entry[V]{neg: env.Negative(), writtenAt: env.WrittenAt, softExp: env.SoftExpiry, delta: env.Delta, size: len(b), tags: env.Tags}
+	*e = entry[V]{neg: env.Negative(), version: env.RowVersion, gen: env.Generation, writtenAt: env.WrittenAt,
+		softExp: env.SoftExpiry, delta: env.Delta, size: len(b), tags: env.Tags}
 	if e.neg {
 		return nil
 	}
@@ -163,3 +159,22 @@ func unmarshal(c Codec, data []byte, v any) (err error) {
 	}()
 	return c.Unmarshal(data, v)
 }
+
+// frameOf encodes e, to be stored under value key vk, in the namespace's
+// current generation.
+func (c *Cache[V]) frameOf(ctx context.Context, vk string, e *entry[V]) ([]byte, error) {
+	env := envelope.Envelope{
+		Tags: e.tags, WrittenAt: e.writtenAt, SoftExpiry: e.softExp, Delta: e.delta,
+		KeyHash: c.keyHash(vk), RowVersion: e.version, Generation: c.st.generation(ctx),
+	}
+	if e.neg {
+		env.Flags |= envelope.FlagNegative
+	}
+	return c.vc.encode(e.val, env)
+}
+
+// keyHash is the key check of a frame: the hash of its Redis key and of
+// the value type, so that a frame written under the key by a cache of
+// another type (two caches on one prefix) is a miss, not bytes decoded
+// into the wrong type.
+func (c *Cache[V]) keyHash(vk string) uint64 { return keys.Hash(vk) ^ c.typeHash }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -282,6 +283,9 @@ func (iv *invalidator) apply(payload string) {
 	}
 	switch m.Kind {
 	case msg.KindAll:
+		// A Clear, or a flush: learn the generation first, so that no read
+		// after the flush takes a value of the old one for current.
+		_ = iv.st.refreshGeneration(iv.life)
 		iv.onFlush()
 	case msg.KindKeys:
 		iv.onKeys(m.Keys)
@@ -409,27 +413,57 @@ func (iv *invalidator) keep(sub *subscription) {
 
 // receive reads the subscription until it fails or stalls. It reports
 // whether the subscription had been confirmed.
+//
+// Two checks, once per health interval each. Silence is answered with a
+// ping: a dead connection fails it, a stalled one stays silent. And an
+// echo: the instance publishes a message to itself through the client its
+// writes use, and must hear it back within an interval. That catches what
+// a ping cannot: a live connection to a server the writes no longer reach,
+// as after a Sentinel failover (go-redis moves its command connections to
+// the new master but not a subscription) or a split brain.
 func (iv *invalidator) receive(ps *redis.PubSub, sub *subscription) (confirmed bool, err error) {
-	pinged := false
 	subscribed := 0
-	for {
-		m, err := ps.ReceiveTimeout(iv.life, iv.interval)
+	lastHeard, pingAt := time.Now(), time.Time{}
+	var echo string         // the echo in flight, "" for none
+	var echoAt time.Time    // when it was sent
+	nextEcho := time.Time{} // when the next one goes (zero until confirmed)
+	for seq := 0; ; {
+		now := time.Now()
+		if echo != "" && now.Sub(echoAt) > iv.interval {
+			return confirmed, errors.New("own echo not heard back: subscribed to a server the writes no longer reach")
+		}
+		if echo == "" && confirmed && now.After(nextEcho) {
+			seq++
+			echo = fmt.Sprintf("%s%x:%d", echoPrefix, iv.id, seq)
+			echoAt, nextEcho = now, now.Add(iv.interval)
+			if err := iv.st.publish(iv.life, sub.channels[0], []byte(echo), sub.sharded); err != nil {
+				echo = "" // writes fail too: the breaker and the outage rules handle that
+			}
+		}
+		wait := iv.interval
+		if confirmed {
+			wait = max(min(wait, time.Until(nextEcho), time.Until(echoAt.Add(iv.interval))), time.Millisecond)
+		}
+		m, err := ps.ReceiveTimeout(iv.life, wait)
 		if err != nil {
-			if isTimeout(err) && !pinged {
-				// Silence: make the server say something. A dead connection
-				// fails the ping; a stalled one leaves the next receive silent.
-				pinged = true
+			if !isTimeout(err) {
+				return confirmed, err
+			}
+			switch since := time.Since(lastHeard); {
+			case !pingAt.IsZero() && time.Since(pingAt) > iv.interval:
+				return confirmed, errors.New("no answer to ping: subscription stalled")
+			case pingAt.IsZero() && since > iv.interval:
+				// Silence: make the server say something.
+				pingAt = time.Now()
 				if err := ps.Ping(iv.life); err != nil {
 					return confirmed, err
 				}
-				continue
+				// Quiet is when a lost Clear message is caught up with.
+				_ = iv.st.refreshGeneration(iv.life)
 			}
-			if isTimeout(err) {
-				err = errors.New("no answer to ping: subscription stalled")
-			}
-			return confirmed, err
+			continue
 		}
-		pinged = false
+		lastHeard, pingAt = time.Now(), time.Time{}
 		switch m := m.(type) {
 		case *redis.Subscription:
 			switch m.Kind {
@@ -445,23 +479,35 @@ func (iv *invalidator) receive(ps *redis.PubSub, sub *subscription) (confirmed b
 				continue
 			}
 			// Anything filled before this point may have missed an
-			// invalidation: flush, then trust L1 again.
+			// invalidation (or a Clear): learn the generation, flush, then
+			// trust L1 again.
+			_ = iv.st.refreshGeneration(iv.life)
 			iv.flush()
 			sub.up.Store(true)
 			if !confirmed {
 				confirmed = true
+				nextEcho = time.Now().Add(iv.interval)
 				iv.log.Info("tiercache: invalidation subscription up", "channels", sub.channels, "sharded", sub.sharded)
 			}
 		case *redis.Message:
-			if iv.fills != nil && m.Channel == iv.st.layout.Fills() {
+			switch {
+			case strings.HasPrefix(m.Payload, echoPrefix):
+				if m.Payload == echo {
+					echo = ""
+				}
+			case iv.fills != nil && m.Channel == iv.st.layout.Fills():
 				iv.fills.wake(m.Payload)
-				continue
+			default:
+				iv.apply(m.Payload)
 			}
-			iv.apply(m.Payload)
 		case *redis.Pong:
 		}
 	}
 }
+
+// echoPrefix starts the echo messages the subscriber sends itself (see
+// receive). Other instances ignore them.
+const echoPrefix = "\x00tiercache-echo:"
 
 // fillWaits wakes this instance's waiters for other instances' leases: the
 // script that ends a waited-for lease (a fill, a release, a write) publishes

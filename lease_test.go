@@ -127,7 +127,7 @@ func TestStaleSetRefused(t *testing.T) {
 					}
 				case "set":
 					var e entry[string]
-					if err := decode(a.vc, raw, keys.Hash(a.st.layout.Value("row")), &e); err != nil || e.val != "new" {
+					if err := decode(a.vc, raw, a.keyHash(a.st.layout.Value("row")), &e); err != nil || e.val != "new" {
 						t.Fatalf("after Set, Redis holds %q (err %v), want the new row", e.val, err)
 					}
 				}

@@ -10,7 +10,6 @@ import (
 
 	"github.com/tiercache/tiercache/internal/envelope"
 	"github.com/tiercache/tiercache/internal/flight"
-	"github.com/tiercache/tiercache/internal/keys"
 )
 
 // LoadFunc loads the value of one key from the source of truth. It returns
@@ -660,7 +659,8 @@ func (c *Cache[V]) loadAndFill(ctx context.Context, ks []*keyLoad[V], mode fillM
 		if mode == fillOutage {
 			continue
 		}
-		b, err := c.vc.encode(es[i].val, es[i].neg, keys.Hash(k.vk), nowU, es[i].softExp, delta, tags)
+		es[i].version = sc.version
+		b, err := c.frameOf(ctx, k.vk, &es[i])
 		if err != nil {
 			// Too large or not encodable: the caller still gets the value.
 			c.log.Warn("tiercache: loaded value not cached", "key", k.key, "err", err)
@@ -672,7 +672,7 @@ func (c *Cache[V]) loadAndFill(ctx context.Context, ks []*keyLoad[V], mode fillM
 		if mode == fillPlain {
 			token = ""
 		}
-		ws = append(ws, frameWrite{vk: k.vk, token: token, frame: b, ttl: c.redisTTL(time.Duration(es[i].softExp-nowU) * time.Microsecond)})
+		ws = append(ws, frameWrite{vk: k.vk, token: token, frame: b, ttl: c.redisTTL(time.Duration(es[i].softExp-nowU) * time.Microsecond), version: sc.version})
 		wk = append(wk, i)
 	}
 	outage := mode == fillOutage

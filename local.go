@@ -205,7 +205,10 @@ func (l *local[V]) store(k string, tok fillToken, e entry[V]) {
 	e.l1Until = l.deadline(&e, now, l.limit())
 	l.tags.observe(e.tags)
 	g := l.stripe(k)
-	l.c.Compute(k, func(*entry[V], bool) (*entry[V], otter.ComputeOp) {
+	l.c.Compute(k, func(old *entry[V], found bool) (*entry[V], otter.ComputeOp) {
+		if found && e.version > 0 && old.version > e.version {
+			return old, otter.CancelOp // a newer row version is here already
+		}
 		if !g.CompareAndSwap(tok.gen, tok.gen+1) || l.epoch.Load() != tok.epoch || e.l1Until <= now {
 			g.Add(1)
 			return nil, otter.InvalidateOp

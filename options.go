@@ -141,11 +141,13 @@ func (c *config) validate() error {
 // Cluster reads as a hash tag.
 func WithPrefix(prefix string) Option { return func(c *config) { c.prefix = prefix } }
 
-// WithVersion sets the namespace's schema version (default 1). Bumping it
-// makes every key written under the old version unreachable at once, which
-// is what a deploy that changes the shape of V needs; the old keys expire on
-// their own.
-func WithVersion(v int) Option { return func(c *config) { c.version = v } }
+// WithSchemaVersion sets the namespace's schema version (default 1).
+// Bumping it makes every key written under the old version unreachable at
+// once, which is what a deploy that changes the shape of V needs; the old
+// keys expire on their own. (To drop every value at runtime instead, on
+// every instance, see [Cache.Clear]; for the version of a row, see
+// [WithVersion].)
+func WithSchemaVersion(v int) Option { return func(c *config) { c.version = v } }
 
 // WithDefaultTTL sets the logical TTL of values written without
 // [WithTTL]. Default 5 minutes.
@@ -285,7 +287,20 @@ type setConfig struct {
 	ttl     time.Duration
 	tags    []string
 	noCache bool
+	version uint64
 }
+
+// WithVersion gives the write the version of the row it comes from: any
+// number that grows with each committed change of the row (a row version
+// column, updated_at in microseconds, a commit LSN). Redis keeps the newest
+// version written (or deleted, see [Invalidation].Version) with the key,
+// and refuses, atomically, a versioned write that is not newer: writers
+// whose Sets arrive out of order leave the newest row cached, on one node
+// or a cluster, and every L1 follows. A refused write is not an error (it
+// lost a race it should lose); it is counted as [EventWriteRefused]. For a
+// loader, pass it through [LoadOptions]. Writes without a version neither
+// check nor move it.
+func WithVersion(v uint64) SetOption { return func(s *setConfig) { s.version = v } }
 
 // WithTTL sets the logical TTL of this write instead of the default.
 func WithTTL(d time.Duration) SetOption { return func(s *setConfig) { s.ttl = d } }

@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/tiercache/tiercache/internal/envelope"
-	"github.com/tiercache/tiercache/internal/keys"
 )
 
 // The read path without a loader: L1, then Redis. A fresh Redis hit fills
@@ -188,15 +187,19 @@ func (c *Cache[V]) countL2(start time.Time, now int64, k string, tok fillToken, 
 // comes through here.
 func (c *Cache[V]) decodeChecked(ctx context.Context, ks, vks []string, raw [][]byte, es []entry[V], found []bool) {
 	tagged := 0
+	gen := c.st.generation(ctx)
 	for i, b := range raw {
 		found[i] = false
 		if b == nil {
 			continue
 		}
-		if err := decode(c.vc, b, keys.Hash(vks[i]), &es[i]); err != nil {
+		if err := decode(c.vc, b, c.keyHash(vks[i]), &es[i]); err != nil {
 			c.rec.event(EventCorrupt)
 			c.log.Warn("tiercache: unreadable cached value treated as a miss", "key", ks[i], "err", err)
 			continue
+		}
+		if es[i].gen < gen {
+			continue // written before a Clear: gone, as far as readers go
 		}
 		found[i] = true
 		if len(es[i].tags) > 0 {

@@ -343,7 +343,7 @@ func TestRedTeamRefreshAfterSetDoesNotJoin(t *testing.T) {
 			t.Fatal(err)
 		}
 		var e entry[string]
-		if err := decode(c.vc, b, keys.Hash(c.st.layout.Value("k")), &e); err != nil || e.val != "new2" {
+		if err := decode(c.vc, b, c.keyHash(c.st.layout.Value("k")), &e); err != nil || e.val != "new2" {
 			t.Fatalf("Redis holds %q (%v), want new2", e.val, err)
 		}
 	})

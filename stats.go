@@ -54,14 +54,18 @@ const (
 	EventInvalidationReceived              // an invalidation message from another instance was applied
 	EventL1Flush                           // L1 was flushed (subscription lost or regained)
 	EventReadBatched                       // a single-key read shared its Redis round trip with other reads
-	numEvents
+	EventWriteRefused                      // a versioned write was refused: Redis holds a newer version
+	// NumEvents is the number of events: Stats.Events has one counter each.
+	NumEvents
 )
+
+const numEvents = NumEvents
 
 var eventNames = [numEvents]string{
 	"coalesced", "lease_wait", "fill_refused", "early_refresh", "stale_served",
 	"stale_on_error", "negative_hit", "corrupt", "redis_error", "redis_timeout",
 	"breaker_reject", "invalidation_sent", "invalidation_received", "l1_flush",
-	"read_batched",
+	"read_batched", "write_refused",
 }
 
 func (e Event) String() string {
@@ -414,7 +418,7 @@ func (s Stats) MarshalJSON() ([]byte, error) {
 var redisOpNames = [...]string{
 	"get", "set", "del", "acquire", "fill", "release", "publish",
 	"mget", "set_many", "fill_many", "acquire_many", "release_many",
-	"tag_read", "tag_bump", "tag_get", "command_info",
+	"tag_read", "tag_bump", "tag_get", "command_info", "clear", "generation",
 }
 
 // NumRedisOps is how many Redis operations the cache reports: an observer

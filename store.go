@@ -38,10 +38,17 @@ type store struct {
 	single  bool // rdb is one node: a batch read is MGET
 
 	readTimeout, writeTimeout, leaseTTL time.Duration
+	versionTTL                          time.Duration // see versionArgs
 
 	// life ends when the cache is closed. Lease releases outlive it by at
 	// most one attempt each (see release).
 	life context.Context
+
+	// gen is the namespace's generation as this instance knows it.
+	gen      atomic.Uint64
+	genKnown atomic.Bool
+	genAt    atomic.Int64  // when it was last read (Unix µs)
+	genEvery time.Duration // how often it is read again (the health interval)
 
 	releases        sync.WaitGroup // lease releases in the background
 	pendingReleases atomic.Int64
@@ -54,6 +61,7 @@ func newStore(rdb redis.UniversalClient, cfg *config, rec *recorder, log *slog.L
 	s := &store{
 		rdb: rdb, layout: keys.New(cfg.prefix, cfg.version), rec: rec, log: log, life: life,
 		readTimeout: cfg.readTimeout, writeTimeout: cfg.writeTimeout, leaseTTL: cfg.leaseTTL,
+		versionTTL: cfg.ttl, genEvery: cfg.healthInterval,
 	}
 	_, s.single = rdb.(*redis.Client)
 	s.cluster, _ = rdb.(*redis.ClusterClient)
@@ -387,8 +395,10 @@ type acquireReq struct {
 }
 
 // leaseKeys are the keys of vk's lease scripts (one slot): value, lease,
-// waiters.
-func leaseKeys(vk string) []string { return []string{vk, keys.Lease(vk), keys.Waiters(vk)} }
+// waiters, row version.
+func leaseKeys(vk string) []string {
+	return []string{vk, keys.Lease(vk), keys.Waiters(vk), keys.RowVersion(vk)}
+}
 
 type acquireResult struct {
 	state    int64
@@ -470,11 +480,21 @@ func parseAcquire(cmd *redis.Cmd) (acquireResult, error) {
 }
 
 // frameWrite is one frame to store under vk for ttl. With a token it is a
-// fill (a compare-and-set on the lease); without, a plain SET.
+// fill (a compare-and-set on the lease); without, a write-through. A
+// version (the row's; 0: unversioned) refuses it if Redis has seen a newer
+// one.
 type frameWrite struct {
 	vk, token string
 	frame     []byte
 	ttl       time.Duration
+	version   uint64
+}
+
+// versionArgs are a write's row version arguments: the version and how
+// long Redis keeps it (at least as long as the value, and the default TTL
+// after a versioned Delete), so that a later write older than it is refused.
+func (s *store) versionArgs(version uint64, ttl time.Duration) (string, int64) {
+	return keys.FormatVersion(version), ms(max(ttl, s.versionTTL))
 }
 
 // fill writes loaded values, in one round trip per node, and reports which
@@ -484,18 +504,15 @@ type frameWrite struct {
 func (s *store) fill(ctx context.Context, ws []frameWrite) (written, refused []bool, err error) {
 	written, refused = make([]bool, len(ws)), make([]bool, len(ws))
 	if ws[0].token == "" {
-		err := s.set(ctx, ws)
-		for i := range written {
-			written[i] = err == nil
-		}
-		return written, refused, err
+		return s.set(ctx, ws)
 	}
 	kk := make([][]string, len(ws))
 	args := make([][]any, len(ws))
 	vks := make([]string, len(ws))
 	for i, w := range ws {
 		kk[i] = leaseKeys(w.vk)
-		args[i] = []any{w.token, w.frame, ms(w.ttl), s.layout.Fills()}
+		ver, verTTL := s.versionArgs(w.version, w.ttl)
+		args[i] = []any{w.token, w.frame, ms(w.ttl), ver, verTTL, s.layout.Fills()}
 		vks[i] = w.vk
 	}
 	_, err = s.callKeys(ctx, op("fill", len(ws)), s.writeBy(), vks, func(ctx context.Context, idx []int) error {
@@ -567,40 +584,99 @@ const maxPendingReleases = 1024
 // --- Writes ---
 
 // set writes frames through (the Set script: the lease goes, then the
-// value), in one round trip per node. On an error some frames may have been
-// written.
-func (s *store) set(ctx context.Context, ws []frameWrite) error {
+// value), in one round trip per node, and reports which were written and
+// which refused (a versioned write older than Redis's); neither, for the
+// keys of a node that failed.
+func (s *store) set(ctx context.Context, ws []frameWrite) (written, refused []bool, err error) {
 	kk := make([][]string, len(ws))
 	args := make([][]any, len(ws))
-	for i, w := range ws {
-		kk[i] = leaseKeys(w.vk)
-		args[i] = []any{w.frame, ms(w.ttl), s.layout.Fills()}
-	}
 	vks := make([]string, len(ws))
 	for i, w := range ws {
-		vks[i] = w.vk
+		ver, verTTL := s.versionArgs(w.version, w.ttl)
+		kk[i], vks[i] = leaseKeys(w.vk), w.vk
+		args[i] = []any{w.frame, ms(w.ttl), ver, verTTL, s.layout.Fills()}
 	}
-	_, err := s.callKeys(ctx, op("set", len(ws)), s.writeBy(), vks, func(ctx context.Context, idx []int) error {
-		_, err := s.runScript(ctx, keys.Set, pick(kk, idx), pick(args, idx))
+	written, refused = make([]bool, len(ws)), make([]bool, len(ws))
+	_, err = s.callKeys(ctx, op("set", len(ws)), s.writeBy(), vks, func(ctx context.Context, idx []int) error {
+		cmds, err := s.runScript(ctx, keys.Set, pick(kk, idx), pick(args, idx))
+		for n, cmd := range cmds {
+			v, cerr := cmd.Int64()
+			written[idx[n]], refused[idx[n]] = cerr == nil && v == 1, cerr == nil && v == 0
+		}
 		return err
 	})
-	return err
+	return written, refused, err
 }
 
 // del deletes the value and the lease of each value key (the Del script:
 // they share a slot), in one round trip per node, waking the lease's
-// waiters.
-func (s *store) del(ctx context.Context, vks []string) error {
+// waiters. With a row version it leaves the version behind (a later write
+// older than it is refused) and is refused where Redis has a newer one.
+func (s *store) del(ctx context.Context, vks []string, version uint64) error {
 	kk := make([][]string, len(vks))
 	args := make([][]any, len(vks))
+	ver, verTTL := s.versionArgs(version, 0)
 	for i, vk := range vks {
-		kk[i], args[i] = leaseKeys(vk), []any{s.layout.Fills()}
+		kk[i], args[i] = leaseKeys(vk), []any{ver, verTTL, s.layout.Fills()}
 	}
 	_, err := s.callKeys(ctx, "del", s.writeBy(), vks, func(ctx context.Context, idx []int) error {
 		_, err := s.runScript(ctx, keys.Del, pick(kk, idx), pick(args, idx))
 		return err
 	})
 	return err
+}
+
+// generation returns the namespace's generation (see Cache.Clear), read
+// from Redis once and then kept up to date by the subscriber; 0 until it
+// could be read.
+func (s *store) generation(ctx context.Context) uint64 {
+	// Read again once per health interval, by one caller: an instance
+	// without L1 has no subscription to tell it of a Clear, and one with L1
+	// may have lost the message.
+	now := nowMicro()
+	if last := s.genAt.Load(); (!s.genKnown.Load() || now-last > s.genEvery.Microseconds()) && s.genAt.CompareAndSwap(last, now) {
+		_ = s.refreshGeneration(ctx)
+	}
+	return s.gen.Load()
+}
+
+// refreshGeneration reads the generation from Redis. It only grows here.
+func (s *store) refreshGeneration(ctx context.Context) error {
+	gk := s.layout.Generation()
+	var g uint64
+	err := s.call(ctx, s.nodeOf(ctx, gk), "generation", s.readBy(), func(ctx context.Context) error {
+		v, err := s.rdb.Get(ctx, gk).Uint64()
+		if errors.Is(err, redis.Nil) {
+			return nil
+		}
+		g = v
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	for cur := s.gen.Load(); g > cur && !s.gen.CompareAndSwap(cur, g); cur = s.gen.Load() {
+	}
+	s.genAt.Store(nowMicro())
+	s.genKnown.Store(true)
+	return nil
+}
+
+// clear starts a new generation and returns it.
+func (s *store) clear(ctx context.Context) (uint64, error) {
+	gk := s.layout.Generation()
+	var g uint64
+	err := s.call(ctx, s.nodeOf(ctx, gk), "clear", s.writeBy(), func(ctx context.Context) error {
+		var err error
+		g, err = s.rdb.Incr(ctx, gk).Uint64()
+		return err
+	})
+	if err == nil {
+		for cur := s.gen.Load(); g > cur && !s.gen.CompareAndSwap(cur, g); cur = s.gen.Load() {
+		}
+		s.genKnown.Store(true)
+	}
+	return g, err
 }
 
 // publish sends one invalidation message, by SPUBLISH when sharded.

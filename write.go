@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/tiercache/tiercache/internal/envelope"
-	"github.com/tiercache/tiercache/internal/keys"
 )
 
 // The write path. A write goes to Redis first, removing the key's lease in
@@ -95,26 +94,35 @@ func (c *Cache[V]) set(ctx context.Context, items []item[V], opts []SetOption) e
 	es := make([]entry[V], len(items))
 	for i, it := range items {
 		vk := c.st.layout.Value(it.key)
-		b, err := c.vc.encode(it.val, false, keys.Hash(vk), now, softExp[i], 0, tags)
+		es[i] = entry[V]{val: it.val, version: sc.version, writtenAt: now, softExp: softExp[i], tags: tags}
+		b, err := c.frameOf(ctx, vk, &es[i])
 		if err != nil {
 			return fmt.Errorf("key %q: %w", it.key, err)
 		}
-		ws[i] = frameWrite{vk: vk, frame: b, ttl: c.redisTTL(time.Duration(softExp[i]-now) * time.Microsecond)}
-		es[i] = entry[V]{val: it.val, writtenAt: now, softExp: softExp[i], size: len(b), tags: tags}
+		es[i].size = len(b)
+		ws[i] = frameWrite{vk: vk, frame: b, ttl: c.redisTTL(time.Duration(softExp[i]-now) * time.Microsecond), version: sc.version}
 	}
 	toks := make([]fillToken, len(items))
 	for i, it := range items {
 		toks[i] = c.l1.token(it.key)
 	}
-	err = c.st.set(ctx, ws)
-	ks := make([]string, len(items))
+	written, refused, err := c.st.set(ctx, ws)
+	ks := make([]string, 0, len(items))
 	for i, it := range items {
-		ks[i] = it.key
-		c.forget(it.key)
-		if err != nil {
-			c.l1.invalidate(it.key)
-		} else {
+		switch {
+		case written[i]:
+			c.forget(it.key)
 			c.l1.store(it.key, toks[i], es[i])
+			ks = append(ks, it.key)
+		case refused[i]:
+			// Redis holds a newer version (or deleted a newer one): this
+			// write lost, as it should. What this instance's L1 holds of the
+			// key may be older than Redis's: drop it, the next read reads
+			// Redis. (The newer one's writer has told the other instances.)
+			c.rec.event(EventWriteRefused)
+			c.dropLocal(it.key)
+		default:
+			c.dropLocal(it.key) // its node failed: the caller retries
 		}
 	}
 	if err != nil {
@@ -129,6 +137,11 @@ func (c *Cache[V]) set(ctx context.Context, items []item[V], opts []SetOption) e
 // dropped anyway and the error (wrapping [ErrRedis]) is returned: the keys
 // may still be in Redis, so retry the Delete.
 func (c *Cache[V]) Delete(ctx context.Context, keys ...string) error {
+	return c.delete(ctx, 0, keys)
+}
+
+// delete is Delete, with the row version of a versioned Invalidate.
+func (c *Cache[V]) delete(ctx context.Context, version uint64, keys []string) error {
 	for _, k := range keys {
 		if err := c.check(k); err != nil {
 			return err
@@ -142,7 +155,7 @@ func (c *Cache[V]) Delete(ctx context.Context, keys ...string) error {
 	for i, k := range keys {
 		vks[i] = c.st.layout.Value(k)
 	}
-	err := c.st.del(ctx, vks)
+	err := c.st.del(ctx, vks, version)
 	// Again now that Redis has no value: a read that ran between the first
 	// drop and the DEL may have put the old value back in L1 (its fill
 	// token predates this second drop, so a fill still in flight is refused).
@@ -197,6 +210,12 @@ func (c *Cache[V]) InvalidateTags(ctx context.Context, tags ...string) error {
 type Invalidation struct {
 	Keys []string // keys to delete
 	Tags []string // tags to invalidate
+	// Version, when set, is the row version of the change (see
+	// [WithVersion]): the keys' deletion leaves it behind in Redis, so that
+	// a write of an older version arriving later is refused, and a newer
+	// version already written is kept. It orders the keys only: tags are
+	// ordered by Redis's clock.
+	Version uint64
 }
 
 // Invalidate applies an invalidation: it deletes inv.Keys and invalidates
@@ -207,10 +226,30 @@ type Invalidation struct {
 // elsewhere. Like Delete and InvalidateTags it returns Redis errors; a
 // consumer should not acknowledge the event until it returns nil.
 func (c *Cache[V]) Invalidate(ctx context.Context, inv Invalidation) error {
-	if err := c.Delete(ctx, inv.Keys...); err != nil {
+	if err := c.delete(ctx, inv.Version, inv.Keys); err != nil {
 		return err
 	}
 	return c.InvalidateTags(ctx, inv.Tags...)
+}
+
+// Clear drops every value of the namespace, on every instance, at once:
+// one write in Redis (a new generation; values written before it are
+// misses from then on, and expire on their own) and one message that
+// flushes every instance's L1. An instance that misses the message learns
+// the generation when its subscription comes back or at its next health
+// check (WithHealthCheck). Unlike [WithSchemaVersion], it needs no deploy
+// and keeps the keys' names. A Redis failure is returned (wrapping
+// [ErrRedis]): retry.
+func (c *Cache[V]) Clear(ctx context.Context) error {
+	if c.closed.Load() {
+		return ErrClosed
+	}
+	if _, err := c.st.clear(ctx); err != nil {
+		return err
+	}
+	c.flight.ForgetAll()
+	c.l1.flush()
+	return c.inv.send(ctx, nil, nil, true)
 }
 
 // checkTags validates tag names and drops duplicates.

@@ -186,7 +186,7 @@ type cacheConfig struct {
 func newProductCache(rdb redis.UniversalClient, cc cacheConfig, log *slog.Logger) (*tiercache.Cache[catalog.Product], error) {
 	opts := []tiercache.Option{
 		tiercache.WithPrefix(cc.prefix),
-		tiercache.WithVersion(cacheSchemaVersion),
+		tiercache.WithSchemaVersion(cacheSchemaVersion),
 		tiercache.WithDefaultTTL(10 * time.Minute),
 		// Unknown ids are remembered for a while, so that a client asking
 		// for ids that do not exist does not reach the database each time.

@@ -19,8 +19,12 @@ import (
 	"math"
 )
 
-// Version is the only frame version this package writes and reads.
-const Version = 1
+// Version is the frame version this package writes. It reads it and
+// version 1, the same frame without the row version and the generation.
+const Version = 2
+
+// versionOne is the frame of earlier releases: headerV1 bytes of header.
+const versionOne = 1
 
 // Flags, in byte 1 of the frame.
 const (
@@ -40,7 +44,8 @@ const (
 )
 
 const (
-	headerSize  = 38
+	headerV1    = 38
+	headerSize  = headerV1 + 16 // + row version, generation
 	trailerSize = 4
 	// Overhead is the size of a frame with no tags and an empty payload.
 	Overhead = headerSize + trailerSize
@@ -63,6 +68,8 @@ const (
 	offKeyHash       = 24
 	offTagCount      = 32
 	offPayloadLen    = 34
+	offRowVersion    = 38 // version 2 only
+	offGeneration    = 46 // version 2 only
 )
 
 // Errors returned by Decode. Each is a reason to treat the stored bytes as a miss.
@@ -89,6 +96,11 @@ type Envelope struct {
 	SoftExpiry int64  // logical expiry: fresh before it, stale after it
 	Delta      uint32 // how long the load took, in microseconds (XFetch's delta)
 	KeyHash    uint64
+	// RowVersion is the version of the row the value was loaded from or
+	// written as (0: unversioned); Generation the namespace's generation
+	// when it was written (see Cache.Clear). Both 0 in a version-1 frame.
+	RowVersion uint64
+	Generation uint64
 	Tags       []Tag
 	// Payload aliases the decoded buffer; it is empty for a negative entry.
 	Payload []byte
@@ -141,6 +153,8 @@ func Append(dst []byte, e *Envelope) ([]byte, error) {
 	binary.BigEndian.PutUint64(h[offKeyHash:], e.KeyHash)
 	binary.BigEndian.PutUint16(h[offTagCount:], uint16(len(e.Tags)))
 	binary.BigEndian.PutUint32(h[offPayloadLen:], uint32(len(e.Payload)))
+	binary.BigEndian.PutUint64(h[offRowVersion:], e.RowVersion)
+	binary.BigEndian.PutUint64(h[offGeneration:], e.Generation)
 	for _, t := range e.Tags {
 		dst = append(dst, byte(len(t.Name)))
 		dst = append(dst, t.Name...)
@@ -156,11 +170,15 @@ func Decode(b []byte, maxSize int, keyHash uint64, e *Envelope) error {
 	if maxSize > 0 && len(b) > maxSize {
 		return fmt.Errorf("%w: %d bytes, limit %d", ErrTooLarge, len(b), maxSize)
 	}
-	if len(b) < Overhead {
-		return fmt.Errorf("%w: %d bytes, shorter than a header", ErrCorrupt, len(b))
-	}
-	if b[offVersion] != Version {
+	header := headerSize
+	switch {
+	case len(b) > 0 && b[offVersion] == versionOne:
+		header = headerV1
+	case len(b) > 0 && b[offVersion] != Version:
 		return fmt.Errorf("%w: %d", ErrVersion, b[offVersion])
+	}
+	if len(b) < header+trailerSize {
+		return fmt.Errorf("%w: %d bytes, shorter than a header", ErrCorrupt, len(b))
 	}
 	body := b[:len(b)-trailerSize]
 	if crc32.Checksum(body, castagnoli) != binary.BigEndian.Uint32(b[len(b)-trailerSize:]) {
@@ -182,7 +200,11 @@ func Decode(b []byte, maxSize int, keyHash uint64, e *Envelope) error {
 	}
 	ntags := int(binary.BigEndian.Uint16(b[offTagCount:]))
 	plen := uint64(binary.BigEndian.Uint32(b[offPayloadLen:]))
-	rest := body[headerSize:]
+	if header == headerSize {
+		e.RowVersion = binary.BigEndian.Uint64(b[offRowVersion:])
+		e.Generation = binary.BigEndian.Uint64(b[offGeneration:])
+	}
+	rest := body[header:]
 	if ntags > MaxTags || ntags*(1+1+8) > len(rest) {
 		return fmt.Errorf("%w: %d tags do not fit", ErrCorrupt, ntags)
 	}

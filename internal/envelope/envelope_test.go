@@ -2,7 +2,9 @@ package envelope
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
+	"hash/crc32"
 	"testing"
 )
 
@@ -137,5 +139,29 @@ func BenchmarkDecode(b *testing.B) {
 		if err := Decode(buf, 0, e.KeyHash, &got); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// A version-1 frame (earlier releases: no row version, no generation) still
+// decodes, with both at 0.
+func TestDecodeVersionOne(t *testing.T) {
+	e := Envelope{Codec: 1, WrittenAt: 5, SoftExpiry: 9, KeyHash: 77, RowVersion: 3, Generation: 4,
+		Tags: []Tag{{Name: "t", Version: 2}}, Payload: []byte(`"v"`)}
+	b, err := Append(nil, &e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got Envelope
+	if err := Decode(b, 0, 77, &got); err != nil || got.RowVersion != 3 || got.Generation != 4 {
+		t.Fatalf("version 2: %+v, %v", got, err)
+	}
+	v1 := append(append([]byte{}, b[:headerV1]...), b[headerSize:len(b)-trailerSize]...)
+	v1[offVersion] = versionOne
+	v1 = binary.BigEndian.AppendUint32(v1, crc32.Checksum(v1, castagnoli))
+	if err := Decode(v1, 0, 77, &got); err != nil {
+		t.Fatalf("version 1: %v", err)
+	}
+	if got.RowVersion != 0 || got.Generation != 0 || got.SoftExpiry != 9 || string(got.Payload) != `"v"` || len(got.Tags) != 1 {
+		t.Fatalf("version 1 decoded as %+v", got)
 	}
 }

@@ -30,6 +30,7 @@ type Layout struct {
 	tagBase string
 	floor   string
 	fills   string
+	gen     string
 }
 
 // New returns the layout of namespace prefix at schema version version.
@@ -43,6 +44,7 @@ func New(prefix string, version int) Layout {
 		tagBase: prefix + ":" + v + ":__tag:{",
 		floor:   prefix + ":" + v + ":__tagfloor",
 		fills:   prefix + ":" + v + ":__tiercache_fill",
+		gen:     prefix + ":" + v + ":__generation",
 	}
 }
 
@@ -59,6 +61,24 @@ func Lease(vk string) string { return vk + ":lease" }
 
 // Waiters returns the key that marks vk's lease as waited for (same slot).
 func Waiters(vk string) string { return vk + ":lease:w" }
+
+// RowVersion returns the key that keeps the newest row version written or
+// deleted for vk (same slot).
+func RowVersion(vk string) string { return vk + ":ver" }
+
+// FormatVersion writes a row version as the scripts compare it: 20 decimal
+// digits, zero-padded, so that string order is number order. 0 is "": an
+// unversioned write.
+func FormatVersion(v uint64) string {
+	if v == 0 {
+		return ""
+	}
+	s := strconv.FormatUint(v, 10)
+	return strings.Repeat("0", 20-len(s)) + s
+}
+
+// Generation is the key of the namespace's generation (see Cache.Clear).
+func (l Layout) Generation() string { return l.gen }
 
 // Hash is the key check stored in every frame: xxhash64 of the value key.
 func Hash(vk string) uint64 { return xxhash.Sum64String(vk) }

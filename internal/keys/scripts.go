@@ -1,6 +1,11 @@
 package keys
 
-import "github.com/redis/go-redis/v9"
+import (
+	"strconv"
+	"strings"
+
+	"github.com/redis/go-redis/v9"
+)
 
 // The Lua scripts. Each touches only keys of one hash slot (a value key and
 // its lease), so each runs on Redis Cluster. go-redis's Script runs EVALSHA
@@ -10,7 +15,8 @@ import "github.com/redis/go-redis/v9"
 
 // Acquire reads the value and, unless it is fresh, tries to take the lease.
 //
-//	KEYS[1] value key, KEYS[2] lease key, KEYS[3] waiters key
+//	KEYS[1] value key, KEYS[2] lease key, KEYS[3] waiters key, KEYS[4] row
+//	version key (unused here; every lease script gets the same four keys)
 //	ARGV[1] token, ARGV[2] lease TTL in ms, ARGV[3] now in unix µs,
 //	ARGV[4] "1" to force (ignore freshness), ARGV[5] unix µs or "0": a value
 //	written after it counts as fresh even when forced (someone refreshed it),
@@ -24,8 +30,8 @@ import "github.com/redis/go-redis/v9"
 // invalidated after it may have changed what the holder loads. Freshness is
 // read from the frame: the write time is 8 bytes big-endian at offset 4,
 // the logical expiry at offset 12 (0-based); bytes too short to hold them,
-// or whose version (offset 0) is not 1 or reserved byte (offset 3) is not
-// 0, are not fresh. The numbers are Unix µs, well within the 2^53 that
+// or whose version (offset 0) is not 1 or 2 or reserved byte (offset 3) is
+// not 0, are not fresh. The numbers are Unix µs, well within the 2^53 that
 // Lua's doubles hold exactly.
 //
 // A caller that will wait marks the lease as waited for (the waiters key,
@@ -39,8 +45,10 @@ local function u64(s, at)
   return n
 end
 local v = redis.call('GET', KEYS[1])
--- Trust the header only if it looks like one: version 1, reserved byte 0.
-if v and #v >= 42 and string.byte(v, 1) == 1 and string.byte(v, 4) == 0 then
+-- Trust the header only if it looks like one: version 1 (42 bytes at
+-- least) or 2 (58), reserved byte 0.
+local fv = v and string.byte(v, 1)
+if v and string.byte(v, 4) == 0 and ((fv == 1 and #v >= 42) or (fv == 2 and #v >= 58)) then
   if ARGV[4] ~= '1' and u64(v, 13) > tonumber(ARGV[3]) then return {2, v, 0, '0'} end
   if ARGV[5] ~= '0' and u64(v, 5) > tonumber(ARGV[5]) then return {2, v, 0, '0'} end
 end
@@ -63,27 +71,50 @@ const wake = `
 if redis.call('DEL', KEYS[3]) == 1 then redis.call('PUBLISH', ARGV[#ARGV], KEYS[1]) end
 `
 
+// Row versions. A versioned write carries the version of the row it comes
+// from (ARGV: a 20-digit zero-padded decimal, so that Lua compares them as
+// strings, exactly, beyond the 2^53 its numbers hold; "" for an unversioned
+// write). The row version key (KEYS[4]) keeps the newest version written or
+// deleted, for ARGV ms: a versioned write older than it is refused, and an
+// unversioned write neither checks nor moves it.
+const versioned = `
+if ARGV[VER] ~= '' then
+  local cur = redis.call('GET', KEYS[4])
+  if cur and cur REFUSE ARGV[VER] then REFUSED end
+  redis.call('SET', KEYS[4], ARGV[VER], 'PX', ARGV[VER + 1])
+end
+`
+
+// check returns the row version check with its argument index, its
+// comparison (">=": an equal version is refused too; ">": not) and what a
+// refusal runs.
+func check(ver int, refuse, refused string) string {
+	r := strings.NewReplacer("VER + 1", strconv.Itoa(ver+1), "VER", strconv.Itoa(ver), "REFUSED", refused, "REFUSE", refuse)
+	return r.Replace(versioned)
+}
+
 // Fill writes a loaded value only if the lease token still matches: a
 // Delete, Set or invalidation since the lease was taken removed the lease,
 // and the fill is refused so that a value loaded before the change cannot
-// land after it.
+// land after it. A versioned fill older than the row version key is
+// refused too, and gives the lease back.
 //
-//	KEYS[1] value key, KEYS[2] lease key, KEYS[3] waiters key
-//	ARGV[1] token, ARGV[2] frame, ARGV[3] TTL in ms, ARGV[4] fill channel
+//	KEYS value, lease, waiters, row version
+//	ARGV[1] token, ARGV[2] frame, ARGV[3] TTL in ms, ARGV[4] row version,
+//	ARGV[5] its TTL in ms, ARGV[6] fill channel
 //
 // Returns 1 when written, 0 when refused.
 var Fill = redis.NewScript(`
-if redis.call('GET', KEYS[2]) == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-  redis.call('DEL', KEYS[2])` + wake + `  return 1
-end
-return 0
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+` + check(4, ">=", "redis.call('DEL', KEYS[2])"+wake+" return 0") + `
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+redis.call('DEL', KEYS[2])` + wake + `return 1
 `)
 
 // Release drops the lease if the token still matches (the load failed, or
 // its value was not to be cached): a waiter then takes the lease at once.
 //
-//	KEYS[1] value key, KEYS[2] lease key, KEYS[3] waiters key
+//	KEYS value, lease, waiters, row version
 //	ARGV[1] token, ARGV[2] fill channel
 var Release = redis.NewScript(`
 if redis.call('GET', KEYS[2]) == ARGV[1] then
@@ -94,19 +125,28 @@ return 0
 
 // Set is a write-through: it removes the lease, so that any fill in flight
 // is refused, and writes the value, atomically; the lease's waiters read it.
+// A versioned Set older than (or as old as) the row version key is refused.
 //
-//	KEYS[1] value key, KEYS[2] lease key, KEYS[3] waiters key
-//	ARGV[1] frame, ARGV[2] TTL in ms, ARGV[3] fill channel
-var Set = redis.NewScript(`
+//	KEYS value, lease, waiters, row version
+//	ARGV[1] frame, ARGV[2] TTL in ms, ARGV[3] row version, ARGV[4] its TTL
+//	in ms, ARGV[5] fill channel
+//
+// Returns 1 when written, 0 when refused.
+var Set = redis.NewScript(check(3, ">=", "return 0") + `
 redis.call('DEL', KEYS[2])
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])` + wake + `return 1
 `)
 
-// Del deletes a value and its lease; the lease's waiters load anew.
+// Del deletes a value and its lease; the lease's waiters load anew. A
+// versioned Del leaves its version in the row version key, so that a later
+// write older than it is refused; it is refused itself if a newer version
+// was written.
 //
-//	KEYS[1] value key, KEYS[2] lease key, KEYS[3] waiters key
-//	ARGV[1] fill channel
-var Del = redis.NewScript(`
+//	KEYS value, lease, waiters, row version
+//	ARGV[1] row version, ARGV[2] its TTL in ms, ARGV[3] fill channel
+//
+// Returns 1 when deleted, 0 when refused.
+var Del = redis.NewScript(check(1, ">", "return 0") + `
 redis.call('DEL', KEYS[1], KEYS[2])` + wake + `return 1
 `)
 

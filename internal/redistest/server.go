@@ -70,6 +70,7 @@ type Server struct {
 	bin     string   // redis-server binary
 	dir     string   // working and data directory, also holds the log
 	busPort int      // cluster bus port; 0 unless this is a cluster node
+	conf    string   // config file, the first argument; "" for none
 	extra   []string // caller's extra arguments
 
 	mu       sync.Mutex
@@ -112,6 +113,18 @@ func StartServer(tb testing.TB, extraArgs ...string) *Server {
 // also gets a free cluster bus port. On a port conflict it retries with
 // fresh ports.
 func launch(bin, dir string, clusterNode bool, extra []string) (*Server, error) {
+	return launchConf(bin, dir, clusterNode, nil, extra)
+}
+
+// confName is the file, in the server's directory, that launchConf writes.
+const confName = "redis.conf"
+
+// launchConf is launch for a server whose command line begins with a
+// config file, as redis-server --sentinel requires. Before each attempt,
+// conf (unless nil) is given the picked port and returns the file's
+// contents, which are written to confName in dir. The server may rewrite
+// the file; Restart keeps it as it is.
+func launchConf(bin, dir string, clusterNode bool, conf func(port int) string, extra []string) (*Server, error) {
 	dir, err := filepath.Abs(dir)
 	if err != nil {
 		return nil, err
@@ -134,6 +147,12 @@ func launch(bin, dir string, clusterNode bool, extra []string) (*Server, error) 
 		}
 		if clusterNode {
 			s.busPort = ports[1]
+		}
+		if conf != nil {
+			s.conf = filepath.Join(dir, confName)
+			if err := os.WriteFile(s.conf, []byte(conf(s.Port)), 0o644); err != nil {
+				return nil, err
+			}
 		}
 		s.mu.Lock()
 		err = s.startLocked()
@@ -164,7 +183,11 @@ func freePorts(n int) ([]int, error) {
 
 // args returns the redis-server command line for s.
 func (s *Server) args() []string {
-	a := []string{
+	var a []string
+	if s.conf != "" {
+		a = append(a, s.conf)
+	}
+	a = append(a,
 		"--port", strconv.Itoa(s.Port),
 		"--bind", "127.0.0.1",
 		"--save", "",
@@ -173,7 +196,7 @@ func (s *Server) args() []string {
 		"--daemonize", "no",
 		"--protected-mode", "no",
 		"--repl-diskless-sync-delay", "0",
-	}
+	)
 	if s.busPort != 0 {
 		a = append(a, clusterNodeArgs(s.busPort)...)
 	}

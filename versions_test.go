@@ -1,0 +1,173 @@
+package tiercache
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tiercache/tiercache/internal/redistest"
+)
+
+// Writers commit versions 1..1,000 of one row in order; their Sets arrive
+// shuffled and concurrently, from two instances with L1: Redis and every L1
+// end with version 1,000. A versioned Delete at 1,000 then refuses a late
+// write of 999, and a write of 1,001 lands.
+func TestVersionedWritesKeepTheNewest(t *testing.T) {
+	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
+		ctx := t.Context()
+		prefix := "ver" + strconv.FormatInt(time.Now().UnixNano(), 36)
+		a := newCacheOn[int](t, tg.NewClient(t), prefix, WithL1(100))
+		b := newCacheOn[int](t, tg.NewClient(t), prefix, WithL1(100))
+		waitSubscribed(t, a, b)
+		versions := rand.Perm(1000)
+		var wg sync.WaitGroup
+		next := make(chan int)
+		for w := range 8 {
+			c := []*Cache[int]{a, b}[w%2]
+			wg.Go(func() {
+				for v := range next {
+					if err := c.Set(ctx, "row", v, WithVersion(uint64(v))); err != nil {
+						t.Error(err)
+					}
+				}
+			})
+		}
+		for _, v := range versions {
+			next <- v + 1
+		}
+		close(next)
+		wg.Wait()
+		waitFor(t, 10*time.Second, "every message delivered", func() bool {
+			return a.Stats().Count(EventInvalidationReceived) >= b.Stats().Count(EventInvalidationSent) &&
+				b.Stats().Count(EventInvalidationReceived) >= a.Stats().Count(EventInvalidationSent)
+		})
+		if got := decodedValue(t, a, tg.NewClient(t), "row"); got != 1000 {
+			t.Fatalf("Redis holds version %d, want 1000", got)
+		}
+		for name, c := range map[string]*Cache[int]{"a": a, "b": b} {
+			if v, err := c.Get(ctx, "row"); err != nil || v != 1000 {
+				t.Fatalf("%s reads %d, %v; want 1000", name, v, err)
+			}
+		}
+		if refused := a.Stats().Count(EventWriteRefused) + b.Stats().Count(EventWriteRefused); refused == 0 {
+			t.Fatal("no write was refused out of 1,000 shuffled ones")
+		}
+		// A versioned Delete at 1,000 leaves its version behind.
+		recv := b.Stats().Count(EventInvalidationReceived)
+		if err := a.Invalidate(ctx, Invalidation{Keys: []string{"row"}, Version: 1000}); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 10*time.Second, "the Delete at b", func() bool { return b.Stats().Count(EventInvalidationReceived) > recv })
+		if err := b.Set(ctx, "row", 999, WithVersion(999)); err != nil {
+			t.Fatal(err)
+		}
+		for name, c := range map[string]*Cache[int]{"a": a, "b": b} {
+			if v, err := c.Get(ctx, "row"); !errors.Is(err, ErrMiss) {
+				t.Fatalf("%s reads %d, %v after a late write of 999; want a miss", name, v, err)
+			}
+		}
+		// A versioned load older than the Delete is refused too.
+		v, err := a.GetOrLoad(ctx, "row", func(ctx context.Context) (int, error) {
+			LoadOptions(ctx, WithVersion(998))
+			return 998, nil
+		})
+		if err != nil || v != 998 {
+			t.Fatalf("GetOrLoad = %d, %v", v, err)
+		}
+		if _, err := b.Get(ctx, "row"); !errors.Is(err, ErrMiss) {
+			t.Fatalf("a load of version 998 was cached after a Delete at 1000: %v", err)
+		}
+		if err := b.Set(ctx, "row", 1001, WithVersion(1001)); err != nil {
+			t.Fatal(err)
+		}
+		if v, err := a.Get(ctx, "row"); err != nil || v != 1001 {
+			t.Fatalf("after a write of 1001: %d, %v", v, err)
+		}
+		// An unversioned write neither checks nor moves the version.
+		recv = b.Stats().Count(EventInvalidationReceived)
+		if err := a.Set(ctx, "row", 5); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 10*time.Second, "a's Set at b", func() bool { return b.Stats().Count(EventInvalidationReceived) > recv })
+		if v, _ := b.Get(ctx, "row"); v != 5 {
+			t.Fatalf("an unversioned write: %d", v)
+		}
+		if err := a.Set(ctx, "row", 1000, WithVersion(1000)); err != nil {
+			t.Fatal(err)
+		}
+		if v, _ := b.Get(ctx, "row"); v != 5 {
+			t.Fatalf("a versioned write older than the last versioned one landed: %d", v)
+		}
+	})
+}
+
+// Clear hides every value of the namespace at once on every instance, in
+// Redis and in L1; values written after it are visible. An instance
+// without L1 (no subscription) sees the Clear too.
+func TestClearHidesEverythingEverywhere(t *testing.T) {
+	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
+		ctx := t.Context()
+		prefix := "clr" + strconv.FormatInt(time.Now().UnixNano(), 36)
+		a := newCacheOn[string](t, tg.NewClient(t), prefix, WithL1(100))
+		b := newCacheOn[string](t, tg.NewClient(t), prefix, WithL1(100))
+		plain := newCacheOn[string](t, tg.NewClient(t), prefix, WithHealthCheck(50*time.Millisecond))
+		waitSubscribed(t, a, b)
+		ks := []string{"x", "y", "z"}
+		for _, k := range ks {
+			if err := a.Set(ctx, k, "old"); err != nil {
+				t.Fatal(err)
+			}
+			for _, c := range []*Cache[string]{b, plain} {
+				if v, err := c.Get(ctx, k); err != nil || v != "old" {
+					t.Fatalf("before Clear: %q, %v", v, err)
+				}
+			}
+		}
+		recv := b.Stats().Count(EventInvalidationReceived)
+		if err := a.Clear(ctx); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 10*time.Second, "the Clear at b", func() bool { return b.Stats().Count(EventInvalidationReceived) > recv })
+		for _, k := range ks {
+			for name, c := range map[string]*Cache[string]{"a": a, "b": b} {
+				if v, err := c.Get(ctx, k); !errors.Is(err, ErrMiss) {
+					t.Fatalf("%s reads %s = %q, %v after Clear", name, k, v, err)
+				}
+			}
+		}
+		waitFor(t, 10*time.Second, "the Clear at the instance without L1", func() bool {
+			_, err := plain.Get(ctx, "x")
+			return errors.Is(err, ErrMiss)
+		})
+		if err := b.Set(ctx, "x", "new"); err != nil {
+			t.Fatal(err)
+		}
+		for name, c := range map[string]*Cache[string]{"a": a, "b": b, "plain": plain} {
+			if v, err := c.Get(ctx, "x"); err != nil || v != "new" {
+				t.Fatalf("%s reads %q, %v after a write following the Clear", name, v, err)
+			}
+		}
+	})
+}
+
+// Two caches of different value types on one prefix do not decode each
+// other's bytes: the frame's check includes the type.
+func TestTwoTypesOnOnePrefixMiss(t *testing.T) {
+	tg := redistest.Target{NewClient: func(tb testing.TB) redis.UniversalClient { return redistest.SharedServer(tb).Client(tb) }}
+	ctx := t.Context()
+	prefix := "types" + strconv.FormatInt(time.Now().UnixNano(), 36)
+	ints := newCacheOn[int](t, tg.NewClient(t), prefix)
+	strs := newCacheOn[string](t, tg.NewClient(t), prefix)
+	if err := ints.Set(ctx, "k", 42); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := strs.Get(ctx, "k"); !errors.Is(err, ErrMiss) {
+		t.Fatalf("a string cache read an int's bytes: %q, %v", v, err)
+	}
+}
