@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -292,5 +293,80 @@ func TestBatchAndSingleShareLoads(t *testing.T) {
 			}
 			return true
 		})
+	})
+}
+
+// A batch loader sets options per key: TTL, tags, "don't cache".
+func TestBatchLoaderPerKeyOptions(t *testing.T) {
+	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
+		ctx := t.Context()
+		c := newCache[string](t, tg, WithJitter(0))
+		load := func(ctx context.Context, ks []string) (map[string]string, error) {
+			LoadOptions(ctx, WithTTL(time.Hour))
+			LoadKeyOptions(ctx, "short", WithTTL(2*time.Second))
+			LoadKeyOptions(ctx, "tagged", WithTags("t"))
+			LoadKeyOptions(ctx, "skip", NoCache())
+			out := map[string]string{}
+			for _, k := range ks {
+				out[k] = "v:" + k
+			}
+			return out, nil
+		}
+		if got, err := c.GetOrLoadMany(ctx, []string{"long", "short", "tagged", "skip"}, load); err != nil || len(got) != 4 {
+			t.Fatalf("GetOrLoadMany = %v, %v", got, err)
+		}
+		admin := tg.NewClient(t)
+		ttl := func(k string) time.Duration { return admin.PTTL(ctx, c.st.layout.Value(k)).Val() }
+		if l, s := ttl("long"), ttl("short"); l < 50*time.Minute || s > 3*time.Second || s <= 0 {
+			t.Fatalf("TTLs: long %v, short %v", l, s)
+		}
+		if admin.Exists(ctx, c.st.layout.Value("skip")).Val() != 0 {
+			t.Fatal("a NoCache key was cached")
+		}
+		if err := c.InvalidateTags(ctx, "t"); err != nil {
+			t.Fatal(err)
+		}
+		got, _ := c.GetMany(ctx, []string{"long", "tagged"})
+		if _, ok := got["tagged"]; ok || got["long"] != "v:long" {
+			t.Fatalf("after invalidating the one key's tag: %v", got)
+		}
+	})
+}
+
+// Values of a batch that are due for a background refresh (stale within
+// the stale-while-revalidate window, here) are refreshed with one call of
+// the batch loader, not one per key.
+func TestBatchBackgroundRefreshIsOneCall(t *testing.T) {
+	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
+		ctx := t.Context()
+		c := newCache[string](t, tg, WithJitter(0), WithStaleWhileRevalidate(time.Hour), WithEarlyRefresh(0))
+		ks := make([]string, 100)
+		for i := range ks {
+			ks[i] = "r" + strconv.Itoa(i)
+		}
+		var calls, loaded atomic.Int64
+		load := func(ctx context.Context, keys []string) (map[string]string, error) {
+			calls.Add(1)
+			loaded.Add(int64(len(keys)))
+			LoadOptions(ctx, WithTTL(50*time.Millisecond))
+			out := map[string]string{}
+			for _, k := range keys {
+				out[k] = "v"
+			}
+			return out, nil
+		}
+		if _, err := c.GetOrLoadMany(ctx, ks, load); err != nil || calls.Load() != 1 {
+			t.Fatalf("first load: %d calls, %v", calls.Load(), err)
+		}
+		time.Sleep(100 * time.Millisecond) // every value is now stale (and servable)
+		got, err := c.GetOrLoadMany(ctx, ks, load)
+		if err != nil || len(got) != 100 {
+			t.Fatalf("stale read: %d values, %v", len(got), err)
+		}
+		waitFor(t, 10*time.Second, "the background refresh", func() bool { return loaded.Load() >= 200 })
+		c.bg.Wait()
+		if calls.Load() != 2 || loaded.Load() != 200 {
+			t.Fatalf("refreshing 100 due keys took %d loader calls for %d keys, want 1 call", calls.Load()-1, loaded.Load()-100)
+		}
 	})
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"math"
 	"math/rand/v2"
 	"reflect"
 	"sync"
@@ -60,8 +61,38 @@ type Cache[V any] struct {
 // wrapping [ErrInvalidOption], never a silent default.
 func New[V any](rdb redis.UniversalClient, opts ...Option) (*Cache[V], error) {
 	if rdb == nil {
-		return nil, fmt.Errorf("%w: nil redis client", ErrInvalidOption)
+		return nil, fmt.Errorf("%w: nil redis client (NewLocal makes a cache without Redis)", ErrInvalidOption)
 	}
+	return build[V](rdb, opts)
+}
+
+// NewLocal returns an L1-only cache: no Redis, for a single-instance
+// service or for tests of code that uses a Cache. It has the same API and
+// the same semantics within the process (coalesced loads, no stale set,
+// tags, Clear, versioned writes, early refresh, the stale windows,
+// negative caching), minus what needs Redis: nothing is shared with other
+// processes, and nothing survives the process. L1 must be on ([WithL1] or
+// [WithL1Bytes]); entries live their TTL (the L1 max TTL caps them only if
+// set with [WithL1TTL]). Options about Redis are accepted and ignored.
+func NewLocal[V any](opts ...Option) (*Cache[V], error) {
+	cfg := defaultConfig()
+	for _, o := range opts {
+		if o != nil {
+			o(&cfg)
+		}
+	}
+	if cfg.l1Entries == 0 && cfg.l1Bytes == 0 {
+		return nil, fmt.Errorf("%w: NewLocal needs WithL1 or WithL1Bytes", ErrInvalidOption)
+	}
+	return build[V](nil, append(opts, func(c *config) {
+		c.invalidation = false
+		if !c.l1TTLSet {
+			c.l1TTL = math.MaxInt64
+		}
+	}))
+}
+
+func build[V any](rdb redis.UniversalClient, opts []Option) (*Cache[V], error) {
 	cfg := defaultConfig()
 	for _, o := range opts {
 		if o != nil {
@@ -94,7 +125,7 @@ func New[V any](rdb redis.UniversalClient, opts ...Option) (*Cache[V], error) {
 		c.stop()
 		return nil, fmt.Errorf("%w: L1: %w", ErrInvalidOption, err)
 	}
-	if cfg.invalidation || cfg.lease {
+	if rdb != nil && (cfg.invalidation || cfg.lease) {
 		c.inv = &invalidator{
 			st: c.st, channel: c.st.layout.Channel(), id: newInstanceID(),
 			interval: cfg.healthInterval, rec: c.rec, log: c.log, publishes: cfg.invalidation,
@@ -116,7 +147,7 @@ func New[V any](rdb redis.UniversalClient, opts ...Option) (*Cache[V], error) {
 		}
 		c.inv.start()
 	}
-	if !timeoutsReachSocket(rdb) {
+	if rdb != nil && !timeoutsReachSocket(rdb) {
 		// Visible by default: this defeats every timeout of the cache.
 		warn := c.log
 		if cfg.logger == nil {

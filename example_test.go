@@ -180,3 +180,37 @@ func ExampleCache_Invalidate() {
 	// Output:
 	// true
 }
+
+// An L1-only cache: no Redis, the same API. For a single-instance service,
+// or for the tests of code that takes a *tiercache.Cache.
+func ExampleNewLocal() {
+	ctx := context.Background()
+	products, err := tiercache.NewLocal[Product](tiercache.WithL1(10_000), tiercache.WithDefaultTTL(time.Minute))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer products.Close()
+
+	loads := 0
+	load := func(ctx context.Context) (Product, error) {
+		loads++
+		tiercache.LoadOptions(ctx, tiercache.WithTags("category:lamps"))
+		return Product{ID: 7, Name: "lamp", Price: 30}, nil
+	}
+	p, _ := products.GetOrLoad(ctx, "product:7", load)
+	p, _ = products.GetOrLoad(ctx, "product:7", load)
+	fmt.Println(p.Name, "loads:", loads)
+
+	_ = products.InvalidateTags(ctx, "category:lamps")
+	_, _ = products.GetOrLoad(ctx, "product:7", load)
+	fmt.Println("after the tag's invalidation, loads:", loads)
+
+	_ = products.Set(ctx, "product:7", Product{ID: 7, Name: "lamp", Price: 25}, tiercache.WithVersion(2))
+	_ = products.Set(ctx, "product:7", Product{ID: 7, Name: "lamp", Price: 30}, tiercache.WithVersion(1)) // late, older
+	p, _ = products.Get(ctx, "product:7")
+	fmt.Println("price:", p.Price)
+	// Output:
+	// lamp loads: 1
+	// after the tag's invalidation, loads: 2
+	// price: 25
+}

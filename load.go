@@ -5,6 +5,7 @@ import (
 	"errors"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"time"
 
@@ -47,7 +48,7 @@ func (c *Cache[V]) GetOrLoad(ctx context.Context, key string, load LoadFunc[V]) 
 		return zero, err
 	}
 	if e, ok := c.getL1(key); ok {
-		c.maybeEarlyRefresh(key, e, c.l1.now(), load, nil)
+		c.maybeEarlyRefresh(key, e, c.l1.now(), load)
 		return e.result()
 	}
 	e, err := c.readThrough(ctx, key, load)
@@ -55,7 +56,7 @@ func (c *Cache[V]) GetOrLoad(ctx context.Context, key string, load LoadFunc[V]) 
 		return zero, err
 	}
 	if now := nowMicro(); e.fresh(now) {
-		c.maybeEarlyRefresh(key, &e, now, load, nil)
+		c.maybeEarlyRefresh(key, &e, now, load)
 	}
 	return e.result()
 }
@@ -92,7 +93,7 @@ func (c *Cache[V]) readThrough(ctx context.Context, key string, load LoadFunc[V]
 			return e, nil
 		case c.withinSWR(&e, now):
 			c.rec.event(EventStaleServed)
-			c.refreshAsync(key, e.writtenAt, false, single(load))
+			c.refreshAsync([]due{{key, e.writtenAt, false}}, single(load))
 			ended = true
 			c.flight.End(fk, call, e, nil)
 			return e, nil
@@ -128,7 +129,13 @@ func (c *Cache[V]) GetOrLoadMany(ctx context.Context, keys []string, load BatchL
 	if load == nil {
 		return nil, ErrNilLoader
 	}
-	out, rest, err := c.manyFromL1(keys, load)
+	var refresh []due
+	defer func() {
+		if len(refresh) > 0 {
+			c.refreshAsync(refresh, batch(load))
+		}
+	}()
+	out, rest, err := c.manyFromL1(keys, &refresh)
 	if err != nil || len(rest) == 0 {
 		return out, err
 	}
@@ -151,9 +158,9 @@ func (c *Cache[V]) GetOrLoadMany(ctx context.Context, keys []string, load BatchL
 				}
 				if !fresh {
 					c.rec.event(EventStaleServed)
-					c.refreshAsync(k, e.writtenAt, false, batch(load))
-				} else {
-					c.maybeEarlyRefresh(k, e, now, nil, load)
+					refresh = append(refresh, due{k, e.writtenAt, false})
+				} else if c.wantEarlyRefresh(e, now) {
+					refresh = append(refresh, due{k, e.writtenAt, true})
 				}
 				continue
 			}
@@ -353,6 +360,9 @@ type keyLoad[V any] struct {
 	token string    // our lease token (made on the first acquire, kept for retries)
 	owned bool      // the lease is ours and not yet filled or given back
 	force bool      // lease it even if it looks fresh: its bytes do not decode
+	// notBefore, for a background refresh: a value written after it (Unix
+	// µs) was refreshed by someone else already.
+	notBefore int64
 	// outage: its node failed the read; it is loaded for L1 only.
 	outage bool
 
@@ -445,7 +455,7 @@ func (c *Cache[V]) load(ctx context.Context, ks []*keyLoad[V], mode loadMode, no
 			k.tok = c.l1.token(k.key)
 			reqs[i] = acquireReq{vk: k.vk, token: k.token, force: k.force || mode != loadRead, wait: notified}
 			if !k.force {
-				reqs[i].notBefore = notBefore
+				reqs[i].notBefore = max(notBefore, k.notBefore)
 			}
 		}
 		if notified {
@@ -609,43 +619,74 @@ func (c *Cache[V]) loadAndFill(ctx context.Context, ks []*keyLoad[V], mode fillM
 		}
 		return
 	}
-	sc := meta.get()
 	now := time.Now()
 	nowU := now.UnixMicro()
-	cache := mode != fillNone && !sc.noCache
-	tagNames, err := checkTags(sc.tags)
-	if err != nil {
-		c.log.Warn("tiercache: loaded values not cached", "keys", len(ks), "err", err)
-		cache = false
-	}
+	// Each key's own options: the loader's for the call, then its
+	// LoadKeyOptions for that key. Their tags' versions are read once.
+	scs := make([]setConfig, len(ks))
+	keyTags := make([][]string, len(ks))
+	var allTags []string
+	seenTag := map[string]bool{}
 	es := make([]entry[V], len(ks))
 	keep := make([]bool, len(ks)) // es[i] is to be cached
 	var longest time.Duration
-	for i := range ks {
-		ttl := sc.ttl
+	for i, k := range ks {
+		scs[i] = meta.forKey(k.key)
+		ttl := scs[i].ttl
 		if out[i].notFound {
 			ttl = c.cfg.negativeTTL
 		}
 		// Until it is cached, a value is returned but never reused.
-		es[i] = entry[V]{val: out[i].val, neg: out[i].notFound, writtenAt: nowU, softExp: nowU, delta: micros32(delta)}
-		if keep[i] = cache && ttl > 0; keep[i] {
+		es[i] = entry[V]{val: out[i].val, neg: out[i].notFound, version: scs[i].version, writtenAt: nowU, softExp: nowU, delta: micros32(delta)}
+		names, err := checkTags(scs[i].tags)
+		if err != nil {
+			c.log.Warn("tiercache: loaded value not cached", "key", k.key, "err", err)
+		}
+		if keep[i] = mode != fillNone && !scs[i].noCache && ttl > 0 && err == nil; keep[i] {
 			ttl = c.jitter(ttl)
 			es[i].softExp = satAddMicros(nowU, ttl)
 			longest = max(longest, ttl)
+			keyTags[i] = names
+			for _, n := range names {
+				if !seenTag[n] {
+					seenTag[n] = true
+					allTags = append(allTags, n)
+				}
+			}
 		}
 	}
-	var tags []envelope.Tag
-	if cache && len(tagNames) > 0 && mode != fillOutage {
-		stale := false
-		tags, stale, err = c.st.tagRead(ctx, tagNames, since, c.redisTTL(longest))
-		if err != nil || stale {
-			// A tag was invalidated while the loader ran (or cannot be
-			// read): what it loaded may predate the change. Return it,
-			// cache nothing.
-			if stale {
-				c.rec.eventN(EventFillRefused, len(ks))
+	if len(allTags) > 0 && mode == fillOutage {
+		// Not kept through an outage: with no tag versions to check it
+		// against, InvalidateTags could not reach it.
+		for i := range ks {
+			if len(keyTags[i]) > 0 {
+				keep[i] = false
 			}
-			clear(keep)
+		}
+	} else if len(allTags) > 0 {
+		versions, stale, err := c.st.tagRead(ctx, allTags, since, c.redisTTL(longest))
+		byName := make(map[string]envelope.Tag, len(versions))
+		for _, t := range versions {
+			byName[t.Name] = t
+		}
+		for i := range ks {
+			if len(keyTags[i]) == 0 {
+				continue
+			}
+			if err != nil || stale {
+				// A tag was invalidated while the loader ran (or cannot be
+				// read): what it loaded may predate the change. Return it,
+				// cache nothing tagged.
+				if stale && keep[i] {
+					c.rec.event(EventFillRefused)
+				}
+				keep[i] = false
+				continue
+			}
+			es[i].tags = make([]envelope.Tag, len(keyTags[i]))
+			for j, n := range keyTags[i] {
+				es[i].tags[j] = byName[n]
+			}
 		}
 	}
 	var ws []frameWrite
@@ -655,11 +696,9 @@ func (c *Cache[V]) loadAndFill(ctx context.Context, ks []*keyLoad[V], mode fillM
 			es[i].softExp = nowU
 			continue
 		}
-		es[i].tags = tags
 		if mode == fillOutage {
 			continue
 		}
-		es[i].version = sc.version
 		b, err := c.frameOf(ctx, k.vk, &es[i])
 		if err != nil {
 			// Too large or not encodable: the caller still gets the value.
@@ -672,7 +711,7 @@ func (c *Cache[V]) loadAndFill(ctx context.Context, ks []*keyLoad[V], mode fillM
 		if mode == fillPlain {
 			token = ""
 		}
-		ws = append(ws, frameWrite{vk: k.vk, token: token, frame: b, ttl: c.redisTTL(time.Duration(es[i].softExp-nowU) * time.Microsecond), version: sc.version})
+		ws = append(ws, frameWrite{vk: k.vk, token: token, frame: b, ttl: c.redisTTL(time.Duration(es[i].softExp-nowU) * time.Microsecond), version: es[i].version})
 		wk = append(wk, i)
 	}
 	outage := mode == fillOutage
@@ -695,14 +734,14 @@ func (c *Cache[V]) loadAndFill(ctx context.Context, ks []*keyLoad[V], mode fillM
 			}
 		}
 	}
-	if outage && len(tagNames) == 0 {
+	if outage {
 		// Redis did not take the values: L1 keeps them for the outage TTL,
 		// so that an outage costs the source one load per key per instance
 		// per outage TTL rather than one per read. Not a tagged value: with
 		// no tag versions to check it against, InvalidateTags could not
 		// reach it.
 		for i, k := range ks {
-			if keep[i] {
+			if keep[i] && len(es[i].tags) == 0 && len(keyTags[i]) == 0 {
 				c.l1.fill(k.key, k.tok, es[i], c.cfg.l1OutageTTL)
 			}
 		}
@@ -786,23 +825,32 @@ func (c *Cache[V]) callLoader(ctx context.Context, meta *loadMeta, fn loader[V],
 	return delta, err
 }
 
-// loadMeta carries what a loader says about its result through [LoadOptions].
+// loadMeta carries what a loader says about its result through
+// [LoadOptions] and [LoadKeyOptions].
 type loadMeta struct {
-	mu  sync.Mutex
-	cfg setConfig
+	mu      sync.Mutex
+	cfg     setConfig
+	keyOpts map[string][]SetOption
 }
 
 type loadMetaKey struct{}
 
-func (m *loadMeta) get() setConfig {
+// forKey is key's configuration: the call's, then the key's own options.
+func (m *loadMeta) forKey(key string) setConfig {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.cfg
+	sc := m.cfg
+	sc.tags = slices.Clone(sc.tags)
+	for _, o := range m.keyOpts[key] {
+		o(&sc)
+	}
+	return sc
 }
 
 // LoadOptions lets a loader set how its result is cached: [WithTTL] for
-// its own TTL, [WithTags] to tag it, [NoCache] to return a value without
-// caching it. For a batch loader they apply to every value of the call.
+// its own TTL, [WithTags] to tag it, [WithVersion] for its row's version,
+// [NoCache] to return a value without caching it. For a batch loader they
+// apply to every value of the call (see [LoadKeyOptions] for one key's).
 // Call it with the ctx the loader was given; elsewhere it does nothing.
 func LoadOptions(ctx context.Context, opts ...SetOption) {
 	m, ok := ctx.Value(loadMetaKey{}).(*loadMeta)
@@ -814,6 +862,28 @@ func LoadOptions(ctx context.Context, opts ...SetOption) {
 	for _, o := range opts {
 		if o != nil {
 			o(&m.cfg)
+		}
+	}
+}
+
+// LoadKeyOptions is [LoadOptions] for one key of a [BatchLoadFunc]'s call:
+// that key's TTL, tags ([WithTags] adds to the call's), row version, or
+// [NoCache], applied after the call's own options. (A key the loader does
+// not return is its "not found".) Call it with the ctx the loader was
+// given; elsewhere it does nothing.
+func LoadKeyOptions(ctx context.Context, key string, opts ...SetOption) {
+	m, ok := ctx.Value(loadMetaKey{}).(*loadMeta)
+	if !ok {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.keyOpts == nil {
+		m.keyOpts = map[string][]SetOption{}
+	}
+	for _, o := range opts {
+		if o != nil {
+			m.keyOpts[key] = append(m.keyOpts[key], o)
 		}
 	}
 }

@@ -48,6 +48,7 @@ type config struct {
 	l1Entries      int
 	l1Bytes        int64
 	l1TTL          time.Duration
+	l1TTLSet       bool
 	l1OutageTTL    time.Duration
 	invalidation   bool
 	healthInterval time.Duration
@@ -242,7 +243,7 @@ func WithL1Bytes(n int64) Option { return func(c *config) { c.l1Bytes, c.l1Entri
 // WithL1TTL caps how long a value stays in L1 (default 30s), so that a
 // value stays stale for at most that long even if every invalidation
 // message is lost. An L1 entry never outlives the value's logical expiry.
-func WithL1TTL(d time.Duration) Option { return func(c *config) { c.l1TTL = d } }
+func WithL1TTL(d time.Duration) Option { return func(c *config) { c.l1TTL, c.l1TTLSet = d, true } }
 
 // WithL1OutageTTL caps how long an L1 entry lives while the invalidation
 // subscription is down (default 1s): no invalidation can arrive then.

@@ -87,9 +87,9 @@ func (c *Cache[V]) getL1(key string) (*entry[V], bool) {
 }
 
 // manyFromL1 validates keys, drops duplicates (keeping the first order),
-// puts their L1 hits in out and returns the keys left. With a loader, hits
-// near expiry may start an early refresh.
-func (c *Cache[V]) manyFromL1(keys []string, load BatchLoadFunc[V]) (out map[string]V, rest []string, err error) {
+// puts their L1 hits in out and returns the keys left. With refresh (a
+// loader's read), hits that XFetch says to refresh early are added to it.
+func (c *Cache[V]) manyFromL1(keys []string, refresh *[]due) (out map[string]V, rest []string, err error) {
 	if c.closed.Load() {
 		return nil, nil, ErrClosed
 	}
@@ -111,8 +111,8 @@ func (c *Cache[V]) manyFromL1(keys []string, load BatchLoadFunc[V]) (out map[str
 		if !e.neg {
 			out[k] = e.val
 		}
-		if load != nil {
-			c.maybeEarlyRefresh(k, e, c.l1.now(), nil, load)
+		if refresh != nil && c.wantEarlyRefresh(e, c.l1.now()) {
+			*refresh = append(*refresh, due{k, e.writtenAt, true})
 		}
 	}
 	return out, rest, nil

@@ -28,16 +28,10 @@ func shouldRefreshEarly(u float64, t, delta int64, beta float64) bool {
 }
 
 // maybeEarlyRefresh starts a background refresh of a fresh hit when XFetch
-// says so, with load or, for a batch read, bload. The loader is adapted only
-// then: a hit allocates nothing for it.
-func (c *Cache[V]) maybeEarlyRefresh(key string, e *entry[V], now int64, load LoadFunc[V], bload BatchLoadFunc[V]) {
-	if !c.wantEarlyRefresh(e, now) {
-		return
-	}
-	if load != nil {
-		c.refreshAsync(key, e.writtenAt, true, single(load))
-	} else {
-		c.refreshAsync(key, e.writtenAt, true, batch(bload))
+// says so. The loader is adapted only then: a hit allocates nothing for it.
+func (c *Cache[V]) maybeEarlyRefresh(key string, e *entry[V], now int64, load LoadFunc[V]) {
+	if c.wantEarlyRefresh(e, now) {
+		c.refreshAsync([]due{{key, e.writtenAt, true}}, single(load))
 	}
 }
 
@@ -52,40 +46,67 @@ func (c *Cache[V]) wantEarlyRefresh(e *entry[V], now int64) bool {
 	return shouldRefreshEarly(c.random(), t, int64(e.delta), c.cfg.beta)
 }
 
-// refreshAsync reloads key in the background, through the load core. The
-// refresh is skipped when writtenAt is no longer the latest write (someone
-// refreshed it), when another instance holds the lease, when this process
-// already refreshes the key, or when WithMaxBackgroundRefreshes refreshes
-// already run. An early refresh that does call the loader counts as
-// EventEarlyRefresh.
-func (c *Cache[V]) refreshAsync(key string, writtenAt int64, early bool, fn loader[V]) {
+// due is a key to refresh in the background: early (XFetch) or stale
+// (within the stale-while-revalidate window), with the write time of the
+// value served.
+type due struct {
+	key       string
+	writtenAt int64
+	early     bool
+}
+
+// maxRefreshBatch bounds the keys of one background refresh of a batch.
+const maxRefreshBatch = 256
+
+// refreshAsync reloads keys in the background, through the load core: a
+// batch read's due keys with one call of its batch loader (per
+// maxRefreshBatch keys), not one call per key. A key is skipped when this
+// process already refreshes it, when writtenAt is no longer its latest
+// write (someone refreshed it), or when another instance holds its lease;
+// the whole refresh is skipped when WithMaxBackgroundRefreshes refreshes
+// already run. Keys refreshed early count as EventEarlyRefresh once the
+// loader is called.
+func (c *Cache[V]) refreshAsync(keys []due, fn loader[V]) {
+	for len(keys) > maxRefreshBatch {
+		c.refreshAsync(keys[:maxRefreshBatch], fn)
+		keys = keys[maxRefreshBatch:]
+	}
 	select {
 	case c.refreshQ <- struct{}{}:
 	default:
 		return
 	}
-	fk := flightKey{flightBackground, key}
-	call, lead := c.flight.Begin(fk)
-	if !lead {
+	var ks []*keyLoad[V]
+	var calls []*flight.Call[entry[V]]
+	early := 0
+	for _, d := range keys {
+		call, lead := c.flight.Begin(flightKey{flightBackground, d.key})
+		if !lead {
+			continue
+		}
+		ks = append(ks, &keyLoad[V]{key: d.key, vk: c.st.layout.Value(d.key), notBefore: d.writtenAt})
+		calls = append(calls, call)
+		if d.early {
+			early++
+		}
+	}
+	if len(ks) == 0 || !c.goBackground() {
+		for i, k := range ks {
+			c.flight.End(flightKey{flightBackground, k.key}, calls[i], entry[V]{}, ErrClosed)
+		}
 		<-c.refreshQ
 		return
 	}
-	if !c.goBackground() {
-		c.flight.End(fk, call, entry[V]{}, ErrClosed)
-		<-c.refreshQ
-		return
-	}
-	if early {
+	if early > 0 {
 		inner := fn.fn
 		fn.fn = func(ctx context.Context, ks []string, out []loaded[V]) error {
-			c.rec.event(EventEarlyRefresh)
+			c.rec.eventN(EventEarlyRefresh, early)
 			return inner(ctx, ks, out)
 		}
 	}
 	go func() {
 		defer c.bg.Done()
 		defer func() { <-c.refreshQ }()
-		kl := &keyLoad[V]{key: key, vk: c.st.layout.Value(key)}
-		c.runLoad(context.Background(), flightBackground, []*keyLoad[V]{kl}, []*flight.Call[entry[V]]{call}, loadBackground, writtenAt, fn)
+		c.runLoad(context.Background(), flightBackground, ks, calls, loadBackground, 0, fn)
 	}()
 }

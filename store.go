@@ -50,6 +50,11 @@ type store struct {
 	genAt    atomic.Int64  // when it was last read (Unix µs)
 	genEvery time.Duration // how often it is read again (the health interval)
 
+	// local is the store of an L1-only cache (NewLocal): no Redis at all.
+	// Every read misses, every lease is granted, every write "lands", and
+	// tag versions and the generation are kept here.
+	local *localState
+
 	releases        sync.WaitGroup // lease releases in the background
 	pendingReleases atomic.Int64
 	// lastReload is when a cluster client was last told to reload its slot
@@ -62,6 +67,10 @@ func newStore(rdb redis.UniversalClient, cfg *config, rec *recorder, log *slog.L
 		rdb: rdb, layout: keys.New(cfg.prefix, cfg.version), rec: rec, log: log, life: life,
 		readTimeout: cfg.readTimeout, writeTimeout: cfg.writeTimeout, leaseTTL: cfg.leaseTTL,
 		versionTTL: cfg.ttl, genEvery: cfg.healthInterval,
+	}
+	if rdb == nil {
+		s.local = &localState{tags: map[string]uint64{}}
+		return s
 	}
 	_, s.single = rdb.(*redis.Client)
 	s.cluster, _ = rdb.(*redis.ClusterClient)
@@ -215,6 +224,9 @@ func (s *store) reloadClusterState(err error) {
 // get reads one value key (nil when absent), sharing a round trip with
 // concurrent reads unless coalescing is off.
 func (s *store) get(ctx context.Context, vk string) ([]byte, error) {
+	if s.local != nil {
+		return nil, nil
+	}
 	if s.coal != nil {
 		return s.coal.get(ctx, vk)
 	}
@@ -255,6 +267,9 @@ func (s *store) fetchReads(ctx context.Context, deadline time.Time, vks []string
 // errs[i] is set for the keys of a node that failed.
 func (s *store) getMany(ctx context.Context, vks []string) (raw [][]byte, errs []error, err error) {
 	raw = make([][]byte, len(vks))
+	if s.local != nil {
+		return raw, nil, nil
+	}
 	errs, err = s.callKeys(ctx, "mget", s.readBy(), vks, func(ctx context.Context, idx []int) error { return s.mget(ctx, vks, idx, raw) })
 	return raw, errs, err
 }
@@ -429,6 +444,12 @@ func (s *store) acquire(ctx context.Context, reqs []acquireReq) ([]acquireResult
 	for i, r := range reqs {
 		vks[i] = r.vk
 	}
+	if s.local != nil {
+		for i := range out {
+			out[i] = acquireResult{state: acquireOwned, at: now}
+		}
+		return out, nil
+	}
 	errs, _ := s.callKeys(ctx, op("acquire", len(reqs)), s.readBy(), vks, func(ctx context.Context, idx []int) error {
 		cmds, err := s.runScript(ctx, keys.Acquire, pick(kk, idx), pick(args, idx))
 		if err != nil {
@@ -503,7 +524,7 @@ func (s *store) versionArgs(version uint64, ttl time.Duration) (string, int64) {
 // unleased (WithoutLease: written through as Set writes, all or none).
 func (s *store) fill(ctx context.Context, ws []frameWrite) (written, refused []bool, err error) {
 	written, refused = make([]bool, len(ws)), make([]bool, len(ws))
-	if ws[0].token == "" {
+	if ws[0].token == "" || s.local != nil {
 		return s.set(ctx, ws)
 	}
 	kk := make([][]string, len(ws))
@@ -538,7 +559,7 @@ type lease struct{ vk, token string }
 // the write timeout), which Close waits for. At most maxPendingReleases run
 // at once; beyond that a lease is left to expire.
 func (s *store) release(ls []lease) {
-	if len(ls) == 0 {
+	if len(ls) == 0 || s.local != nil {
 		return
 	}
 	if s.pendingReleases.Add(1) > maxPendingReleases {
@@ -597,6 +618,12 @@ func (s *store) set(ctx context.Context, ws []frameWrite) (written, refused []bo
 		args[i] = []any{w.frame, ms(w.ttl), ver, verTTL, s.layout.Fills()}
 	}
 	written, refused = make([]bool, len(ws)), make([]bool, len(ws))
+	if s.local != nil {
+		for i := range written {
+			written[i] = true
+		}
+		return written, refused, nil
+	}
 	_, err = s.callKeys(ctx, op("set", len(ws)), s.writeBy(), vks, func(ctx context.Context, idx []int) error {
 		cmds, err := s.runScript(ctx, keys.Set, pick(kk, idx), pick(args, idx))
 		for n, cmd := range cmds {
@@ -613,6 +640,9 @@ func (s *store) set(ctx context.Context, ws []frameWrite) (written, refused []bo
 // waiters. With a row version it leaves the version behind (a later write
 // older than it is refused) and is refused where Redis has a newer one.
 func (s *store) del(ctx context.Context, vks []string, version uint64) error {
+	if s.local != nil {
+		return nil
+	}
 	kk := make([][]string, len(vks))
 	args := make([][]any, len(vks))
 	ver, verTTL := s.versionArgs(version, 0)
@@ -630,6 +660,9 @@ func (s *store) del(ctx context.Context, vks []string, version uint64) error {
 // from Redis once and then kept up to date by the subscriber; 0 until it
 // could be read.
 func (s *store) generation(ctx context.Context) uint64 {
+	if s.local != nil {
+		return s.gen.Load()
+	}
 	// Read again once per health interval, by one caller: an instance
 	// without L1 has no subscription to tell it of a Clear, and one with L1
 	// may have lost the message.
@@ -664,6 +697,9 @@ func (s *store) refreshGeneration(ctx context.Context) error {
 
 // clear starts a new generation and returns it.
 func (s *store) clear(ctx context.Context) (uint64, error) {
+	if s.local != nil {
+		return s.gen.Add(1), nil
+	}
 	gk := s.layout.Generation()
 	var g uint64
 	err := s.call(ctx, s.nodeOf(ctx, gk), "clear", s.writeBy(), func(ctx context.Context) error {
@@ -704,6 +740,9 @@ func (s *store) tagRead(ctx context.Context, tags []string, since int64, ttl tim
 		return nil, false, nil
 	}
 	out = make([]envelope.Tag, len(tags))
+	if s.local != nil {
+		return s.local.read(tags, since)
+	}
 	tks := make([]string, len(tags))
 	kk := make([][]string, len(tags))
 	args := make([][]any, len(tags))
@@ -767,6 +806,9 @@ func (s *store) tagRead(ctx context.Context, tags []string, since int64, ttl tim
 // tagBump invalidates tags and returns their new versions. The namespace's
 // floor goes first (see tagRead), then each tag's version.
 func (s *store) tagBump(ctx context.Context, tags []string, keep time.Duration) ([]envelope.Tag, error) {
+	if s.local != nil {
+		return s.local.bump(tags), nil
+	}
 	fk := s.layout.TagFloor()
 	if err := s.call(ctx, s.nodeOf(ctx, fk), "tag_bump", s.writeBy(), func(ctx context.Context) error {
 		return keys.TagFloor.Run(ctx, s.rdb, []string{fk}, "1").Err()
@@ -803,6 +845,13 @@ func (s *store) tagBump(ctx context.Context, tags []string, keep time.Duration) 
 // node failed; err is the first failure).
 func (s *store) tagGet(ctx context.Context, tags []string) (cur []uint64, have []bool, err error) {
 	cur, have = make([]uint64, len(tags)), make([]bool, len(tags))
+	if s.local != nil {
+		out, _, _ := s.local.read(tags, 0)
+		for i, t := range out {
+			cur[i], have[i] = t.Version, true
+		}
+		return cur, have, nil
+	}
 	tks := make([]string, len(tags))
 	for i, t := range tags {
 		tks[i] = s.layout.Tag(t)
@@ -848,3 +897,51 @@ func parseVersion(v any) (uint64, error) {
 
 // ms is d in whole milliseconds for a Redis PX argument, at least 1.
 func ms(d time.Duration) int64 { return max(d.Milliseconds(), 1) }
+
+// localState is what an L1-only cache keeps instead of Redis: the tag
+// versions (a version only grows: max(old+1, now)), at most maxLocalTags of
+// them, and a floor as in Redis (the time of the latest invalidation) that
+// judges a tag read anew after the table was dropped for size.
+type localState struct {
+	mu    sync.Mutex
+	tags  map[string]uint64
+	floor uint64
+}
+
+const maxLocalTags = 100_000
+
+// read returns the versions of tags, creating absent ones at now; stale is
+// whether one is newer than since (a load that began before an
+// invalidation).
+func (l *localState) read(tags []string, since int64) (out []envelope.Tag, stale bool, err error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out = make([]envelope.Tag, len(tags))
+	for i, t := range tags {
+		v, ok := l.tags[t]
+		if !ok {
+			if len(l.tags) >= maxLocalTags {
+				clear(l.tags) // the floor keeps what the dropped versions said
+			}
+			v = uint64(nowMicro())
+			l.tags[t] = v
+		}
+		out[i] = envelope.Tag{Name: t, Version: v}
+		if since > 0 && (ok && v > uint64(since) || !ok && l.floor > uint64(since)) {
+			stale = true
+		}
+	}
+	return out, stale, nil
+}
+
+func (l *localState) bump(tags []string) []envelope.Tag {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := make([]envelope.Tag, len(tags))
+	for i, t := range tags {
+		v := max(l.tags[t]+1, uint64(nowMicro()))
+		l.tags[t], l.floor = v, max(l.floor, v)
+		out[i] = envelope.Tag{Name: t, Version: v}
+	}
+	return out
+}
