@@ -440,10 +440,16 @@ func (iv *invalidator) receive(ps *redis.PubSub, sub *subscription) (confirmed b
 				echo = "" // writes fail too: the breaker and the outage rules handle that
 			}
 		}
+		// Wake for the next echo, or for the deadline of the one in flight;
+		// never for less than 50ms: a read deadline that cuts a message
+		// short would break the connection.
 		wait := iv.interval
-		if confirmed {
-			wait = max(min(wait, time.Until(nextEcho), time.Until(echoAt.Add(iv.interval))), time.Millisecond)
+		if confirmed && echo == "" {
+			wait = min(wait, time.Until(nextEcho))
+		} else if echo != "" {
+			wait = min(wait, time.Until(echoAt.Add(iv.interval)))
 		}
+		wait = max(wait, 50*time.Millisecond)
 		m, err := ps.ReceiveTimeout(iv.life, wait)
 		if err != nil {
 			if !isTimeout(err) {
