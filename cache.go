@@ -16,6 +16,7 @@ import (
 
 	"github.com/tiercache/tiercache/internal/envelope"
 	"github.com/tiercache/tiercache/internal/flight"
+	"github.com/tiercache/tiercache/internal/ratelog"
 )
 
 // Cache is a typed three-tier cache: an optional in-process L1, Redis as
@@ -114,7 +115,7 @@ func build[V any](rdb redis.UniversalClient, opts []Option) (*Cache[V], error) {
 		cfg:      cfg,
 		vc:       vc,
 		rec:      newRecorder(cfg.observer),
-		log:      newLimitedLogger(logger, time.Second),
+		log:      ratelog.New(logger, time.Second),
 		refreshQ: make(chan struct{}, cfg.maxRefreshes),
 		random:   rand.Float64,
 		typeHash: xxhash.Sum64String(reflect.TypeFor[V]().String()),

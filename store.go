@@ -14,6 +14,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/tiercache/tiercache/internal/coalesce"
 	"github.com/tiercache/tiercache/internal/envelope"
 	"github.com/tiercache/tiercache/internal/keys"
 )
@@ -32,7 +33,7 @@ type store struct {
 	cluster *redis.ClusterClient // rdb, when it is a cluster client
 	layout  keys.Layout
 	nodes   *nodes     // the breakers, one per node; nil with WithoutBreaker
-	coal    *coalescer // nil with WithoutReadCoalescing
+	coal    *coalesce.Coalescer // nil with WithoutReadCoalescing
 	rec     *recorder
 	log     *slog.Logger
 	single  bool // rdb is one node: a batch read is MGET
@@ -81,7 +82,7 @@ func newStore(rdb redis.UniversalClient, cfg *config, rec *recorder, log *slog.L
 		}
 	}
 	if cfg.coalesceReads {
-		s.coal = newCoalescer(cfg.readTimeout, s.fetchReads)
+		s.coal = coalesce.New(cfg.readTimeout, s.fetchReads)
 	}
 	return s
 }
@@ -228,7 +229,7 @@ func (s *store) get(ctx context.Context, vk string) ([]byte, error) {
 		return nil, nil
 	}
 	if s.coal != nil {
-		return s.coal.get(ctx, vk)
+		return s.coal.Get(ctx, vk)
 	}
 	return s.getOne(ctx, s.readBy(), vk)
 }

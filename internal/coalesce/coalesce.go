@@ -1,4 +1,5 @@
-package tiercache
+// Package coalesce sends concurrent single-key reads to Redis together.
+package coalesce
 
 import (
 	"context"
@@ -7,7 +8,7 @@ import (
 	"time"
 )
 
-// coalescer sends single-key reads that arrive while earlier ones are on
+// Coalescer sends single-key reads that arrive while earlier ones are on
 // the wire together, as one round trip (an MGET on one node, a pipeline of
 // GETs grouped by node on a cluster), instead of one command each. There is
 // no timer: a read that finds a round trip slot free goes out at once, alone
@@ -20,7 +21,7 @@ import (
 // runs commands on its own context (a read's deadline would not cut a slow
 // Redis short) and because one MGET costs Redis and the client less than the
 // same keys as pipelined GETs; docs/DESIGN.md has the figures.
-type coalescer struct {
+type Coalescer struct {
 	// fetch runs one round trip (per node) for vks into raw (nil for an
 	// absent key) and errs (the error of each key, nil when read), to be
 	// done by deadline; ctx carries the leading caller's values.
@@ -37,7 +38,7 @@ type coalescer struct {
 	reqs sync.Pool // *getReq, for reads that were not abandoned
 }
 
-// How many round trips a coalescer lets run at once. Enough that a few
+// How many round trips a Coalescer lets run at once. Enough that a few
 // concurrent readers go out at once, as they would without coalescing (with
 // 2 slots, 4 readers measured 1.8x slower than plain go-redis; with 4, level
 // within noise), and few enough that under load reads pile up into deep
@@ -45,7 +46,7 @@ type coalescer struct {
 // do not make it faster, while deeper batches do (at 64 readers on one node,
 // 4 slots measured 3.6x plain go-redis and 8 slots 2.9x). See
 // BenchmarkGetConcurrency and docs/DESIGN.md.
-const coalesceSlots = 4
+const Slots = 4
 
 // The states of a getReq.
 const (
@@ -73,13 +74,15 @@ type getReq struct {
 	errs  [1]error
 }
 
-func newCoalescer(timeout time.Duration, fetch func(context.Context, time.Time, []string, [][]byte, []error)) *coalescer {
-	return &coalescer{fetch: fetch, timeout: timeout, slots: coalesceSlots}
+// New returns a Coalescer that bounds each read's wait by timeout and runs
+// round trips with fetch.
+func New(timeout time.Duration, fetch func(context.Context, time.Time, []string, [][]byte, []error)) *Coalescer {
+	return &Coalescer{fetch: fetch, timeout: timeout, slots: Slots}
 }
 
-// get returns the raw value of vk (nil when absent). If ctx ends first it
+// Get returns the raw value of vk (nil when absent). If ctx ends first it
 // returns ctx's error; the read still goes out with its batch.
-func (co *coalescer) get(ctx context.Context, vk string) ([]byte, error) {
+func (co *Coalescer) Get(ctx context.Context, vk string) ([]byte, error) {
 	r, _ := co.reqs.Get().(*getReq)
 	if r == nil {
 		r = &getReq{done: make(chan struct{}, 1)}
@@ -117,7 +120,7 @@ func (co *coalescer) get(ctx context.Context, vk string) ([]byte, error) {
 }
 
 // finish takes r's result and recycles r.
-func (co *coalescer) finish(r *getReq) ([]byte, error) {
+func (co *Coalescer) finish(r *getReq) ([]byte, error) {
 	val, err := r.val, r.err
 	r.vk, r.val, r.err, r.ctx, r.batch = "", nil, nil, nil, nil
 	r.alone[0], r.vks[0], r.raw[0], r.errs[0] = nil, "", nil, nil
@@ -127,7 +130,7 @@ func (co *coalescer) finish(r *getReq) ([]byte, error) {
 
 // run does one round trip for batch, which lead belongs to, then passes its
 // slot on to the oldest waiting read, if any, or frees it.
-func (co *coalescer) run(lead *getReq, batch []*getReq, since time.Time) {
+func (co *Coalescer) run(lead *getReq, batch []*getReq, since time.Time) {
 	vks, raw, errs := lead.vks[:], lead.raw[:], lead.errs[:]
 	if len(batch) > 1 {
 		vks, raw, errs = make([]string, len(batch)), make([][]byte, len(batch)), make([]error, len(batch))

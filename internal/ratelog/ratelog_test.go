@@ -1,4 +1,4 @@
-package tiercache
+package ratelog
 
 import (
 	"bytes"
@@ -11,7 +11,7 @@ import (
 
 func TestLogRateLimited(t *testing.T) {
 	var buf bytes.Buffer
-	log := newLimitedLogger(slog.New(slog.NewTextHandler(&buf, nil)), 1<<62)
+	log := New(slog.New(slog.NewTextHandler(&buf, nil)), 1<<62)
 	for range 100 {
 		log.Warn("tiercache: unreadable cached value treated as a miss", "key", "k")
 	}
@@ -22,7 +22,7 @@ func TestLogRateLimited(t *testing.T) {
 	}
 	// After the interval, the next record says how many were held back.
 	buf.Reset()
-	h := newLimitedLogger(slog.New(slog.NewTextHandler(&buf, nil)), time.Second).Handler()
+	h := New(slog.New(slog.NewTextHandler(&buf, nil)), time.Second).Handler()
 	t0 := time.Now()
 	for i := range 3 {
 		_ = h.Handle(context.Background(), slog.NewRecord(t0.Add(time.Duration(i)*time.Millisecond), slog.LevelWarn, "m", 0))
@@ -34,7 +34,7 @@ func TestLogRateLimited(t *testing.T) {
 	// With no interval, every record passes and the count of held-back
 	// ones rides on the next.
 	buf.Reset()
-	log = newLimitedLogger(slog.New(slog.NewTextHandler(&buf, nil)), 0)
+	log = New(slog.New(slog.NewTextHandler(&buf, nil)), 0)
 	log.With("cache", "users").Warn("m")
 	if !strings.Contains(buf.String(), "cache=users") {
 		t.Fatalf("attributes lost: %s", buf.String())

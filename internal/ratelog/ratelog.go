@@ -1,4 +1,5 @@
-package tiercache
+// Package ratelog limits how often a logger repeats a message.
+package ratelog
 
 import (
 	"context"
@@ -23,7 +24,9 @@ type limitState struct {
 	dropped map[string]int
 }
 
-func newLimitedLogger(l *slog.Logger, every time.Duration) *slog.Logger {
+// New returns a logger that passes at most one record per message per every
+// to l, and says on the next how many it held back.
+func New(l *slog.Logger, every time.Duration) *slog.Logger {
 	return slog.New(&limitedHandler{next: l.Handler(), every: every,
 		state: &limitState{last: map[string]time.Time{}, dropped: map[string]int{}}})
 }

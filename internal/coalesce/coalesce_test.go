@@ -1,0 +1,102 @@
+package coalesce
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"runtime/pprof"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// The coalescer's hand-offs under stress, with a fetch that answers "v:"+key
+// after a random delay: every read gets its own key's value or, if its
+// context ended, its context's error; no more round trips than slots are
+// ever in flight; reads are batched; and at the end no slot is held.
+func TestCoalescerHandOffs(t *testing.T) {
+	var inFlight, maxInFlight, batched, trips atomic.Int64
+	fetch := func(ctx context.Context, deadline time.Time, vks []string, raw [][]byte, _ []error) {
+		n := inFlight.Add(1)
+		defer inFlight.Add(-1)
+		for m := maxInFlight.Load(); n > m && !maxInFlight.CompareAndSwap(m, n); m = maxInFlight.Load() {
+		}
+		trips.Add(1)
+		if len(vks) > 1 {
+			batched.Add(int64(len(vks)))
+		}
+		time.Sleep(time.Duration(rand.IntN(200)) * time.Microsecond)
+		for i, k := range vks {
+			if !strings.HasPrefix(k, "absent") {
+				raw[i] = []byte("v:" + k)
+			}
+		}
+	}
+	co := New(time.Second, fetch)
+	var wg sync.WaitGroup
+	var reads, canceled atomic.Int64
+	for g := range 100 {
+		wg.Go(func() {
+			for i := range 200 {
+				k := fmt.Sprint("k", g, ":", i%7)
+				if i%5 == 0 {
+					k = "absent" + k
+				}
+				ctx, cancel := context.WithCancel(t.Context())
+				if i%10 == 3 {
+					go func() { time.Sleep(time.Duration(rand.IntN(300)) * time.Microsecond); cancel() }()
+				}
+				v, err := co.Get(ctx, k)
+				cancel()
+				reads.Add(1)
+				switch {
+				case errors.Is(err, context.Canceled):
+					canceled.Add(1)
+				case err != nil:
+					t.Errorf("get(%s): %v", k, err)
+				case strings.HasPrefix(k, "absent") && v != nil:
+					t.Errorf("get(%s) = %q, want nil", k, v)
+				case !strings.HasPrefix(k, "absent") && string(v) != "v:"+k:
+					t.Errorf("get(%s) = %q: another read's value", k, v)
+				}
+			}
+		})
+	}
+	if !waitDone(t, &wg, time.Minute) {
+		t.Fatal("reads still waiting: a hand-off was lost")
+	}
+	co.mu.Lock()
+	held, queued := co.inFlight, len(co.queue)
+	co.mu.Unlock()
+	t.Logf("%d reads (%d canceled) in %d round trips; %d reads shared one; at most %d in flight",
+		reads.Load(), canceled.Load(), trips.Load(), batched.Load(), maxInFlight.Load())
+	if held != 0 || queued != 0 {
+		t.Errorf("after every read returned: %d slots held, %d reads queued", held, queued)
+	}
+	if m := maxInFlight.Load(); m > Slots {
+		t.Errorf("%d round trips in flight at once, want at most %d", m, Slots)
+	}
+	if batched.Load() == 0 || trips.Load() >= reads.Load() {
+		t.Errorf("100 concurrent readers were never batched (%d round trips for %d reads)", trips.Load(), reads.Load())
+	}
+}
+
+// waitDone waits for wg up to d, logging the goroutines if it does not end.
+func waitDone(t testing.TB, wg *sync.WaitGroup, d time.Duration) bool {
+	t.Helper()
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return true
+	case <-time.After(d):
+		var b bytes.Buffer
+		_ = pprof.Lookup("goroutine").WriteTo(&b, 1)
+		t.Logf("goroutines still running after %v:\n%s", d, b.String())
+		return false
+	}
+}
