@@ -769,11 +769,9 @@ type loaded[V any] struct {
 func single[V any](load LoadFunc[V]) loader[V] {
 	return loader[V]{op: "load", fn: func(ctx context.Context, _ []string, out []loaded[V]) error {
 		v, err := load(ctx)
-		if errors.Is(err, ErrNotFound) {
-			out[0].notFound = true
-			return nil
-		}
-		out[0].val = v
+		// ErrNotFound is returned as it is, for the load's span and count;
+		// callLoader takes it, with notFound set, as a result.
+		out[0].val, out[0].notFound = v, errors.Is(err, ErrNotFound)
 		return err
 	}}
 }
@@ -821,6 +819,9 @@ func (c *Cache[V]) callLoader(ctx context.Context, meta *loadMeta, fn loader[V],
 	returned = true
 	delta = time.Since(start)
 	end(err)
+	if errors.Is(err, ErrNotFound) && len(out) == 1 && out[0].notFound {
+		err = nil // a single loader's "no such record": a result, not a failure
+	}
 	c.rec.load(delta, err)
 	return delta, err
 }

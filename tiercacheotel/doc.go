@@ -28,7 +28,9 @@
 //	tiercache.redis.duration      histogram, s: Redis round trips; tiercache.redis.op (get, set, del, acquire, fill, mget, ...), tiercache.result (ok, error)
 //	tiercache.events              counter {event}: each tiercache.Event; tiercache.event (its String: coalesced, lease_wait, ...)
 //	tiercache.breaker.transitions counter {transition}: circuit breaker changes; tiercache.breaker.state (the new state: closed, half-open, open)
-//	tiercache.breaker.state       gauge (Track): 0 closed, 1 half-open, 2 open
+//	tiercache.invalidation.delay  histogram, s: from a write acknowledged on another instance to this one's L1 drop
+//	tiercache.breaker.state       gauge (Track): 0 closed, 1 half-open, 2 open; the worst of the nodes'
+//	tiercache.breaker.node.state  gauge (Track): the breaker of each Redis node; tiercache.redis.node (its address, host:port)
 //	tiercache.l1.entries          gauge (Track) {entry}: entries in L1
 //	tiercache.l1.weight           gauge (Track), By: encoded size of L1's values, when L1 is bounded by bytes
 //
@@ -38,7 +40,15 @@
 // batches, tag_read, tag_bump and tag_get for tags.
 //
 // The duration histograms advise buckets from 1µs to about 4s in steps of
-// 4; a view of the MeterProvider can replace them.
+// 4, and tiercache.invalidation.delay those of [tiercache.DelayHistogram]
+// (16µs to about 67s, doubling); a view of the MeterProvider can replace
+// them. The observer records each invalidation delay as the cache applies
+// the message (it is a [tiercache.DelayObserver]); the delay includes the
+// clock difference between the hosts of the two instances.
+//
+// tiercache.breaker.node.state has a point per Redis node the cache has
+// used: one on a single server, one per master on a cluster, none with
+// tiercache.WithoutBreaker.
 //
 // # Spans
 //

@@ -70,6 +70,9 @@ func ExampleNew() {
 		fmt.Println(l)
 	}
 	for _, s := range spans.Ended() {
+		if s.Name() == "tiercache.redis.generation" {
+			continue // the namespace's generation, read when the cache sees fit
+		}
 		fmt.Println("span", s.Name(), s.Status().Code)
 	}
 	// Output:

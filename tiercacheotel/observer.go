@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"go.opentelemetry.io/otel"
@@ -42,11 +43,23 @@ const (
 	keyEvent   = attribute.Key("tiercache.event")
 	keyState   = attribute.Key("tiercache.breaker.state")
 	keyRedisOp = attribute.Key("tiercache.redis.op")
+	keyNode    = attribute.Key("tiercache.redis.node")
 )
 
 // durationBuckets are the advised bucket bounds of the duration
 // histograms, in seconds: 1µs to about 4s in steps of 4.
 var durationBuckets = []float64{1e-6, 4e-6, 16e-6, 64e-6, 256e-6, 1.024e-3, 4.096e-3, 16.384e-3, 65.536e-3, 0.262144, 1.048576, 4.194304}
+
+// delayBuckets are the advised bucket bounds of the invalidation delay
+// histogram, in seconds: those of tiercache.DelayHistogram (16µs to about
+// 67s, doubling), so that it agrees with the cache's Stats.
+var delayBuckets = func() []float64 {
+	b := make([]float64, tiercache.DelayBuckets-1) // the last has no bound
+	for i := range b {
+		b[i] = tiercache.DelayBucketBound(i).Seconds()
+	}
+	return b
+}()
 
 // Observer reports one cache's metrics and spans to OpenTelemetry. It
 // implements [tiercache.Observer] and [tiercache.Tracer]: pass it to
@@ -64,8 +77,10 @@ type Observer struct {
 	redisDur    metric.Float64Histogram
 	events      metric.Int64Counter
 	transitions metric.Int64Counter
+	invDelay    metric.Float64Histogram
 
 	breakerState metric.Int64ObservableGauge
+	nodeState    metric.Int64ObservableGauge
 	l1Entries    metric.Int64ObservableGauge
 	l1Weight     metric.Int64ObservableGauge
 
@@ -85,8 +100,9 @@ type Observer struct {
 }
 
 var (
-	_ tiercache.Observer = (*Observer)(nil)
-	_ tiercache.Tracer   = (*Observer)(nil)
+	_ tiercache.Observer      = (*Observer)(nil)
+	_ tiercache.Tracer        = (*Observer)(nil)
+	_ tiercache.DelayObserver = (*Observer)(nil)
 )
 
 // New returns the observer of the cache named cache, which every
@@ -132,10 +148,13 @@ func (o *Observer) instruments() error {
 		err = errors.Join(err, e)
 		return c
 	}
-	histogram := func(name, desc string) metric.Float64Histogram {
+	histogram := func(name, desc string, buckets ...float64) metric.Float64Histogram {
+		if buckets == nil {
+			buckets = durationBuckets
+		}
 		var h metric.Float64Histogram
 		h, e = m.Float64Histogram(name, metric.WithUnit("s"), metric.WithDescription(desc),
-			metric.WithExplicitBucketBoundaries(durationBuckets...))
+			metric.WithExplicitBucketBoundaries(buckets...))
 		err = errors.Join(err, e)
 		return h
 	}
@@ -159,8 +178,13 @@ func (o *Observer) instruments() error {
 		"Notable things the cache did (coalesced reads, lease waits, stale values served, ...).")
 	o.transitions = counter("tiercache.breaker.transitions", "{transition}",
 		"Changes of the Redis circuit breaker, by the new state (closed, half-open, open).")
+	o.invDelay = histogram("tiercache.invalidation.delay",
+		"Delay of the applied invalidation messages, from the sender's acknowledged write to this instance's L1 drop.",
+		delayBuckets...)
 	o.breakerState = gauge("tiercache.breaker.state", "1",
 		"State of the Redis circuit breaker: 0 closed, 1 half-open, 2 open.")
+	o.nodeState = gauge("tiercache.breaker.node.state", "1",
+		"State of the circuit breaker of each Redis node, by address: 0 closed, 1 half-open, 2 open.")
 	o.l1Entries = gauge("tiercache.l1.entries", "{entry}",
 		"Entries in the in-process tier (L1).")
 	o.l1Weight = gauge("tiercache.l1.weight", "By",
@@ -283,9 +307,18 @@ func (o *Observer) BreakerChanged(_, to tiercache.BreakerState) {
 	o.transitions.Add(ctx, 1, o.stateOpts[to]...)
 }
 
-// Track reports the gauges tiercache.breaker.state, tiercache.l1.entries
-// and tiercache.l1.weight of the cache, read from stats each time the
-// metrics are collected; pass the cache's [tiercache.Cache.Stats] method.
+// InvalidationDelay records the delay of an invalidation message the cache
+// applied, in seconds, into tiercache.invalidation.delay. It implements
+// [tiercache.DelayObserver]: the cache calls it as it applies the message.
+func (o *Observer) InvalidationDelay(d time.Duration) {
+	o.invDelay.Record(context.Background(), d.Seconds(), o.cacheRecord...)
+}
+
+// Track reports the gauges tiercache.breaker.state,
+// tiercache.breaker.node.state (one point per Redis node),
+// tiercache.l1.entries and tiercache.l1.weight of the cache, read from
+// stats each time the metrics are collected; pass the cache's
+// [tiercache.Cache.Stats] method.
 //
 // NOTE: the meter keeps stats, and the cache it belongs to, until the
 // returned registration is unregistered: do so when you close the cache.
@@ -293,11 +326,35 @@ func (o *Observer) Track(stats func() tiercache.Stats) (metric.Registration, err
 	if stats == nil {
 		return nil, fmt.Errorf("%w: nil stats function", ErrInvalidOption)
 	}
+	nodes := &nodeAttrs{cache: o.cache, m: map[string][]metric.ObserveOption{}}
 	return o.meter.RegisterCallback(func(_ context.Context, m metric.Observer) error {
 		s := stats()
 		m.ObserveInt64(o.breakerState, int64(s.BreakerState), o.cacheObs...)
+		for node, st := range s.Breakers {
+			m.ObserveInt64(o.nodeState, int64(st), nodes.of(node)...)
+		}
 		m.ObserveInt64(o.l1Entries, int64(s.L1Entries), o.cacheObs...)
 		m.ObserveInt64(o.l1Weight, int64(min(s.L1Weight, 1<<63-1)), o.cacheObs...)
 		return nil
-	}, o.breakerState, o.l1Entries, o.l1Weight)
+	}, o.breakerState, o.nodeState, o.l1Entries, o.l1Weight)
+}
+
+// nodeAttrs keeps the attribute set of each Redis node a tracked cache has
+// reported, so that a collection builds none for a node seen before. The
+// nodes are the cache's masters: a bounded set.
+type nodeAttrs struct {
+	cache attribute.KeyValue
+	mu    sync.Mutex // collections may run concurrently (one per reader)
+	m     map[string][]metric.ObserveOption
+}
+
+func (n *nodeAttrs) of(node string) []metric.ObserveOption {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	opts, ok := n.m[node]
+	if !ok {
+		opts = newAttrs(n.cache, keyNode.String(node)).observe()
+		n.m[node] = opts
+	}
+	return opts
 }

@@ -29,8 +29,11 @@ type Collector struct {
 	transitions *prometheus.CounterVec   // cache, to
 
 	breakerState *prometheus.Desc // cache
+	nodeState    *prometheus.Desc // cache, node
 	l1Entries    *prometheus.Desc // cache
 	l1Weight     *prometheus.Desc // cache
+	subscribed   *prometheus.Desc // cache
+	invDelay     *prometheus.Desc // cache; a histogram
 
 	mu        sync.Mutex
 	observers map[string]*observer              // by cache name; guarded by mu
@@ -60,9 +63,10 @@ func New(opts ...Option) (*Collector, error) {
 			Buckets: cfg.buckets,
 		}, labels)
 	}
-	gauge := func(name, help string) *prometheus.Desc {
-		return prometheus.NewDesc(prometheus.BuildFQName(namespace, "", name), help, []string{"cache"}, cfg.constLabels)
+	desc := func(name, help string, labels ...string) *prometheus.Desc {
+		return prometheus.NewDesc(prometheus.BuildFQName(namespace, "", name), help, labels, cfg.constLabels)
 	}
+	gauge := func(name, help string) *prometheus.Desc { return desc(name, help, "cache") }
 	c := &Collector{
 		requests: counter("requests_total",
 			"Lookups of a cache tier (l1, l2), by result (hit, miss).", "cache", "tier", "result"),
@@ -82,10 +86,16 @@ func New(opts ...Option) (*Collector, error) {
 			"Changes of the Redis circuit breaker, by the new state (closed, half-open, open).", "cache", "to"),
 		breakerState: gauge("breaker_state",
 			"State of the Redis circuit breaker: 0 closed, 1 half-open, 2 open."),
+		nodeState: desc("breaker_node_state",
+			"State of the circuit breaker of each Redis node, by address: 0 closed, 1 half-open, 2 open.", "cache", "node"),
 		l1Entries: gauge("l1_entries",
 			"Entries in the in-process tier (L1)."),
 		l1Weight: gauge("l1_weight_bytes",
 			"Encoded size of the values in L1, when L1 is bounded by bytes."),
+		subscribed: gauge("subscribed",
+			"Whether the L1 invalidation subscription is up: 1 up, 0 down (or no L1, or invalidation off)."),
+		invDelay: gauge("invalidation_delay_seconds",
+			"Delay of the applied invalidation messages, from the sender's acknowledged write to this instance's L1 drop."),
 		observers: make(map[string]*observer),
 		tracked:   make(map[string]func() tiercache.Stats),
 	}
@@ -110,8 +120,11 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	c.events.Describe(ch)
 	c.transitions.Describe(ch)
 	ch <- c.breakerState
+	ch <- c.nodeState
 	ch <- c.l1Entries
 	ch <- c.l1Weight
+	ch <- c.subscribed
+	ch <- c.invDelay
 }
 
 // Collect sends the current value of every metric: the counters and
@@ -135,17 +148,59 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	for name, stats := range tracked {
 		s := stats()
 		gauge(ch, c.breakerState, float64(s.BreakerState), name)
+		for node, st := range s.Breakers {
+			gauge(ch, c.nodeState, float64(st), name, strings.ToValidUTF8(node, "\uFFFD"))
+		}
 		gauge(ch, c.l1Entries, float64(s.L1Entries), name)
 		gauge(ch, c.l1Weight, float64(s.L1Weight), name)
+		gauge(ch, c.subscribed, b2f(s.Subscribed), name)
+		ch <- delayHistogram(c.invDelay, &s.InvalidationDelay, name)
 	}
 }
 
-func gauge(ch chan<- prometheus.Metric, d *prometheus.Desc, v float64, cache string) {
-	m, err := prometheus.NewConstMetric(d, prometheus.GaugeValue, v, cache)
+func gauge(ch chan<- prometheus.Metric, d *prometheus.Desc, v float64, labels ...string) {
+	m, err := prometheus.NewConstMetric(d, prometheus.GaugeValue, v, labels...)
 	if err != nil {
 		m = prometheus.NewInvalidMetric(d, err)
 	}
 	ch <- m
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// delayBounds are the upper bounds, in seconds, of the buckets of
+// tiercache.DelayHistogram but the last, which has none (the +Inf bucket).
+var delayBounds = func() []float64 {
+	b := make([]float64, tiercache.DelayBuckets-1)
+	for i := range b {
+		b[i] = tiercache.DelayBucketBound(i).Seconds()
+	}
+	return b
+}()
+
+// delayHistogram is h as a Prometheus histogram, with tiercache's buckets.
+// Its count is the sum of the buckets rather than h.Count: the Stats
+// snapshot reads them one after the other, and a message applied meanwhile
+// could otherwise make the +Inf bucket disagree with the others.
+func delayHistogram(d *prometheus.Desc, h *tiercache.DelayHistogram, cache string) prometheus.Metric {
+	cumulative := make(map[float64]uint64, len(delayBounds))
+	var n uint64
+	for i, c := range h.Buckets {
+		n += c
+		if i < len(delayBounds) {
+			cumulative[delayBounds[i]] = n
+		}
+	}
+	m, err := prometheus.NewConstHistogram(d, n, h.Sum.Seconds(), cumulative, cache)
+	if err != nil {
+		m = prometheus.NewInvalidMetric(d, err)
+	}
+	return m
 }
 
 // Observer returns the observer of the cache named cache, for
@@ -171,7 +226,8 @@ func (c *Collector) Observer(cache string) tiercache.Observer {
 }
 
 // Track makes the collector read the gauges of the cache named cache
-// (breaker state, L1 entries and weight) from stats at every scrape;
+// (breaker states, L1 entries and weight, the subscription) and its
+// invalidation delay histogram from stats at every scrape;
 // pass the cache's [tiercache.Cache.Stats] method. Tracking a name again
 // replaces its stats function.
 //

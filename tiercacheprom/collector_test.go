@@ -43,6 +43,9 @@ func newCache(t *testing.T, col *tiercacheprom.Collector, name string, opts ...t
 		tiercache.WithPrefix(prefix),
 		tiercache.WithObserver(col.Observer(name)),
 		tiercache.WithEarlyRefresh(0), // no background loads: the counts are exact
+		// Timeouts that a loaded machine under -race does not reach: a
+		// timed-out call would be one more error in the counts.
+		tiercache.WithReadTimeout(5 * time.Second), tiercache.WithWriteTimeout(5 * time.Second),
 	}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
@@ -171,6 +174,27 @@ var counted = []string{
 	"tiercache_events_total", "tiercache_breaker_transitions_total",
 }
 
+// tracked are the metric families read from the Stats of a tracked cache;
+// the histogram by its count.
+var tracked = []string{
+	"tiercache_breaker_state", "tiercache_breaker_node_state", "tiercache_l1_entries",
+	"tiercache_l1_weight_bytes", "tiercache_subscribed", "tiercache_invalidation_delay_seconds_count",
+}
+
+// foreground drops the samples of the Redis operations that the cache runs
+// on its own schedule rather than a test's calls: the read of the
+// namespace's generation (see tiercache.Cache.Clear), once and then once
+// per health interval, from whichever call comes first.
+func foreground(got map[string]float64) map[string]float64 {
+	out := map[string]float64{}
+	for k, v := range got {
+		if !strings.Contains(k, `op="generation"`) {
+			out[k] = v
+		}
+	}
+	return out
+}
+
 // only keeps the samples of got in the families of names.
 func only(got map[string]float64, names ...string) map[string]float64 {
 	out := map[string]float64{}
@@ -225,6 +249,10 @@ func TestWorkload(t *testing.T) {
 		`tiercache_redis_duration_seconds_count{cache="c",op="fill"}`:    3,
 		`tiercache_redis_duration_seconds_count{cache="c",op="release"}`: 1,
 		`tiercache_events_total{cache="c",event="negative_hit"}`:         1,
+		// Every instance publishes its writes, L1 or not: a Set is one
+		// invalidation message.
+		`tiercache_redis_duration_seconds_count{cache="c",op="publish"}`: 3,
+		`tiercache_events_total{cache="c",event="invalidation_sent"}`:    3,
 	}
 	// With L1, Set fills it, and so do the loads: what was set or loaded
 	// is an L1 hit, and only L1 misses go to Redis.
@@ -272,11 +300,11 @@ func TestWorkload(t *testing.T) {
 			// The failed load gives its lease back in the background: wait
 			// for the release to be counted.
 			got := scrape(t, reg)
-			for deadline := time.Now().Add(2 * time.Second); diff(nonZero(only(got, counted...)), tt.want) != "" && time.Now().Before(deadline); {
+			for deadline := time.Now().Add(2 * time.Second); diff(foreground(nonZero(only(got, counted...))), tt.want) != "" && time.Now().Before(deadline); {
 				time.Sleep(10 * time.Millisecond)
 				got = scrape(t, reg)
 			}
-			if d := diff(nonZero(only(got, counted...)), tt.want); d != "" {
+			if d := diff(foreground(nonZero(only(got, counted...))), tt.want); d != "" {
 				t.Errorf("counters after the workload:\n%s", d)
 			}
 
@@ -301,14 +329,20 @@ func TestWorkload(t *testing.T) {
 				}
 			}
 
-			// The gauges are read from Stats at the scrape.
+			// The gauges are read from Stats at the scrape: one breaker, of
+			// the one node; no subscription (no L1, or invalidation off),
+			// so no invalidation delays.
 			if s.L1Entries != int(tt.l1Entries) {
 				t.Errorf("Stats().L1Entries = %d, want %v", s.L1Entries, tt.l1Entries)
 			}
-			if d := diff(only(got, "tiercache_breaker_state", "tiercache_l1_entries", "tiercache_l1_weight_bytes"), map[string]float64{
-				`tiercache_breaker_state{cache="c"}`:   0,
-				`tiercache_l1_entries{cache="c"}`:      tt.l1Entries,
-				`tiercache_l1_weight_bytes{cache="c"}`: float64(s.L1Weight),
+			node := redistest.SharedServer(t).Addr
+			if d := diff(only(got, tracked...), map[string]float64{
+				`tiercache_breaker_state{cache="c"}`:                          0,
+				`tiercache_breaker_node_state{cache="c",node="` + node + `"}`: 0,
+				`tiercache_l1_entries{cache="c"}`:                             tt.l1Entries,
+				`tiercache_l1_weight_bytes{cache="c"}`:                        float64(s.L1Weight),
+				`tiercache_subscribed{cache="c"}`:                             0,
+				`tiercache_invalidation_delay_seconds_count{cache="c"}`:       0,
 			}); d != "" {
 				t.Errorf("gauges after the workload:\n%s", d)
 			}
@@ -369,7 +403,11 @@ func TestBreaker(t *testing.T) {
 	col, reg := newCollector(t)
 	c, err := tiercache.New[string](rdb,
 		tiercache.WithObserver(col.Observer("flaky")),
-		tiercache.WithBreaker(tiercache.BreakerSettings{ConsecutiveFailures: 3, OpenFor: 50 * time.Millisecond, Probes: 1}))
+		tiercache.WithBreaker(tiercache.BreakerSettings{ConsecutiveFailures: 3, OpenFor: 50 * time.Millisecond, Probes: 1}),
+		// The Set must succeed however loaded the machine (a failed call before
+		// Redis stops would count towards the breaker); with Redis down the
+		// calls fail at once, refused.
+		tiercache.WithReadTimeout(5*time.Second), tiercache.WithWriteTimeout(5*time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -391,8 +429,11 @@ func TestBreaker(t *testing.T) {
 	got := scrape(t, reg)
 	want := map[string]float64{
 		`tiercache_redis_duration_seconds_count{cache="flaky",op="set"}`: 1,
-		`tiercache_redis_duration_seconds_count{cache="flaky",op="get"}`: 3,
-		`tiercache_redis_errors_total{cache="flaky",op="get"}`:           3,
+		// The Set's invalidation message, before Redis went away.
+		`tiercache_redis_duration_seconds_count{cache="flaky",op="publish"}`: 1,
+		`tiercache_events_total{cache="flaky",event="invalidation_sent"}`:    1,
+		`tiercache_redis_duration_seconds_count{cache="flaky",op="get"}`:     3,
+		`tiercache_redis_errors_total{cache="flaky",op="get"}`:               3,
 		// 3 reads failed; the breaker kept the other 2 from Redis, which
 		// are no lookups (breaker_reject counts them).
 		`tiercache_requests_total{cache="flaky",result="miss",tier="l2"}`:  3,
@@ -406,7 +447,7 @@ func TestBreaker(t *testing.T) {
 	if n := s.Count(tiercache.EventRedisTimeout); n > 0 {
 		want[`tiercache_events_total{cache="flaky",event="redis_timeout"}`] = float64(n)
 	}
-	if d := diff(nonZero(only(got, counted...)), want); d != "" {
+	if d := diff(foreground(nonZero(only(got, counted...))), want); d != "" {
 		t.Errorf("counters with Redis down:\n%s", d)
 	}
 	if s.BreakerState != tiercache.BreakerOpen {
@@ -414,6 +455,14 @@ func TestBreaker(t *testing.T) {
 	}
 	if g := got[`tiercache_breaker_state{cache="flaky"}`]; g != 2 {
 		t.Errorf("tiercache_breaker_state = %v, want 2 (open)", g)
+	}
+	// The breaker of the one node, by its address.
+	nodeKey := `tiercache_breaker_node_state{cache="flaky",node="` + srv.Addr + `"}`
+	if d := diff(only(got, "tiercache_breaker_node_state"), map[string]float64{nodeKey: 2}); d != "" {
+		t.Errorf("node breaker gauges with Redis down:\n%s", d)
+	}
+	if s.Breakers[srv.Addr] != tiercache.BreakerOpen {
+		t.Errorf("Stats().Breakers = %v, want %s open", s.Breakers, srv.Addr)
 	}
 
 	// Once Redis is back, a read after OpenFor is the probe that closes
@@ -439,6 +488,9 @@ func TestBreaker(t *testing.T) {
 	if g := got[`tiercache_breaker_state{cache="flaky"}`]; g != 0 {
 		t.Errorf("tiercache_breaker_state = %v, want 0 (closed)", g)
 	}
+	if g, ok := got[nodeKey]; !ok || g != 0 {
+		t.Errorf("%s = %v (present: %v), want 0 (closed)", nodeKey, g, ok)
+	}
 	s = c.Stats()
 	for _, e := range []tiercache.Event{tiercache.EventRedisError, tiercache.EventBreakerReject} {
 		key := fmt.Sprintf(`tiercache_events_total{cache="flaky",event=%q}`, e)
@@ -454,23 +506,38 @@ func TestTrack(t *testing.T) {
 	if err := c.Set(t.Context(), "k", "v"); err != nil {
 		t.Fatal(err)
 	}
-	gauges := func() map[string]float64 {
-		return only(scrape(t, reg), "tiercache_breaker_state", "tiercache_l1_entries", "tiercache_l1_weight_bytes")
-	}
+	gauges := func() map[string]float64 { return only(scrape(t, reg), tracked...) }
+	node := redistest.SharedServer(t).Addr
 	if d := diff(gauges(), map[string]float64{
-		`tiercache_breaker_state{cache="a"}`:   0,
-		`tiercache_l1_entries{cache="a"}`:      1,
-		`tiercache_l1_weight_bytes{cache="a"}`: 0, // L1 bounded by entries
+		`tiercache_breaker_state{cache="a"}`:                          0,
+		`tiercache_breaker_node_state{cache="a",node="` + node + `"}`: 0,
+		`tiercache_l1_entries{cache="a"}`:                             1,
+		`tiercache_l1_weight_bytes{cache="a"}`:                        0, // L1 bounded by entries
+		`tiercache_subscribed{cache="a"}`:                             0, // invalidation off
+		`tiercache_invalidation_delay_seconds_count{cache="a"}`:       0,
 	}); d != "" {
 		t.Errorf("gauges of a tracked cache:\n%s", d)
 	}
 
-	// Tracking a name again replaces its function.
-	col.Track("a", func() tiercache.Stats { return tiercache.Stats{BreakerState: tiercache.BreakerHalfOpen, L1Entries: 7} })
+	// Tracking a name again replaces its function. The node label is a
+	// valid label value whatever the address.
+	col.Track("a", func() tiercache.Stats {
+		return tiercache.Stats{
+			BreakerState: tiercache.BreakerOpen, L1Entries: 7, Subscribed: true,
+			Breakers: map[string]tiercache.BreakerState{
+				"10.0.0.1:6379": tiercache.BreakerClosed, "10.0.0.2:6379": tiercache.BreakerOpen, "bad\xff": tiercache.BreakerHalfOpen,
+			},
+		}
+	})
 	if d := diff(gauges(), map[string]float64{
-		`tiercache_breaker_state{cache="a"}`:   1,
-		`tiercache_l1_entries{cache="a"}`:      7,
-		`tiercache_l1_weight_bytes{cache="a"}`: 0,
+		`tiercache_breaker_state{cache="a"}`:                           2,
+		`tiercache_breaker_node_state{cache="a",node="10.0.0.1:6379"}`: 0,
+		`tiercache_breaker_node_state{cache="a",node="10.0.0.2:6379"}`: 2,
+		"tiercache_breaker_node_state{cache=\"a\",node=\"bad\uFFFD\"}": 1,
+		`tiercache_l1_entries{cache="a"}`:                              7,
+		`tiercache_l1_weight_bytes{cache="a"}`:                         0,
+		`tiercache_subscribed{cache="a"}`:                              1,
+		`tiercache_invalidation_delay_seconds_count{cache="a"}`:        0,
 	}); d != "" {
 		t.Errorf("gauges after Track again:\n%s", d)
 	}

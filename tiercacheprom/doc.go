@@ -15,9 +15,10 @@
 // Counters and histograms are pushed by the observer as the cache works; an
 // observer resolves each labelled series once, so that the read path pays
 // for a few atomic additions and nothing else. The values that are
-// states rather than counts (the breaker state, the size of L1) are read from
-// [tiercache.Cache.Stats] when Prometheus scrapes, for the caches given to
-// [Collector.Track].
+// states rather than counts (the breaker states, the size of L1, the
+// subscription), and the invalidation delay histogram, which the cache
+// keeps itself, are read from [tiercache.Cache.Stats] when Prometheus
+// scrapes, for the caches given to [Collector.Track].
 //
 // # Metrics
 //
@@ -32,9 +33,24 @@
 //	tiercache_redis_errors_total{op}              counter: Redis round trips that failed
 //	tiercache_events_total{event}                 counter: each tiercache.Event, by its String (coalesced, lease_wait, ...)
 //	tiercache_breaker_transitions_total{to}       counter: circuit breaker changes, by new state (closed, half-open, open)
-//	tiercache_breaker_state                       gauge (Track): 0 closed, 1 half-open, 2 open
+//	tiercache_breaker_state                       gauge (Track): 0 closed, 1 half-open, 2 open; the worst of the nodes'
+//	tiercache_breaker_node_state{node}            gauge (Track): the breaker of each Redis node, by address (host:port)
 //	tiercache_l1_entries                          gauge (Track): entries in L1
 //	tiercache_l1_weight_bytes                     gauge (Track): encoded size of L1's values, when L1 is bounded by bytes
+//	tiercache_subscribed                          gauge (Track): 1 while the L1 invalidation subscription is up, else 0
+//	tiercache_invalidation_delay_seconds          histogram (Track): from a write acknowledged on another instance to this one's L1 drop
+//
+// The invalidation delay histogram has tiercache's own buckets
+// ([tiercache.DelayBucketBound]: 16µs, 32µs, ... about 67s, then +Inf),
+// whatever [WithBuckets] says, since the cache counts into them itself. It
+// includes the clock difference between the hosts of the two instances. Its
+// p99 over five minutes, over the instances of a service, is
+//
+//	histogram_quantile(0.99, sum by (le) (rate(tiercache_invalidation_delay_seconds_bucket[5m])))
+//
+// tiercache_breaker_node_state has a series per Redis node the cache has
+// used (one on a single server, one per master on a cluster); none with
+// tiercache.WithoutBreaker.
 //
 // The hit ratio of a cache over five minutes, for example, is
 //

@@ -131,6 +131,7 @@ type config struct {
 	Scenarios    []string      `json:"scenarios"`
 
 	JSON        bool   `json:"-"`
+	Strict      bool   `json:"-"`
 	OutDir      string `json:"-"`
 	RedisURL    string `json:"-"`
 	Cluster     string `json:"-"`
@@ -187,6 +188,8 @@ func demoFlagSet(out io.Writer) (*flag.FlagSet, *config) {
 	fs.Uint64Var(&cfg.Seed, "seed", cfg.Seed, "seed of the key and write choices (the same for every scenario)")
 	fs.StringVar(&cfg.scenario, "scenario", cfg.scenario, "scenario to run: "+strings.Join(allScenarios, ", ")+" or all")
 	fs.BoolVar(&cfg.JSON, "json", false, "print the results as one JSON object on stdout instead of a table")
+	fs.BoolVar(&cfg.Strict, "strict", false,
+		"exit with status 1 if a stale read broke tiercache's documented bound (after the report)")
 	fs.StringVar(&cfg.OutDir, "out", cfg.OutDir, "write the plots and report.html to this `dir` (\"\" for none)")
 	fs.StringVar(&cfg.RedisURL, "redis", "", "use the Redis server at this `URL` (redis://host:port/db) instead of an embedded one")
 	fs.StringVar(&cfg.Cluster, "cluster", "", "use the Redis Cluster with these seed `addrs` (host:port,...)")
@@ -429,6 +432,9 @@ func runDemo(ctx context.Context, cfg config, stdout, stderr io.Writer) error {
 	}
 	if interrupted != nil {
 		return fmt.Errorf("interrupted: %w", interrupted)
+	}
+	if n, names := rep.beyondBound(); cfg.Strict && n > 0 {
+		return fmt.Errorf("--strict: %d stale reads broke the documented bound (%s)", n, strings.Join(names, ", "))
 	}
 	return nil
 }

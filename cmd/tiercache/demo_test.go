@@ -84,17 +84,27 @@ func checkReport(t *testing.T, rep *report) {
 	t.Helper()
 	s := byName(t, rep)
 	for _, r := range rep.Scenarios {
-		t.Logf("%-9s requests %6d  hit %5.1f%%  L1 %5.1f%%  loads %5d  peak %3d  p50 %8.0fµs  p99 %8.0fµs  errors %d  stale %d (same instance %d, late %d)",
+		t.Logf("%-9s requests %6d  hit %5.1f%%  L1 %5.1f%%  loads %5d  peak %3d  p50 %8.0fµs  p99 %8.0fµs  errors %d  stale %d (same instance %d, beyond the bound %d)",
 			r.Name, r.Requests, 100*r.HitRatio, 100*r.L1HitRatio, r.LoaderCalls, r.LoaderPeakPer100ms,
-			r.P50us, r.P99us, r.Errors, r.StaleReads, r.StaleSame, r.StaleLate)
+			r.P50us, r.P99us, r.Errors, r.StaleReads, r.StaleSame, r.StaleBeyond)
 		if r.Errors != 0 {
 			t.Errorf("%s: %d errors; first: %s", r.Name, r.Errors, r.FirstError)
 		}
 		if r.Reads == 0 || r.Requests != r.Reads+r.Writes {
 			t.Errorf("%s: %d requests, %d reads, %d writes", r.Name, r.Requests, r.Reads, r.Writes)
 		}
-		if len(r.LoaderPer100ms) != 15 {
-			t.Errorf("%s: %d windows of loader calls, want 15 for 1.5s", r.Name, len(r.LoaderPer100ms))
+		if len(r.LoaderPer100ms) != 15 || len(r.StalePer100ms) != 15 {
+			t.Errorf("%s: %d windows of loader calls, %d of stale reads, want 15 for 1.5s", r.Name, len(r.LoaderPer100ms), len(r.StalePer100ms))
+		}
+		var stale uint64
+		for _, n := range r.StalePer100ms {
+			stale += n
+		}
+		if stale > r.StaleReads {
+			t.Errorf("%s: %d stale reads in the windows, %d in all", r.Name, stale, r.StaleReads)
+		}
+		if r.Judged != (r.Name == scenarioFull) {
+			t.Errorf("%s: judged %v", r.Name, r.Judged)
 		}
 		if r.P50us <= 0 || r.P50us > r.P99us || r.P99us > r.P999us {
 			t.Errorf("%s: percentiles out of order: p50 %v p99 %v p99.9 %v", r.Name, r.P50us, r.P99us, r.P999us)
@@ -123,18 +133,36 @@ func checkReport(t *testing.T, rep *report) {
 		t.Errorf("full: no tiercache counters: %+v", full.Tiercache)
 	}
 	checkStale(t, full)
+	checkDelays(t, full)
 }
 
-// checkStale checks the full scenario's stale reads. tiercache promises
-// that a read on the instance that wrote sees the write, and reads on other
-// instances once the invalidation reaches them (invalidationWindow).
+// checkStale checks the full scenario's stale reads against tiercache's
+// bound: a read on the instance that wrote sees the write, and reads on
+// other instances once that instance applied the invalidation.
 func checkStale(t *testing.T, full *scenarioResult) {
 	t.Helper()
-	if full.StaleSame == 0 && full.StaleLate == 0 {
+	if got := full.StaleWithin + full.StaleOutage + full.StaleBeyond + full.StaleUnjudged; got != full.StaleReads {
+		t.Errorf("full: %d stale reads, %d judged or not", full.StaleReads, got)
+	}
+	if full.StaleBeyond == 0 {
 		return
 	}
-	t.Errorf("full: %d stale reads, %d on the writer's instance, %d on others later than %v; e.g. %+v",
-		full.StaleReads, full.StaleSame, full.StaleLate, invalidationWindow, full.StaleSamples)
+	t.Errorf("full: %d stale reads, %d beyond the bound (%d on the writer's instance); e.g. %+v",
+		full.StaleReads, full.StaleBeyond, full.StaleSame, full.StaleSamples)
+}
+
+// checkDelays checks the full scenario's invalidation delays: its
+// instances applied each other's messages, and the figures are in order.
+func checkDelays(t *testing.T, full *scenarioResult) {
+	t.Helper()
+	d := full.InvalidationDelay
+	if d == nil || d.Messages == 0 {
+		t.Fatalf("full: no invalidation delays (%+v) after %d writes over %d instances",
+			d, full.Writes, 2)
+	}
+	if !(0 < d.P50MS && d.P50MS <= d.P99MS && d.P99MS <= d.P999MS && d.P999MS <= d.MaxMS && d.MeanMS <= d.MaxMS) {
+		t.Errorf("full: invalidation delays out of order: %+v", d)
+	}
 }
 
 func TestDemoEmbedded(t *testing.T) {
@@ -151,7 +179,8 @@ func TestDemoEmbedded(t *testing.T) {
 }
 
 // outputFiles are the files the demo writes into its --out directory.
-var outputFiles = []string{"loader_calls.png", "loader_calls.svg", "read_latency.png", "read_latency.svg", "report.html"}
+var outputFiles = []string{"loader_calls.png", "loader_calls.svg", "read_latency.png", "read_latency.svg",
+	"stale_reads.png", "stale_reads.svg", "report.html"}
 
 // checkOutputs checks the plots and report.html in dir, and that listing
 // (the demo's output) gives their paths.
@@ -182,7 +211,8 @@ func checkOutputs(t *testing.T, dir, listing string) {
 				t.Errorf("%s is not an SVG", name)
 			}
 		case ".html":
-			for _, want := range []string{"<table>", `src="data:image/svg`, ">full<", ">aside<"} {
+			for _, want := range []string{"<table>", `src="data:image/svg`, ">full<", ">aside<", "<h2>Freshness</h2>",
+				"<h2>Stale reads over time</h2>", ">delay p50<"} {
 				if !bytes.Contains(b, []byte(want)) {
 					t.Errorf("report.html lacks %q", want)
 				}
@@ -316,18 +346,23 @@ func TestTableWidth(t *testing.T) {
 		rep.Scenarios = append(rep.Scenarios, &scenarioResult{
 			Name: name, Reads: 999_999, HitRatio: 1, HasL1: true, L1HitRatio: 1,
 			LoaderCalls: 999_999, LoaderPeakPer100ms: 999_999, SteadyPeakToMean: 999.99,
-			P50us: 999_900, P99us: 999_900, P999us: 999_900,
-			Errors: 999_999, ReadErrors: 999_999, StaleReads: 999_999, StaleSame: 1, StaleLate: 1,
-			FirstError:   "tiercache: GET k000001: redis: connection pool timeout after waiting for a connection for a long while",
-			StaleSamples: []staleSample{{Key: "k000001", Got: 12345, Acked: 12346, LagAfterAck: 123.45, ReadDuration: 12.34}},
+			P50us: 99_949, P99us: 99_949, P999us: 99_949, // the widest: 99.9ms
+			Errors: 999_999, ReadErrors: 999_999, StaleReads: 999_999, StaleSame: 1,
+			Judged: true, StaleBeyond: 999_999, StaleWithin: 999_999, StaleOutage: 999_999, StaleUnjudged: 999_999,
+			InvalidationDelay: &delaySummary{Messages: 999_999, MeanMS: 99.949, P50MS: 99.949, P99MS: 99.949, P999MS: 99.949, MaxMS: 99.949},
+			FirstError:        "tiercache: GET k000001: redis: connection pool timeout after waiting for a connection for a long while",
+			StaleSamples: []staleSample{{Key: "k000001", Got: 12345, Acked: 12346, LagAfterAck: 123.45, ReadDuration: 12.34,
+				BeyondBound: true, Verdict: (&staleRead{verdict: beyondApplied, delayThen: 99 * time.Millisecond}).why()}},
 		})
 	}
 	var out bytes.Buffer
 	rep.writeHeader(&out)
 	rep.writeTable(&out, false)
 	checkWidth(t, out.String())
-	if want := "\ncoalesced  999999  100.0%"; !strings.Contains(out.String(), want) {
-		t.Errorf("the table has no row %q", want)
+	for _, want := range []string{"\ncoalesced  999999  100.0%", "\nscenario   messages  delay p50"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("the tables have no row %q", want)
+		}
 	}
 	if t.Failed() {
 		t.Logf("the output:\n%s", out.String())

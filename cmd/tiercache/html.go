@@ -41,45 +41,65 @@ li { margin-bottom: 0.6em; }
 <h2>Results</h2>
 <table>
 <tr>{{range .Columns}}<th>{{.}}</th>{{end}}</tr>
-{{range .Rows}}<tr>{{range $c := .Cells}}<td>{{$c}}</td>{{end}}</tr>
+{{range .Rows}}<tr{{if .Bad}} class="bad"{{end}}>{{range $c := .Cells}}<td>{{$c}}</td>{{end}}</tr>
 {{end}}</table>
 <p class="note">{{.Legend}}</p>
 <ul>
 {{range .Rows}}<li><b>{{.Name}}</b>: {{.Description}}{{range .Notes}}<br>{{if .Sample}}&emsp;{{end}}<span{{if .Bad}} class="bad"{{end}}>{{.Text}}</span>{{end}}</li>
 {{end}}</ul>
+<h2>Freshness</h2>
+<table>
+<tr>{{range .FreshColumns}}<th>{{.}}</th>{{end}}</tr>
+{{range .Rows}}<tr{{if .FreshBad}} class="bad"{{end}}>{{range $c := .FreshCells}}<td>{{$c}}</td>{{end}}</tr>
+{{end}}</table>
+<p class="note">{{.FreshLegend}}</p>
 <h2>Loader calls over time</h2>
-<p><img alt="loader calls per 100 ms, a line per scenario" src="{{.LoaderSVG}}"></p>
+<p><img alt="loader calls per 100 ms, a line per scenario, and a marker at one TTL" src="{{.LoaderSVG}}"></p>
 <h2>Read latency</h2>
 <p><img alt="read latency percentiles, a line per scenario" src="{{.LatencySVG}}"></p>
+<h2>Stale reads over time</h2>
+<p><img alt="stale reads per 100 ms, a line per scenario, those beyond the bound as crosses, and a marker at one TTL" src="{{.StaleSVG}}"></p>
 </body>
 </html>
 `))
 
 type htmlRow struct {
 	Name, Description string
-	Cells             []string
+	Cells, FreshCells []string
+	Bad, FreshBad     bool
 	Notes             []note
 }
 
-func writeHTML(path string, rep *report, loaderSVG, latencySVG []byte) error {
+// writeHTML writes report.html with the plots in svgs, by name.
+func writeHTML(path string, rep *report, svgs map[string][]byte) error {
 	data := struct {
-		Rep                   *report
-		Generated, Version    string
-		Rate, WritePct        string
-		Columns               []string
-		Legend                string
-		Rows                  []htmlRow
-		LoaderSVG, LatencySVG template.URL
+		Rep                             *report
+		Generated, Version              string
+		Rate, WritePct                  string
+		Columns, FreshColumns           []string
+		Legend, FreshLegend             string
+		Rows                            []htmlRow
+		LoaderSVG, LatencySVG, StaleSVG template.URL
 	}{
 		Rep: rep, Generated: time.Now().Format(time.RFC1123), Version: version(),
 		Rate: rateText(rep.Config.Rate), WritePct: pct(rep.Config.WriteRatio),
-		Columns:    tableColumns,
-		Legend:     tableLegend,
-		LoaderSVG:  svgDataURI(loaderSVG),
-		LatencySVG: svgDataURI(latencySVG),
+		Columns: tableColumns, FreshColumns: freshColumns,
+		Legend: tableLegend, FreshLegend: freshLegend,
+		LoaderSVG:  svgDataURI(svgs[loaderPlot]),
+		LatencySVG: svgDataURI(svgs[latencyPlot]),
+		StaleSVG:   svgDataURI(svgs[stalePlot]),
+	}
+	// The cells without the mark, which the row's class shows instead.
+	cells := func(row []string) ([]string, bool) {
+		if n := len(row); n > 0 && row[n-1] == badMark {
+			return row[:n-1], true
+		}
+		return row, false
 	}
 	for _, r := range rep.Scenarios {
-		hr := htmlRow{Name: r.Name, Description: r.Description, Cells: r.tableRow(), Notes: r.notes()}
+		hr := htmlRow{Name: r.Name, Description: r.Description, Notes: r.notes()}
+		hr.Cells, hr.Bad = cells(r.tableRow())
+		hr.FreshCells, hr.FreshBad = cells(r.freshRow())
 		data.Rows = append(data.Rows, hr)
 	}
 	var buf bytes.Buffer

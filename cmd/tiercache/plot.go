@@ -20,9 +20,13 @@ import (
 const (
 	loaderPlot  = "loader_calls"
 	latencyPlot = "read_latency"
+	stalePlot   = "stale_reads"
 	plotWidth   = 9 * vg.Inch
 	plotHeight  = 4.5 * vg.Inch
 )
+
+// plotNames are the plots, in the order they are written and shown.
+var plotNames = []string{loaderPlot, latencyPlot, stalePlot}
 
 // writeOutputs writes the plots (PNG and SVG) and report.html into dir and
 // returns the files' paths.
@@ -38,9 +42,12 @@ func writeOutputs(dir string, rep *report) ([]string, error) {
 	if plots[latencyPlot], err = latencyPercentilesPlot(rep); err != nil {
 		return nil, err
 	}
+	if plots[stalePlot], err = staleReadsPlot(rep); err != nil {
+		return nil, err
+	}
 	var files []string
 	svgs := map[string][]byte{}
-	for _, name := range []string{loaderPlot, latencyPlot} {
+	for _, name := range plotNames {
 		for _, format := range []string{"png", "svg"} {
 			b, err := render(plots[name], format)
 			if err != nil {
@@ -57,7 +64,7 @@ func writeOutputs(dir string, rep *report) ([]string, error) {
 		}
 	}
 	path := filepath.Join(dir, "report.html")
-	if err := writeHTML(path, rep, svgs[loaderPlot], svgs[latencyPlot]); err != nil {
+	if err := writeHTML(path, rep, svgs); err != nil {
 		return nil, err
 	}
 	return append(files, path), nil
@@ -116,7 +123,83 @@ func loaderCallsPlot(rep *report) (*plot.Plot, error) {
 	p.Y.Min, p.Y.Max = 0, p.Y.Max*1.35
 	p.X.Min = 0
 	p.X.Tick.Marker = secondTicks{}
-	return p, nil
+	return p, addTTLMarker(p, rep)
+}
+
+// addTTLMarker draws a dashed vertical line at one TTL after the start on
+// a plot over time, whose Y range is set: where the values loaded at the
+// start begin to expire. None when the scenarios ended before.
+func addTTLMarker(p *plot.Plot, rep *report) error {
+	ttl := rep.Config.TTL.Seconds()
+	longest := 0
+	for _, r := range rep.Scenarios {
+		longest = max(longest, len(r.LoaderPer100ms))
+	}
+	if ttl >= float64(longest)*windowWidth.Seconds() {
+		return nil
+	}
+	l, err := plotter.NewLine(plotter.XYs{{X: ttl, Y: p.Y.Min}, {X: ttl, Y: p.Y.Max}})
+	if err != nil {
+		return err
+	}
+	l.Color = color.Gray{Y: 96}
+	l.Width = vg.Points(1)
+	l.Dashes = []vg.Length{vg.Points(5), vg.Points(3)}
+	p.Add(l)
+	p.Legend.Add(fmt.Sprintf("one TTL (%v)", rep.Config.TTL), l)
+	return nil
+}
+
+// staleReadsPlot draws the stale reads per 100 ms window over time, a line
+// per scenario, and, as crosses, those beyond tiercache's documented bound
+// (judged scenarios only), with the one-TTL marker: the stale set of
+// cache-aside lives until the value expires.
+func staleReadsPlot(rep *report) (*plot.Plot, error) {
+	p := plot.New()
+	p.Title.Text = "Stale reads per 100 ms"
+	p.X.Label.Text = "time since the scenario started (s)"
+	p.Y.Label.Text = "stale reads per 100 ms"
+	p.Legend.Top = true
+	p.Add(plotter.NewGrid())
+	at := func(i int) float64 { return (float64(i) + 0.5) * windowWidth.Seconds() }
+	top := 1.0
+	for _, r := range rep.Scenarios {
+		if len(r.StalePer100ms) == 0 {
+			continue
+		}
+		pts := make(plotter.XYs, len(r.StalePer100ms))
+		for i, n := range r.StalePer100ms {
+			pts[i] = plotter.XY{X: at(i), Y: float64(n)}
+			top = max(top, float64(n))
+		}
+		l, err := plotter.NewLine(pts)
+		if err != nil {
+			return nil, err
+		}
+		l.Color = scenarioColor(r.Name)
+		l.Width = vg.Points(1.5)
+		p.Add(l)
+		p.Legend.Add(fmt.Sprintf("%s (%d stale)", r.Name, r.StaleReads), l)
+		var beyond plotter.XYs
+		for i, n := range r.StaleBeyondPer100ms {
+			if n > 0 {
+				beyond = append(beyond, plotter.XY{X: at(i), Y: float64(n)})
+			}
+		}
+		if len(beyond) > 0 {
+			sc, err := plotter.NewScatter(beyond)
+			if err != nil {
+				return nil, err
+			}
+			sc.Color, sc.Shape, sc.Radius = color.RGBA{R: 200, A: 255}, draw.CrossGlyph{}, vg.Points(4)
+			p.Add(sc)
+			p.Legend.Add(fmt.Sprintf("%s beyond the bound (%d)", r.Name, r.StaleBeyond), sc)
+		}
+	}
+	p.Y.Min, p.Y.Max = 0, top*1.35 // room above for the legend
+	p.X.Min = 0
+	p.X.Tick.Marker = secondTicks{}
+	return p, addTTLMarker(p, rep)
 }
 
 // secondTicks marks every second (every 5 or 10 on long runs) of the

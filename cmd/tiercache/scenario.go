@@ -17,6 +17,7 @@ type scenarioParams struct {
 	prefix   string
 	progress *progress
 	metrics  *metrics
+	fresh    *freshness // nil unless the scenario's stale reads are judged
 }
 
 // opTimeout bounds one request. The scenario's end does not cancel the
@@ -29,12 +30,16 @@ const windowWidth = 100 * time.Millisecond
 // maxStaleSamples bounds the stale reads described in the report.
 const maxStaleSamples = 8
 
-// invalidationWindow is how long after a write the demo lets a read on
-// another instance still see the old value without calling it late:
-// tiercache drops other instances' L1 copies when its pub/sub message
-// reaches them, "normally within a millisecond or two of the write
-// returning". Reads on the writer's own instance get no such window.
-const invalidationWindow = 10 * time.Millisecond
+// testWrapService, when set (by tests only), wraps each scenario's
+// service, so that a test can make reads return what it likes.
+var testWrapService func(service) service
+
+// subscriptions is a service whose instances have an invalidation
+// subscription.
+type subscriptions interface {
+	// subscribed reports whether instance inst's subscription is up.
+	subscribed(inst int) bool
+}
 
 // runScenario runs one scenario for cfg.Duration and returns its figures.
 func runScenario(ctx context.Context, p scenarioParams) (*scenarioResult, error) {
@@ -43,9 +48,19 @@ func runScenario(ctx context.Context, p scenarioParams) (*scenarioResult, error)
 	// The windows start with the workers; the database is made first so
 	// that the services can hold it.
 	db := newDatabase(cfg.Keys, cfg.LoadLatency, cfg.LoadJitter, nil)
+	if judgedScenario(p.name) {
+		p.fresh = newFreshness(cfg.Instances, cfg.Duration)
+	}
+	defer p.fresh.stop() // on the error paths; after the instances are closed otherwise
 	svc, err := newService(p, db)
 	if err != nil {
 		return nil, err
+	}
+	if sub, ok := svc.(subscriptions); ok {
+		p.fresh.watch(sub.subscribed)
+	}
+	if testWrapService != nil {
+		svc = testWrapService(svc)
 	}
 	defer func() {
 		cctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -65,6 +80,7 @@ func runScenario(ctx context.Context, p scenarioParams) (*scenarioResult, error)
 	workers := make([]*workerStats, cfg.Workers)
 	start := time.Now()
 	db.windows = newWindows(start, windowWidth, cfg.Duration)
+	staleWin := newWindows(start, windowWidth, cfg.Duration)
 	p.progress.start(p.name, cfg.Duration, func() progressSnapshot {
 		return progressSnapshot{reads: live.reads.Load(), loads: db.calls.Load(), errors: live.errors.Load()}
 	})
@@ -79,7 +95,7 @@ func runScenario(ctx context.Context, p scenarioParams) (*scenarioResult, error)
 			runWorker(ctx, worker{
 				id: w, inst: w % cfg.Instances, cfg: cfg, db: db, svc: svc,
 				ops: newOpSource(cfg, w, perm), pace: newPacer(cfg.Rate, cfg.Workers, w, start),
-				stop: stop, stats: ws, live: &live,
+				stop: stop, stats: ws, live: &live, fresh: p.fresh, staleWin: staleWin,
 			})
 		})
 	}
@@ -100,12 +116,28 @@ func runScenario(ctx context.Context, p scenarioParams) (*scenarioResult, error)
 	if err := svc.close(); err != nil {
 		return nil, fmt.Errorf("closing: %w", err)
 	}
-	windows := db.windows.counts()
+	// The instances are closed: no message is applied any more, and the
+	// stale reads can be judged.
+	p.fresh.stop()
+	windows, stale := db.windows.counts(), staleWin.counts()
 	if ctx.Err() != nil {
 		// Interrupted: only the windows that passed.
-		windows = windows[:min(len(windows), int(elapsed/windowWidth))]
+		n := min(len(windows), int(elapsed/windowWidth))
+		windows, stale = windows[:n], stale[:n]
 	}
-	res := summarize(p.name, cfg, elapsed, loaderCalls, windows, workers, cs)
+	beyond := make([]uint64, len(windows))
+	if p.fresh != nil {
+		for _, w := range workers {
+			for i := range w.staleReads {
+				r := &w.staleReads[i]
+				p.fresh.judge(r)
+				if wi := (r.start - start.UnixNano()) / int64(windowWidth); r.verdict.beyond() && wi >= 0 && wi < int64(len(beyond)) {
+					beyond[wi]++
+				}
+			}
+		}
+	}
+	res := summarize(p.name, cfg, elapsed, loaderCalls, timeSeries{loads: windows, stale: stale, beyond: beyond}, workers, cs)
 	res.Interrupted = ctx.Err() != nil
 	res.SetupMS = float64(start.Sub(setupStart).Microseconds()) / 1000
 	return res, nil
@@ -124,11 +156,14 @@ type workerStats struct {
 	readErrs, writeErrs  uint64
 	firstErr             error
 	stale, staleSameInst uint64
-	staleLate            uint64 // on another instance, after invalidationWindow
 	staleMaxLag          time.Duration
-	staleSamples         []staleSample
-	hist                 histogram
-	wrongKey             uint64
+	// staleReads are the stale reads kept: in a judged scenario for
+	// judging (up to maxJudged over the workers; staleUnkept counts the
+	// others), else the first maxStaleSamples, as samples.
+	staleReads  []staleRead
+	staleUnkept uint64
+	hist        histogram
+	wrongKey    uint64
 }
 
 // staleSample describes one stale read.
@@ -140,6 +175,18 @@ type staleSample struct {
 	WriterInst   int     `json:"writer_instance"`
 	LagAfterAck  float64 `json:"started_ms_after_ack"`
 	ReadDuration float64 `json:"read_ms"`
+	// Judged scenarios only: whether the read broke the bound, and why.
+	BeyondBound bool   `json:"beyond_bound,omitempty"`
+	Verdict     string `json:"verdict,omitempty"`
+}
+
+func newStaleSample(r *staleRead) staleSample {
+	return staleSample{
+		Key: keyName(r.key), Got: r.got, Acked: r.acked, ReaderInst: r.reader, WriterInst: r.writer,
+		LagAfterAck:  float64(r.lag().Microseconds()) / 1000,
+		ReadDuration: float64(r.took.Microseconds()) / 1000,
+		BeyondBound:  r.verdict.beyond(), Verdict: r.why(),
+	}
 }
 
 type worker struct {
@@ -152,6 +199,8 @@ type worker struct {
 	stop     <-chan struct{}
 	stats    *workerStats
 	live     *liveCounters
+	fresh    *freshness // nil unless the stale reads are judged
+	staleWin *windows   // stale reads per window
 }
 
 func runWorker(ctx context.Context, w worker) {
@@ -183,8 +232,7 @@ func interrupted(ctx context.Context, err error) bool {
 }
 
 func (w *worker) doRead(ctx context.Context, k int) {
-	r := &w.db.rows[k]
-	ackedBefore := r.acked.Load()
+	acked := w.db.lastAck(k)
 	start := time.Now()
 	got, err := w.svc.read(ctx, w.inst, k)
 	d := time.Since(start)
@@ -205,26 +253,28 @@ func (w *worker) doRead(ctx context.Context, k int) {
 		w.fail(fmt.Errorf("read of %s returned the row of %q", keyName(k), got.Key))
 		return
 	}
-	if got.Version >= ackedBefore {
+	if got.Version >= acked.version {
 		return
 	}
 	st.stale++
-	writer := int(r.ackedBy.Load())
-	lag := start.Sub(time.Unix(0, r.ackedAt.Load()))
-	switch {
-	case writer == w.inst:
-		st.staleSameInst++
-	case lag > invalidationWindow:
-		st.staleLate++
+	w.staleWin.add(start)
+	sr := staleRead{
+		key: k, got: got.Version, acked: acked.version, reader: w.inst, writer: acked.by,
+		start: start.UnixNano(), ack: acked.at, took: d,
 	}
-	st.staleMaxLag = max(st.staleMaxLag, lag)
-	if len(st.staleSamples) < maxStaleSamples {
-		st.staleSamples = append(st.staleSamples, staleSample{
-			Key: keyName(k), Got: got.Version, Acked: ackedBefore,
-			ReaderInst: w.inst, WriterInst: writer,
-			LagAfterAck:  float64(lag.Microseconds()) / 1000,
-			ReadDuration: float64(d.Microseconds()) / 1000,
-		})
+	if sr.writer == w.inst {
+		st.staleSameInst++
+	}
+	st.staleMaxLag = max(st.staleMaxLag, sr.lag())
+	switch {
+	case w.fresh != nil:
+		if w.fresh.keep() {
+			st.staleReads = append(st.staleReads, sr)
+		} else {
+			st.staleUnkept++
+		}
+	case len(st.staleReads) < maxStaleSamples:
+		st.staleReads = append(st.staleReads, sr)
 	}
 }
 

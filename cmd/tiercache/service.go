@@ -136,6 +136,7 @@ func scenarioOptions(name string, cfg *config) []tiercache.Option {
 	case scenarioFull:
 		return []tiercache.Option{
 			tiercache.WithL1(cfg.L1Size),
+			tiercache.WithL1TTL(l1MaxTTL), tiercache.WithL1OutageTTL(l1OutageTTL), // the bound's backstops
 			tiercache.WithStaleWhileRevalidate(cfg.TTL / 2),
 			tiercache.WithStaleIfError(cfg.TTL),
 		}
@@ -159,7 +160,7 @@ func newTiercacheService(p scenarioParams, db *database) (*tiercacheService, err
 			tiercache.WithWriteTimeout(p.cfg.WriteTimeout),
 		}, scenarioOptions(p.name, &p.cfg)...)
 		name := fmt.Sprintf("%s/%d", p.name, inst)
-		if o := p.metrics.observer(name); o != nil {
+		if o := p.fresh.observer(inst, p.metrics.observer(name)); o != nil {
 			opts = append(opts, tiercache.WithObserver(o))
 		}
 		c, err := tiercache.New[row](rdb, opts...)
@@ -171,8 +172,26 @@ func newTiercacheService(p scenarioParams, db *database) (*tiercacheService, err
 		s.names = append(s.names, name)
 		p.metrics.track(name, c.Stats)
 	}
+	if p.fresh != nil {
+		s.waitSubscribed(subscribeWait)
+	}
 	return s, nil
 }
+
+// waitSubscribed waits, at most for limit, until every instance's
+// invalidation subscription is up, so that the scenario starts as it runs.
+func (s *tiercacheService) waitSubscribed(limit time.Duration) {
+	deadline := time.Now().Add(limit)
+	for inst := 0; inst < len(s.caches) && time.Now().Before(deadline); {
+		if s.subscribed(inst) {
+			inst++
+		} else {
+			time.Sleep(time.Millisecond)
+		}
+	}
+}
+
+func (s *tiercacheService) subscribed(inst int) bool { return s.caches[inst].Stats().Subscribed }
 
 func (s *tiercacheService) read(ctx context.Context, inst, key int) (row, error) {
 	return s.caches[inst].GetOrLoad(ctx, keyName(key), s.loaders[key])
@@ -201,8 +220,25 @@ func (s *tiercacheService) cacheStats() *tiercache.Stats {
 		sum.L1Entries += st.L1Entries
 		sum.L1Weight += st.L1Weight
 		sum.BreakerState = max(sum.BreakerState, st.BreakerState)
+		for node, b := range st.Breakers {
+			if sum.Breakers == nil {
+				sum.Breakers = map[string]tiercache.BreakerState{}
+			}
+			sum.Breakers[node] = max(sum.Breakers[node], b)
+		}
+		mergeDelays(&sum.InvalidationDelay, &st.InvalidationDelay)
 	}
 	return &sum
+}
+
+// mergeDelays adds the delays of o to h.
+func mergeDelays(h, o *tiercache.DelayHistogram) {
+	for i, n := range o.Buckets {
+		h.Buckets[i] += n
+	}
+	h.Count += o.Count
+	h.Sum += o.Sum
+	h.Max = max(h.Max, o.Max)
 }
 
 func (s *tiercacheService) close() error {

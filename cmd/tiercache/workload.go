@@ -38,14 +38,11 @@ type database struct {
 
 type dbRow struct {
 	version atomic.Uint64
-	// acked is the highest acknowledged write version. ackedAt (unix ns)
-	// and ackedBy (instance) describe the write that set it, for the
-	// report of a stale read; they are stored after acked, so a reader may
-	// pair a new acked with the previous write's details, which only
-	// makes the reported lag an underestimate.
-	acked   atomic.Uint64
-	ackedAt atomic.Int64
-	ackedBy atomic.Int32
+	// acked is the acknowledgement of the highest acknowledged write
+	// version (nil: none yet): the version, when and by which instance, in
+	// one record, so that a reader never pairs a version with another
+	// write's time.
+	acked atomic.Pointer[ack]
 	// mu serializes the writers of the key in write-through (set) mode, as
 	// a row lock held until the cache is written would: without it two
 	// writers could write the cache in the opposite order of the database,
@@ -84,21 +81,35 @@ func (db *database) load(ctx context.Context, i int) (row, error) {
 // update writes key i in the database and returns its new version.
 func (db *database) update(i int) uint64 { return db.rows[i].version.Add(1) }
 
+// ack is the acknowledgement of a write.
+type ack struct {
+	version uint64
+	at      int64 // Unix ns, taken once the write returned
+	by      int   // the instance that made the write
+}
+
 // ack records that write version v of key i, made by instance inst, is
 // acknowledged: from now on a read must not return an older version.
 func (db *database) ack(i int, v uint64, inst int) {
 	r := &db.rows[i]
+	a := &ack{version: v, at: time.Now().UnixNano(), by: inst}
 	for {
 		cur := r.acked.Load()
-		if cur >= v {
+		if cur != nil && cur.version >= v {
 			return
 		}
-		if r.acked.CompareAndSwap(cur, v) {
-			r.ackedAt.Store(time.Now().UnixNano())
-			r.ackedBy.Store(int32(inst))
+		if r.acked.CompareAndSwap(cur, a) {
 			return
 		}
 	}
+}
+
+// lastAck returns row i's latest acknowledgement (the zero ack if none).
+func (db *database) lastAck(i int) ack {
+	if a := db.rows[i].acked.Load(); a != nil {
+		return *a
+	}
+	return ack{}
 }
 
 func keyName(i int) string { return fmt.Sprintf("k%06d", i) }
