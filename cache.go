@@ -122,6 +122,13 @@ func build[V any](rdb redis.UniversalClient, opts []Option) (*Cache[V], error) {
 	}
 	c.life, c.stop = context.WithCancel(context.Background())
 	c.st = newStore(rdb, &cfg, c.rec, c.log, c.life, c.breakerChanged)
+	c.st.onNewGeneration = func() {
+		c.flight.ForgetAll()
+		if c.l1 != nil {
+			c.l1.flush()
+			c.rec.event(EventL1Flush)
+		}
+	}
 	if c.l1, err = newLocal[V](&cfg); err != nil {
 		c.stop()
 		return nil, fmt.Errorf("%w: L1: %w", ErrInvalidOption, err)

@@ -50,6 +50,9 @@ type store struct {
 	genKnown atomic.Bool
 	genAt    atomic.Int64  // when it was last read (Unix µs)
 	genEvery time.Duration // how often it is read again (the health interval)
+	// onNewGeneration is called when a read finds a newer generation than
+	// this instance knew (its Clear message was lost): L1 must go too.
+	onNewGeneration func()
 
 	// local is the store of an L1-only cache (NewLocal): no Redis at all.
 	// Every read misses, every lease is granted, every write "lands", and
@@ -689,10 +692,18 @@ func (s *store) refreshGeneration(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	for cur := s.gen.Load(); g > cur && !s.gen.CompareAndSwap(cur, g); cur = s.gen.Load() {
+	advanced := false
+	for cur := s.gen.Load(); g > cur; cur = s.gen.Load() {
+		if s.gen.CompareAndSwap(cur, g) {
+			advanced = s.genKnown.Load() // not the first read: a Clear this instance had not heard of
+			break
+		}
 	}
 	s.genAt.Store(nowMicro())
 	s.genKnown.Store(true)
+	if advanced && s.onNewGeneration != nil {
+		s.onNewGeneration()
+	}
 	return nil
 }
 

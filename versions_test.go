@@ -153,6 +153,21 @@ func TestClearHidesEverythingEverywhere(t *testing.T) {
 				t.Fatalf("%s reads %q, %v after a write following the Clear", name, v, err)
 			}
 		}
+		// A Clear whose message is lost (the generation moved in Redis and
+		// nobody was told) reaches an instance with L1 within its health
+		// interval: its L1 is flushed too.
+		quick := newCacheOn[string](t, tg.NewClient(t), prefix, WithL1(100), WithHealthCheck(50*time.Millisecond))
+		waitSubscribed(t, quick)
+		if v, err := quick.Get(ctx, "x"); err != nil || v != "new" {
+			t.Fatalf("quick reads %q, %v", v, err)
+		}
+		if err := tg.NewClient(t).Incr(ctx, quick.st.layout.Generation()).Err(); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 10*time.Second, "a silent Clear noticed", func() bool {
+			_, err := quick.Get(ctx, "x")
+			return errors.Is(err, ErrMiss)
+		})
 	})
 }
 
