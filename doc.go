@@ -42,7 +42,9 @@
 // ([Cache.Set], [Cache.Delete]) do return Redis errors, since a lost
 // invalidation would leave stale data, and drop the key from this
 // instance's L1; retry them. Every error is a sentinel value of this
-// package (see errors.go), wrapped with detail: test with [errors.Is]. A
+// package (see errors.go), wrapped with detail: test with [errors.Is].
+// (go-redis reports failed dials through its own global logger, which this
+// package leaves alone: redirect or silence it with redis.SetLogger.) A
 // panic in a value's codec is an error; a loader's panic or
 // runtime.Goexit is a [*PanicError] for every waiter.
 //

@@ -1,6 +1,7 @@
 package redistest
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
@@ -70,7 +71,15 @@ func MainWithLeakCheck(m *testing.M, opts ...goleak.Option) {
 }
 
 // run runs the tests and tears the shared servers down.
+// quietLogger drops go-redis's own log lines. Fault tests kill servers on
+// purpose, and go-redis's pool reports each failed redial ("connection
+// pool: failed to dial after 5 attempts"); a passing run prints none.
+type quietLogger struct{}
+
+func (quietLogger) Printf(context.Context, string, ...any) {}
+
 func run(m *testing.M) int {
+	redis.SetLogger(quietLogger{})
 	shared.mainCalled.Store(true)
 	if _, err := exec.LookPath("redis-server"); err != nil && os.Getenv("CI") == "" {
 		// Tests skip on their own (RequireServer); examples cannot, so they
