@@ -664,10 +664,11 @@ func (c *Cache[V]) loadAndFill(ctx context.Context, ks []*keyLoad[V], mode fillM
 			}
 		}
 	} else if len(allTags) > 0 {
-		versions, stale, err := c.st.tagRead(ctx, allTags, since, c.redisTTL(longest))
+		versions, rowVers, stale, err := c.st.tagRead(ctx, allTags, since, c.redisTTL(longest))
 		byName := make(map[string]envelope.Tag, len(versions))
-		for _, t := range versions {
-			byName[t.Name] = t
+		rowVer := make(map[string]string, len(versions))
+		for i, t := range versions {
+			byName[t.Name], rowVer[t.Name] = t, rowVers[i]
 		}
 		for i := range ks {
 			if len(keyTags[i]) == 0 {
@@ -684,8 +685,13 @@ func (c *Cache[V]) loadAndFill(ctx context.Context, ks []*keyLoad[V], mode fillM
 				continue
 			}
 			es[i].tags = make([]envelope.Tag, len(keyTags[i]))
+			mine := make([]string, len(keyTags[i]))
 			for j, n := range keyTags[i] {
-				es[i].tags[j] = byName[n]
+				es[i].tags[j], mine[j] = byName[n], rowVer[n]
+			}
+			if olderThanTags(es[i].version, mine) {
+				c.rec.event(EventFillRefused) // a versioned invalidation of a tag is newer
+				keep[i] = false
 			}
 		}
 	}

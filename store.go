@@ -747,20 +747,24 @@ func (s *store) publish(ctx context.Context, channel string, msg []byte, sharded
 // latest tag invalidation) is newer. The second case is the one where a tag
 // was invalidated during the load and its key then vanished (evicted,
 // deleted): recreated, it would carry no trace of the invalidation.
-func (s *store) tagRead(ctx context.Context, tags []string, since int64, ttl time.Duration) (out []envelope.Tag, stale bool, err error) {
+//
+// rowVers[i] is the row version a versioned invalidation left on tags[i]
+// ("" for none): a versioned write carrying the tag, not newer, is refused.
+func (s *store) tagRead(ctx context.Context, tags []string, since int64, ttl time.Duration) (out []envelope.Tag, rowVers []string, stale bool, err error) {
 	if len(tags) == 0 {
-		return nil, false, nil
+		return nil, nil, false, nil
 	}
-	out = make([]envelope.Tag, len(tags))
+	out, rowVers = make([]envelope.Tag, len(tags)), make([]string, len(tags))
 	if s.local != nil {
-		return s.local.read(tags, since)
+		out, stale, err = s.local.read(tags, since)
+		return out, rowVers, stale, err
 	}
 	tks := make([]string, len(tags))
 	kk := make([][]string, len(tags))
 	args := make([][]any, len(tags))
 	for i, t := range tags {
 		tks[i] = s.layout.Tag(t)
-		kk[i] = []string{tks[i]}
+		kk[i] = []string{tks[i], tks[i] + ":ver"}
 		args[i] = []any{ms(ttl)}
 	}
 	created := make([]bool, len(tags))
@@ -771,7 +775,7 @@ func (s *store) tagRead(ctx context.Context, tags []string, since int64, ttl tim
 		}
 		for n, cmd := range cmds {
 			vals, err := cmd.Slice()
-			if err != nil || len(vals) != 2 {
+			if err != nil || len(vals) != 3 {
 				return fmt.Errorf("tag_read: unexpected reply %v: %w", cmd.Val(), err)
 			}
 			v, err := parseVersion(vals[0])
@@ -782,21 +786,22 @@ func (s *store) tagRead(ctx context.Context, tags []string, since int64, ttl tim
 			out[i] = envelope.Tag{Name: tags[i], Version: v}
 			isNew, _ := vals[1].(int64)
 			created[i] = isNew == 1
+			rowVers[i], _ = vals[2].(string)
 		}
 		return nil
 	}); err != nil {
-		return nil, false, err
+		return nil, nil, false, err
 	}
 	anyNew := false
 	for i, t := range out {
 		if created[i] {
 			anyNew = true
 		} else if since > 0 && int64(t.Version) > since {
-			return out, true, nil
+			return out, rowVers, true, nil
 		}
 	}
 	if since == 0 || !anyNew {
-		return out, false, nil
+		return out, rowVers, false, nil
 	}
 	var floor string
 	fk := s.layout.TagFloor()
@@ -806,18 +811,18 @@ func (s *store) tagRead(ctx context.Context, tags []string, since int64, ttl tim
 		return err
 	})
 	if err != nil {
-		return nil, false, err
+		return nil, nil, false, err
 	}
 	f, err := strconv.ParseInt(floor, 10, 64)
 	if err != nil {
-		return nil, false, fmt.Errorf("tag floor %q: %w", floor, err)
+		return nil, nil, false, fmt.Errorf("tag floor %q: %w", floor, err)
 	}
-	return out, f > since, nil
+	return out, rowVers, f > since, nil
 }
 
 // tagBump invalidates tags and returns their new versions. The namespace's
 // floor goes first (see tagRead), then each tag's version.
-func (s *store) tagBump(ctx context.Context, tags []string, keep time.Duration) ([]envelope.Tag, error) {
+func (s *store) tagBump(ctx context.Context, tags []string, keep time.Duration, version uint64) ([]envelope.Tag, error) {
 	if s.local != nil {
 		return s.local.bump(tags), nil
 	}
@@ -831,10 +836,11 @@ func (s *store) tagBump(ctx context.Context, tags []string, keep time.Duration) 
 	tks := make([]string, len(tags))
 	kk := make([][]string, len(tags))
 	args := make([][]any, len(tags))
+	ver, verTTL := s.versionArgs(version, keep)
 	for i, t := range tags {
 		tks[i] = s.layout.Tag(t)
-		kk[i] = []string{tks[i]}
-		args[i] = []any{ms(keep)}
+		kk[i] = []string{tks[i], tks[i] + ":ver"}
+		args[i] = []any{ms(keep), ver, verTTL}
 	}
 	_, err := s.callKeys(ctx, "tag_bump", s.writeBy(), tks, func(ctx context.Context, idx []int) error {
 		cmds, err := s.runScript(ctx, keys.TagBump, pick(kk, idx), pick(args, idx))

@@ -107,6 +107,44 @@ func TestVersionedWritesKeepTheNewest(t *testing.T) {
 	})
 }
 
+// A versioned tag invalidation leaves its version on the tag: a later
+// versioned write carrying the tag and not newer is refused, a newer one
+// lands, and an unversioned one is not ordered.
+func TestVersionedTagInvalidation(t *testing.T) {
+	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
+		ctx := t.Context()
+		c := newCache[int](t, tg)
+		if err := c.Invalidate(ctx, Invalidation{Tags: []string{"shelf"}, Version: 500}); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Set(ctx, "a", 499, WithVersion(499), WithTags("shelf")); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Get(ctx, "a"); !errors.Is(err, ErrMiss) || c.Stats().Count(EventWriteRefused) != 1 {
+			t.Fatalf("a write of 499 after the tag's invalidation at 500: %v, %d refused", err, c.Stats().Count(EventWriteRefused))
+		}
+		v, _ := c.GetOrLoad(ctx, "b", func(ctx context.Context) (int, error) {
+			LoadOptions(ctx, WithVersion(400), WithTags("shelf"))
+			return 400, nil
+		})
+		if _, err := c.Get(ctx, "b"); v != 400 || !errors.Is(err, ErrMiss) {
+			t.Fatalf("a load of 400 after the tag's invalidation at 500 was cached: %v", err)
+		}
+		if err := c.Set(ctx, "a", 501, WithVersion(501), WithTags("shelf")); err != nil {
+			t.Fatal(err)
+		}
+		if v, err := c.Get(ctx, "a"); err != nil || v != 501 {
+			t.Fatalf("a newer write: %d, %v", v, err)
+		}
+		if err := c.Set(ctx, "c", 1, WithTags("shelf")); err != nil {
+			t.Fatal(err)
+		}
+		if v, err := c.Get(ctx, "c"); err != nil || v != 1 {
+			t.Fatalf("an unversioned write: %d, %v", v, err)
+		}
+	})
+}
+
 // Clear hides every value of the namespace at once on every instance, in
 // Redis and in L1; values written after it are visible. An instance
 // without L1 (no subscription) sees the Clear too.

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/tiercache/tiercache/internal/envelope"
+	"github.com/tiercache/tiercache/internal/keys"
 )
 
 // The write path. A write goes to Redis first, removing the key's lease in
@@ -83,12 +84,21 @@ func (c *Cache[V]) set(ctx context.Context, items []item[V], opts []SetOption) e
 		longest = max(longest, ttl)
 	}
 	// The tags' keys must outlive the longest TTL of the items.
-	tags, _, err := c.st.tagRead(ctx, tagNames, 0, c.redisTTL(longest))
+	tags, rowVers, _, err := c.st.tagRead(ctx, tagNames, 0, c.redisTTL(longest))
 	if err != nil {
 		for _, it := range items {
 			c.dropLocal(it.key) // as after a failed write: the caller retries
 		}
 		return err
+	}
+	if olderThanTags(sc.version, rowVers) {
+		// A versioned invalidation of one of its tags is newer: refused,
+		// as Redis would refuse it for the key's own version.
+		for _, it := range items {
+			c.rec.event(EventWriteRefused)
+			c.dropLocal(it.key)
+		}
+		return nil
 	}
 	ws := make([]frameWrite, len(items))
 	es := make([]entry[V], len(items))
@@ -187,6 +197,12 @@ func (c *Cache[V]) dropLocal(keys ...string) {
 // A Redis failure is returned (wrapping [ErrRedis]): the tags may not be
 // invalidated, so retry.
 func (c *Cache[V]) InvalidateTags(ctx context.Context, tags ...string) error {
+	return c.invalidateTags(ctx, 0, tags)
+}
+
+// invalidateTags is InvalidateTags, with the row version of a versioned
+// Invalidate.
+func (c *Cache[V]) invalidateTags(ctx context.Context, version uint64, tags []string) error {
 	if c.closed.Load() {
 		return ErrClosed
 	}
@@ -196,7 +212,7 @@ func (c *Cache[V]) InvalidateTags(ctx context.Context, tags ...string) error {
 	}
 	// A tag key must outlive every load that may be in flight.
 	keep := satAdd(satAdd(c.cfg.loadTimeout, c.cfg.loadTimeout), c.cfg.leaseTTL)
-	versions, err := c.st.tagBump(ctx, tags, keep)
+	versions, err := c.st.tagBump(ctx, tags, keep, version)
 	if err != nil {
 		return err
 	}
@@ -211,10 +227,10 @@ type Invalidation struct {
 	Keys []string // keys to delete
 	Tags []string // tags to invalidate
 	// Version, when set, is the row version of the change (see
-	// [WithVersion]): the keys' deletion leaves it behind in Redis, so that
-	// a write of an older version arriving later is refused, and a newer
-	// version already written is kept. It orders the keys only: tags are
-	// ordered by Redis's clock.
+	// [WithVersion]): the keys' deletion and the tags' invalidation leave it
+	// behind in Redis, so that a versioned write of an older version
+	// arriving later, of one of the keys or carrying one of the tags, is
+	// refused; a newer version of a key already written is kept.
 	Version uint64
 }
 
@@ -229,7 +245,7 @@ func (c *Cache[V]) Invalidate(ctx context.Context, inv Invalidation) error {
 	if err := c.delete(ctx, inv.Version, inv.Keys); err != nil {
 		return err
 	}
-	return c.InvalidateTags(ctx, inv.Tags...)
+	return c.invalidateTags(ctx, inv.Version, inv.Tags)
 }
 
 // Clear drops every value of the namespace, on every instance, at once:
@@ -272,4 +288,20 @@ func checkTags(tags []string) ([]string, error) {
 		return nil, fmt.Errorf("%w: %d tags, at most %d", ErrInvalidTag, len(out), envelope.MaxTags)
 	}
 	return out, nil
+}
+
+// olderThanTags reports whether a write of row version version (0:
+// unversioned, never) is not newer than a version a versioned invalidation
+// left on one of its tags.
+func olderThanTags(version uint64, rowVers []string) bool {
+	if version == 0 {
+		return false
+	}
+	v := keys.FormatVersion(version)
+	for _, r := range rowVers {
+		if r != "" && v <= r {
+			return true
+		}
+	}
+	return false
 }

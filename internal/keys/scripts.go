@@ -160,9 +160,11 @@ redis.call('DEL', KEYS[1], KEYS[2])` + wake + `return 1
 // server's time now, and makes sure it lives at least as long as the value
 // about to be written.
 //
-//	KEYS[1] tag key, ARGV[1] the value's TTL in ms
+//	KEYS[1] tag key, KEYS[2] its row version key, ARGV[1] the value's TTL in ms
 //
-// It returns {version, created}: created is 1 when the key was absent. A
+// It returns {version, created, row version}: created is 1 when the key was
+// absent; the row version is the newest one a versioned invalidation of the
+// tag left ("" for none): a versioned write not newer is refused. A
 // load that finds its tag key absent cannot tell a tag never invalidated
 // from one invalidated during the load whose key then vanished (evicted,
 // deleted); the cache asks TagFloor which. A key created now is newer than
@@ -174,11 +176,11 @@ if not v then
   local t = redis.call('TIME')
   v = string.format('%.0f', t[1] * 1000000 + t[2])
   redis.call('SET', KEYS[1], v, 'PX', ARGV[1])
-  return {v, 1}
+  return {v, 1, redis.call('GET', KEYS[2]) or ''}
 end
 local ttl = redis.call('PTTL', KEYS[1])
 if ttl >= 0 and ttl < tonumber(ARGV[1]) then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
-return {v, 0}
+return {v, 0, redis.call('GET', KEYS[2]) or ''}
 `)
 
 // TagFloor reads or raises the namespace's tag floor: the server time of the
@@ -209,7 +211,14 @@ return v
 // refuse its fill (a tag key that expired during a load would be recreated
 // at the load's start, and the invalidation forgotten).
 //
-//	KEYS[1] tag key, ARGV[1] the least TTL in ms the tag key keeps
+// A versioned invalidation (ARGV[2], a row version as the row scripts
+// compare it) also leaves its version in the tag's row version key for
+// ARGV[3] ms: a later versioned write carrying the tag and not newer is
+// refused (see TagRead).
+//
+//	KEYS[1] tag key, KEYS[2] its row version key
+//	ARGV[1] the least TTL in ms the tag key keeps, ARGV[2] row version or "",
+//	ARGV[3] its TTL in ms
 var TagBump = redis.NewScript(`
 local t = redis.call('TIME')
 local now = t[1] * 1000000 + t[2]
@@ -221,6 +230,10 @@ if ttl >= 0 and ttl > tonumber(ARGV[1]) then
   redis.call('SET', KEYS[1], s, 'KEEPTTL')
 else
   redis.call('SET', KEYS[1], s, 'PX', ARGV[1])
+end
+if ARGV[2] ~= '' then
+  local cur = redis.call('GET', KEYS[2])
+  if not cur or cur < ARGV[2] then redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3]) end
 end
 return s
 `)
