@@ -32,7 +32,7 @@ type store struct {
 	rdb     redis.UniversalClient
 	cluster *redis.ClusterClient // rdb, when it is a cluster client
 	layout  keys.Layout
-	nodes   *nodes     // the breakers, one per node; nil with WithoutBreaker
+	nodes   *nodes              // the breakers, one per node; nil with WithoutBreaker
 	coal    *coalesce.Coalescer // nil with WithoutReadCoalescing
 	rec     *recorder
 	log     *slog.Logger

@@ -24,6 +24,10 @@ type Header struct {
 	Rounds       int               `json:"rounds"`
 	WallTime     string            `json:"wall_time"`
 	Modules      map[string]string `json:"modules"`
+	// Command is how the report was made, and Note what its maker says
+	// about the conditions; both are set by the command, not the runner.
+	Command string `json:"command,omitempty"`
+	Note    string `json:"note,omitempty"`
 }
 
 func newHeader() Header {

@@ -19,11 +19,16 @@ import (
 
 // WriteFiles writes the report as dir/latest.md and dir/latest.json.
 func (r *Report) WriteFiles(dir string) (mdPath, jsonPath string, err error) {
+	return r.WriteFilesNamed(dir, "latest")
+}
+
+// WriteFilesNamed writes the report as dir/name.md and dir/name.json.
+func (r *Report) WriteFilesNamed(dir, name string) (mdPath, jsonPath string, err error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", "", err
 	}
-	mdPath = filepath.Join(dir, "latest.md")
-	jsonPath = filepath.Join(dir, "latest.json")
+	mdPath = filepath.Join(dir, name+".md")
+	jsonPath = filepath.Join(dir, name+".json")
 	var md strings.Builder
 	r.Markdown(&md)
 	if err := os.WriteFile(mdPath, []byte(md.String()), 0o644); err != nil {
@@ -77,11 +82,18 @@ func (r *Report) Markdown(w io.Writer) {
 	fmt.Fprintf(bw, "| Redis | %s (local redis-server, loopback, no persistence) |\n", h.RedisVersion)
 	fmt.Fprintf(bw, "| tiercache commit | %s |\n", h.GitCommit)
 	fmt.Fprintf(bw, "| mode | %s, %d rounds, subjects interleaved within each round |\n", h.Mode, h.Rounds)
-	fmt.Fprintf(bw, "| wall time | %s |\n\n", h.WallTime)
+	fmt.Fprintf(bw, "| wall time | %s |\n", h.WallTime)
+	if h.Command != "" {
+		fmt.Fprintf(bw, "| command | `%s` |\n", h.Command)
+	}
+	bw.WriteString("\n")
+	if h.Note != "" {
+		fmt.Fprintf(bw, "**Note.** %s\n\n", h.Note)
+	}
 	fmt.Fprintf(bw, "Cells: median over rounds (min–max) ×ratio to %s in the same run "+
 		"(for latencies, allocations and loads lower is better; for throughput and hit ratio higher is better).\n\n", subject.Baseline)
 
-	fmt.Fprintf(bw, "## Subjects\n\n| subject | module | local tier | batch | cross-instance coalescing (declared) | configuration |\n|---|---|---|---|---|---|\n")
+	fmt.Fprintf(bw, "## Subjects\n\n| subject | module | local tier | batch | cross-instance coalescing (declared) | write | configuration |\n|---|---|---|---|---|---|---|\n")
 	for _, s := range r.Subjects {
 		local := s.Local
 		if local == "" {
@@ -95,7 +107,11 @@ func (r *Report) Markdown(w io.Writer) {
 		if s.CrossInstance {
 			cross = "yes"
 		}
-		fmt.Fprintf(bw, "| %s | %s | %s | %s | %s | %s |\n", s.Name, s.Module, local, batch, cross, s.Notes)
+		write := s.Write
+		if write == "" {
+			write = "none"
+		}
+		fmt.Fprintf(bw, "| %s | %s | %s | %s | %s | %s | %s |\n", s.Name, s.Module, local, batch, cross, write, s.Notes)
 	}
 	if len(h.Modules) > 0 {
 		fmt.Fprintf(bw, "\nModule versions: ")
@@ -116,6 +132,9 @@ func (r *Report) Markdown(w io.Writer) {
 
 	for _, wl := range r.Workloads {
 		fmt.Fprintf(bw, "## %s\n\n%s\n\n", wl.Title, wl.Description)
+		if wl.Rounds > 0 && wl.Rounds != h.Rounds {
+			fmt.Fprintf(bw, "%d rounds.\n\n", wl.Rounds)
+		}
 		bw.WriteString("| subject |")
 		for _, m := range wl.Metrics {
 			fmt.Fprintf(bw, " %s |", m.Label)
@@ -162,6 +181,7 @@ func (r *Report) Markdown(w io.Writer) {
 		}) {
 			bw.WriteString("\n")
 		}
+		requestBreakdown(bw, wl)
 	}
 
 	if len(r.Traces) > 0 {
@@ -230,4 +250,83 @@ func maybeGunzip(f *os.File) (io.Reader, error) {
 		return gzip.NewReader(br)
 	}
 	return br, nil
+}
+
+// requestBreakdown writes, for a workload whose rounds counted operations
+// ("ops") and Redis requests ("redis:<command>"), the requests per
+// operation by command, and the library's counters per operation where
+// it reports them: median over rounds.
+func requestBreakdown(bw *bufio.Writer, wl Workload) {
+	var cmds []string
+	totals := map[string]float64{}
+	for _, row := range wl.Rows {
+		for _, d := range row.Diagnostics {
+			for k, v := range d {
+				if name, ok := strings.CutPrefix(k, "redis:"); ok && d["ops"] > 0 {
+					if _, seen := totals[name]; !seen {
+						cmds = append(cmds, name)
+					}
+					totals[name] += float64(v) / float64(d["ops"])
+				}
+			}
+		}
+	}
+	perOp := func(row Row, key string) (float64, bool) {
+		var xs []float64
+		for _, d := range row.Diagnostics {
+			if d["ops"] > 0 {
+				xs = append(xs, float64(d[key])/float64(d["ops"]))
+			}
+		}
+		if len(xs) == 0 {
+			return 0, false
+		}
+		return summarize(xs).Median, true
+	}
+	// Commands no subject sends once per 2,000 operations (a connection's
+	// HELLO, say) are left out.
+	cmds = slices.DeleteFunc(cmds, func(c string) bool {
+		return !slices.ContainsFunc(wl.Rows, func(row Row) bool {
+			x, ok := perOp(row, "redis:"+c)
+			return ok && row.Status == "ok" && x >= 0.0005
+		})
+	})
+	if len(cmds) == 0 {
+		return
+	}
+	sort.Slice(cmds, func(i, j int) bool {
+		if totals[cmds[i]] != totals[cmds[j]] {
+			return totals[cmds[i]] > totals[cmds[j]]
+		}
+		return cmds[i] < cmds[j]
+	})
+	fmt.Fprintf(bw, "Redis requests per operation by first command (a pipeline of several commands is `pipeline`; "+
+		"`commands` counts the commands in all requests), and loader calls per operation; median over rounds:\n\n")
+	bw.WriteString("| subject |")
+	for _, c := range cmds {
+		fmt.Fprintf(bw, " %s |", c)
+	}
+	bw.WriteString(" commands | loader calls |\n|---|" + strings.Repeat("---|", len(cmds)+2) + "\n")
+	for _, row := range wl.Rows {
+		if row.Status != "ok" || len(row.Diagnostics) == 0 {
+			continue
+		}
+		fmt.Fprintf(bw, "| %s |", row.Subject)
+		for _, c := range append(slices.Clone(cmds), "\x00commands", "\x00loads") {
+			key := "redis:" + c
+			switch c {
+			case "\x00commands":
+				key = "redis_commands"
+			case "\x00loads":
+				key = "loader_calls"
+			}
+			if x, ok := perOp(row, key); ok && x > 0 {
+				fmt.Fprintf(bw, " %.3f |", x)
+			} else {
+				bw.WriteString(" |")
+			}
+		}
+		bw.WriteString("\n")
+	}
+	bw.WriteString("\n")
 }

@@ -53,6 +53,22 @@ type Scale struct {
 
 	SyntheticRefs int
 	Seed          uint64
+
+	// The realistic mix (workload "realistic") and the read-only run on
+	// the same values (workload "readonly").
+	RealKeys       int
+	RealS          float64       // Zipf exponent of key popularity
+	RealTTL        time.Duration // every subject's TTL
+	RealLoad       time.Duration // the database's latency per load
+	RealWrites     float64       // share of operations that are writes
+	RealGoroutines int
+	RealWarmup     time.Duration // unmeasured, before each measurement
+	RealDuration   time.Duration // measured, per subject per round
+	// RealRounds is how many rounds the realistic and read-only
+	// workloads run (0: Options.Rounds).
+	RealRounds         int
+	ReadOnlyGoroutines int
+	ReadOnlyDuration   time.Duration
 }
 
 // FullScale is the default: every workload for every subject over 5 rounds
@@ -84,6 +100,17 @@ func FullScale() Scale {
 		LocalSize:          10_000,
 		SyntheticRefs:      1_000_000,
 		Seed:               1,
+		RealKeys:           100_000,
+		RealS:              1.1,
+		RealTTL:            2 * time.Second,
+		RealLoad:           2 * time.Millisecond,
+		RealWrites:         0.01,
+		RealGoroutines:     32,
+		RealWarmup:         2 * time.Second,
+		RealDuration:       15 * time.Second,
+		RealRounds:         3,
+		ReadOnlyGoroutines: 64,
+		ReadOnlyDuration:   5 * time.Second,
 	}
 }
 
@@ -106,6 +133,13 @@ func TinyScale() Scale {
 	s.MemoryEntries = 300
 	s.LocalSize = 1_000
 	s.SyntheticRefs = 30_000
+	s.RealKeys = 2_000
+	s.RealGoroutines = 8
+	s.RealWarmup = 50 * time.Millisecond
+	s.RealDuration = 200 * time.Millisecond
+	s.RealRounds = 0
+	s.ReadOnlyGoroutines = 8
+	s.ReadOnlyDuration = 100 * time.Millisecond
 	return s
 }
 
@@ -125,6 +159,11 @@ type Options struct {
 	Log io.Writer
 	// ExtraTraces are replayed after the built-in ones.
 	ExtraTraces []*sim.Trace
+	// ProfileSubjects names subjects whose measurement windows in the
+	// realistic and read-only workloads are profiled (CPU, and allocations
+	// as a before/after pair of heap profiles), into ProfileDir.
+	ProfileSubjects []string
+	ProfileDir      string
 }
 
 // Report is everything a run measured.
@@ -142,6 +181,7 @@ type SubjectInfo struct {
 	Local         string `json:"local,omitempty"`
 	Batch         bool   `json:"batch"`
 	CrossInstance bool   `json:"cross_instance"`
+	Write         string `json:"write,omitempty"`
 	Notes         string `json:"notes"`
 }
 
@@ -152,6 +192,7 @@ type Workload struct {
 	Description string      `json:"description"`
 	Metrics     []MetricDef `json:"metrics"`
 	Rows        []Row       `json:"rows"`
+	Rounds      int         `json:"rounds"`
 }
 
 // MetricDef describes one column.
@@ -197,6 +238,25 @@ type env struct {
 
 	trackMu sync.Mutex
 	tracked []subject.Subject // instances of the current measurement
+	extra   map[string]uint64 // counters a workload adds to the diagnostics
+
+	profile    []string // subjects to profile
+	profileDir string
+
+	realState
+}
+
+// addDiagnostics adds counters measured by the workload itself (Redis
+// commands, operations) to the diagnostics of the current measurement.
+func (e *env) addDiagnostics(d map[string]uint64) {
+	e.trackMu.Lock()
+	defer e.trackMu.Unlock()
+	if e.extra == nil {
+		e.extra = map[string]uint64{}
+	}
+	for k, v := range d {
+		e.extra[k] += v
+	}
 }
 
 // track remembers s so that its diagnostics are collected after the run.
@@ -213,8 +273,9 @@ func (e *env) diagnostics() map[string]uint64 {
 	e.trackMu.Lock()
 	ss := e.tracked
 	e.tracked = nil
+	out := e.extra
+	e.extra = nil
 	e.trackMu.Unlock()
-	var out map[string]uint64
 	for _, s := range ss {
 		d, ok := s.(subject.Diagnoser)
 		if !ok {
@@ -255,6 +316,12 @@ type workload struct {
 	// setup runs once per subject before the rounds (filling Redis).
 	setup func(ctx context.Context, e *env, f subject.Factory) error
 	run   func(ctx context.Context, e *env, f subject.Factory, round int) (map[string]float64, error)
+	// rounds, when positive, overrides Options.Rounds.
+	rounds int
+	// sameRound lists metrics that are also divided by the baseline's
+	// figure of the same round; the median of those ratios is the metric
+	// key+"_rx".
+	sameRound []string
 }
 
 // Run runs the benchmark.
@@ -276,12 +343,14 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 		addr = srv.Addr
 	}
 	e := &env{
-		addr:      addr,
-		sc:        opts.Scale,
-		admin:     redis.NewClient(&redis.Options{Addr: addr}),
-		log:       opts.Log,
-		pad:       strings.Repeat("x", opts.Scale.ValueSize),
-		populated: map[string]bool{},
+		addr:       addr,
+		sc:         opts.Scale,
+		admin:      redis.NewClient(&redis.Options{Addr: addr}),
+		log:        opts.Log,
+		pad:        strings.Repeat("x", opts.Scale.ValueSize),
+		populated:  map[string]bool{},
+		profile:    opts.ProfileSubjects,
+		profileDir: opts.ProfileDir,
 	}
 	defer e.admin.Close()
 	if err := e.admin.Ping(ctx).Err(); err != nil {
@@ -299,10 +368,15 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
+	for _, n := range opts.ProfileSubjects {
+		if !slices.ContainsFunc(factories, func(f subject.Factory) bool { return f.Name == n }) {
+			return nil, fmt.Errorf("runner: profiled subject %q is not run", n)
+		}
+	}
 	for _, f := range factories {
 		rep.Subjects = append(rep.Subjects, SubjectInfo{
 			Name: f.Name, Module: f.Module, Local: f.Caps.Local, Batch: f.Caps.Batch,
-			CrossInstance: f.Caps.CrossInstance, Notes: f.Notes,
+			CrossInstance: f.Caps.CrossInstance, Write: f.Caps.Write, Notes: f.Notes,
 		})
 		path, _, _ := strings.Cut(f.Module, "@")
 		path, _, _ = strings.Cut(path, " ")
@@ -365,9 +439,14 @@ func selectSubjects(all []subject.Factory, names []string) ([]subject.Factory, e
 }
 
 // runWorkload runs w for every subject, interleaved: round 1 of every
-// subject, then round 2 of every subject, and so on.
+// subject, then round 2 of every subject, and so on. Each round starts one
+// subject further down the list, so that no subject always runs right
+// after the same other one (or first, on a quiet machine).
 func runWorkload(ctx context.Context, e *env, w workload, fs []subject.Factory, rounds int) Workload {
-	res := Workload{ID: w.id, Title: w.title, Description: w.desc, Metrics: w.metrics}
+	if w.rounds > 0 {
+		rounds = w.rounds
+	}
+	res := Workload{ID: w.id, Title: w.title, Description: w.desc, Metrics: w.metrics, Rounds: rounds}
 	rows := make([]Row, len(fs))
 	samples := make([]map[string][]float64, len(fs))
 	active := make([]bool, len(fs))
@@ -389,8 +468,12 @@ func runWorkload(ctx context.Context, e *env, w workload, fs []subject.Factory, 
 		active[i] = true
 		samples[i] = map[string][]float64{}
 	}
+	baseIdx := slices.IndexFunc(fs, func(f subject.Factory) bool { return f.Name == subject.Baseline })
 	for r := range rounds {
-		for i, f := range fs {
+		got := make([]map[string]float64, len(fs)) // this round's figures
+		for j := range fs {
+			i := (j + r) % len(fs)
+			f := fs[i]
 			if !active[i] || ctx.Err() != nil {
 				continue
 			}
@@ -408,10 +491,23 @@ func runWorkload(ctx context.Context, e *env, w workload, fs []subject.Factory, 
 				rows[i].Status, rows[i].Note = "error", err.Error()
 				continue
 			}
+			got[i] = m
 			for k, v := range m {
 				samples[i][k] = append(samples[i][k], v)
 			}
 			e.logf("[%s] round %d/%d %-24s %s", w.id, r+1, rounds, f.Name, time.Since(t0).Round(time.Millisecond))
+		}
+		if baseIdx < 0 || got[baseIdx] == nil {
+			continue
+		}
+		for i := range fs {
+			for _, k := range w.sameRound {
+				v, ok := got[i][k]
+				b := got[baseIdx][k]
+				if ok && b != 0 {
+					samples[i][k+"_rx"] = append(samples[i][k+"_rx"], v/b)
+				}
+			}
 		}
 	}
 	baseline := -1
@@ -453,7 +549,7 @@ func runWorkload(ctx context.Context, e *env, w workload, fs []subject.Factory, 
 
 // notable lists the counters that mean something went wrong or was
 // worked around.
-var notable = []string{"redis_error", "redis_timeout", "breaker_reject", "fill_refused", "corrupt"}
+var notable = []string{"redis_error", "redis_timeout", "breaker_reject", "fill_refused", "corrupt", "read_errors", "write_errors"}
 
 // notableDiagnostics formats the notable non-zero counters of d.
 func notableDiagnostics(d map[string]uint64) string {
@@ -503,6 +599,11 @@ func (o *opErrors) err() error {
 // its family already did. It waits until every key is in Redis (some
 // libraries write from a background goroutine) before it closes f.
 func (e *env) populate(ctx context.Context, f subject.Factory, ns string, keys []string, batch bool) error {
+	return e.populateWith(ctx, f, ns, keys, batch, e.payload)
+}
+
+// populateWith is populate with the values val returns.
+func (e *env) populateWith(ctx context.Context, f subject.Factory, ns string, keys []string, batch bool, val func(key string) string) error {
 	id := ns + fmt.Sprintf("|%d|%s|%v", len(keys), keys[0], batch)
 	e.popMu.Lock()
 	done := e.populated[id]
@@ -515,45 +616,55 @@ func (e *env) populate(ctx context.Context, f subject.Factory, ns string, keys [
 		return err
 	}
 	defer s.Close()
-	var errs opErrors
-	const workers = 32
-	if batch {
-		b, ok := s.(subject.Batcher)
-		if !ok {
-			return errors.New("runner: populate: subject has no batch API")
-		}
-		chunks := slices.Collect(slices.Chunk(keys, e.sc.BatchSize))
-		var next atomic.Int64
-		runParallel(workers, func(int) {
-			for i := int(next.Add(1) - 1); i < len(chunks); i = int(next.Add(1) - 1) {
-				_, err := b.GetOrLoadMany(ctx, chunks[i], func(_ context.Context, missing []string) (map[string]string, error) {
-					out := make(map[string]string, len(missing))
-					for _, k := range missing {
-						out[k] = e.payload(k)
+	// A library may read a loaded value without writing it to Redis (on a
+	// busy machine tiercache's Redis timeouts open its breaker, and a value
+	// loaded meanwhile stays out of Redis): passes are repeated, reading
+	// again the keys that did not make it, until every key is there.
+	for pass := 1; ; pass++ {
+		var errs opErrors
+		const workers = 32
+		if batch {
+			b, ok := s.(subject.Batcher)
+			if !ok {
+				return errors.New("runner: populate: subject has no batch API")
+			}
+			chunks := slices.Collect(slices.Chunk(keys, e.sc.BatchSize))
+			var next atomic.Int64
+			runParallel(workers, func(int) {
+				for i := int(next.Add(1) - 1); i < len(chunks); i = int(next.Add(1) - 1) {
+					_, err := b.GetOrLoadMany(ctx, chunks[i], func(_ context.Context, missing []string) (map[string]string, error) {
+						out := make(map[string]string, len(missing))
+						for _, k := range missing {
+							out[k] = val(k)
+						}
+						return out, nil
+					})
+					if err != nil {
+						errs.add(err)
 					}
-					return out, nil
-				})
-				if err != nil {
-					errs.add(err)
 				}
-			}
-		})
-	} else {
-		var next atomic.Int64
-		runParallel(workers, func(int) {
-			for i := int(next.Add(1) - 1); i < len(keys); i = int(next.Add(1) - 1) {
-				if _, err := s.GetOrLoad(ctx, keys[i], func(_ context.Context, k string) (string, error) {
-					return e.payload(k), nil
-				}); err != nil {
-					errs.add(err)
+			})
+		} else {
+			var next atomic.Int64
+			runParallel(workers, func(int) {
+				for i := int(next.Add(1) - 1); i < len(keys); i = int(next.Add(1) - 1) {
+					if _, err := s.GetOrLoad(ctx, keys[i], func(_ context.Context, k string) (string, error) {
+						return val(k), nil
+					}); err != nil {
+						errs.add(err)
+					}
 				}
-			}
-		})
+			})
+		}
+		if err := errs.err(); err != nil {
+			return err
+		}
+		if err = e.waitForKeys(ctx, ns, len(keys)); err == nil || pass == 3 || ctx.Err() != nil {
+			break
+		}
+		e.logf("populate %s (%s): pass %d: %v; again", ns, f.Name, pass, err)
 	}
-	if err := errs.err(); err != nil {
-		return err
-	}
-	if err := e.waitForKeys(ctx, ns, len(keys)); err != nil {
+	if err != nil {
 		return err
 	}
 	e.popMu.Lock()

@@ -51,6 +51,24 @@ func TestTinyRun(t *testing.T) {
 			t.Errorf("l2hit / %s: %v loads, want 0", f.Name, row.Values["loads"].Median)
 		}
 	}
+	// The realistic mix loads (keys expire, writes may delete), the
+	// read-only run never does; every subject has a same-round ratio.
+	for _, f := range subject.All() {
+		row, _ := rep.Row("realistic", f.Name)
+		if row.Status != "ok" {
+			continue
+		}
+		v := row.Values
+		if h := v["hit"].Median; h <= 0 || h >= 1 || v["loads"].Median == 0 || v["tput_ops_rx"].Median == 0 || v["req_op"].Median == 0 {
+			t.Errorf("realistic / %s: hit %v, loads %v, ×base %v, req/op %v", f.Name, h, v["loads"].Median, v["tput_ops_rx"].Median, v["req_op"].Median)
+		}
+		if ro, _ := rep.Row("readonly", f.Name); ro.Status == "ok" && ro.Values["loads"].Median != 0 {
+			t.Errorf("readonly / %s: %v loads, want 0", f.Name, ro.Values["loads"].Median)
+		}
+	}
+	if row, _ := rep.Row("realistic", subject.Baseline); row.Values["tput_ops_rx"].Median != 1 {
+		t.Errorf("realistic baseline ×base: %+v", row.Values["tput_ops_rx"])
+	}
 	if row, _ := rep.Row("memory", subject.Baseline); row.Status != "n/a" {
 		t.Errorf("memory row of the baseline: %q, want n/a", row.Status)
 	}
@@ -77,7 +95,7 @@ func TestTinyRun(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"# tiercache side by side", "## L2 hit", "## Stampede", "## L1 hit ratio on traces", rep.Header.RedisVersion} {
+	for _, want := range []string{"# tiercache side by side", "## L2 hit", "## Stampede", "## Realistic mix", "Redis requests per operation", "## L1 hit ratio on traces", rep.Header.RedisVersion} {
 		if !strings.Contains(string(md), want) {
 			t.Errorf("Markdown lacks %q", want)
 		}

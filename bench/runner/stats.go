@@ -2,6 +2,7 @@ package runner
 
 import (
 	"math"
+	"math/bits"
 	"runtime"
 	"slices"
 	"time"
@@ -78,4 +79,61 @@ func heapInUse() uint64 {
 		time.Sleep(20 * time.Millisecond)
 	}
 	return m.HeapAlloc
+}
+
+// hist is a latency histogram with 64 buckets per power of two of
+// nanoseconds (under 1.6% error), so that millions of reads cost no memory
+// growth and no allocation during a measurement. Not safe for concurrent
+// use: one per goroutine, merged afterwards.
+type hist struct {
+	counts [64 << histSubBits]uint64
+	n      uint64
+}
+
+const histSubBits = 6
+
+func histBucket(v uint64) int {
+	if v < 1<<histSubBits {
+		return int(v)
+	}
+	e := bits.Len64(v) - histSubBits - 1
+	return (e+1)<<histSubBits + int((v>>e)&(1<<histSubBits-1))
+}
+
+// histValue is the middle of bucket i, in nanoseconds.
+func histValue(i int) uint64 {
+	if i < 1<<histSubBits {
+		return uint64(i)
+	}
+	e := i>>histSubBits - 1
+	low := uint64(1<<histSubBits+i&(1<<histSubBits-1)) << e
+	return low + (uint64(1)<<e)/2
+}
+
+func (h *hist) add(d time.Duration) {
+	h.counts[histBucket(uint64(max(d, 0)))]++
+	h.n++
+}
+
+func (h *hist) merge(o *hist) {
+	for i, c := range o.counts {
+		h.counts[i] += c
+	}
+	h.n += o.n
+}
+
+// quantile returns the p-quantile (0 < p <= 1) by the nearest-rank method.
+func (h *hist) quantile(p float64) time.Duration {
+	if h.n == 0 {
+		return 0
+	}
+	rank := uint64(math.Ceil(p * float64(h.n)))
+	rank = max(1, min(rank, h.n))
+	var cum uint64
+	for i, c := range h.counts {
+		if cum += c; cum >= rank {
+			return time.Duration(histValue(i))
+		}
+	}
+	return 0
 }

@@ -15,7 +15,7 @@ import (
 )
 
 func workloads(sc Scale) []workload {
-	return []workload{l2Hit(sc), hotKeys(sc), stampede(sc), zipfTTL(sc), batch(sc), memory(sc)}
+	return []workload{l2Hit(sc), hotKeys(sc), stampede(sc), zipfTTL(sc), batch(sc), memory(sc), realistic(sc), readOnly(sc)}
 }
 
 func keyRange(prefix string, from, to int) []string {

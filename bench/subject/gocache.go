@@ -43,7 +43,7 @@ func gocacheFactory(local bool) Factory {
 		Family: "gc",
 		Module: "github.com/eko/gocache/lib/v4",
 		Notes:  "LoadableCache over the Redis store (store/redis/v4), WithExpiration(ttl)",
-		Caps:   Caps{Get: true},
+		Caps:   Caps{Get: true, Write: "LoadableCache.Set (write-through to every store)"},
 	}
 	if local {
 		f.Name = "gocache chain"
@@ -51,7 +51,7 @@ func gocacheFactory(local bool) Factory {
 		f.Notes = "LoadableCache over ChainCache(go-cache store, Redis store), WithExpiration(ttl)"
 	}
 	f.New = func(cfg Config) (Subject, error) {
-		rdb := newGoRedis(cfg.Addr)
+		rdb := newGoRedis(cfg)
 		rs := cache.New[string](redisstore.NewRedis(rdb, store.WithExpiration(cfg.TTL)))
 		s := &gc{rdb: rdb, cfg: cfg}
 		if local {
@@ -96,6 +96,13 @@ func (s *gc) Get(ctx context.Context, key string) (string, error) {
 func (s *gc) GetOrLoad(ctx context.Context, key string, load Loader) (string, error) {
 	ctx = context.WithValue(ctx, loaderKey{}, load)
 	return s.loadable.Get(ctx, s.key(key))
+}
+
+// Write is LoadableCache.Set, which sets the inner cache (every store of
+// the chain, in order). A value the LoadableCache loaded before and has not
+// yet handed to its setter goroutine may still be written after it.
+func (s *gc) Write(ctx context.Context, key, value string) error {
+	return s.loadable.Set(ctx, s.key(key), value, store.WithExpiration(s.cfg.TTL))
 }
 
 func (s *gc) Close() error {

@@ -27,10 +27,10 @@ func goRedisFactory() Factory {
 		Name:   Baseline,
 		Family: "gr",
 		Module: "github.com/redis/go-redis/v9",
-		Caps:   Caps{Batch: true, Get: true},
+		Caps:   Caps{Batch: true, Get: true, Write: "SET PX ttl (write-through)"},
 		Notes:  "GET; on a miss singleflight{load; SET PX ttl}; batches: MGET + one load + pipelined SETs",
 		New: func(cfg Config) (Subject, error) {
-			return &goRedisSF{rdb: newGoRedis(cfg.Addr), cfg: cfg}, nil
+			return &goRedisSF{rdb: newGoRedis(cfg), cfg: cfg}, nil
 		},
 	}
 }
@@ -38,12 +38,17 @@ func goRedisFactory() Factory {
 // newGoRedis is the go-redis client every go-redis based subject gets: the
 // library defaults (pool of 10 connections per GOMAXPROCS), plus
 // ContextTimeoutEnabled, which tiercache asks for and which costs the others
-// nothing when the context has no deadline.
-func newGoRedis(addr string) *redis.Client {
-	return redis.NewClient(&redis.Options{
-		Addr:                  addr,
+// nothing when the context has no deadline. With cfg.Requests, a hook
+// counts its requests.
+func newGoRedis(cfg Config) *redis.Client {
+	rdb := redis.NewClient(&redis.Options{
+		Addr:                  cfg.Addr,
 		ContextTimeoutEnabled: true,
 	})
+	if cfg.Requests != nil {
+		rdb.AddHook(requestHook{cfg.Requests})
+	}
+	return rdb
 }
 
 func (s *goRedisSF) key(k string) string { return s.cfg.Namespace + ":" + k }
@@ -112,6 +117,13 @@ func (s *goRedisSF) GetOrLoadMany(ctx context.Context, keys []string, load Batch
 	}
 	_, _ = pipe.Exec(ctx)
 	return out, nil
+}
+
+// Write is a SET with the TTL. It does not forget a flight in progress: a
+// load that started before the write may still SET its older value after
+// it (what hand-written cache-aside code does).
+func (s *goRedisSF) Write(ctx context.Context, key, value string) error {
+	return s.rdb.Set(ctx, s.key(key), value, s.cfg.TTL).Err()
 }
 
 func (s *goRedisSF) Close() error { return s.rdb.Close() }

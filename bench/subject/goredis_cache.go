@@ -22,7 +22,7 @@ func goRedisCacheFactory(local bool) Factory {
 		Name:   "go-redis/cache",
 		Family: "grc",
 		Module: "github.com/go-redis/cache/v9",
-		Caps:   Caps{Get: true},
+		Caps:   Caps{Get: true, Write: "Set(Item{TTL: ttl}) (write-through, local cache too)"},
 		Notes:  "Once(Item{TTL: ttl}); strings pass through its marshaller unencoded",
 	}
 	if local {
@@ -31,7 +31,7 @@ func goRedisCacheFactory(local bool) Factory {
 		f.Notes += "; LocalCache: NewTinyLFU(n, ttl)"
 	}
 	f.New = func(cfg Config) (Subject, error) {
-		rdb := newGoRedis(cfg.Addr)
+		rdb := newGoRedis(cfg)
 		opt := &cache.Options{Redis: rdb}
 		if local {
 			opt.LocalCache = cache.NewTinyLFU(cfg.LocalSize, cfg.TTL)
@@ -64,6 +64,10 @@ func (s *grc) GetOrLoad(ctx context.Context, key string, load Loader) (string, e
 		},
 	})
 	return v, err
+}
+
+func (s *grc) Write(ctx context.Context, key, value string) error {
+	return s.c.Set(&cache.Item{Ctx: ctx, Key: s.key(key), Value: value, TTL: s.cfg.TTL})
 }
 
 func (s *grc) Close() error { return s.rdb.Close() }

@@ -28,12 +28,23 @@ func rueidisasideFactory() Factory {
 			Local:         "rueidis client-side cache (RESP3 tracking), 128 MiB per connection",
 			CrossInstance: true,
 			Get:           true,
+			Write:         "Del (next read loads; rueidisaside has no Set)",
 		},
 		Notes: "NewClient(defaults); Get(ctx, ttl, key, fn)",
 		New: func(cfg Config) (Subject, error) {
-			c, err := rueidisaside.NewClient(rueidisaside.ClientOption{
+			opt := rueidisaside.ClientOption{
 				ClientOption: rueidis.ClientOption{InitAddress: []string{cfg.Addr}},
-			})
+			}
+			if cfg.Requests != nil {
+				opt.ClientBuilder = func(o rueidis.ClientOption) (rueidis.Client, error) {
+					c, err := rueidis.NewClient(o)
+					if err != nil {
+						return nil, err
+					}
+					return countingRueidis{Client: c, r: cfg.Requests}, nil
+				}
+			}
+			c, err := rueidisaside.NewClient(opt)
 			if err != nil {
 				return nil, err
 			}
@@ -56,6 +67,13 @@ func (s *ra) GetOrLoad(ctx context.Context, key string, load Loader) (string, er
 	return s.c.Get(ctx, s.cfg.TTL, s.key(key), func(ctx context.Context, _ string) (string, error) {
 		return load(ctx, key)
 	})
+}
+
+// Write is rueidisaside's Del: the aside client has no write-through; the
+// DEL invalidates every client-side cache that tracks the key, and the
+// next read loads.
+func (s *ra) Write(ctx context.Context, key, _ string) error {
+	return s.c.Del(ctx, s.key(key))
 }
 
 func (s *ra) Close() error {

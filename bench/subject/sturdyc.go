@@ -36,10 +36,11 @@ func sturdycFactory() Factory {
 		Caps: Caps{
 			Local: "sharded maps; at capacity evicts 10% by expiry",
 			Batch: true,
+			Write: "Delete (memory) + DEL through the adapter's storage (next read loads)",
 		},
 		Notes: "New(n, 10 shards, ttl, 10%, WithDistributedStorage(redis), WithNoContinuousEvictions)",
 		New: func(cfg Config) (Subject, error) {
-			rdb := newGoRedis(cfg.Addr)
+			rdb := newGoRedis(cfg)
 			c := sturdyc.New[string](max(cfg.LocalSize, 10), 10, cfg.TTL, 10,
 				sturdyc.WithDistributedStorage(&redisStorage{rdb: rdb, ns: cfg.Namespace + ":", ttl: cfg.TTL}),
 				sturdyc.WithNoContinuousEvictions(),
@@ -64,6 +65,16 @@ func (s *st) GetOrLoadMany(ctx context.Context, keys []string, load BatchLoader)
 	return s.c.GetOrFetchBatch(ctx, keys, s.c.BatchKeyFn("b"), func(ctx context.Context, ids []string) (map[string]string, error) {
 		return load(ctx, ids)
 	})
+}
+
+// Write deletes the key from sturdyc's memory and from Redis, through the
+// distributed storage the adapter gives sturdyc (the user owns that code):
+// sturdyc's Set writes its memory only, and it has no way to write a
+// record to the distributed storage, whose format is its own. The next
+// read loads.
+func (s *st) Write(ctx context.Context, key, _ string) error {
+	s.c.Delete(key)
+	return s.rdb.Del(ctx, s.cfg.Namespace+":"+key).Err()
 }
 
 func (s *st) Close() error { return s.rdb.Close() }

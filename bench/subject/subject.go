@@ -53,6 +53,15 @@ type Batcher interface {
 	GetOrLoadMany(ctx context.Context, keys []string, load BatchLoader) (map[string]string, error)
 }
 
+// Writer is implemented by subjects that can take a write of a key: the
+// service changed the record in its database and tells the cache. Each
+// adapter does what its library offers for that, declared in [Caps.Write]:
+// a write-through Set where the library has one, otherwise a Delete, after
+// which the next read loads.
+type Writer interface {
+	Write(ctx context.Context, key, value string) error
+}
+
 // Diagnoser is implemented by subjects whose library counts what it did
 // (hits per tier, loads, errors, breaker rejections). The runner records
 // the counters of every instance with the results, so that a surprising
@@ -76,6 +85,10 @@ type Caps struct {
 	CrossInstance bool
 	// Get is true when the library can read its tiers without a loader.
 	Get bool
+	// Write says how the subject's [Writer] writes a key: what it calls,
+	// and whether the next read finds the new value ("write-through") or
+	// loads it ("next read loads").
+	Write string
 }
 
 // Config is what the runner tells a factory.
@@ -92,6 +105,9 @@ type Config struct {
 	// LocalSize bounds the local tier, in entries, for subjects that have
 	// one and can bound it by count.
 	LocalSize int
+	// Requests, when set, counts the requests the instance's Redis
+	// client(s) send (see [Requests]).
+	Requests *Requests
 }
 
 // Factory builds instances of one subject.

@@ -89,6 +89,23 @@ func TestAdapters(t *testing.T) {
 				}
 			}
 
+			// A write: the next read of this instance gets the new value,
+			// from the cache (write-through) or from the loader.
+			w, ok := a.(subject.Writer)
+			if !ok || f.Caps.Write == "" {
+				t.Fatalf("implements Writer: %v, Caps.Write: %q", ok, f.Caps.Write)
+			}
+			if err := w.Write(ctx, "k1", "v2:k1"); err != nil {
+				t.Fatalf("Write: %v", err)
+			}
+			eventually(t, func() error {
+				v, err := a.GetOrLoad(ctx, "k1", func(context.Context, string) (string, error) { return "v2:k1", nil })
+				if err != nil || v != "v2:k1" {
+					return fmt.Errorf("read after Write = %q, %v", v, err)
+				}
+				return nil
+			})
+
 			bt, ok := a.(subject.Batcher)
 			if ok != f.Caps.Batch {
 				t.Fatalf("implements Batcher: %v, Caps.Batch: %v", ok, f.Caps.Batch)

@@ -31,8 +31,9 @@ func tiercacheFactory(v tiercacheVariant) Factory {
 		Name:   "tiercache",
 		Family: "tc",
 		Module: "github.com/tiercache/tiercache",
-		Caps:   Caps{CrossInstance: true, Get: true, Batch: true},
-		Notes:  "Raw codec, WithDefaultTTL(ttl), defaults otherwise (lease, breaker, jitter 0.1, XFetch)",
+		Caps: Caps{CrossInstance: true, Get: true, Batch: true,
+			Write: "Set (write-through to Redis by script; invalidation published)"},
+		Notes: "Raw codec, WithDefaultTTL(ttl), defaults otherwise (lease, breaker, jitter 0.1, XFetch)",
 	}
 	switch v {
 	case tcL1:
@@ -44,7 +45,7 @@ func tiercacheFactory(v tiercacheVariant) Factory {
 		f.Notes += "; WithoutReadCoalescing()"
 	}
 	f.New = func(cfg Config) (Subject, error) {
-		rdb := newGoRedis(cfg.Addr)
+		rdb := newGoRedis(cfg)
 		opts := []tiercache.Option{
 			tiercache.WithPrefix(cfg.Namespace),
 			tiercache.WithCodec(tiercache.Raw),
@@ -78,6 +79,10 @@ func (s *tc) GetOrLoad(ctx context.Context, key string, load Loader) (string, er
 	return s.c.GetOrLoad(ctx, key, func(ctx context.Context) (string, error) {
 		return load(ctx, key)
 	})
+}
+
+func (s *tc) Write(ctx context.Context, key, value string) error {
+	return s.c.Set(ctx, key, value)
 }
 
 func (s *tc) Close() error {
