@@ -257,12 +257,21 @@ func maybeGunzip(f *os.File) (io.Reader, error) {
 // operation by command, and the library's counters per operation where
 // it reports them: median over rounds.
 func requestBreakdown(bw *bufio.Writer, wl Workload) {
+	breakdown(bw, wl, "redis:", "redis_commands", "Redis requests per operation by first command (a pipeline of several commands is `pipeline`; "+
+		"`commands` counts the commands in all requests), and loader calls per operation; median over rounds:")
+	breakdown(bw, wl, "server:", "", "Commands Redis ran per operation (INFO commandstats: the commands that scripts run are counted too); "+
+		"median over rounds:")
+}
+
+// breakdown writes the table of requestBreakdown for the counters named
+// prefix+command, with a `commands` column from total when it is not "".
+func breakdown(bw *bufio.Writer, wl Workload, prefix, total, intro string) {
 	var cmds []string
 	totals := map[string]float64{}
 	for _, row := range wl.Rows {
 		for _, d := range row.Diagnostics {
 			for k, v := range d {
-				if name, ok := strings.CutPrefix(k, "redis:"); ok && d["ops"] > 0 {
+				if name, ok := strings.CutPrefix(k, prefix); ok && d["ops"] > 0 {
 					if _, seen := totals[name]; !seen {
 						cmds = append(cmds, name)
 					}
@@ -287,7 +296,7 @@ func requestBreakdown(bw *bufio.Writer, wl Workload) {
 	// HELLO, say) are left out.
 	cmds = slices.DeleteFunc(cmds, func(c string) bool {
 		return !slices.ContainsFunc(wl.Rows, func(row Row) bool {
-			x, ok := perOp(row, "redis:"+c)
+			x, ok := perOp(row, prefix+c)
 			return ok && row.Status == "ok" && x >= 0.0005
 		})
 	})
@@ -300,23 +309,28 @@ func requestBreakdown(bw *bufio.Writer, wl Workload) {
 		}
 		return cmds[i] < cmds[j]
 	})
-	fmt.Fprintf(bw, "Redis requests per operation by first command (a pipeline of several commands is `pipeline`; "+
-		"`commands` counts the commands in all requests), and loader calls per operation; median over rounds:\n\n")
+	fmt.Fprintf(bw, "%s\n\n", intro)
+	extra := []string{"\x00commands", "\x00loads"}
 	bw.WriteString("| subject |")
 	for _, c := range cmds {
-		fmt.Fprintf(bw, " %s |", c)
+		fmt.Fprintf(bw, " %s |", strings.ReplaceAll(c, "|", `\|`)) // client|caching
 	}
-	bw.WriteString(" commands | loader calls |\n|---|" + strings.Repeat("---|", len(cmds)+2) + "\n")
+	if total == "" {
+		extra = nil
+	} else {
+		bw.WriteString(" commands | loader calls |")
+	}
+	bw.WriteString("\n|---|" + strings.Repeat("---|", len(cmds)+len(extra)) + "\n")
 	for _, row := range wl.Rows {
 		if row.Status != "ok" || len(row.Diagnostics) == 0 {
 			continue
 		}
 		fmt.Fprintf(bw, "| %s |", row.Subject)
-		for _, c := range append(slices.Clone(cmds), "\x00commands", "\x00loads") {
-			key := "redis:" + c
+		for _, c := range append(slices.Clone(cmds), extra...) {
+			key := prefix + c
 			switch c {
 			case "\x00commands":
-				key = "redis_commands"
+				key = total
 			case "\x00loads":
 				key = "loader_calls"
 			}
