@@ -24,8 +24,9 @@ const (
 	// store. It is the safe default: see CachedRepository.Put.
 	Invalidate WriteMode = iota
 	// WriteThrough writes the saved product into the cache, which spares the
-	// next read a load but lets two concurrent writers of one product leave
-	// the older value cached (see CachedRepository.Put).
+	// next read a load. It is versioned by the row's updated_at, so that two
+	// concurrent writers of one product leave the newer row cached (see
+	// CachedRepository.Put).
 	WriteThrough
 )
 
@@ -84,6 +85,7 @@ func (r *CachedRepository) Get(ctx context.Context, id int64) (Product, error) {
 			// Tell the cache to remember that id does not exist.
 			return Product{}, fmt.Errorf("%w: %w", tiercache.ErrNotFound, err)
 		}
+		tiercache.LoadOptions(ctx, tiercache.WithVersion(rowVersion(p)))
 		return p, err
 	})
 	if errors.Is(err, tiercache.ErrNotFound) {
@@ -119,6 +121,7 @@ func (r *CachedRepository) GetMany(ctx context.Context, ids []int64) (map[int64]
 		out := make(map[string]Product, len(ps))
 		for id, p := range ps {
 			out[cacheKey(id)] = p
+			tiercache.LoadKeyOptions(ctx, cacheKey(id), tiercache.WithVersion(rowVersion(p)))
 		}
 		return out, nil
 	})
@@ -144,16 +147,15 @@ func (r *CachedRepository) GetMany(ctx context.Context, ids []int64) (map[int64]
 // fill.
 //
 // Invalidate (the default) deletes the key. WriteThrough sets it to the
-// saved value, which has a race of its own when two requests write one
-// product:
+// saved value, with the row's version (its updated_at), because two requests
+// writing one product can reach the cache out of order:
 //
-//	A: store.Put(name=x) commits
-//	                                  B: store.Put(name=y) commits
-//	                                  B: cache.Set(y)
-//	A: cache.Set(x)                   -> the cache holds x, the store y,
-//	                                     until the entry expires
+//	A: store.Put(name=x) commits (updated_at t1)
+//	                                  B: store.Put(name=y) commits (t2 > t1)
+//	                                  B: cache.Set(y, version t2)
+//	A: cache.Set(x, version t1)       -> refused: Redis holds t2
 //
-// With deletes both writers remove the key and the next read loads y.
+// Unversioned, A's Set would leave x cached until it expired.
 func (r *CachedRepository) Put(ctx context.Context, p Product) (Product, bool, error) {
 	saved, created, err := r.store.Put(ctx, p)
 	if err != nil {
@@ -165,7 +167,7 @@ func (r *CachedRepository) Put(ctx context.Context, p Product) (Product, bool, e
 	defer cancel()
 	key := cacheKey(saved.ID)
 	if r.mode == WriteThrough {
-		if err = r.cache.Set(cctx, key, saved); err == nil {
+		if err = r.cache.Set(cctx, key, saved, tiercache.WithVersion(rowVersion(saved))); err == nil {
 			return saved, created, nil
 		}
 		// A failed Set may have left the old value in Redis (it dropped
@@ -176,3 +178,7 @@ func (r *CachedRepository) Put(ctx context.Context, p Product) (Product, bool, e
 	}
 	return saved, created, nil
 }
+
+// rowVersion is a product row's version for the cache: its updated_at in
+// microseconds, which grows with every committed change of the row.
+func rowVersion(p Product) uint64 { return uint64(p.UpdatedAt.UnixMicro()) }
