@@ -309,11 +309,7 @@ func (iv *invalidator) subscribe() {
 		if sharded, err = iv.shardedMode(iv.life); err == nil {
 			break
 		}
-		t := time.NewTimer(backoff)
-		select {
-		case <-t.C:
-		case <-iv.done:
-			t.Stop()
+		if !iv.sleep(backoff) {
 			return
 		}
 	}
@@ -343,6 +339,18 @@ func (iv *invalidator) subscribe() {
 		wg.Go(func() { iv.keep(sub) })
 	}
 	wg.Wait()
+}
+
+// sleep waits d, and reports false if the invalidator stopped meanwhile.
+func (iv *invalidator) sleep(d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-iv.done:
+		return false
+	}
 }
 
 // keep keeps one subscription: it subscribes, reads it until it fails or
@@ -400,11 +408,7 @@ func (iv *invalidator) keep(sub *subscription) {
 		if confirmed {
 			backoff = 10 * time.Millisecond
 		}
-		t := time.NewTimer(backoff)
-		select {
-		case <-t.C:
-		case <-iv.done:
-			t.Stop()
+		if !iv.sleep(backoff) {
 			return
 		}
 		backoff = min(backoff*2, time.Second)
