@@ -431,8 +431,16 @@ func (iv *invalidator) receive(ps *redis.PubSub, sub *subscription) (confirmed b
 	var echo string         // the echo in flight, "" for none
 	var echoAt time.Time    // when it was sent
 	nextEcho := time.Time{} // when the next one goes (zero until confirmed)
+	var echoFailed chan struct{} // closed when the echo in flight could not be sent
 	for seq := 0; ; {
 		now := time.Now()
+		if echo != "" {
+			select {
+			case <-echoFailed:
+				echo = ""
+			default:
+			}
+		}
 		if echo != "" && now.Sub(echoAt) > iv.interval {
 			return confirmed, errors.New("own echo not heard back: subscribed to a server the writes no longer reach")
 		}
@@ -440,9 +448,19 @@ func (iv *invalidator) receive(ps *redis.PubSub, sub *subscription) (confirmed b
 			seq++
 			echo = fmt.Sprintf("%s%x:%d", echoPrefix, iv.id, seq)
 			echoAt, nextEcho = now, now.Add(iv.interval)
-			if err := iv.st.publish(iv.life, sub.channels[0], []byte(echo), sub.sharded); err != nil {
-				echo = "" // writes fail too: the breaker and the outage rules handle that
-			}
+			// Sent aside, so that a slow Redis does not hold up the reads
+			// that notice a stall. If it cannot be sent, writes fail too:
+			// the breaker and the outage rules handle that, and the echo is
+			// not waited for.
+			failed := make(chan struct{})
+			iv.wg.Add(1)
+			go func(echo string) {
+				defer iv.wg.Done()
+				if err := iv.st.publish(iv.life, sub.channels[0], []byte(echo), sub.sharded); err != nil {
+					close(failed)
+				}
+			}(echo)
+			echoFailed = failed
 		}
 		// Wake for the next echo, or for the deadline of the one in flight;
 		// never for less than 50ms: a read deadline that cuts a message

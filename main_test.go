@@ -3,6 +3,7 @@ package tiercache
 import (
 	"context"
 	"strings"
+	"time"
 	"testing"
 
 	"github.com/redis/go-redis/v9"
@@ -24,7 +25,10 @@ func newCache[V any](t testing.TB, tg redistest.Target, opts ...Option) *Cache[V
 // newCacheOn returns a cache over rdb under prefix, closed when the test ends.
 func newCacheOn[V any](t testing.TB, rdb redis.UniversalClient, prefix string, opts ...Option) *Cache[V] {
 	t.Helper()
-	c, err := New[V](rdb, append([]Option{WithPrefix(prefix)}, opts...)...)
+	// Generous Redis timeouts unless a test sets its own: the defaults
+	// (100ms, 250ms) are for production; on a loaded 2-core CI machine they
+	// expire, and a read that should have hit would go to the loader.
+	c, err := New[V](rdb, append([]Option{WithPrefix(prefix), WithReadTimeout(5 * time.Second), WithWriteTimeout(5 * time.Second)}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,24 +10,29 @@
 # (not checked in): one CPU profile and a before/after pair of heap profiles
 # per subject and round, covering the measured window only. The CPU tops
 # merge the rounds; the allocation tops merge each round's difference
-# (after minus before).
+# (after minus before). With SKIP_RUN=1 it summarizes the profiles of the
+# last run again instead of making new ones.
 set -euo pipefail
 dur=${1:-5s}
 rounds=${2:-3}
 subjects=${3:-tiercache,tiercache+L1}
 dir=bench/results/profiles
-rm -rf "$dir"
-mkdir -p "$dir"
 cmd=(go run ./bench/cmd/sidebyside -workloads realistic -subjects "$subjects" -profile "$subjects"
 	-profile-dir "$dir" -realistic-duration "$dur" -realistic-rounds "$rounds" -out "$dir" -name run)
 echo "# ${cmd[*]}"
-"${cmd[@]}" >/dev/null 2>"$dir/run.log"
-echo "# tiercache commit $(git rev-parse --short HEAD)$(git status --porcelain --untracked-files=no -- . ':!bench' | grep -q . && echo ' (root tree has uncommitted changes)' || true)"
+if [ "${SKIP_RUN:-}" != 1 ]; then
+	rm -rf "$dir"
+	mkdir -p "$dir"
+	"${cmd[@]}" >/dev/null 2>"$dir/run.log"
+fi
+# The run's date, machine and tiercache commit ("+dirty": uncommitted
+# changes anywhere in the tree, bench/ included).
+grep '^| date \|^| machine \|^| tiercache commit \|^| Go \|^| Redis ' "$dir/run.md"
 echo
 # The realistic table of the profiled run (profiling costs the profiled
 # subjects a little), and its request breakdown.
 sed -n '/^| subject | ops\/s/,/^$/p' "$dir/run.md"
-sed -n '/^| subject | get/,/^$/p' "$dir/run.md"
+sed -n '/^Redis requests per operation/,$p' "$dir/run.md"
 echo
 IFS=, read -ra subs <<<"$subjects"
 for s in "${subs[@]}"; do

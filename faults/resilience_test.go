@@ -372,7 +372,10 @@ func TestFaultStalledSubscriptionNoticed(t *testing.T) {
 	})
 	noticed := time.Since(start)
 	t.Logf("stall noticed after %v (health check %v)", noticed, interval)
-	if noticed > 2*interval+500*time.Millisecond {
+	// Twice the interval on an idle machine (the figure is logged); the
+	// bound tells the health check from the L1 TTL (30s) with room for a
+	// loaded one.
+	if noticed > 2*interval+2*time.Second {
 		t.Errorf("stall noticed after %v, want within 2 x %v plus slack", noticed, interval)
 	}
 	// Does L1 still hold k? Then a Get is an L1 hit (Redis, blackholed,
