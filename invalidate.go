@@ -428,9 +428,9 @@ func (iv *invalidator) keep(sub *subscription) {
 func (iv *invalidator) receive(ps *redis.PubSub, sub *subscription) (confirmed bool, err error) {
 	subscribed := 0
 	lastHeard, pingAt := time.Now(), time.Time{}
-	var echo string         // the echo in flight, "" for none
-	var echoAt time.Time    // when it was sent
-	nextEcho := time.Time{} // when the next one goes (zero until confirmed)
+	var echo string              // the echo in flight, "" for none
+	var echoAt time.Time         // when it was sent
+	nextEcho := time.Time{}      // when the next one goes (zero until confirmed)
 	var echoFailed chan struct{} // closed when the echo in flight could not be sent
 	for seq := 0; ; {
 		now := time.Now()
