@@ -1,10 +1,13 @@
 package tiercache
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math"
+	"strings"
 	"testing"
 	"time"
 
@@ -457,4 +460,23 @@ func indexByte(s string, c byte) int {
 		}
 	}
 	return -1
+}
+
+// A client whose timeouts cannot reach the socket is a misconfiguration
+// that defeats every timeout of the cache: New says so, by default on
+// slog.Default(), even when no logger was given.
+func TestNewWarnsAboutContextTimeoutsByDefault(t *testing.T) {
+	var buf bytes.Buffer
+	old := slog.Default()
+	slog.SetDefault(slog.New(slog.NewTextHandler(&buf, nil)))
+	defer slog.SetDefault(old)
+	rdb := redistest.SharedServer(t).Client(t) // ContextTimeoutEnabled off
+	c, err := New[string](rdb, WithPrefix(strings.TrimSuffix(redistest.UniquePrefix(t), ":")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if !strings.Contains(buf.String(), "ContextTimeoutEnabled") {
+		t.Fatalf("no warning on slog.Default: %q", buf.String())
+	}
 }
