@@ -6,7 +6,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
-	"time"
 )
 
 func TestOneLeaderManyWaiters(t *testing.T) {
@@ -15,13 +14,19 @@ func TestOneLeaderManyWaiters(t *testing.T) {
 	var wg sync.WaitGroup
 	start := make(chan struct{})
 	results := make(chan int, 100)
+	// The leader ends the load only once every caller has begun, so that
+	// no caller can come late and lead a second load, however slow the
+	// machine.
+	var begun sync.WaitGroup
+	begun.Add(100)
 	for range 100 {
 		wg.Go(func() {
 			<-start
 			c, lead := g.Begin("k")
+			begun.Done()
 			if lead {
 				leaders.Add(1)
-				time.Sleep(20 * time.Millisecond)
+				begun.Wait()
 				g.End("k", c, 7, nil)
 			}
 			v, err := c.Wait(context.Background())
