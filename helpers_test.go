@@ -7,9 +7,7 @@ package tiercache
 // API, so that its test-only dependency toxiproxy stays out of this module.
 
 import (
-	"bytes"
 	"context"
-	"runtime/pprof"
 	"strings"
 	"sync"
 	"testing"
@@ -41,38 +39,10 @@ func constLoad(v string, d time.Duration) LoadFunc[string] {
 	}
 }
 
-// waitDone waits for wg up to d and reports whether it finished; if not, it
-// logs every goroutine's stack.
 func waitDone(t testing.TB, wg *sync.WaitGroup, d time.Duration) bool {
-	t.Helper()
-	done := make(chan struct{})
-	go func() { wg.Wait(); close(done) }()
-	select {
-	case <-done:
-		return true
-	case <-time.After(d):
-		var b bytes.Buffer
-		_ = pprof.Lookup("goroutine").WriteTo(&b, 1)
-		t.Logf("goroutines still running after %v:\n%s", d, b.String())
-		return false
-	}
+	return redistest.WaitDone(t, wg, d)
 }
 
-// waitGoroutinesGone waits until no goroutine runs fn (go-redis's redial
-// loop for a dead node notices a closed client only on its next attempt).
 func waitGoroutinesGone(t testing.TB, fn string, d time.Duration) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		var b bytes.Buffer
-		_ = pprof.Lookup("goroutine").WriteTo(&b, 1)
-		if !strings.Contains(b.String(), fn) {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Errorf("goroutines running %s still there after %v", fn, d)
-			return
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	redistest.WaitGoroutinesGone(t, fn, d)
 }

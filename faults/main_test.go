@@ -7,10 +7,8 @@ package faults_test
 // these helpers observe the same thing through the API.
 
 import (
-	"bytes"
 	"context"
 	"fmt"
-	"runtime/pprof"
 	"slices"
 	"strings"
 	"sync"
@@ -145,23 +143,6 @@ func (l *latencies) String() string {
 		l.q(.99).Round(100*time.Microsecond), l.max().Round(100*time.Microsecond))
 }
 
-// waitDone waits for wg up to d and reports whether it finished; if not, it
-// logs every goroutine's stack.
-func waitDone(t testing.TB, wg *sync.WaitGroup, d time.Duration) bool {
-	t.Helper()
-	done := make(chan struct{})
-	go func() { wg.Wait(); close(done) }()
-	select {
-	case <-done:
-		return true
-	case <-time.After(d):
-		var b bytes.Buffer
-		_ = pprof.Lookup("goroutine").WriteTo(&b, 1)
-		t.Logf("goroutines still running after %v:\n%s", d, b.String())
-		return false
-	}
-}
-
 // within receives from ch, failing the test if nothing comes within d: a
 // test that waits on a load must not hang the binary when the load is lost.
 func within[T any](t testing.TB, ch <-chan T, d time.Duration, what string) T {
@@ -175,21 +156,10 @@ func within[T any](t testing.TB, ch <-chan T, d time.Duration, what string) T {
 	}
 }
 
-// waitGoroutinesGone waits until no goroutine's stack mentions fn, for the
-// background goroutines of go-redis that end a little after Close.
+func waitDone(t testing.TB, wg *sync.WaitGroup, d time.Duration) bool {
+	return redistest.WaitDone(t, wg, d)
+}
+
 func waitGoroutinesGone(t testing.TB, fn string, d time.Duration) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		var b bytes.Buffer
-		_ = pprof.Lookup("goroutine").WriteTo(&b, 1)
-		if !strings.Contains(b.String(), fn) {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Errorf("goroutines running %s still there after %v", fn, d)
-			return
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	redistest.WaitGoroutinesGone(t, fn, d)
 }

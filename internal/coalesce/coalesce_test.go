@@ -1,12 +1,11 @@
 package coalesce
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"github.com/tiercache/tiercache/internal/redistest"
 	"math/rand/v2"
-	"runtime/pprof"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -66,7 +65,7 @@ func TestCoalescerHandOffs(t *testing.T) {
 			}
 		})
 	}
-	if !waitDone(t, &wg, time.Minute) {
+	if !redistest.WaitDone(t, &wg, time.Minute) {
 		t.Fatal("reads still waiting: a hand-off was lost")
 	}
 	co.mu.Lock()
@@ -82,21 +81,5 @@ func TestCoalescerHandOffs(t *testing.T) {
 	}
 	if batched.Load() == 0 || trips.Load() >= reads.Load() {
 		t.Errorf("100 concurrent readers were never batched (%d round trips for %d reads)", trips.Load(), reads.Load())
-	}
-}
-
-// waitDone waits for wg up to d, logging the goroutines if it does not end.
-func waitDone(t testing.TB, wg *sync.WaitGroup, d time.Duration) bool {
-	t.Helper()
-	done := make(chan struct{})
-	go func() { wg.Wait(); close(done) }()
-	select {
-	case <-done:
-		return true
-	case <-time.After(d):
-		var b bytes.Buffer
-		_ = pprof.Lookup("goroutine").WriteTo(&b, 1)
-		t.Logf("goroutines still running after %v:\n%s", d, b.String())
-		return false
 	}
 }

@@ -1,0 +1,47 @@
+package redistest
+
+import (
+	"bytes"
+	"runtime/pprof"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// WaitDone waits for wg for up to d and reports whether it finished; if it
+// did not, it logs every goroutine's stack, to show what is stuck.
+func WaitDone(tb testing.TB, wg *sync.WaitGroup, d time.Duration) bool {
+	tb.Helper()
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return true
+	case <-time.After(d):
+		var b bytes.Buffer
+		_ = pprof.Lookup("goroutine").WriteTo(&b, 1)
+		tb.Logf("goroutines still running after %v:\n%s", d, b.String())
+		return false
+	}
+}
+
+// WaitGoroutinesGone waits up to d until no goroutine runs fn (go-redis's
+// redial loop for a dead node notices a closed client only on its next
+// attempt), and fails tb if one still does.
+func WaitGoroutinesGone(tb testing.TB, fn string, d time.Duration) {
+	tb.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		var b bytes.Buffer
+		_ = pprof.Lookup("goroutine").WriteTo(&b, 1)
+		if !strings.Contains(b.String(), fn) {
+			return
+		}
+		if time.Now().After(deadline) {
+			tb.Errorf("goroutines running %s still there after %v", fn, d)
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
