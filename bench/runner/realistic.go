@@ -458,20 +458,7 @@ func realistic(sc Scale) workload {
 						}
 						return db.load(key)
 					}
-					t0 := time.Now()
-					v, err := in.s.GetOrLoad(ctx, keys[i], load)
-					t1 := time.Now()
-					w.cur.Store(0)
-					if record {
-						w.lat.add(t1.Sub(t0))
-					}
-					if err == nil {
-						err = checkRecord(v)
-					}
-					if err != nil {
-						w.errs++
-						w.firstErr = cmpOr(w.firstErr, err)
-					}
+					t1 := timedRead(ctx, in.s, keys[i], load, record, &w.lat, &w.errs, &w.firstErr, func() { w.cur.Store(0) })
 					w.reads++
 					if !t1.Before(end) {
 						return
@@ -530,6 +517,30 @@ func realistic(sc Scale) workload {
 		}, nil
 	}
 	return w
+}
+
+// timedRead is one measured read of both workloads: it reads key through
+// s, runs done (if any) as soon as the read returned, records the latency
+// when record, and counts a failed or wrong read in errs and firstErr. It
+// returns when the read finished.
+func timedRead(ctx context.Context, s subject.Subject, key string, load subject.Loader, record bool, lat *hist, errs *int64, firstErr *error, done func()) time.Time {
+	t0 := time.Now()
+	v, err := s.GetOrLoad(ctx, key, load)
+	t1 := time.Now()
+	if done != nil {
+		done()
+	}
+	if record {
+		lat.add(t1.Sub(t0))
+	}
+	if err == nil {
+		err = checkRecord(v)
+	}
+	if err != nil {
+		*errs++
+		*firstErr = cmpOr(*firstErr, err)
+	}
+	return t1
 }
 
 func cmpOr(a, b error) error {
@@ -606,19 +617,7 @@ func readOnly(sc Scale) workload {
 			runParallel(len(ws), func(g int) {
 				w := ws[g]
 				for {
-					t0 := time.Now()
-					v, err := in.s.GetOrLoad(ctx, keys[w.z.Uint64()], load)
-					t1 := time.Now()
-					if record {
-						w.lat.add(t1.Sub(t0))
-					}
-					if err == nil {
-						err = checkRecord(v)
-					}
-					if err != nil {
-						w.errs++
-						w.firstErr = cmpOr(w.firstErr, err)
-					}
+					t1 := timedRead(ctx, in.s, keys[w.z.Uint64()], load, record, &w.lat, &w.errs, &w.firstErr, nil)
 					w.n++
 					if !t1.Before(end) {
 						return
