@@ -15,22 +15,8 @@ import (
 	"github.com/tiercache/tiercache/internal/redistest"
 )
 
-// waitUntil polls cond until it holds. It gives up only shortly before the
-// test binary's -timeout would, so that it bounds no duration of the cache:
-// it only turns a hang into a failure that says what it waited for.
-func waitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(time.Minute)
-	if d, ok := t.Deadline(); ok {
-		deadline = d.Add(-5 * time.Second)
-	}
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("gave up waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
+// waitUntil is the harness's WaitUntil.
+func waitUntil(t *testing.T, what string, cond func() bool) { redistest.WaitUntil(t, what, cond) }
 
 // histogramOf returns the sample of histogram family name with the label
 // cache=cache.

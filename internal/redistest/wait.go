@@ -45,3 +45,21 @@ func WaitGoroutinesGone(tb testing.TB, fn string, d time.Duration) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// WaitUntil polls cond until it holds. It gives up only shortly before the
+// test binary's -timeout would, so that it bounds no duration of the code
+// under test: it only turns a hang into a failure that says what it waited
+// for.
+func WaitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	if d, ok := t.Deadline(); ok {
+		deadline = d.Add(-5 * time.Second)
+	}
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("gave up waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
