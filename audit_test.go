@@ -20,6 +20,7 @@ import (
 
 	"github.com/tiercache/tiercache/internal/keys"
 	"github.com/tiercache/tiercache/internal/redistest"
+	"github.com/tiercache/tiercache/internal/store"
 )
 
 // Finding 1: an instance without L1 built no invalidator, so its writes
@@ -137,7 +138,7 @@ func TestAuditScriptFlushRunsNothingTwice(t *testing.T) {
 		}
 		admin := tg.NewClient(t)
 		if cc, ok := admin.(*redis.ClusterClient); ok {
-			m, err := cc.MasterForKey(ctx, c.st.layout.Value(ks[0]))
+			m, err := cc.MasterForKey(ctx, c.st.Layout.Value(ks[0]))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -185,7 +186,7 @@ func TestAuditBatchGivesBackLeasesOfUncachedKeys(t *testing.T) {
 		}
 		admin := tg.NewClient(t)
 		for _, k := range []string{"gone", "huge"} {
-			lk := keys.Lease(a.st.layout.Value(k))
+			lk := keys.Lease(a.st.Layout.Value(k))
 			waitFor(t, 20*time.Second, "the lease of "+k+" given back", func() bool {
 				return admin.Exists(ctx, lk).Val() == 0
 			})
@@ -207,7 +208,7 @@ func TestAuditBatchGivesBackLeasesOfUncachedKeys(t *testing.T) {
 			t.Fatal(err)
 		}
 		waitFor(t, 20*time.Second, "the lease of a WithTTL(0) load given back", func() bool {
-			return admin.Exists(ctx, keys.Lease(a.st.layout.Value("ttl0"))).Val() == 0
+			return admin.Exists(ctx, keys.Lease(a.st.Layout.Value("ttl0"))).Val() == 0
 		})
 	})
 }
@@ -229,7 +230,7 @@ func TestAuditWriterL1FollowsRedis(t *testing.T) {
 		// Redis; b's write lands after it and b's message reaches a; only
 		// then does a store in its L1.
 		tok := a.l1.token("k")
-		if _, _, err := a.st.set(ctx, []frameWrite{a.frame(t, "k", "a-old")}); err != nil {
+		if _, _, err := a.st.Set(ctx, []store.Write{a.frame(t, "k", "a-old")}); err != nil {
 			t.Fatal(err)
 		}
 		recv := a.Stats().Count(EventInvalidationReceived)
@@ -270,21 +271,21 @@ func TestAuditWriterL1FollowsRedis(t *testing.T) {
 }
 
 // frame builds the stored frame of v under key, as Set would.
-func (c *Cache[V]) frame(t *testing.T, key string, v V) frameWrite {
+func (c *Cache[V]) frame(t *testing.T, key string, v V) store.Write {
 	t.Helper()
-	vk := c.st.layout.Value(key)
+	vk := c.st.Layout.Value(key)
 	now := nowMicro()
 	b, err := c.frameOf(t.Context(), vk, &entry[V]{val: v, writtenAt: now, softExp: now + 60e6})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return frameWrite{vk: vk, frame: b, ttl: time.Minute}
+	return store.Write{VK: vk, Frame: b, TTL: time.Minute}
 }
 
 // decodedValue is what Redis holds for key, decoded.
 func decodedValue[V any](t *testing.T, c *Cache[V], admin redis.UniversalClient, key string) V {
 	t.Helper()
-	vk := c.st.layout.Value(key)
+	vk := c.st.Layout.Value(key)
 	b, err := admin.Get(t.Context(), vk).Bytes()
 	if err != nil {
 		t.Fatal(err)
@@ -330,7 +331,7 @@ func TestAuditTagKeyVanishingDuringLoad(t *testing.T) {
 		}
 		// The tag key vanishes (an eviction; or an expiry, which tag bumps
 		// now rule out by keeping the key alive past every load).
-		if err := admin.Del(ctx, c.st.layout.Tag("shelf")).Err(); err != nil {
+		if err := admin.Del(ctx, c.st.Layout.Tag("shelf")).Err(); err != nil {
 			t.Fatal(err)
 		}
 		close(release)
@@ -344,7 +345,7 @@ func TestAuditTagKeyVanishingDuringLoad(t *testing.T) {
 		if err := c.InvalidateTags(ctx, "shelf"); err != nil {
 			t.Fatal(err)
 		}
-		if ttl := admin.PTTL(ctx, c.st.layout.Tag("shelf")).Val(); ttl < 2*c.cfg.loadTimeout {
+		if ttl := admin.PTTL(ctx, c.st.Layout.Tag("shelf")).Val(); ttl < 2*c.cfg.loadTimeout {
 			t.Fatalf("tag key TTL %v after a bump, want at least two load timeouts", ttl)
 		}
 	})
@@ -410,7 +411,7 @@ func TestAuditCloseGivesBackLeases(t *testing.T) {
 			})
 		}()
 		<-loading
-		lk := keys.Lease(c.st.layout.Value("k"))
+		lk := keys.Lease(c.st.Layout.Value("k"))
 		if admin.Exists(t.Context(), lk).Val() != 1 {
 			t.Fatal("no lease while loading")
 		}
@@ -617,7 +618,7 @@ func TestAuditHugeTTLs(t *testing.T) {
 		}
 		admin := tg.NewClient(t)
 		for _, k := range []string{"set", "load", "ttl"} {
-			if ttl := admin.PTTL(ctx, c.st.layout.Value(k)).Val(); ttl < 24*time.Hour {
+			if ttl := admin.PTTL(ctx, c.st.Layout.Value(k)).Val(); ttl < 24*time.Hour {
 				t.Fatalf("%s: Redis TTL %v for a huge TTL", k, ttl)
 			}
 			c.l1.invalidate(k) // read from Redis
@@ -650,10 +651,10 @@ func TestAuditClusterPipelineErrorsAreNotMisses(t *testing.T) {
 			}
 		}
 	}
-	first := cl.MasterForKey(ctx, c.st.layout.Value(ks[0]))
+	first := cl.MasterForKey(ctx, c.st.Layout.Value(ks[0]))
 	var victim *redistest.Server
 	for _, k := range ks[1:] {
-		if m := cl.MasterForKey(ctx, c.st.layout.Value(k)); m != first {
+		if m := cl.MasterForKey(ctx, c.st.Layout.Value(k)); m != first {
 			victim = m
 			break
 		}

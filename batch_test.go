@@ -316,11 +316,11 @@ func TestBatchLoaderPerKeyOptions(t *testing.T) {
 			t.Fatalf("GetOrLoadMany = %v, %v", got, err)
 		}
 		admin := tg.NewClient(t)
-		ttl := func(k string) time.Duration { return admin.PTTL(ctx, c.st.layout.Value(k)).Val() }
+		ttl := func(k string) time.Duration { return admin.PTTL(ctx, c.st.Layout.Value(k)).Val() }
 		if l, s := ttl("long"), ttl("short"); l < 50*time.Minute || s > 3*time.Second || s <= 0 {
 			t.Fatalf("TTLs: long %v, short %v", l, s)
 		}
-		if admin.Exists(ctx, c.st.layout.Value("skip")).Val() != 0 {
+		if admin.Exists(ctx, c.st.Layout.Value("skip")).Val() != 0 {
 			t.Fatal("a NoCache key was cached")
 		}
 		if err := c.InvalidateTags(ctx, "t"); err != nil {

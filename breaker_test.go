@@ -33,10 +33,10 @@ func TestClusterDeadMasterKeepsTheOthers(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	victim := cl.MasterForKey(ctx, c.st.layout.Value(ks[0]))
+	victim := cl.MasterForKey(ctx, c.st.Layout.Value(ks[0]))
 	onVictim := map[string]bool{}
 	for _, k := range ks {
-		onVictim[k] = cl.MasterForKey(ctx, c.st.layout.Value(k)) == victim
+		onVictim[k] = cl.MasterForKey(ctx, c.st.Layout.Value(k)) == victim
 	}
 	var liveLoads, deadLoads atomic.Int64
 	load := func(k string) LoadFunc[string] {
@@ -119,13 +119,13 @@ func TestShardedSubscriptionFollowsTheChannelsShard(t *testing.T) {
 	if sharded, err := b.inv.shardedMode(ctx); err != nil || !sharded {
 		t.Fatalf("sharded pub/sub on a Redis 7 cluster: %v, %v", sharded, err)
 	}
-	owner := cl.MasterForKey(ctx, b.st.layout.Channel())
+	owner := cl.MasterForKey(ctx, b.st.Layout.Channel())
 	flushes := b.Stats().Count(EventL1Flush)
 	owner.Stop()
 	waitFor(t, 60*time.Second, "b's subscription lost and back", func() bool {
 		return b.Stats().Count(EventL1Flush) > flushes && b.Stats().Subscribed
 	})
-	if now := cl.MasterForKey(ctx, b.st.layout.Channel()); now == nil || now == owner {
+	if now := cl.MasterForKey(ctx, b.st.Layout.Channel()); now == nil || now == owner {
 		t.Fatalf("the channel's slot did not move (owner %v)", now)
 	}
 	waitFor(t, 60*time.Second, "a write after the failover", func() bool { return a.Set(ctx, "k", "old") == nil })

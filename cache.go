@@ -17,6 +17,7 @@ import (
 	"github.com/tiercache/tiercache/internal/envelope"
 	"github.com/tiercache/tiercache/internal/flight"
 	"github.com/tiercache/tiercache/internal/ratelog"
+	"github.com/tiercache/tiercache/internal/store"
 )
 
 // Cache is a typed three-tier cache: an optional in-process L1, Redis as
@@ -26,10 +27,10 @@ import (
 // The code is cut by tier: read.go (Get, GetMany: L1, then Redis), load.go
 // (GetOrLoad, GetOrLoadMany, Refresh: the one load core), write.go (Set,
 // SetMany, Delete, Invalidate), refresh.go (early and stale refreshes),
-// store.go (every Redis call), local.go (L1), invalidate.go (pub/sub).
+// internal/store (every Redis call), local.go (L1), invalidate.go (pub/sub).
 type Cache[V any] struct {
 	cfg config
-	st  *store
+	st  *store.Store
 	vc  *valueCodec
 	rec *recorder
 	log *slog.Logger
@@ -121,21 +122,31 @@ func build[V any](rdb redis.UniversalClient, opts []Option) (*Cache[V], error) {
 		typeHash: xxhash.Sum64String(reflect.TypeFor[V]().String()),
 	}
 	c.life, c.stop = context.WithCancel(context.Background())
-	c.st = newStore(rdb, &cfg, c.rec, c.log, c.life, c.breakerChanged)
-	c.st.onNewGeneration = func() {
-		c.flight.ForgetAll()
-		if c.l1 != nil {
-			c.l1.flush()
-			c.rec.event(EventL1Flush)
-		}
-	}
+	c.st = store.New(rdb, store.Config{
+		Prefix: cfg.prefix, SchemaVersion: cfg.version,
+		ReadTimeout: cfg.readTimeout, WriteTimeout: cfg.writeTimeout, LeaseTTL: cfg.leaseTTL,
+		VersionTTL: cfg.ttl, HealthInterval: cfg.healthInterval,
+		Breaker: cfg.storeBreaker(), CoalesceReads: cfg.coalesceReads,
+		Fault: ErrRedis, BreakerOpen: errBreakerOpen,
+		Recorder: c.rec, Log: c.log, Life: c.life,
+		OnBreaker: func(node string, from, to store.State) {
+			c.breakerChanged(node, BreakerState(from), BreakerState(to))
+		},
+		OnNewGeneration: func() {
+			c.flight.ForgetAll()
+			if c.l1 != nil {
+				c.l1.flush()
+				c.rec.event(EventL1Flush)
+			}
+		},
+	})
 	if c.l1, err = newLocal[V](&cfg); err != nil {
 		c.stop()
 		return nil, fmt.Errorf("%w: L1: %w", ErrInvalidOption, err)
 	}
 	if rdb != nil && (cfg.invalidation || cfg.lease) {
 		c.inv = &invalidator{
-			st: c.st, channel: c.st.layout.Channel(), id: newInstanceID(),
+			st: c.st, channel: c.st.Layout.Channel(), id: newInstanceID(),
 			interval: cfg.healthInterval, rec: c.rec, log: c.log, publishes: cfg.invalidation,
 		}
 		if cfg.lease {
@@ -211,7 +222,7 @@ func (c *Cache[V]) Close() error {
 	c.inv.stop()
 	c.bg.Wait()
 	// Releases start only from background loads, all finished now.
-	c.st.releases.Wait()
+	c.st.WaitReleases()
 	c.l1.close()
 	// The codec is not closed: a read that passed its ErrClosed check just
 	// before Close may still be decoding with it. Its zstd coders hold no
@@ -223,7 +234,7 @@ func (c *Cache[V]) Close() error {
 // Stats returns a snapshot of the cache's counters.
 func (c *Cache[V]) Stats() Stats {
 	s := c.rec.snapshot()
-	s.Breakers, s.BreakerState = c.st.nodes.states()
+	s.Breakers, s.BreakerState = breakerStates(c.st.Breakers())
 	if c.l1 != nil {
 		s.L1Hits, s.L1Misses = c.l1.hits.load(), c.l1.misses.load()
 		s.L1Entries = c.l1.c.EstimatedSize()

@@ -108,7 +108,7 @@ func TestJitterSpreadsExpiry(t *testing.T) {
 			if err := c.Set(ctx, k, i, WithTTL(ttl)); err != nil {
 				t.Fatal(err)
 			}
-			d, err := rdb.PTTL(ctx, c.st.layout.Value(k)).Result()
+			d, err := rdb.PTTL(ctx, c.st.Layout.Value(k)).Result()
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -225,7 +225,7 @@ func TestCorruptIsMiss(t *testing.T) {
 		if err := c.Set(ctx, "good", user{ID: 1}); err != nil {
 			t.Fatal(err)
 		}
-		good, err := rdb.Get(ctx, c.st.layout.Value("good")).Bytes()
+		good, err := rdb.Get(ctx, c.st.Layout.Value("good")).Bytes()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -236,7 +236,7 @@ func TestCorruptIsMiss(t *testing.T) {
 			good, // whole, but written under another key: the key check fails
 		} {
 			k := fmt.Sprintf("bad%d", i)
-			if err := rdb.Set(ctx, c.st.layout.Value(k), b, time.Minute).Err(); err != nil {
+			if err := rdb.Set(ctx, c.st.Layout.Value(k), b, time.Minute).Err(); err != nil {
 				t.Fatal(err)
 			}
 			if _, err := c.Get(ctx, k); !errors.Is(err, ErrMiss) {
@@ -336,7 +336,7 @@ func TestLoadOptions(t *testing.T) {
 		}); err != nil {
 			t.Fatal(err)
 		}
-		if d := rdb.PTTL(ctx, c.st.layout.Value("long")).Val(); d < 59*time.Minute {
+		if d := rdb.PTTL(ctx, c.st.Layout.Value("long")).Val(); d < 59*time.Minute {
 			t.Fatalf("loader's TTL not applied: PTTL %v", d)
 		}
 		LoadOptions(ctx, NoCache()) // outside a loader: does nothing, no panic

@@ -3,7 +3,6 @@ package tiercache
 import (
 	"context"
 	"fmt"
-	"unsafe"
 
 	"github.com/klauspost/compress/s2"
 	"github.com/klauspost/compress/zstd"
@@ -89,12 +88,6 @@ func (vc *valueCodec) encode(v any, env envelope.Envelope) ([]byte, error) {
 	return b, nil
 }
 
-// unsafeBytes returns the bytes of s without copying them, for decoding a
-// reply that go-redis returned as a string: the frame is only read, and
-// codecs must not keep the data they are given (see Codec). It saves a copy
-// of every value read.
-func unsafeBytes(s string) []byte { return unsafe.Slice(unsafe.StringData(s), len(s)) }
-
 // decode parses a stored frame into e. Every failure is a reason to treat
 // the key as a miss; none panics.
 func decode[V any](vc *valueCodec, b []byte, keyHash uint64, e *entry[V]) error {
@@ -165,7 +158,7 @@ func unmarshal(c Codec, data []byte, v any) (err error) {
 func (c *Cache[V]) frameOf(ctx context.Context, vk string, e *entry[V]) ([]byte, error) {
 	env := envelope.Envelope{
 		Tags: e.tags, WrittenAt: e.writtenAt, SoftExpiry: e.softExp, Delta: e.delta,
-		KeyHash: c.keyHash(vk), RowVersion: e.version, Generation: c.st.generation(ctx),
+		KeyHash: c.keyHash(vk), RowVersion: e.version, Generation: c.st.Generation(ctx),
 	}
 	if e.neg {
 		env.Flags |= envelope.FlagNegative

@@ -83,9 +83,3 @@ func asPanicError(p any) *PanicError {
 	}
 	return &PanicError{Value: p, Stack: debug.Stack()}
 }
-
-// redisError wraps err from Redis so that errors.Is(err, ErrRedis) holds and
-// the original error stays reachable.
-func redisError(op string, err error) error {
-	return fmt.Errorf("%w: %s: %w", ErrRedis, op, err)
-}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/tiercache/tiercache/internal/envelope"
 	"github.com/tiercache/tiercache/internal/msg"
+	"github.com/tiercache/tiercache/internal/store"
 )
 
 // invalidator keeps the L1 tiers of all instances coherent through Redis
@@ -33,7 +34,7 @@ import (
 // confirmed it flushes L1 again, since entries filled during the gap may have
 // missed invalidations, and marks it up.
 type invalidator struct {
-	st       *store
+	st       *store.Store
 	channel  string
 	id       [8]byte
 	interval time.Duration
@@ -118,11 +119,11 @@ func (iv *invalidator) start() {
 func (iv *invalidator) shardedMode(ctx context.Context) (bool, error) {
 	iv.modeMu.Lock()
 	defer iv.modeMu.Unlock()
-	if iv.modeKnown || iv.st.cluster == nil {
+	if iv.modeKnown || iv.st.Cluster == nil {
 		return iv.sharded, nil
 	}
-	err := iv.st.call(ctx, "", "command_info", iv.st.writeBy(), func(ctx context.Context) error {
-		info, err := iv.st.cluster.Do(ctx, "COMMAND", "INFO", "SPUBLISH").Slice()
+	err := iv.st.Call(ctx, "", "command_info", iv.st.WriteBy(), func(ctx context.Context) error {
+		info, err := iv.st.Cluster.Do(ctx, "COMMAND", "INFO", "SPUBLISH").Slice()
 		if err != nil {
 			return err
 		}
@@ -254,7 +255,7 @@ func (iv *invalidator) publishBatch(batch []pubReq) error {
 		return fmt.Errorf("publishing invalidation: %w", err)
 	}
 	for _, m := range msg.EncodeAt(iv.id, at, keys, tags, all) {
-		if err := iv.st.publish(context.Background(), iv.channel, m, sharded); err != nil {
+		if err := iv.st.Publish(context.Background(), iv.channel, m, sharded); err != nil {
 			return fmt.Errorf("publishing invalidation: %w", err)
 		}
 		iv.rec.event(EventInvalidationSent)
@@ -285,7 +286,7 @@ func (iv *invalidator) apply(payload string) {
 	case msg.KindAll:
 		// A Clear, or a flush: learn the generation first, so that no read
 		// after the flush takes a value of the old one for current.
-		_ = iv.st.refreshGeneration(iv.life)
+		_ = iv.st.RefreshGeneration(iv.life)
 		iv.onFlush()
 	case msg.KindKeys:
 		iv.onKeys(m.Keys)
@@ -318,7 +319,7 @@ func (iv *invalidator) subscribe() {
 		inv = []string{iv.channel}
 	}
 	if iv.fills != nil {
-		fills = []string{iv.st.layout.Fills()}
+		fills = []string{iv.st.Layout.Fills()}
 	}
 	subs := []*subscription{{channels: append(inv, fills...)}}
 	if sharded && inv != nil {
@@ -372,9 +373,9 @@ func (iv *invalidator) keep(sub *subscription) {
 		var ps *redis.PubSub
 		var err error
 		if sub.sharded {
-			ps = iv.st.cluster.SSubscribe(iv.life)
+			ps = iv.st.Cluster.SSubscribe(iv.life)
 		} else {
-			ps = iv.st.rdb.Subscribe(iv.life)
+			ps = iv.st.RDB.Subscribe(iv.life)
 		}
 		sub.ps = ps
 		sub.mu.Unlock()
@@ -391,7 +392,7 @@ func (iv *invalidator) keep(sub *subscription) {
 		_ = ps.Close()
 		// A cluster client picks the connection's node from its slot map:
 		// after a failover it must learn the new owner before it retries.
-		iv.st.reloadClusterState(err)
+		iv.st.ReloadClusterState(err)
 		wasUp := sub.up.Swap(false)
 		iv.flush()
 		// Fill messages may have been missed too: waiters look for
@@ -456,7 +457,7 @@ func (iv *invalidator) receive(ps *redis.PubSub, sub *subscription) (confirmed b
 			iv.wg.Add(1)
 			go func(echo string) {
 				defer iv.wg.Done()
-				if err := iv.st.publish(iv.life, sub.channels[0], []byte(echo), sub.sharded); err != nil {
+				if err := iv.st.Publish(iv.life, sub.channels[0], []byte(echo), sub.sharded); err != nil {
 					close(failed)
 				}
 			}(echo)
@@ -474,7 +475,7 @@ func (iv *invalidator) receive(ps *redis.PubSub, sub *subscription) (confirmed b
 		wait = max(wait, 50*time.Millisecond)
 		m, err := ps.ReceiveTimeout(iv.life, wait)
 		if err != nil {
-			if !isTimeout(err) {
+			if !store.IsTimeout(err) {
 				return confirmed, err
 			}
 			switch since := time.Since(lastHeard); {
@@ -487,7 +488,7 @@ func (iv *invalidator) receive(ps *redis.PubSub, sub *subscription) (confirmed b
 					return confirmed, err
 				}
 				// Quiet is when a lost Clear message is caught up with.
-				_ = iv.st.refreshGeneration(iv.life)
+				_ = iv.st.RefreshGeneration(iv.life)
 			}
 			continue
 		}
@@ -509,7 +510,7 @@ func (iv *invalidator) receive(ps *redis.PubSub, sub *subscription) (confirmed b
 			// Anything filled before this point may have missed an
 			// invalidation (or a Clear): learn the generation, flush, then
 			// trust L1 again.
-			_ = iv.st.refreshGeneration(iv.life)
+			_ = iv.st.RefreshGeneration(iv.life)
 			iv.flush()
 			sub.up.Store(true)
 			if !confirmed {
@@ -523,7 +524,7 @@ func (iv *invalidator) receive(ps *redis.PubSub, sub *subscription) (confirmed b
 				if m.Payload == echo {
 					echo = ""
 				}
-			case iv.fills != nil && m.Channel == iv.st.layout.Fills():
+			case iv.fills != nil && m.Channel == iv.st.Layout.Fills():
 				iv.fills.wake(m.Payload)
 			default:
 				iv.apply(m.Payload)

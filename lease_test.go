@@ -119,7 +119,7 @@ func TestStaleSetRefused(t *testing.T) {
 				if n := a.Stats().Count(EventFillRefused); n != 1 {
 					t.Fatalf("fills refused = %d, want 1", n)
 				}
-				raw, err := a.st.rdb.Get(ctx, a.st.layout.Value("row")).Bytes()
+				raw, err := a.st.RDB.Get(ctx, a.st.Layout.Value("row")).Bytes()
 				switch write {
 				case "delete":
 					if !errors.Is(err, redis.Nil) {
@@ -127,7 +127,7 @@ func TestStaleSetRefused(t *testing.T) {
 					}
 				case "set":
 					var e entry[string]
-					if err := decode(a.vc, raw, a.keyHash(a.st.layout.Value("row")), &e); err != nil || e.val != "new" {
+					if err := decode(a.vc, raw, a.keyHash(a.st.Layout.Value("row")), &e); err != nil || e.val != "new" {
 						t.Fatalf("after Set, Redis holds %q (err %v), want the new row", e.val, err)
 					}
 				}
@@ -157,8 +157,8 @@ func TestDeadLeaseHolder(t *testing.T) {
 			cs := instances[string](t, tg, 1, WithLease(leaseTTL))
 			c := cs[0]
 			// A holder that took the lease and was killed before it filled.
-			vk := c.st.layout.Value("k")
-			if err := c.st.rdb.Set(ctx, keys.Lease(vk), "dead-holder", leaseTTL).Err(); err != nil {
+			vk := c.st.Layout.Value("k")
+			if err := c.st.RDB.Set(ctx, keys.Lease(vk), "dead-holder", leaseTTL).Err(); err != nil {
 				t.Fatal(err)
 			}
 			start := time.Now()

@@ -11,6 +11,7 @@ import (
 
 	"github.com/tiercache/tiercache/internal/envelope"
 	"github.com/tiercache/tiercache/internal/flight"
+	"github.com/tiercache/tiercache/internal/store"
 )
 
 // LoadFunc loads the value of one key from the source of truth. It returns
@@ -99,7 +100,7 @@ func (c *Cache[V]) readThrough(ctx context.Context, key string, load LoadFunc[V]
 			return e, nil
 		}
 	}
-	kl := &keyLoad[V]{key: key, vk: c.st.layout.Value(key)}
+	kl := &keyLoad[V]{key: key, vk: c.st.Layout.Value(key)}
 	if err == nil && found {
 		kl.stale = &e
 	}
@@ -165,7 +166,7 @@ func (c *Cache[V]) GetOrLoadMany(ctx context.Context, keys []string, load BatchL
 				continue
 			}
 		}
-		kl := &keyLoad[V]{key: k, vk: c.st.layout.Value(k), outage: failed}
+		kl := &keyLoad[V]{key: k, vk: c.st.Layout.Value(k), outage: failed}
 		switch {
 		case failed:
 			outage = append(outage, kl)
@@ -236,7 +237,7 @@ func (c *Cache[V]) Refresh(ctx context.Context, key string, load LoadFunc[V]) (V
 	fk := flightKey{flightRefresh, key}
 	call, lead := c.flight.Begin(fk)
 	if lead {
-		kl := &keyLoad[V]{key: key, vk: c.st.layout.Value(key)}
+		kl := &keyLoad[V]{key: key, vk: c.st.Layout.Value(key)}
 		c.lead(ctx, flightRefresh, []*keyLoad[V]{kl}, []*flight.Call[entry[V]]{call}, loadRefresh, started, single(load))
 	} else {
 		c.rec.event(EventCoalesced)
@@ -447,15 +448,15 @@ func (c *Cache[V]) load(ctx context.Context, ks []*keyLoad[V], mode loadMode, no
 		// acquire: a fill between the acquire's reply and the wait wakes it.
 		var woken <-chan struct{}
 		notified := mode != loadBackground && c.inv != nil && c.inv.fills != nil && c.inv.healthy()
-		reqs := make([]acquireReq, len(pending))
+		reqs := make([]store.AcquireReq, len(pending))
 		for i, k := range pending {
 			if k.token == "" {
-				k.token = newToken()
+				k.token = store.NewToken()
 			}
 			k.tok = c.l1.token(k.key)
-			reqs[i] = acquireReq{vk: k.vk, token: k.token, force: k.force || mode != loadRead, wait: notified}
+			reqs[i] = store.AcquireReq{VK: k.vk, Token: k.token, Force: k.force || mode != loadRead, Wait: notified}
 			if !k.force {
-				reqs[i].notBefore = max(notBefore, k.notBefore)
+				reqs[i].NotBefore = max(notBefore, k.notBefore)
 			}
 		}
 		if notified {
@@ -465,7 +466,7 @@ func (c *Cache[V]) load(ctx context.Context, ks []*keyLoad[V], mode loadMode, no
 			}
 			woken, unwatch = c.inv.fills.watch(vks)
 		}
-		res, errs := c.st.acquire(ctx, reqs)
+		res, errs := c.st.Acquire(ctx, reqs)
 		if errs != nil {
 			// A node failed: its keys are loaded for L1 only (Redis is sick:
 			// no lease, no more timeouts), the others go on. The script may
@@ -495,7 +496,7 @@ func (c *Cache[V]) load(ctx context.Context, ks []*keyLoad[V], mode loadMode, no
 		}
 		names, vks, raw := make([]string, len(pending)), make([]string, len(pending)), make([][]byte, len(pending))
 		for i, k := range pending {
-			names[i], vks[i], raw[i] = k.key, k.vk, res[i].value
+			names[i], vks[i], raw[i] = k.key, k.vk, res[i].Value
 		}
 		es, found := make([]entry[V], len(pending)), make([]bool, len(pending))
 		c.decodeChecked(ctx, names, vks, raw, es, found)
@@ -506,26 +507,26 @@ func (c *Cache[V]) load(ctx context.Context, ks []*keyLoad[V], mode loadMode, no
 		var leaseLeft time.Duration
 		for i, k := range pending {
 			switch r := res[i]; {
-			case r.state == acquireFresh && !found[i]:
+			case r.State == store.AcquireFresh && !found[i]:
 				// Fresh by its header, but it does not decode (corrupt,
 				// foreign, another codec) or a tag was invalidated: lease it
 				// regardless of freshness, and of the header's write time,
 				// which may be garbage too. A value written meanwhile ends it.
 				k.force = true
 				busy = append(busy, k)
-			case r.state == acquireFresh:
+			case r.State == store.AcquireFresh:
 				if wait.rounds > 0 {
 					c.rec.event(EventLeaseWait)
 				}
 				c.l1.fill(k.key, k.tok, es[i], c.l1.limit())
 				k.settle(es[i], nil)
-			case r.state == acquireOwned:
+			case r.State == store.AcquireOwned:
 				k.owned = true
 				if found[i] {
 					k.stale = &es[i]
 				}
-				if since == 0 || r.at < since {
-					since = r.at
+				if since == 0 || r.At < since {
+					since = r.At
 				}
 				owned = append(owned, k)
 			case found[i] && mode == loadRead && c.withinSWR(&es[i], now):
@@ -534,7 +535,7 @@ func (c *Cache[V]) load(ctx context.Context, ks []*keyLoad[V], mode loadMode, no
 				k.settle(es[i], nil)
 			default:
 				busy = append(busy, k)
-				leaseLeft = max(leaseLeft, r.leaseTTL)
+				leaseLeft = max(leaseLeft, r.LeaseTTL)
 			}
 		}
 		if len(owned) > 0 {
@@ -572,14 +573,14 @@ func (c *Cache[V]) load(ctx context.Context, ks []*keyLoad[V], mode loadMode, no
 
 // release gives back the leases of ks that are still ours.
 func (c *Cache[V]) release(ks []*keyLoad[V]) {
-	var ls []lease
+	var ls []store.Lease
 	for _, k := range ks {
 		if k.owned {
 			k.owned = false
-			ls = append(ls, lease{vk: k.vk, token: k.token})
+			ls = append(ls, store.Lease{VK: k.vk, Token: k.token})
 		}
 	}
-	c.st.release(ls)
+	c.st.Release(ls)
 }
 
 // loadAndFill calls the loader once for ks, caches what it returns as mode
@@ -664,7 +665,7 @@ func (c *Cache[V]) loadAndFill(ctx context.Context, ks []*keyLoad[V], mode fillM
 			}
 		}
 	} else if len(allTags) > 0 {
-		versions, rowVers, stale, err := c.st.tagRead(ctx, allTags, since, c.redisTTL(longest))
+		versions, rowVers, stale, err := c.st.TagRead(ctx, allTags, since, c.redisTTL(longest))
 		byName := make(map[string]envelope.Tag, len(versions))
 		rowVer := make(map[string]string, len(versions))
 		for i, t := range versions {
@@ -695,7 +696,7 @@ func (c *Cache[V]) loadAndFill(ctx context.Context, ks []*keyLoad[V], mode fillM
 			}
 		}
 	}
-	var ws []frameWrite
+	var ws []store.Write
 	var wk []int // ws[j] is ks[wk[j]]
 	for i, k := range ks {
 		if !keep[i] {
@@ -717,12 +718,12 @@ func (c *Cache[V]) loadAndFill(ctx context.Context, ks []*keyLoad[V], mode fillM
 		if mode == fillPlain {
 			token = ""
 		}
-		ws = append(ws, frameWrite{vk: k.vk, token: token, frame: b, ttl: c.redisTTL(time.Duration(es[i].softExp-nowU) * time.Microsecond), version: es[i].version})
+		ws = append(ws, store.Write{VK: k.vk, Token: token, Frame: b, TTL: c.redisTTL(time.Duration(es[i].softExp-nowU) * time.Microsecond), Version: es[i].version})
 		wk = append(wk, i)
 	}
 	outage := mode == fillOutage
 	if len(ws) > 0 {
-		written, refused, err := c.st.fill(ctx, ws)
+		written, refused, err := c.st.Fill(ctx, ws)
 		outage = err != nil
 		for j, i := range wk {
 			k := ks[i]
@@ -803,7 +804,7 @@ func batch[V any](load BatchLoadFunc[V]) loader[V] {
 func (c *Cache[V]) callLoader(ctx context.Context, meta *loadMeta, fn loader[V], ks []string, out []loaded[V]) (delta time.Duration, err error) {
 	ctx, cancel := context.WithTimeout(context.WithValue(ctx, loadMetaKey{}, meta), c.cfg.loadTimeout)
 	defer cancel()
-	ctx, end := c.rec.span(ctx, fn.op)
+	ctx, end := c.rec.Span(ctx, fn.op)
 	start := time.Now()
 	returned := false
 	defer func() {

@@ -44,7 +44,7 @@ func publishRaw[V any](ctx context.Context, c *Cache[V], rdb redis.UniversalClie
 		return err
 	}
 	if sharded {
-		return rdb.SPublish(ctx, c.st.layout.Channel(), payload).Err()
+		return rdb.SPublish(ctx, c.st.Layout.Channel(), payload).Err()
 	}
-	return rdb.Publish(ctx, c.st.layout.Channel(), payload).Err()
+	return rdb.Publish(ctx, c.st.Layout.Channel(), payload).Err()
 }

@@ -121,10 +121,10 @@ func (c *Cache[V]) manyFromL1(keys []string, refresh *[]due) (out map[string]V, 
 // getL2 reads key from Redis. Stale values are returned too, for the
 // caller to judge.
 func (c *Cache[V]) getL2(ctx context.Context, key string) (e entry[V], found bool, err error) {
-	vk := c.st.layout.Value(key)
+	vk := c.st.Layout.Value(key)
 	tok := c.l1.token(key)
-	start := c.rec.now()
-	b, err := c.st.get(ctx, vk)
+	start := c.rec.Now()
+	b, err := c.st.Get(ctx, vk)
 	if err != nil {
 		if !errors.Is(err, errBreakerOpen) { // a bypassed Redis was not asked
 			c.rec.lookupL2(false, start)
@@ -146,11 +146,11 @@ func (c *Cache[V]) getManyL2(ctx context.Context, ks []string) (es []entry[V], f
 	vks := make([]string, len(ks))
 	toks := make([]fillToken, len(ks))
 	for i, k := range ks {
-		vks[i] = c.st.layout.Value(k)
+		vks[i] = c.st.Layout.Value(k)
 		toks[i] = c.l1.token(k)
 	}
-	start := c.rec.now()
-	raw, errs, err := c.st.getMany(ctx, vks)
+	start := c.rec.Now()
+	raw, errs, err := c.st.GetMany(ctx, vks)
 	es, found = make([]entry[V], len(ks)), make([]bool, len(ks))
 	c.decodeChecked(ctx, ks, vks, raw, es, found)
 	now := nowMicro()
@@ -187,7 +187,7 @@ func (c *Cache[V]) countL2(start time.Time, now int64, k string, tok fillToken, 
 // comes through here.
 func (c *Cache[V]) decodeChecked(ctx context.Context, ks, vks []string, raw [][]byte, es []entry[V], found []bool) {
 	tagged := 0
-	gen := c.st.generation(ctx)
+	gen := c.st.Generation(ctx)
 	for i, b := range raw {
 		found[i] = false
 		if b == nil {
@@ -227,7 +227,7 @@ func (c *Cache[V]) checkTags(ctx context.Context, es []entry[V], found []bool) {
 			}
 		}
 	}
-	cur, have, err := c.st.tagGet(ctx, names)
+	cur, have, err := c.st.TagGet(ctx, names)
 	for i := range es {
 		if !found[i] {
 			continue

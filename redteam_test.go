@@ -68,7 +68,7 @@ func TestRedTeamTagKeyVanishingForgetsInvalidation(t *testing.T) {
 		if err := c.InvalidateTags(ctx, "t"); err != nil {
 			t.Fatal(err)
 		}
-		if err := raw.Del(ctx, c.st.layout.Tag("t")).Err(); err != nil { // evicted
+		if err := raw.Del(ctx, c.st.Layout.Tag("t")).Err(); err != nil { // evicted
 			t.Fatal(err)
 		}
 		close(l.proceed)
@@ -82,7 +82,7 @@ func TestRedTeamTagKeyVanishingForgetsInvalidation(t *testing.T) {
 		for _, k := range []string{"k1", "k2"} {
 			if v, err := c.Get(ctx, k); err == nil {
 				t.Errorf("Get(%s) = %q after InvalidateTags: a value loaded before the invalidation was cached "+
-					"(tag key now %q; fills refused %d, want 2)", k, v, raw.Get(ctx, c.st.layout.Tag("t")).Val(), c.Stats().Count(EventFillRefused))
+					"(tag key now %q; fills refused %d, want 2)", k, v, raw.Get(ctx, c.st.Layout.Tag("t")).Val(), c.Stats().Count(EventFillRefused))
 			}
 		}
 	})
@@ -129,7 +129,7 @@ func TestRedTeamLeaseGivenBackOnEveryUnfilledEnd(t *testing.T) {
 				if v, err := a.GetOrLoad(ctx, key, tc.load); !tc.want(v, err) {
 					t.Fatalf("GetOrLoad = %q, %v", v, err)
 				}
-				lk := keys.Lease(a.st.layout.Value(key))
+				lk := keys.Lease(a.st.Layout.Value(key))
 				waitFor(t, 10*time.Second, "lease given back", func() bool { return raw.Exists(ctx, lk).Val() == 0 })
 				if v, err := b.GetOrLoad(ctx, key, constLoad("b", 0)); err != nil || v != "b" {
 					t.Fatalf("other instance = %q, %v", v, err)
@@ -270,7 +270,7 @@ func TestRedTeamHugeTTLs(t *testing.T) {
 			if v, err := c.Get(ctx, k); err != nil || v != want {
 				t.Fatalf("Get(%s) = %q, %v", k, v, err)
 			}
-			if d := raw.PTTL(ctx, c.st.layout.Value(k)).Val(); d <= 0 {
+			if d := raw.PTTL(ctx, c.st.Layout.Value(k)).Val(); d <= 0 {
 				t.Fatalf("PTTL(%s) = %v", k, d)
 			}
 		}
@@ -338,12 +338,12 @@ func TestRedTeamRefreshAfterSetDoesNotJoin(t *testing.T) {
 			t.Fatalf("first Refresh = %q", v)
 		}
 		raw := tg.NewClient(t)
-		b, err := raw.Get(ctx, c.st.layout.Value("k")).Bytes()
+		b, err := raw.Get(ctx, c.st.Layout.Value("k")).Bytes()
 		if err != nil && !errors.Is(err, redis.Nil) {
 			t.Fatal(err)
 		}
 		var e entry[string]
-		if err := decode(c.vc, b, c.keyHash(c.st.layout.Value("k")), &e); err != nil || e.val != "new2" {
+		if err := decode(c.vc, b, c.keyHash(c.st.Layout.Value("k")), &e); err != nil || e.val != "new2" {
 			t.Fatalf("Redis holds %q (%v), want new2", e.val, err)
 		}
 	})

@@ -84,7 +84,7 @@ func (c *Cache[V]) refreshAsync(keys []due, fn loader[V]) {
 		if !lead {
 			continue
 		}
-		ks = append(ks, &keyLoad[V]{key: d.key, vk: c.st.layout.Value(d.key), notBefore: d.writtenAt})
+		ks = append(ks, &keyLoad[V]{key: d.key, vk: c.st.Layout.Value(d.key), notBefore: d.writtenAt})
 		calls = append(calls, call)
 		if d.early {
 			early++

@@ -7,6 +7,8 @@ import (
 	"math/rand/v2"
 	"sync/atomic"
 	"time"
+
+	"github.com/tiercache/tiercache/internal/store"
 )
 
 // Tier names where a read was answered.
@@ -268,9 +270,9 @@ func newRecorder(obs Observer) *recorder {
 	return r
 }
 
-// now returns the time for a duration measurement, or the zero time when
+// Now returns the time for a duration measurement, or the zero time when
 // nobody wants durations, saving the clock read on the hot path.
-func (r *recorder) now() time.Time {
+func (r *recorder) Now() time.Time {
 	if r.timed {
 		return time.Now()
 	}
@@ -319,14 +321,30 @@ func (r *recorder) invalidationDelay(d time.Duration) {
 	}
 }
 
-func (r *recorder) redis(op string, start time.Time, err error) {
+// The recorder is the store's (store.Recorder): Now, Span, Redis,
+// Rejected and Batched.
+
+// Redis is told of one round trip that ran.
+func (r *recorder) Redis(op string, start time.Time, err error) {
 	if r.timed {
 		r.obs.Redis(op, time.Since(start), err)
 	}
+	if err != nil {
+		if store.IsTimeout(err) {
+			r.event(EventRedisTimeout)
+		}
+		r.event(EventRedisError)
+	}
 }
 
-// span starts a span when the observer traces.
-func (r *recorder) span(ctx context.Context, op string) (context.Context, func(error)) {
+// Rejected counts a call the breaker refused.
+func (r *recorder) Rejected() { r.event(EventBreakerReject) }
+
+// Batched counts n reads that shared a coalesced round trip.
+func (r *recorder) Batched(n int) { r.eventN(EventReadBatched, n) }
+
+// Span starts a span when the observer traces.
+func (r *recorder) Span(ctx context.Context, op string) (context.Context, func(error)) {
 	if r.tracer == nil {
 		return ctx, func(error) {}
 	}

@@ -20,9 +20,9 @@ import "errors"
 // instance.
 //
 // The code: InvalidateTags in write.go, the version checks of reads in
-// read.go (checkTags), the scripts and their round trips in store.go
-// (tagRead, tagBump, tagGet) and internal/keys, L1's table of versions in
-// local.go (tagVersions). A load reads its tags' versions after the loader
+// read.go (checkTags), the scripts and their round trips in
+// internal/store (TagRead, TagBump, TagGet) and internal/keys, L1's table
+// of versions in local.go (tagVersions). A load reads its tags' versions after the loader
 // returns and refuses its fill if any moved since the load began, or if a
 // tag key vanished (expired, evicted) while the namespace's tag floor says
 // some tag was invalidated since.

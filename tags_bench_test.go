@@ -67,7 +67,7 @@ func benchTagDesign(b *testing.B, design string, n int) {
 				if tagged && design == "members" {
 					members := make([]any, 0, len(batch))
 					for k := range batch {
-						members = append(members, c.st.layout.Value(k))
+						members = append(members, c.st.Layout.Value(k))
 					}
 					rdb.SAdd(ctx, "tagbench:members:{t}", members...)
 				}

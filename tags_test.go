@@ -246,7 +246,7 @@ func TestTagKeysExpire(t *testing.T) {
 		ctx := t.Context()
 		rdb := tg.NewClient(t)
 		c := newCacheOn[string](t, rdb, fmt.Sprint("tagttl", time.Now().UnixNano()), WithJitter(0))
-		tk := c.st.layout.Tag("short-lived")
+		tk := c.st.Layout.Tag("short-lived")
 		if err := c.Set(ctx, "a", "v", WithTTL(150*time.Millisecond), WithTags("short-lived")); err != nil {
 			t.Fatal(err)
 		}
@@ -266,7 +266,7 @@ func TestTagKeysExpire(t *testing.T) {
 		if err := c.InvalidateTags(ctx, "unused"); err != nil {
 			t.Fatal(err)
 		}
-		if d := rdb.PTTL(ctx, c.st.layout.Tag("unused")).Val(); d <= 0 || d > 2*c.cfg.loadTimeout+c.cfg.leaseTTL {
+		if d := rdb.PTTL(ctx, c.st.Layout.Tag("unused")).Val(); d <= 0 || d > 2*c.cfg.loadTimeout+c.cfg.leaseTTL {
 			t.Fatalf("tombstone of an unused tag has TTL %v", d)
 		}
 	})

@@ -199,7 +199,7 @@ func TestClearHidesEverythingEverywhere(t *testing.T) {
 		if v, err := quick.Get(ctx, "x"); err != nil || v != "new" {
 			t.Fatalf("quick reads %q, %v", v, err)
 		}
-		if err := tg.NewClient(t).Incr(ctx, quick.st.layout.Generation()).Err(); err != nil {
+		if err := tg.NewClient(t).Incr(ctx, quick.st.Layout.Generation()).Err(); err != nil {
 			t.Fatal(err)
 		}
 		waitFor(t, 10*time.Second, "a silent Clear noticed", func() bool {

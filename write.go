@@ -7,6 +7,7 @@ import (
 
 	"github.com/tiercache/tiercache/internal/envelope"
 	"github.com/tiercache/tiercache/internal/keys"
+	"github.com/tiercache/tiercache/internal/store"
 )
 
 // The write path. A write goes to Redis first, removing the key's lease in
@@ -84,7 +85,7 @@ func (c *Cache[V]) set(ctx context.Context, items []item[V], opts []SetOption) e
 		longest = max(longest, ttl)
 	}
 	// The tags' keys must outlive the longest TTL of the items.
-	tags, rowVers, _, err := c.st.tagRead(ctx, tagNames, 0, c.redisTTL(longest))
+	tags, rowVers, _, err := c.st.TagRead(ctx, tagNames, 0, c.redisTTL(longest))
 	if err != nil {
 		for _, it := range items {
 			c.dropLocal(it.key) // as after a failed write: the caller retries
@@ -100,23 +101,23 @@ func (c *Cache[V]) set(ctx context.Context, items []item[V], opts []SetOption) e
 		}
 		return nil
 	}
-	ws := make([]frameWrite, len(items))
+	ws := make([]store.Write, len(items))
 	es := make([]entry[V], len(items))
 	for i, it := range items {
-		vk := c.st.layout.Value(it.key)
+		vk := c.st.Layout.Value(it.key)
 		es[i] = entry[V]{val: it.val, version: sc.version, writtenAt: now, softExp: softExp[i], tags: tags}
 		b, err := c.frameOf(ctx, vk, &es[i])
 		if err != nil {
 			return fmt.Errorf("key %q: %w", it.key, err)
 		}
 		es[i].size = len(b)
-		ws[i] = frameWrite{vk: vk, frame: b, ttl: c.redisTTL(time.Duration(softExp[i]-now) * time.Microsecond), version: sc.version}
+		ws[i] = store.Write{VK: vk, Frame: b, TTL: c.redisTTL(time.Duration(softExp[i]-now) * time.Microsecond), Version: sc.version}
 	}
 	toks := make([]fillToken, len(items))
 	for i, it := range items {
 		toks[i] = c.l1.token(it.key)
 	}
-	written, refused, err := c.st.set(ctx, ws)
+	written, refused, err := c.st.Set(ctx, ws)
 	ks := make([]string, 0, len(items))
 	for i, it := range items {
 		switch {
@@ -163,9 +164,9 @@ func (c *Cache[V]) delete(ctx context.Context, version uint64, keys []string) er
 	c.dropLocal(keys...)
 	vks := make([]string, len(keys))
 	for i, k := range keys {
-		vks[i] = c.st.layout.Value(k)
+		vks[i] = c.st.Layout.Value(k)
 	}
-	err := c.st.del(ctx, vks, version)
+	err := c.st.Del(ctx, vks, version)
 	// Again now that Redis has no value: a read that ran between the first
 	// drop and the DEL may have put the old value back in L1 (its fill
 	// token predates this second drop, so a fill still in flight is refused).
@@ -212,7 +213,7 @@ func (c *Cache[V]) invalidateTags(ctx context.Context, version uint64, tags []st
 	}
 	// A tag key must outlive every load that may be in flight.
 	keep := satAdd(satAdd(c.cfg.loadTimeout, c.cfg.loadTimeout), c.cfg.leaseTTL)
-	versions, err := c.st.tagBump(ctx, tags, keep, version)
+	versions, err := c.st.TagBump(ctx, tags, keep, version)
 	if err != nil {
 		return err
 	}
@@ -260,7 +261,7 @@ func (c *Cache[V]) Clear(ctx context.Context) error {
 	if c.closed.Load() {
 		return ErrClosed
 	}
-	if _, err := c.st.clear(ctx); err != nil {
+	if _, err := c.st.Clear(ctx); err != nil {
 		return err
 	}
 	c.flight.ForgetAll()

@@ -1,0 +1,241 @@
+package store
+
+import (
+	"context"
+	crand "crypto/rand"
+	"encoding/hex"
+	"errors"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tiercache/tiercache/internal/keys"
+)
+
+// Before an instance calls the loader for a key that Redis does not have
+// fresh, it takes the key's lease (SET NX PX of a random token on a key in
+// the value's slot): only the holder loads, the others wait for its value
+// or take the lease over when it expires (its holder died). The holder's
+// write is a compare-and-set on the token (Fill). Set, Delete and their
+// kin delete the lease, so a value loaded before one of them is refused
+// instead of landing after it: the stale set of classic cache-aside cannot
+// happen. The cache's load.go drives the protocol; these are its round trips.
+
+// NewToken returns a random lease token.
+func NewToken() string {
+	var b [12]byte
+	_, _ = crand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// The states of an acquire, as the script returns them.
+const (
+	AcquireBusy  = 0 // another instance holds the lease
+	AcquireOwned = 1 // the lease is ours
+	AcquireFresh = 2 // the value is fresh: no lease taken
+)
+
+// AcquireReq asks for the lease of the value key VK under Token.
+type AcquireReq struct {
+	VK, Token string
+	Force     bool  // take the lease even if the value is fresh
+	NotBefore int64 // with Force: a value written after it (Unix µs) counts as fresh
+	Wait      bool  // the caller will wait for another holder: ask to be woken
+}
+
+// leaseKeys are the keys of vk's lease scripts (one slot): value, lease,
+// waiters, row version.
+func leaseKeys(vk string) []string {
+	return []string{vk, keys.Lease(vk), keys.Waiters(vk), keys.RowVersion(vk)}
+}
+
+// AcquireResult is the reply to an AcquireReq: the state, the value (when
+// fresh or another holds the lease), how long the other's lease has left,
+// and when ours was taken.
+type AcquireResult struct {
+	State    int64
+	Value    []byte // nil when absent
+	LeaseTTL time.Duration
+	At       int64 // server time when the lease was taken (Unix µs), 0 for a fresh value
+}
+
+// Acquire runs the Acquire script for each request, in one round trip per
+// node: the value if fresh, else the lease if free. errs[i] is set for the
+// requests of a node that failed.
+func (s *Store) Acquire(ctx context.Context, reqs []AcquireReq) ([]AcquireResult, []error) {
+	out := make([]AcquireResult, len(reqs))
+	kk := make([][]string, len(reqs))
+	args := make([][]any, len(reqs))
+	now := nowMicro()
+	flag := func(b bool) string {
+		if b {
+			return "1"
+		}
+		return "0"
+	}
+	for i, r := range reqs {
+		kk[i] = leaseKeys(r.VK)
+		args[i] = []any{r.Token, s.leaseTTL.Milliseconds(), now, flag(r.Force), strconv.FormatInt(r.NotBefore, 10), flag(r.Wait)}
+	}
+	vks := make([]string, len(reqs))
+	for i, r := range reqs {
+		vks[i] = r.VK
+	}
+	if s.local != nil {
+		for i := range out {
+			out[i] = AcquireResult{State: AcquireOwned, At: now}
+		}
+		return out, nil
+	}
+	errs, _ := s.callKeys(ctx, op("acquire", len(reqs)), s.readBy(), vks, func(ctx context.Context, idx []int) error {
+		cmds, err := s.runScript(ctx, keys.Acquire, pick(kk, idx), pick(args, idx))
+		if err != nil {
+			return err
+		}
+		for n, cmd := range cmds {
+			if out[idx[n]], err = parseAcquire(cmd); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	return out, errs
+}
+
+// pick returns xs[idx] in order (xs itself when idx is every index).
+func pick[T any](xs []T, idx []int) []T {
+	if len(idx) == len(xs) {
+		return xs
+	}
+	out := make([]T, len(idx))
+	for n, i := range idx {
+		out[n] = xs[i]
+	}
+	return out
+}
+
+// parseAcquire reads the reply of the Acquire script.
+func parseAcquire(cmd *redis.Cmd) (AcquireResult, error) {
+	var res AcquireResult
+	vals, err := cmd.Slice()
+	if err != nil {
+		return res, err
+	}
+	if len(vals) != 4 {
+		return res, errors.New("acquire: unexpected reply")
+	}
+	res.State, _ = vals[0].(int64)
+	if v, ok := vals[1].(string); ok && v != "" {
+		res.Value = unsafeBytes(v)
+	}
+	if ms, ok := vals[2].(int64); ok && ms > 0 {
+		res.LeaseTTL = time.Duration(ms) * time.Millisecond
+	}
+	if v, ok := vals[3].(string); ok {
+		res.At, _ = strconv.ParseInt(v, 10, 64)
+	}
+	return res, nil
+}
+
+// Write is one frame to store under VK for TTL. With a token it is a
+// fill (a compare-and-set on the lease); without, a write-through. A
+// version (the row's; 0: unversioned) refuses it if Redis has seen a newer
+// one.
+type Write struct {
+	VK, Token string
+	Frame     []byte
+	TTL       time.Duration
+	Version   uint64
+}
+
+// versionArgs are a write's row version arguments: the version and how
+// long Redis keeps it (at least as long as the value, and the default TTL
+// after a versioned Delete), so that a later write older than it is refused.
+func (s *Store) versionArgs(version uint64, ttl time.Duration) (string, int64) {
+	return keys.FormatVersion(version), ms(max(ttl, s.versionTTL))
+}
+
+// Fill writes loaded values, in one round trip per node, and reports which
+// were written and which refused (a leased fill whose lease is gone);
+// neither, when its command failed. A cache's fills are all leased or all
+// unleased (WithoutLease: written through as Set writes, all or none).
+func (s *Store) Fill(ctx context.Context, ws []Write) (written, refused []bool, err error) {
+	written, refused = make([]bool, len(ws)), make([]bool, len(ws))
+	if ws[0].Token == "" || s.local != nil {
+		return s.Set(ctx, ws)
+	}
+	kk := make([][]string, len(ws))
+	args := make([][]any, len(ws))
+	vks := make([]string, len(ws))
+	for i, w := range ws {
+		kk[i] = leaseKeys(w.VK)
+		ver, verTTL := s.versionArgs(w.Version, w.TTL)
+		args[i] = []any{w.Token, w.Frame, ms(w.TTL), ver, verTTL, s.Layout.Fills()}
+		vks[i] = w.VK
+	}
+	_, err = s.callKeys(ctx, op("fill", len(ws)), s.WriteBy(), vks, func(ctx context.Context, idx []int) error {
+		cmds, err := s.runScript(ctx, keys.Fill, pick(kk, idx), pick(args, idx))
+		for n, cmd := range cmds {
+			v, cerr := cmd.Int64()
+			written[idx[n]], refused[idx[n]] = cerr == nil && v == 1, cerr == nil && v == 0
+		}
+		return err
+	})
+	return written, refused, err
+}
+
+// Lease is a lease this instance holds: its value key and token.
+type Lease struct{ VK, Token string }
+
+// Release gives leases back after a load that did not fill them (it
+// failed, was not to be cached, was cancelled by Close, or its acquire's
+// reply was lost), so that the next reader anywhere loads at once instead
+// of waiting for the lease to expire. It is the one release policy: in the
+// background, off the read path; retried every 100ms while Redis fails, for
+// as long as a lease could live; after Close, one last attempt (bounded by
+// the write timeout), which Close waits for. At most maxPendingReleases run
+// at once; beyond that a lease is left to expire.
+func (s *Store) Release(ls []Lease) {
+	if len(ls) == 0 || s.local != nil {
+		return
+	}
+	if s.pendingReleases.Add(1) > maxPendingReleases {
+		s.pendingReleases.Add(-1)
+		return
+	}
+	kk := make([][]string, len(ls))
+	args := make([][]any, len(ls))
+	lks := make([]string, len(ls))
+	for i, l := range ls {
+		lks[i] = l.VK
+		kk[i] = leaseKeys(l.VK)
+		args[i] = []any{l.Token, s.Layout.Fills()}
+	}
+	s.releases.Add(1)
+	go func() {
+		defer s.releases.Done()
+		defer s.pendingReleases.Add(-1)
+		deadline := time.Now().Add(s.leaseTTL)
+		for {
+			closing := s.life.Err() != nil
+			// Not on life: a release must outlive Close by one attempt.
+			// (A lease given back twice is harmless: Release checks the token.)
+			_, err := s.callKeys(context.Background(), op("release", len(ls)), s.WriteBy(), lks, func(ctx context.Context, idx []int) error {
+				_, err := s.runScript(ctx, keys.Release, pick(kk, idx), pick(args, idx))
+				return err
+			})
+			if err == nil || closing || time.Now().After(deadline) {
+				return
+			}
+			t := time.NewTimer(100 * time.Millisecond)
+			select {
+			case <-t.C:
+			case <-s.life.Done():
+				t.Stop()
+			}
+		}
+	}()
+}
+
+const maxPendingReleases = 1024

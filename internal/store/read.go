@@ -1,0 +1,128 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"time"
+	"unsafe"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Get reads one value key (nil when absent), sharing a round trip with
+// concurrent reads unless coalescing is off.
+func (s *Store) Get(ctx context.Context, vk string) ([]byte, error) {
+	if s.local != nil {
+		return nil, nil
+	}
+	if s.coal != nil {
+		return s.coal.Get(ctx, vk)
+	}
+	return s.getOne(ctx, s.readBy(), vk)
+}
+
+// getOne is one GET of vk, done by deadline.
+func (s *Store) getOne(ctx context.Context, deadline time.Time, vk string) (b []byte, err error) {
+	err = s.Call(ctx, s.nodeOf(ctx, vk), "get", deadline, func(ctx context.Context) error {
+		v, err := s.RDB.Get(ctx, vk).Result()
+		b = unsafeBytes(v)
+		return err
+	})
+	return b, err
+}
+
+// fetchReads is the coalescer's round trip: GET for a lone read, else one
+// read per node.
+func (s *Store) fetchReads(ctx context.Context, deadline time.Time, vks []string, raw [][]byte, errs []error) {
+	if len(vks) == 1 {
+		raw[0], errs[0] = s.getOne(ctx, deadline, vks[0])
+		return
+	}
+	kerrs, _ := s.callKeys(ctx, "mget", deadline, vks, func(ctx context.Context, idx []int) error { return s.mget(ctx, vks, idx, raw) })
+	batched := 0
+	for i := range vks {
+		if kerrs != nil {
+			errs[i] = kerrs[i]
+		}
+		if errs[i] == nil || !errors.Is(errs[i], s.breakerOpen) {
+			batched++
+		}
+	}
+	s.rec.Batched(batched)
+}
+
+// GetMany reads vks in one round trip per node (nil for absent keys);
+// errs[i] is set for the keys of a node that failed.
+func (s *Store) GetMany(ctx context.Context, vks []string) (raw [][]byte, errs []error, err error) {
+	raw = make([][]byte, len(vks))
+	if s.local != nil {
+		return raw, nil, nil
+	}
+	errs, err = s.callKeys(ctx, "mget", s.readBy(), vks, func(ctx context.Context, idx []int) error { return s.mget(ctx, vks, idx, raw) })
+	return raw, errs, err
+}
+
+// maxBatchCommand bounds the keys of one MGET; a larger batch is split into
+// several commands, still sent in one round trip.
+const maxBatchCommand = 512
+
+// mget reads the keys vks[idx] (of one node) into raw: MGETs of at most
+// maxBatchCommand keys on a single node, GETs on a cluster (no command spans
+// two slots). A command that failed fails the read: its keys are not
+// misses.
+func (s *Store) mget(ctx context.Context, vks []string, idx []int, raw [][]byte) error {
+	if s.single {
+		// One node: callKeys passes every index, in order.
+		var cmds []*redis.SliceCmd
+		if len(vks) <= maxBatchCommand {
+			cmds = append(cmds, s.RDB.MGet(ctx, vks...))
+		} else if _, err := s.RDB.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for j := 0; j < len(vks); j += maxBatchCommand {
+				cmds = append(cmds, p.MGet(ctx, vks[j:min(j+maxBatchCommand, len(vks))]...))
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+		n := 0
+		for _, cmd := range cmds {
+			vals, err := cmd.Result()
+			if err != nil {
+				return err
+			}
+			for _, v := range vals {
+				if v, ok := v.(string); ok {
+					raw[n] = unsafeBytes(v)
+				}
+				n++
+			}
+		}
+		return nil
+	}
+	cmds := make([]*redis.StringCmd, len(idx))
+	_, err := s.RDB.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for n, i := range idx {
+			cmds[n] = p.Get(ctx, vks[i])
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return err
+	}
+	for n, cmd := range cmds {
+		v, err := cmd.Result()
+		switch {
+		case err == nil:
+			raw[idx[n]] = unsafeBytes(v)
+		case !errors.Is(err, redis.Nil):
+			return err
+		}
+	}
+	return nil
+}
+
+// unsafeBytes returns the bytes of s without copying them, for decoding a
+// reply that go-redis returned as a string: the frame is only read, and
+// codecs must not keep the data they are given (see tiercache.Codec). It
+// saves a copy of every value read.
+func unsafeBytes(s string) []byte { return unsafe.Slice(unsafe.StringData(s), len(s)) }

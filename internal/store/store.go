@@ -1,0 +1,337 @@
+// Package store is every Redis call a cache makes, and nothing that
+// depends on the value type: the key layout, the timeouts and the breaker
+// around each round trip, the coalesced reads, the scripts (leases, fills,
+// writes, tags) and the one policy by which leases are given back.
+//
+// Every round trip goes through [Store.Call], so that each one is bounded,
+// counted, traced and judged by the breaker in the same way. Multi-key
+// operations are one round trip per node (callKeys), each under its node's
+// breaker, and no command spans two slots.
+//
+// The files: store.go (the transport and the script runner), read.go,
+// lease.go (the lease protocol's round trips), write.go (writes, deletes,
+// the generation, publish), tags.go, breaker.go.
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tiercache/tiercache/internal/coalesce"
+	"github.com/tiercache/tiercache/internal/keys"
+)
+
+// Config is what a store needs of the cache's options.
+type Config struct {
+	Prefix        string
+	SchemaVersion int
+
+	ReadTimeout, WriteTimeout, LeaseTTL time.Duration
+	// VersionTTL is the least time Redis keeps a row version (the cache's
+	// default TTL); see versionArgs.
+	VersionTTL time.Duration
+	// HealthInterval is how often the generation is read again.
+	HealthInterval time.Duration
+
+	Breaker       *BreakerSettings // nil: no breaker
+	CoalesceReads bool
+
+	// Fault wraps every error from Redis (the caller's ErrRedis), and
+	// BreakerOpen is the error of a call a breaker refused (it wraps
+	// Fault): errors.Is tells them apart for the caller.
+	Fault, BreakerOpen error
+
+	Recorder Recorder
+	Log      *slog.Logger
+	// Life ends when the cache is closed. Lease releases outlive it by at
+	// most one attempt each (see Release).
+	Life context.Context
+
+	// OnBreaker is told of every change of a node's breaker.
+	OnBreaker func(node string, from, to State)
+	// OnNewGeneration is called when a read finds a newer generation than
+	// this instance knew (its Clear message was lost): L1 must go too.
+	OnNewGeneration func()
+}
+
+// Recorder is told of every round trip; the cache's counters and its
+// Observer are behind it.
+type Recorder interface {
+	// Now is the start of a timed call (the zero time when nothing times
+	// calls).
+	Now() time.Time
+	// Span starts a trace span for a round trip; end is called with its
+	// result.
+	Span(ctx context.Context, op string) (_ context.Context, end func(error))
+	// Redis is told of each round trip that ran: its name, start and
+	// error (nil for success and for an absent key).
+	Redis(op string, start time.Time, err error)
+	// Rejected is told of a call a breaker refused.
+	Rejected()
+	// Batched is told of n reads that shared a coalesced round trip.
+	Batched(n int)
+}
+
+// Store is a cache's Redis (or, for an L1-only cache, what stands in for
+// it). It is safe for concurrent use.
+type Store struct {
+	RDB     redis.UniversalClient
+	Cluster *redis.ClusterClient // RDB, when it is a cluster client
+	Layout  keys.Layout
+
+	nodes  *nodes              // the breakers, one per node; nil without a breaker
+	coal   *coalesce.Coalescer // nil without read coalescing
+	rec    Recorder
+	log    *slog.Logger
+	single bool // RDB is one node: a batch read is MGET
+
+	fault, breakerOpen error
+
+	readTimeout, writeTimeout, leaseTTL time.Duration
+	versionTTL                          time.Duration // see versionArgs
+
+	life context.Context
+
+	// gen is the namespace's generation as this instance knows it.
+	gen             atomic.Uint64
+	genKnown        atomic.Bool
+	genAt           atomic.Int64  // when it was last read (Unix µs)
+	genEvery        time.Duration // how often it is read again (the health interval)
+	onNewGeneration func()
+
+	// local is the store of an L1-only cache (NewLocal): no Redis at all.
+	// Every read misses, every lease is granted, every write "lands", and
+	// tag versions and the generation are kept here.
+	local *localState
+
+	releases        sync.WaitGroup // lease releases in the background
+	pendingReleases atomic.Int64
+	// lastReload is when a cluster client was last told to reload its slot
+	// map (Unix ns); see ReloadClusterState.
+	lastReload atomic.Int64
+}
+
+// New returns the store of rdb; a nil rdb is an L1-only cache's.
+func New(rdb redis.UniversalClient, cfg Config) *Store {
+	s := &Store{
+		RDB: rdb, Layout: keys.New(cfg.Prefix, cfg.SchemaVersion), rec: cfg.Recorder, log: cfg.Log, life: cfg.Life,
+		fault: cfg.Fault, breakerOpen: cfg.BreakerOpen,
+		readTimeout: cfg.ReadTimeout, writeTimeout: cfg.WriteTimeout, leaseTTL: cfg.LeaseTTL,
+		versionTTL: cfg.VersionTTL, genEvery: cfg.HealthInterval, onNewGeneration: cfg.OnNewGeneration,
+	}
+	if rdb == nil {
+		s.local = &localState{tags: map[string]uint64{}}
+		return s
+	}
+	_, s.single = rdb.(*redis.Client)
+	s.Cluster, _ = rdb.(*redis.ClusterClient)
+	if cfg.Breaker != nil {
+		s.nodes = &nodes{settings: *cfg.Breaker, onChange: cfg.OnBreaker, m: map[string]*breaker{}}
+		if s.Cluster == nil {
+			s.nodes.one = s.nodes.get(clientAddr(rdb))
+		}
+	}
+	if cfg.CoalesceReads {
+		s.coal = coalesce.New(cfg.ReadTimeout, s.fetchReads)
+	}
+	return s
+}
+
+// Call runs one Redis round trip to node (its address; "" for the one node
+// of a single-node client) under that node's breaker, done by deadline,
+// and counts it. A call the breaker refuses fails at once with the
+// BreakerOpen error. redis.Nil (an absent key) is not an error; every
+// other error wraps Fault.
+func (s *Store) Call(ctx context.Context, node, op string, deadline time.Time, fn func(context.Context) error) error {
+	brk := s.nodes.of(node)
+	var done func(error)
+	if brk != nil {
+		var ok bool
+		if done, ok = brk.begin(); !ok {
+			s.rec.Rejected()
+			return s.breakerOpen
+		}
+	}
+	ctx, cancel := context.WithDeadline(ctx, deadline)
+	ctx, end := s.rec.Span(ctx, op)
+	start := s.rec.Now()
+	err := fn(ctx)
+	cancel()
+	if errors.Is(err, redis.Nil) {
+		err = nil
+	}
+	end(err)
+	if brk != nil {
+		brk.end(done, err)
+	}
+	s.rec.Redis(op, start, err)
+	if err != nil {
+		s.ReloadClusterState(err)
+		return fmt.Errorf("%w: %s: %w", s.fault, op, err)
+	}
+	return nil
+}
+
+// WaitReleases waits for the lease releases in the background (see
+// Release).
+func (s *Store) WaitReleases() { s.releases.Wait() }
+
+// Breakers returns each node's breaker state, and the worst of them.
+func (s *Store) Breakers() (map[string]State, State) { return s.nodes.states() }
+
+// nodeOf is the address of the node that serves key ("" on one node).
+func (s *Store) nodeOf(ctx context.Context, key string) string {
+	if s.Cluster == nil {
+		return ""
+	}
+	m, err := s.Cluster.MasterForKey(ctx, key)
+	if err != nil {
+		return "" // no slot map: the call will fail, under the unknown node's breaker
+	}
+	return m.Options().Addr
+}
+
+// callKeys runs one round trip per node for keys: fn(ctx, idx) for the
+// indexes of keys each node serves, each under its node's breaker, the
+// nodes at once, so that a dead node fails only its own keys. errs[i] is
+// the error of keys[i] (nil: done); err is the first. On one node it is one
+// call of fn, as the pipelines of go-redis would be.
+func (s *Store) callKeys(ctx context.Context, op string, deadline time.Time, keys []string, fn func(ctx context.Context, idx []int) error) (errs []error, err error) {
+	if s.Cluster == nil {
+		all := make([]int, len(keys))
+		for i := range all {
+			all[i] = i
+		}
+		if err = s.Call(ctx, "", op, deadline, func(ctx context.Context) error { return fn(ctx, all) }); err != nil {
+			errs = make([]error, len(keys))
+			for i := range errs {
+				errs[i] = err
+			}
+		}
+		return errs, err
+	}
+	var addrs []string
+	groups := map[string][]int{}
+	for i, k := range keys {
+		a := s.nodeOf(ctx, k)
+		if _, ok := groups[a]; !ok {
+			addrs = append(addrs, a)
+		}
+		groups[a] = append(groups[a], i)
+	}
+	gerrs := make([]error, len(addrs))
+	var wg sync.WaitGroup
+	for j, a := range addrs {
+		run := func() {
+			gerrs[j] = s.Call(ctx, a, op, deadline, func(ctx context.Context) error { return fn(ctx, groups[a]) })
+		}
+		if j == len(addrs)-1 {
+			run() // the last on this goroutine
+		} else {
+			wg.Go(run)
+		}
+	}
+	wg.Wait()
+	for j, a := range addrs {
+		if gerrs[j] == nil {
+			continue
+		}
+		if errs == nil {
+			errs, err = make([]error, len(keys)), gerrs[j]
+		}
+		for _, i := range groups[a] {
+			errs[i] = gerrs[j]
+		}
+	}
+	return errs, err
+}
+
+func (s *Store) readBy() time.Time { return time.Now().Add(s.readTimeout) }
+
+// WriteBy is the deadline of a write that starts now.
+func (s *Store) WriteBy() time.Time { return time.Now().Add(s.writeTimeout) }
+
+// op names a round trip for observers: name for one key, name_many for more.
+func op(name string, n int) string {
+	if n == 1 {
+		return name
+	}
+	return name + "_many"
+}
+
+// ReloadClusterState asks a cluster client to reload its slot map after a
+// fault. go-redis reloads it on MOVED and READONLY replies, and otherwise
+// only every ClusterStateReloadInterval (60s by default): after a failover
+// in which the old master simply stopped answering, writes would go to it
+// until then. At most once per 250ms.
+func (s *Store) ReloadClusterState(err error) {
+	cc, ok := s.RDB.(*redis.ClusterClient)
+	if !ok || !isRedisFault(err) {
+		return
+	}
+	now, last := time.Now().UnixNano(), s.lastReload.Load()
+	if now-last < int64(250*time.Millisecond) || !s.lastReload.CompareAndSwap(last, now) {
+		return
+	}
+	cc.ReloadState(context.Background())
+}
+
+// --- Scripts ---
+
+// runScript runs sc once per (keys, args) pair, in one pipeline, by EVALSHA.
+// Script caches are per node: on a cluster some masters may know the script
+// and some not (a fresh cluster, a restart, a failover, SCRIPT FLUSH). Only
+// the commands a node refused with NOSCRIPT did not run, so only those are
+// sent again, with EVAL (which loads the script); re-sending the whole
+// pipeline would run the others twice. It returns the first command error
+// other than redis.Nil.
+func (s *Store) runScript(ctx context.Context, sc *redis.Script, kk [][]string, args [][]any) ([]*redis.Cmd, error) {
+	cmds := make([]*redis.Cmd, len(kk))
+	send := func(idx []int, sha bool) {
+		_, _ = s.RDB.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for _, i := range idx {
+				if sha {
+					cmds[i] = sc.EvalSha(ctx, p, kk[i], args[i]...)
+				} else {
+					cmds[i] = sc.Eval(ctx, p, kk[i], args[i]...)
+				}
+			}
+			return nil
+		})
+	}
+	all := make([]int, len(kk))
+	for i := range all {
+		all[i] = i
+	}
+	send(all, true)
+	var unknown []int
+	for i, cmd := range cmds {
+		if err := cmd.Err(); err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
+			unknown = append(unknown, i)
+		}
+	}
+	if len(unknown) > 0 {
+		send(unknown, false)
+	}
+	for _, cmd := range cmds {
+		if err := cmd.Err(); err != nil && !errors.Is(err, redis.Nil) {
+			return cmds, err
+		}
+	}
+	return cmds, nil
+}
+
+// clientAddr names the node of a client that is not a cluster client.
+func clientAddr(rdb redis.UniversalClient) string {
+	if c, ok := rdb.(*redis.Client); ok {
+		return c.Options().Addr
+	}
+	return "redis"
+}
