@@ -13,7 +13,7 @@ import (
 	"github.com/tiercache/tiercache"
 	"github.com/tiercache/tiercache/internal/redistest"
 	"github.com/tiercache/tiercache/tiercachepg"
-	"github.com/tiercache/tiercache/tiercachepg/internal/pgtest"
+	"github.com/tiercache/tiercache/tiercachepg/pgtest"
 )
 
 // examplePostgres starts a private PostgreSQL server (wal_level=logical)

@@ -17,7 +17,7 @@ import (
 	"github.com/tiercache/tiercache"
 	"github.com/tiercache/tiercache/internal/redistest"
 	"github.com/tiercache/tiercache/tiercachepg"
-	"github.com/tiercache/tiercache/tiercachepg/internal/pgtest"
+	"github.com/tiercache/tiercache/tiercachepg/pgtest"
 )
 
 // pgEnv is a private PostgreSQL server and a pool of connections to it.

@@ -1,9 +1,17 @@
-// Package pgtest starts private PostgreSQL servers for integration tests,
-// as internal/redistest does for redis-server: initdb into a fresh
-// temporary directory, postgres on a free loopback port with
-// wal_level=logical (which logical replication needs, and which a
-// machine's own service usually does not have), torn down when the test
-// ends.
+// Package pgtest starts private PostgreSQL servers for integration tests:
+// initdb into a fresh temporary directory, postgres on a free loopback port
+// with wal_level=logical (which logical replication, and so
+// tiercachepg.Follower, needs, and which a machine's own service usually
+// does not have), torn down when the test ends. It is to PostgreSQL what
+// tiercache's internal/redistest is to redis-server, and public so that
+// the tests of code built on tiercachepg (the catalog example, yours) can
+// use it; it is a test helper, never imported by tiercachepg itself.
+//
+//	func TestSomething(t *testing.T) {
+//		srv := pgtest.Start(t) // stopped and removed when t ends
+//		pool, err := pgxpool.New(t.Context(), srv.DSN(""))
+//		...
+//	}
 //
 // The binaries are looked up on PATH and then in /usr/lib/postgresql/*/bin
 // (Debian's layout, newest version first). If there are none the test is
