@@ -4,47 +4,33 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"net/url"
-	"os"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/tiercache/tiercache/tiercachepg/pgtest"
+
 	"github.com/tiercache/tiercache/examples/catalog/internal/catalog"
 	"github.com/tiercache/tiercache/internal/redistest"
 )
 
-// defaultTestPG is the PostgreSQL the tests try when TIERCACHE_TEST_PG is
-// not set: a local server with trust authentication.
-const defaultTestPG = "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"
-
-// testPG returns the DSN of the test PostgreSQL and a pool to it, closed
-// when the test ends. It skips the test when PostgreSQL is not reachable:
-// these tests are optional.
-func testPG(t *testing.T) (string, *pgxpool.Pool) {
+// testPG starts a private PostgreSQL server for the test (pgtest: initdb
+// and postgres from the machine's packages, wal_level=logical, a free
+// loopback port, removed when the test ends), with the extra server
+// settings given, and returns its DSN and a pool to it, closed when the
+// test ends. Without PostgreSQL the test is
+// skipped, or fails when CI is set.
+func testPG(t *testing.T, settings ...string) (string, *pgxpool.Pool) {
 	t.Helper()
-	dsn := os.Getenv("TIERCACHE_TEST_PG")
-	if dsn == "" {
-		dsn = defaultTestPG
-	}
-	where := dsn
-	if u, err := url.Parse(dsn); err == nil {
-		where = u.Redacted()
-	}
-	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Second)
-	defer cancel()
-	pool, err := pgxpool.New(ctx, dsn)
-	if err == nil {
-		if err = pool.Ping(ctx); err != nil {
-			pool.Close()
-		}
-	}
+	srv := pgtest.Start(t, settings...)
+	dsn := srv.DSN("")
+	pool, err := pgxpool.New(t.Context(), dsn)
 	if err != nil {
-		t.Skipf("PostgreSQL is not reachable at %s, skipping (set TIERCACHE_TEST_PG to a DSN to run this test): %v", where, err)
+		t.Fatal(err)
 	}
-	t.Cleanup(pool.Close)
+	t.Cleanup(pool.Close) // before the server stops: cleanups run last-in, first-out
 	return dsn, pool
 }
 
