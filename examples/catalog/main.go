@@ -6,7 +6,10 @@
 //
 // The store is PostgreSQL when a DSN is given (-pg or DATABASE_URL) and an
 // in-memory map with simulated latency otherwise; Redis is the one -redis
-// (or REDIS_URL) names, or an embedded miniredis. See README.md.
+// (or REDIS_URL) names, or an embedded miniredis. On PostgreSQL the service
+// also follows the database's commit log (tiercachepg, -follow): every
+// committed change of a product invalidates it in the cache, whether or
+// not the writer got to its own Delete. See README.md.
 package main
 
 import (
@@ -20,6 +23,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -27,6 +31,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tiercache/tiercache"
+	"github.com/tiercache/tiercache/tiercachepg"
 
 	"github.com/tiercache/tiercache/examples/catalog/internal/api"
 	"github.com/tiercache/tiercache/examples/catalog/internal/catalog"
@@ -63,6 +68,7 @@ type config struct {
 	latency  time.Duration
 	write    catalog.WriteMode
 	seed     int
+	follow   followConfig
 }
 
 func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (config, error) {
@@ -78,10 +84,16 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (co
 	fs.IntVar(&cfg.cache.l1, "l1", 10_000, "L1 (in-process cache) entries; 0 turns L1 off")
 	fs.BoolVar(&cfg.cache.coalesce, "coalesce", true, "send concurrent cache reads to Redis together, in shared round trips")
 	fs.IntVar(&cfg.seed, "seed", 100, "sample products (ids 1..n) to add where missing; existing rows are kept")
-	write := fs.String("write", "invalidate", "what a PUT does to the cache: invalidate or write-through")
+	write := fs.String("write", "invalidate", "what a PUT does to the cache: invalidate, write-through, or none (to see the follower at work)")
+	fs.BoolVar(&cfg.follow.on, "follow", true, "with PostgreSQL, invalidate the cache from the database's commit log")
+	fs.StringVar(&cfg.follow.slot, "pg-slot", "tiercache_catalog", "logical replication slot the follower reads")
+	fs.StringVar(&cfg.follow.publication, "pg-publication", "tiercache_catalog", "publication of the table, for the follower")
+	fs.BoolVar(&cfg.follow.create, "pg-create", true, "create the slot and the publication if missing (turn off once they exist)")
 	if err := fs.Parse(args); err != nil {
 		return config{}, err
 	}
+	explicit := make(map[string]bool)
+	fs.Visit(func(f *flag.Flag) { explicit[f.Name] = true })
 	// The environment is read here rather than shown as the flags'
 	// defaults, which -h prints: a DSN may hold a password.
 	if cfg.pgDSN == "" {
@@ -100,13 +112,32 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (co
 	if cfg.cache.l1 < 0 || cfg.seed < 0 {
 		return config{}, errors.New("-l1 and -seed must not be negative")
 	}
+	if cfg.pgDSN == "" {
+		// The in-memory store has no commit log: nothing to follow. Off
+		// by default then, but asking for it is a mistake worth saying.
+		if cfg.follow.on && explicit["follow"] {
+			return config{}, errors.New("-follow needs PostgreSQL (-pg or $DATABASE_URL): the in-memory store has no commit log")
+		}
+		cfg.follow.on = false
+	}
+	if cfg.follow.on && strings.Contains(cfg.pgTable, ".") {
+		// The repository takes the name as one identifier, the follower
+		// as schema.name: they would not agree on the table.
+		return config{}, fmt.Errorf("-pg-table %q: no dots with -follow (the table is in the connection's schema, public)", cfg.pgTable)
+	}
 	return cfg, nil
 }
 
 // run runs the service until ctx ends, then shuts it down: the HTTP server
-// first (requests in flight finish), then the cache, then the Redis client,
-// then the store. ready, if not nil, is called with the listening address
-// once the service accepts connections.
+// first (requests in flight finish), then the commit-log follower (its Run
+// has returned, the slot is let go), then the cache, then the Redis
+// client, then the store. ready, if not nil, is called with the listening
+// address once the service accepts connections.
+//
+// A follower that stops on its own (a missing slot with -pg-create=false,
+// a role without the REPLICATION privilege) shuts the service down too,
+// and run returns its error: serving on without it would silently give up
+// the guarantee it is there for.
 func run(ctx context.Context, args []string, getenv func(string) string, stderr io.Writer, ready func(net.Addr)) error {
 	cfg, err := parseFlags(args, getenv, stderr)
 	if err != nil {
@@ -137,9 +168,26 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		log.Info("cache closed")
 	}()
 
+	// Started after the cache and stopped before it (deferred calls run
+	// last-in, first-out): the follower invalidates through it.
+	var (
+		fol           *follower
+		followerStats func() tiercachepg.Stats
+		followerDone  <-chan struct{} // nil without a follower: never ready
+	)
+	if cfg.follow.on {
+		if fol, err = startFollower(cfg.pgDSN, cfg.pgTable, cfg.follow, cache, log); err != nil {
+			return err
+		}
+		defer fol.stop() // on the early returns; after a shutdown, a no-op
+		followerStats, followerDone = fol.stats, fol.failed()
+	} else if cfg.pgDSN != "" {
+		log.Warn("commit-log follower off (-follow=false): a write whose cache update is lost leaves the old product cached until it expires")
+	}
+
 	repo := catalog.NewCachedRepository(store, cache, cfg.write)
 	srv := &http.Server{
-		Handler:           api.New(repo, cache.Stats, log),
+		Handler:           api.New(repo, cache.Stats, followerStats, log),
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      30 * time.Second,
@@ -150,16 +198,20 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	if err != nil {
 		return err
 	}
-	log.Info("catalog listening", "addr", "http://"+ln.Addr().String(), "write", cfg.write.String(), "l1", cfg.cache.l1, "coalesce", cfg.cache.coalesce)
+	log.Info("catalog listening", "addr", "http://"+ln.Addr().String(), "write", cfg.write.String(), "l1", cfg.cache.l1, "coalesce", cfg.cache.coalesce, "follow", cfg.follow.on)
 	if ready != nil {
 		ready(ln.Addr())
 	}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 
+	var followErr error
 	select {
 	case err := <-served:
 		return fmt.Errorf("serving: %w", err)
+	case <-followerDone:
+		followErr = fol.stop()
+		log.Error("the commit-log follower stopped; shutting down", "err", followErr)
 	case <-ctx.Done():
 	}
 	log.Info("shutting down")
@@ -167,12 +219,19 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	defer cancel()
 	if err := srv.Shutdown(sctx); err != nil {
 		_ = srv.Close()
-		return fmt.Errorf("shutting down the HTTP server: %w", err)
+		return errors.Join(followErr, fmt.Errorf("shutting down the HTTP server: %w", err))
 	}
 	if err := <-served; !errors.Is(err, http.ErrServerClosed) {
-		return fmt.Errorf("serving: %w", err)
+		return errors.Join(followErr, fmt.Errorf("serving: %w", err))
 	}
-	return nil
+	if fol != nil {
+		// The requests are done: their commits are in the log, and the
+		// follower (or the next one, from the slot) invalidates them.
+		if err := fol.stop(); followErr == nil {
+			followErr = err
+		}
+	}
+	return followErr
 }
 
 // cacheConfig is what the flags say about the cache.

@@ -106,12 +106,14 @@ func TestPostgresRepository(t *testing.T) {
 	}
 }
 
-// The command starts on PostgreSQL, creates and seeds its table, and serves.
+// The command starts on PostgreSQL, creates and seeds its table, and
+// serves; without -follow=false it follows the commit log, and the
+// follow_test.go tests cover that.
 func TestRunPostgres(t *testing.T) {
 	dsn, pool := testPG(t)
 	table := testTable(t, pool)
 	addr, stop := runService(t, "-addr", "127.0.0.1:0", "-pg", dsn, "-pg-table", table, "-seed", "5",
-		"-redis", "redis://"+redistest.SharedServer(t).Addr+"/0", "-prefix", cachePrefix(t))
+		"-redis", "redis://"+redistest.SharedServer(t).Addr+"/0", "-prefix", cachePrefix(t), "-follow=false")
 	checkServes(t, addr)
 	if err := stop(); err != nil {
 		t.Fatalf("run returned %v after the cancel, want nil", err)

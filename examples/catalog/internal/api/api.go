@@ -11,8 +11,10 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/tiercache/tiercache"
+	"github.com/tiercache/tiercache/tiercachepg"
 
 	"github.com/tiercache/tiercache/examples/catalog/internal/catalog"
 )
@@ -29,21 +31,26 @@ const maxBodyBytes = 64 << 10
 //	GET /products?ids=1,2,3     the products that exist, in the order asked, and the ids that do not
 //	PUT /products/{id}          create or replace a product (JSON body); 201 when created
 //	GET /stats                  the cache's counters
+//	GET /stats/follower         the commit-log follower's figures; 404 without one
 type Handler struct {
-	repo  catalog.ProductRepository
-	stats func() tiercache.Stats
-	log   *slog.Logger
-	mux   *http.ServeMux
+	repo     catalog.ProductRepository
+	stats    func() tiercache.Stats
+	follower func() tiercachepg.Stats // nil: no follower
+	log      *slog.Logger
+	mux      *http.ServeMux
 }
 
 // New returns the handler. stats reports the cache's counters for GET
-// /stats; log gets the errors that are answered with a 5xx.
-func New(repo catalog.ProductRepository, stats func() tiercache.Stats, log *slog.Logger) *Handler {
-	h := &Handler{repo: repo, stats: stats, log: log, mux: http.NewServeMux()}
+// /stats, follower (nil when the service runs none) the commit-log
+// follower's for GET /stats/follower; log gets the errors that are
+// answered with a 5xx.
+func New(repo catalog.ProductRepository, stats func() tiercache.Stats, follower func() tiercachepg.Stats, log *slog.Logger) *Handler {
+	h := &Handler{repo: repo, stats: stats, follower: follower, log: log, mux: http.NewServeMux()}
 	h.mux.HandleFunc("GET /products/{id}", h.getProduct)
 	h.mux.HandleFunc("GET /products", h.listProducts)
 	h.mux.HandleFunc("PUT /products/{id}", h.putProduct)
 	h.mux.HandleFunc("GET /stats", h.getStats)
+	h.mux.HandleFunc("GET /stats/follower", h.getFollowerStats)
 	return h
 }
 
@@ -172,6 +179,49 @@ func (h *Handler) getStats(w http.ResponseWriter, _ *http.Request) {
 		resp.Events[tiercache.Event(i).String()] = n
 	}
 	writeJSON(w, http.StatusOK, resp)
+}
+
+// FollowerResponse is the body of GET /stats/follower: the figures of
+// tiercachepg.Stats that tell whether the cache is keeping up with the
+// database.
+type FollowerResponse struct {
+	// Running: Run is in progress. Streaming: this instance holds the
+	// replication slot and reads from it; an instance whose follower is
+	// running but not streaming is waiting for the slot (another
+	// instance's follower has it) or reconnecting.
+	Running   bool `json:"running"`
+	Streaming bool `json:"streaming"`
+	// ConfirmedLSN is the follower's position, "X/Y" as PostgreSQL writes
+	// an LSN: every change committed before it is invalidated.
+	ConfirmedLSN string `json:"confirmed_lsn"`
+	// SlotLagBytes is how far the slot is behind the database's WAL, as
+	// last read (every 10 s); -1 before the first reading.
+	SlotLagBytes int64  `json:"slot_lag_bytes"`
+	Transactions uint64 `json:"transactions"`
+	Changes      uint64 `json:"changes"`
+	Unmapped     uint64 `json:"unmapped"`
+	Failures     uint64 `json:"invalidate_failures"`
+	Pending      int    `json:"pending"`
+	// The commit-to-invalidation delay of the last transactions, in
+	// milliseconds.
+	DelayP50Ms float64 `json:"delay_p50_ms"`
+	DelayP99Ms float64 `json:"delay_p99_ms"`
+	DelayMaxMs float64 `json:"delay_max_ms"`
+}
+
+func (h *Handler) getFollowerStats(w http.ResponseWriter, _ *http.Request) {
+	if h.follower == nil {
+		writeError(w, http.StatusNotFound, "no commit-log follower: the store is not PostgreSQL, or -follow=false")
+		return
+	}
+	s := h.follower()
+	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+	writeJSON(w, http.StatusOK, FollowerResponse{
+		Running: s.Running, Streaming: s.Streaming, ConfirmedLSN: s.ConfirmedLSN.String(),
+		SlotLagBytes: s.SlotLagBytes, Transactions: s.Transactions, Changes: s.Changes,
+		Unmapped: s.Unmapped, Failures: s.Failures, Pending: s.Pending,
+		DelayP50Ms: ms(s.Delay.P50), DelayP99Ms: ms(s.Delay.P99), DelayMaxMs: ms(s.Delay.Max),
+	})
 }
 
 // fail answers err: 404 for an unknown product, 400 for an invalid one,

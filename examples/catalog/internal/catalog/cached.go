@@ -28,22 +28,33 @@ const (
 	// concurrent writers of one product leave the newer row cached (see
 	// CachedRepository.Put).
 	WriteThrough
+	// SkipCache leaves the cache alone: the product is saved and nothing
+	// else happens, which is what a writer killed between its commit and
+	// its Delete leaves behind. It exists to show the commit-log follower
+	// (tiercachepg) at work: without one, every instance serves the old
+	// product until it expires.
+	SkipCache
 )
 
-// ParseWriteMode parses "invalidate" or "write-through".
+// ParseWriteMode parses "invalidate", "write-through" or "none" (SkipCache).
 func ParseWriteMode(s string) (WriteMode, error) {
 	switch s {
 	case "invalidate":
 		return Invalidate, nil
 	case "write-through":
 		return WriteThrough, nil
+	case "none":
+		return SkipCache, nil
 	}
-	return 0, fmt.Errorf("catalog: write mode %q: want invalidate or write-through", s)
+	return 0, fmt.Errorf("catalog: write mode %q: want invalidate, write-through or none", s)
 }
 
 func (m WriteMode) String() string {
-	if m == WriteThrough {
+	switch m {
+	case WriteThrough:
 		return "write-through"
+	case SkipCache:
+		return "none"
 	}
 	return "invalidate"
 }
@@ -70,16 +81,24 @@ func NewCachedRepository(store ProductRepository, cache *tiercache.Cache[Product
 	return &CachedRepository{store: store, cache: cache, mode: mode}
 }
 
-// cacheKey is the product's key in the cache. The cache's prefix (one per
-// value type) already says these are products, so the id is enough.
-func cacheKey(id int64) string { return strconv.FormatInt(id, 10) }
+// CacheKey is the product's key in the cache: its id in decimal. The
+// cache's prefix (one per value type) already says these are products, so
+// the id is enough. It is also PostgreSQL's text form of the id column,
+// which is what the commit-log follower maps a row to (KeyPattern "{id}",
+// see CacheKeyPattern).
+func CacheKey(id int64) string { return strconv.FormatInt(id, 10) }
+
+// CacheKeyPattern is CacheKey as a tiercachepg.KeyPattern over the
+// products table's columns: a changed row's id, in PostgreSQL's text form,
+// is the key the repository caches it under.
+const CacheKeyPattern = "{id}"
 
 // Get implements ProductRepository: L1, then Redis, then the store.
 func (r *CachedRepository) Get(ctx context.Context, id int64) (Product, error) {
 	// The loader runs on a context of the cache's (detached from this
 	// request, bounded by the cache's load timeout), not on ctx: callers that
 	// share the load must not fail because the first one went away.
-	p, err := r.cache.GetOrLoad(ctx, cacheKey(id), func(ctx context.Context) (Product, error) {
+	p, err := r.cache.GetOrLoad(ctx, CacheKey(id), func(ctx context.Context) (Product, error) {
 		p, err := r.store.Get(ctx, id)
 		if errors.Is(err, ErrNotFound) {
 			// Tell the cache to remember that id does not exist.
@@ -102,7 +121,7 @@ func (r *CachedRepository) Get(ctx context.Context, id int64) (Product, error) {
 func (r *CachedRepository) GetMany(ctx context.Context, ids []int64) (map[int64]Product, error) {
 	keys := make([]string, len(ids))
 	for i, id := range ids {
-		keys[i] = cacheKey(id)
+		keys[i] = CacheKey(id)
 	}
 	found, err := r.cache.GetOrLoadMany(ctx, keys, func(ctx context.Context, keys []string) (map[string]Product, error) {
 		missing := make([]int64, 0, len(keys))
@@ -120,8 +139,8 @@ func (r *CachedRepository) GetMany(ctx context.Context, ids []int64) (map[int64]
 		// The keys absent from this map are cached as not found.
 		out := make(map[string]Product, len(ps))
 		for id, p := range ps {
-			out[cacheKey(id)] = p
-			tiercache.LoadKeyOptions(ctx, cacheKey(id), tiercache.WithVersion(rowVersion(p)))
+			out[CacheKey(id)] = p
+			tiercache.LoadKeyOptions(ctx, CacheKey(id), tiercache.WithVersion(rowVersion(p)))
 		}
 		return out, nil
 	})
@@ -156,6 +175,12 @@ func (r *CachedRepository) GetMany(ctx context.Context, ids []int64) (map[int64]
 //	A: cache.Set(x, version t1)       -> refused: Redis holds t2
 //
 // Unversioned, A's Set would leave x cached until it expired.
+//
+// SkipCache does neither. Whatever the mode, an update this method never
+// gets to make (the process dies after the commit, Redis is down) is made
+// by the commit-log follower, when the service runs one (see package main):
+// the update here is the fast path, which gives this instance's next read
+// the new product at once, and the follower the guarantee.
 func (r *CachedRepository) Put(ctx context.Context, p Product) (Product, bool, error) {
 	saved, created, err := r.store.Put(ctx, p)
 	if err != nil {
@@ -165,8 +190,11 @@ func (r *CachedRepository) Put(ctx context.Context, p Product) (Product, bool, e
 	// goes away now, or the cache would keep the old value.
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cacheWriteTimeout)
 	defer cancel()
-	key := cacheKey(saved.ID)
-	if r.mode == WriteThrough {
+	key := CacheKey(saved.ID)
+	switch r.mode {
+	case SkipCache:
+		return saved, created, nil
+	case WriteThrough:
 		if err = r.cache.Set(cctx, key, saved, tiercache.WithVersion(rowVersion(saved))); err == nil {
 			return saved, created, nil
 		}

@@ -1,0 +1,104 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+
+	"github.com/tiercache/tiercache"
+	"github.com/tiercache/tiercache/tiercachepg"
+
+	"github.com/tiercache/tiercache/examples/catalog/internal/catalog"
+)
+
+// followConfig is what the flags say about the commit-log follower.
+type followConfig struct {
+	on          bool   // follow, when the store is PostgreSQL
+	slot        string // replication slot
+	publication string // publication of the products table
+	create      bool   // create the slot and the publication when missing
+}
+
+// follower is the service's tiercachepg.Follower, running in a goroutine
+// of its own from start until stop.
+type follower struct {
+	f    *tiercachepg.Follower
+	log  *slog.Logger
+	done chan struct{} // closed when Run has returned
+	err  error         // Run's result, set before done is closed
+
+	stopOnce sync.Once
+}
+
+// productMap returns the follower's mapping of the products table to the
+// cache: a changed row invalidates the key CachedRepository caches it
+// under (catalog.CacheKeyPattern), the old and the new id where they
+// differ. Products carry no tags, so a TRUNCATE cannot be mapped: it is
+// logged and counted (Stats.Unmapped) by the follower's default
+// dead-letter policy, and the cached products stay until they expire.
+func productMap(table string) (tiercachepg.MapFunc, error) {
+	return tiercachepg.KeyPattern(tiercachepg.Table{Name: table, Key: catalog.CacheKeyPattern})
+}
+
+// startFollower starts following the products table of the database at
+// dsn, invalidating what each committed change makes stale in cache, on
+// every instance (cache.Invalidate publishes to the others' L1).
+//
+// Run gets a context of its own, not the service's: the follower must go
+// on while the HTTP server drains the requests in flight at shutdown
+// (their commits need invalidating too), and stops only when stop is
+// called, after that.
+func startFollower(dsn, table string, fc followConfig, cache *tiercache.Cache[catalog.Product], log *slog.Logger) (*follower, error) {
+	m, err := productMap(table)
+	if err != nil {
+		return nil, err
+	}
+	f, err := tiercachepg.New(dsn, tiercachepg.Options{
+		Slot:        fc.slot,
+		Publication: fc.publication,
+		Tables:      []string{table},
+		Create:      fc.create,
+		Map:         m,
+		Invalidate:  cache.Invalidate,
+		// An abandoned or stuck slot keeps the WAL on the database's
+		// disk: past 1 GiB of lag the follower logs a warning.
+		MaxLag: 1 << 30,
+		Logger: log,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("commit-log follower: %w", err)
+	}
+	fl := &follower{f: f, log: log, done: make(chan struct{})}
+	go func() {
+		defer close(fl.done)
+		fl.err = f.Run(context.Background())
+	}()
+	log.Info("commit-log follower started", "slot", fc.slot, "publication", fc.publication, "table", table, "create", fc.create)
+	return fl, nil
+}
+
+// failed is closed when Run has returned on its own, which it does only
+// on a condition it cannot get past (the slot or the publication is
+// missing or wrong, the role lacks a privilege): see err.
+func (fl *follower) failed() <-chan struct{} { return fl.done }
+
+// stop stops the follower and waits until Run has returned, so that it
+// holds nothing (the slot, its connections, its goroutines) when stop
+// returns. It returns Run's error, if Run ended on one. The slot and the
+// publication are kept: the next start resumes from the slot. Calling
+// stop again returns the same.
+func (fl *follower) stop() error {
+	fl.stopOnce.Do(func() {
+		_ = fl.f.Close() // waits for Run
+		<-fl.done
+		fl.log.Info("commit-log follower stopped")
+	})
+	if fl.err != nil {
+		return fmt.Errorf("commit-log follower: %w", fl.err)
+	}
+	return nil
+}
+
+// stats returns the follower's figures, for GET /stats/follower.
+func (fl *follower) stats() tiercachepg.Stats { return fl.f.Stats() }
