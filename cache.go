@@ -38,6 +38,7 @@ type Cache[V any] struct {
 	flight flight.Group[flightKey, entry[V]] // per-process coalescing of loads
 	l1     *local[V]                         // nil when L1 is off (its methods are nil-safe)
 	inv    *invalidator                      // nil when invalidation is off (likewise)
+	odds   readOdds                          // whether readThrough's GET is worth it
 
 	// life ends when Close is called. It is the lifetime of the cache, not
 	// of a request: loads and refreshes derive their contexts from it so
@@ -121,6 +122,7 @@ func build[V any](rdb redis.UniversalClient, opts []Option) (*Cache[V], error) {
 		random:   rand.Float64,
 		typeHash: xxhash.Sum64String(reflect.TypeFor[V]().String()),
 	}
+	c.odds.v.Store(oddsOne) // until measured, Redis is taken to have what L1 lacks
 	c.life, c.stop = context.WithCancel(context.Background())
 	c.st = store.New(rdb, store.Config{
 		Prefix: cfg.prefix, SchemaVersion: cfg.version,

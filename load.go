@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/tiercache/tiercache/internal/envelope"
@@ -79,6 +80,15 @@ func (c *Cache[V]) readThrough(ctx context.Context, key string, load LoadFunc[V]
 		c.rec.event(EventCoalesced)
 		return call.Wait(ctx)
 	}
+	if c.cfg.swr == 0 && c.odds.low() {
+		// Redis rarely has what this instance reads through: skip the GET,
+		// the load core's Acquire returns the value if it is fresh (see
+		// readOdds). (With stale-while-revalidate on, the GET's stale value
+		// is served at once while it refreshes, which Acquire cannot do.)
+		kl := &keyLoad[V]{key: key, vk: c.st.Layout.Value(key), countL2: true}
+		c.lead(ctx, flightRead, []*keyLoad[V]{kl}, []*flight.Call[entry[V]]{call}, loadRead, 0, single(load))
+		return call.Wait(ctx)
+	}
 	ended := false
 	defer func() {
 		if !ended { // the read panicked (an Observer, say): end the flight all the same
@@ -86,7 +96,11 @@ func (c *Cache[V]) readThrough(ctx context.Context, key string, load LoadFunc[V]
 		}
 	}()
 	e, found, err := c.getL2(ctx, key)
-	if now := nowMicro(); err == nil && found {
+	now := nowMicro()
+	if err == nil {
+		c.odds.observe(found && e.fresh(now))
+	}
+	if err == nil && found {
 		switch {
 		case e.fresh(now):
 			ended = true
@@ -114,6 +128,36 @@ func (c *Cache[V]) readThrough(ctx context.Context, key string, load LoadFunc[V]
 	ended = true
 	c.lead(ctx, flightRead, []*keyLoad[V]{kl}, []*flight.Call[entry[V]]{call}, mode, 0, single(load))
 	return call.Wait(ctx)
+}
+
+// readOdds estimates how often Redis has a fresh value for a key that
+// readThrough asks it for: an exponentially weighted average of those
+// reads (and of the acquires that stand in for them), in 1/oddsOne. When
+// the odds are low, readThrough skips the GET and goes straight to the
+// load core, whose Acquire returns the value if it is fresh: a miss costs
+// two round trips (Acquire, Fill) instead of three, a hit one script
+// instead of one GET. Low odds are the rule for a single instance with
+// L1: L1 and Redis hold a value for the same TTL, so they expire together
+// (3-12 % of its L1 misses found a value in Redis on the realistic
+// workload, docs/PERFORMANCE.md); instances sharing Redis find the values
+// the others loaded, and keep their GETs. Updates may be lost under
+// contention (a load and a store, not a compare-and-swap): an estimate
+// needs no more.
+type readOdds struct{ v atomic.Int64 }
+
+const oddsOne = 1024
+
+// low reports odds under one half: a GET then more often costs a round
+// trip than saves a script.
+func (o *readOdds) low() bool { return o.v.Load() < oddsOne/2 }
+
+func (o *readOdds) observe(hit bool) {
+	var x int64
+	if hit {
+		x = oddsOne
+	}
+	old := o.v.Load()
+	o.v.Store(old + (x-old)/16)
 }
 
 // GetOrLoadMany returns the values of keys: from L1, then from Redis in one
@@ -366,6 +410,9 @@ type keyLoad[V any] struct {
 	notBefore int64
 	// outage: its node failed the read; it is loaded for L1 only.
 	outage bool
+	// countL2: no GET was sent for it (see readOdds), so its acquire is
+	// its Redis lookup, counted as one.
+	countL2 bool
 
 	e       entry[V]
 	err     error
@@ -466,6 +513,7 @@ func (c *Cache[V]) load(ctx context.Context, ks []*keyLoad[V], mode loadMode, no
 			}
 			woken, unwatch = c.inv.fills.watch(vks)
 		}
+		start := c.rec.Now()
 		res, errs := c.st.Acquire(ctx, reqs)
 		if errs != nil {
 			// A node failed: its keys are loaded for L1 only (Redis is sick:
@@ -476,6 +524,10 @@ func (c *Cache[V]) load(ctx context.Context, ks []*keyLoad[V], mode loadMode, no
 			ok, okRes := pending[:0:0], res[:0:0]
 			for i, k := range pending {
 				if errs[i] != nil {
+					if k.countL2 && !errors.Is(errs[i], errBreakerOpen) { // a bypassed Redis was not asked
+						k.countL2 = false
+						c.rec.lookupL2(false, start)
+					}
 					k.owned = true
 					failed = append(failed, k)
 				} else {
@@ -502,6 +554,17 @@ func (c *Cache[V]) load(ctx context.Context, ks []*keyLoad[V], mode loadMode, no
 		c.decodeChecked(ctx, names, vks, raw, es, found)
 
 		now := nowMicro()
+		for i, k := range pending {
+			if k.countL2 {
+				k.countL2 = false
+				hit := res[i].State == store.AcquireFresh && found[i]
+				c.rec.lookupL2(hit, start)
+				c.odds.observe(hit)
+				if hit && es[i].neg {
+					c.rec.event(EventNegativeHit)
+				}
+			}
+		}
 		var owned, busy []*keyLoad[V]
 		var since int64 // when the earliest lease of this round was taken
 		var leaseLeft time.Duration

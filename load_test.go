@@ -3,6 +3,8 @@ package tiercache
 import (
 	"context"
 	"errors"
+	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -216,6 +218,70 @@ func TestCloseDuringLoad(t *testing.T) {
 			}
 		case <-time.After(2 * time.Second):
 			t.Fatal("GetOrLoad did not return after Close")
+		}
+	})
+}
+
+// readOdds: when Redis rarely has what GetOrLoad asks it for, the GET is
+// skipped and the Acquire is the read (a miss is two round trips, not
+// three); the skipped reads still count as L2 lookups; once another
+// instance fills Redis, the Acquires find the values, the odds rise and
+// GETs come back. Values and the lease are the same either way.
+func TestReadOddsSkipTheGetWhenRedisRarelyHasTheValue(t *testing.T) {
+	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
+		ctx := t.Context()
+		rdb := tg.NewClient(t)
+		prefix := strings.TrimSuffix(redistest.UniquePrefix(t), ":")
+		obs := &tripCounter{}
+		a := newCacheOn[string](t, rdb, prefix, WithL1(10_000), WithObserver(obs))
+		b := newCacheOn[string](t, rdb, prefix)
+		var loads atomic.Int64
+		load := func(v string) LoadFunc[string] {
+			return func(context.Context) (string, error) { loads.Add(1); return v, nil }
+		}
+		// Cold keys: every read misses Redis, and the odds fall.
+		for i := range 50 {
+			k := fmt.Sprint("cold-", i)
+			if v, err := a.GetOrLoad(ctx, k, load(k)); err != nil || v != k {
+				t.Fatalf("GetOrLoad(%s) = %q, %v", k, v, err)
+			}
+		}
+		if !a.odds.low() {
+			t.Fatalf("after 50 cold misses the odds are %d/%d", a.odds.v.Load(), oddsOne)
+		}
+		gets := obs.get.Load() + obs.mget.Load()
+		before := a.Stats()
+		for i := range 20 {
+			k := fmt.Sprint("colder-", i)
+			if v, err := a.GetOrLoad(ctx, k, load(k)); err != nil || v != k {
+				t.Fatalf("GetOrLoad(%s) = %q, %v", k, v, err)
+			}
+		}
+		if n := obs.get.Load() + obs.mget.Load() - gets; n != 0 {
+			t.Errorf("%d GETs for 20 misses with low odds, want 0 (the Acquire is the read)", n)
+		}
+		if after := a.Stats(); after.L2Misses-before.L2Misses != 20 {
+			t.Errorf("L2 misses counted %d for 20 skipped reads", after.L2Misses-before.L2Misses)
+		}
+		// Another instance fills Redis: a's Acquires find the values (no
+		// load), and the odds come back up.
+		for i := range 100 {
+			if err := b.Set(ctx, fmt.Sprint("warm-", i), "w"); err != nil {
+				t.Fatal(err)
+			}
+		}
+		loads.Store(0)
+		for i := range 100 {
+			k := fmt.Sprint("warm-", i)
+			if v, err := a.GetOrLoad(ctx, k, load("loaded")); err != nil || v != "w" {
+				t.Fatalf("GetOrLoad(%s) = %q, %v; want the stored w", k, v, err)
+			}
+		}
+		if n := loads.Load(); n != 0 {
+			t.Errorf("%d loads of keys Redis had", n)
+		}
+		if a.odds.low() {
+			t.Errorf("after 100 Redis hits the odds are still low: %d/%d", a.odds.v.Load(), oddsOne)
 		}
 	})
 }

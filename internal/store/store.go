@@ -293,6 +293,17 @@ func (s *Store) ReloadClusterState(err error) {
 // pipeline would run the others twice. It returns the first command error
 // other than redis.Nil.
 func (s *Store) runScript(ctx context.Context, sc *redis.Script, kk [][]string, args [][]any) ([]*redis.Cmd, error) {
+	if len(kk) == 1 {
+		// One command (a single-key miss, the common case): no pipeline.
+		cmd := sc.EvalSha(ctx, s.RDB, kk[0], args[0]...)
+		if err := cmd.Err(); err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
+			cmd = sc.Eval(ctx, s.RDB, kk[0], args[0]...)
+		}
+		if err := cmd.Err(); err != nil && !errors.Is(err, redis.Nil) {
+			return []*redis.Cmd{cmd}, err
+		}
+		return []*redis.Cmd{cmd}, nil
+	}
 	cmds := make([]*redis.Cmd, len(kk))
 	send := func(idx []int, sha bool) {
 		_, _ = s.RDB.Pipelined(ctx, func(p redis.Pipeliner) error {
