@@ -18,6 +18,10 @@
 //     Under concurrency, reads that arrive while others are on the wire
 //     share a round trip (one MGET, or a pipeline per node on a cluster),
 //     with no timer to delay a lone read (see [WithoutReadCoalescing]).
+//     When Redis rarely has what this instance reads through (one instance
+//     with L1: its L1 and Redis expire together), the GET is skipped and the
+//     lease's Acquire, which returns a fresh value instead of a lease, is
+//     the read: a miss then costs two round trips, not three.
 //   - On a miss, callers in one process share one load (coalescing), and
 //     across processes the first instance takes a lease in Redis and loads
 //     while the others wait for its value, for as long as the holder may
