@@ -138,6 +138,8 @@ type config struct {
 	MetricsAddr string `json:"-"`
 	scenario    string
 	given       map[string]bool // the flags given on the command line
+	debug       debugFlags      // the hidden debugging flags (debug.go)
+	slow        *slowLog        // -debug-slow's log, nil without it
 }
 
 // defaultOutDir is where the demo writes its plots and report.html unless
@@ -202,6 +204,7 @@ func demoFlagSet(out io.Writer) (*flag.FlagSet, *config) {
 // returns flag.ErrHelp.
 func parseDemoFlags(args []string, stdout io.Writer) (config, error) {
 	fs, cfg := demoFlagSet(io.Discard) // the flag package would print the error too
+	addDebugFlags(fs, &cfg.debug)      // after demoFlagSet: not in the usage
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			printDemoUsage(stdout)
@@ -377,6 +380,17 @@ func runDemo(ctx context.Context, cfg config, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer be.close()
+	stopDebug, err := startDebug(cfg.debug)
+	defer stopDebug()
+	if err != nil {
+		return err
+	}
+	slow, closeSlow, err := openSlowLog(cfg.debug)
+	if err != nil {
+		return err
+	}
+	defer closeSlow()
+	cfg.slow = slow
 
 	var met *metrics
 	if cfg.MetricsAddr != "" {

@@ -59,6 +59,9 @@ func runScenario(ctx context.Context, p scenarioParams) (*scenarioResult, error)
 	if sub, ok := svc.(subscriptions); ok {
 		p.fresh.watch(sub.subscribed)
 	}
+	if cfg.slow != nil {
+		defer cfg.slow.watchFills(ctx, p.backend.newClient(), p.prefix)()
+	}
 	if testWrapService != nil {
 		svc = testWrapService(svc)
 	}
@@ -93,7 +96,7 @@ func runScenario(ctx context.Context, p scenarioParams) (*scenarioResult, error)
 		workers[w] = ws
 		wg.Go(func() {
 			runWorker(ctx, worker{
-				id: w, inst: w % cfg.Instances, cfg: cfg, db: db, svc: svc,
+				scenario: p.name, id: w, inst: w % cfg.Instances, cfg: cfg, db: db, svc: svc,
 				ops: newOpSource(cfg, w, perm), pace: newPacer(cfg.Rate, cfg.Workers, w, start),
 				stop: stop, stats: ws, live: &live, fresh: p.fresh, staleWin: staleWin,
 			})
@@ -109,6 +112,7 @@ func runScenario(ctx context.Context, p scenarioParams) (*scenarioResult, error)
 	wg.Wait()
 	elapsed := time.Since(start)
 	loaderCalls := db.calls.Load()
+	defer func() { _ = cfg.slow.flush(start) }() // once the instances are closed
 	cs := svc.cacheStats()
 	p.progress.finish()
 
@@ -190,6 +194,7 @@ func newStaleSample(r *staleRead) staleSample {
 }
 
 type worker struct {
+	scenario string
 	id, inst int
 	cfg      *config
 	db       *database
@@ -234,8 +239,10 @@ func interrupted(ctx context.Context, err error) bool {
 func (w *worker) doRead(ctx context.Context, k int) {
 	acked := w.db.lastAck(k)
 	start := time.Now()
+	ctx, rt := w.cfg.slow.begin(ctx, w.scenario, w.inst, k, start)
 	got, err := w.svc.read(ctx, w.inst, k)
 	d := time.Since(start)
+	w.cfg.slow.end(rt, d, err)
 	st := w.stats
 	st.reads++
 	w.live.reads.Add(1)
@@ -284,7 +291,9 @@ func (w *worker) doWrite(ctx context.Context, k int) {
 		r.mu.Lock()
 	}
 	v := w.db.update(k)
+	began := time.Now()
 	err := w.svc.write(ctx, w.inst, k, row{Key: keyName(k), Version: v, Data: rowData})
+	w.cfg.slow.event("write", keyName(k), w.inst, began, time.Since(began))
 	if w.cfg.WriteMode == writeSet {
 		r.mu.Unlock()
 	}

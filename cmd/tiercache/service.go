@@ -160,7 +160,7 @@ func newTiercacheService(p scenarioParams, db *database) (*tiercacheService, err
 			tiercache.WithWriteTimeout(p.cfg.WriteTimeout),
 		}, scenarioOptions(p.name, &p.cfg)...)
 		name := fmt.Sprintf("%s/%d", p.name, inst)
-		if o := p.fresh.observer(inst, p.metrics.observer(name)); o != nil {
+		if o := p.cfg.slow.observer(p.fresh.observer(inst, p.metrics.observer(name))); o != nil {
 			opts = append(opts, tiercache.WithObserver(o))
 		}
 		c, err := tiercache.New[row](rdb, opts...)

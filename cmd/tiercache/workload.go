@@ -67,6 +67,7 @@ func (db *database) load(ctx context.Context, i int) (row, error) {
 		d += time.Duration(rand.Int64N(int64(2*db.jitter)+1)) - db.jitter
 	}
 	if d > 0 {
+		began := time.Now()
 		t := time.NewTimer(d)
 		select {
 		case <-t.C:
@@ -74,6 +75,7 @@ func (db *database) load(ctx context.Context, i int) (row, error) {
 			t.Stop()
 			return row{}, ctx.Err()
 		}
+		recordLoad(ctx, began, d, time.Since(began))
 	}
 	return row{Key: keyName(i), Version: v, Data: rowData}, nil
 }
