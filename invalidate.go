@@ -62,21 +62,12 @@ type invalidator struct {
 
 	mu     sync.Mutex
 	closed bool
-
-	// sharded is whether invalidations go over sharded pub/sub (SPUBLISH,
-	// SSUBSCRIBE): on a cluster whose servers have it (Redis 7), so that a
-	// message goes to the shard that owns the channel instead of over the
-	// cluster bus to every node. Found out once, from the servers, before
-	// the first publish or subscribe, so that every instance agrees.
-	modeMu    sync.Mutex
-	modeKnown bool
-	sharded   bool
 }
 
-// subscription is one pub/sub connection of the subscriber and its channels:
-// one for everything, or, with sharded pub/sub, one for the invalidation
-// channel (to its shard) and one for the fill channel (which the lease
-// scripts publish to classically).
+// subscription is the pub/sub connection of the subscriber and its
+// channels: the invalidation channel and the fill channel, by SUBSCRIBE,
+// or, with sharded pub/sub, by SSUBSCRIBE to the invalidation channel's
+// shard (the sharded fill channel shares its slot).
 type subscription struct {
 	channels []string
 	sharded  bool
@@ -114,28 +105,13 @@ func (iv *invalidator) start() {
 	}
 }
 
-// shardedMode reports whether invalidations use sharded pub/sub, finding
-// out once (COMMAND INFO SPUBLISH on a cluster node).
-func (iv *invalidator) shardedMode(ctx context.Context) (bool, error) {
-	iv.modeMu.Lock()
-	defer iv.modeMu.Unlock()
-	if iv.modeKnown || iv.st.Cluster == nil {
-		return iv.sharded, nil
-	}
-	err := iv.st.Call(ctx, "", "command_info", iv.st.WriteBy(), func(ctx context.Context) error {
-		info, err := iv.st.Cluster.Do(ctx, "COMMAND", "INFO", "SPUBLISH").Slice()
-		if err != nil {
-			return err
-		}
-		iv.sharded = len(info) == 1 && info[0] != nil
-		return nil
-	})
-	if err != nil {
-		return false, err
-	}
-	iv.modeKnown = true
-	return iv.sharded, nil
-}
+// shardedMode reports whether invalidations use sharded pub/sub
+// (SPUBLISH, SSUBSCRIBE): on a cluster whose servers have it (Redis 7), so
+// that a message goes to the shard that owns the channel instead of over
+// the cluster bus to every node. The store finds it out once, from the
+// servers, before the first publish or subscribe, so that every instance
+// agrees.
+func (iv *invalidator) shardedMode(ctx context.Context) (bool, error) { return iv.st.Sharded(ctx) }
 
 // flush drops L1 (when there is one): invalidations may have been missed.
 func (iv *invalidator) flush() {
@@ -299,9 +275,8 @@ func (iv *invalidator) apply(payload string) {
 	}
 }
 
-// subscribe finds out the pub/sub mode, then keeps the subscriptions:
-// with classic pub/sub one connection for both channels, with sharded
-// pub/sub one for each (see subscription).
+// subscribe finds out the pub/sub mode, then keeps the subscription (one
+// connection for both channels, see subscription).
 func (iv *invalidator) subscribe() {
 	defer iv.wg.Done()
 	var sharded bool
@@ -314,20 +289,16 @@ func (iv *invalidator) subscribe() {
 			return
 		}
 	}
-	var inv, fills []string
+	var channels []string
 	if iv.onKeys != nil {
-		inv = []string{iv.channel}
+		channels = []string{iv.channel}
 	}
-	if iv.fills != nil {
-		fills = []string{iv.st.Layout.Fills()}
+	if iv.fills != nil && sharded {
+		channels = append(channels, iv.st.Layout.ShardedFills())
+	} else if iv.fills != nil {
+		channels = append(channels, iv.st.Layout.Fills())
 	}
-	subs := []*subscription{{channels: append(inv, fills...)}}
-	if sharded && inv != nil {
-		subs = []*subscription{{channels: inv, sharded: true}}
-		if fills != nil {
-			subs = append(subs, &subscription{channels: fills})
-		}
-	}
+	subs := []*subscription{{channels: channels, sharded: sharded}}
 	iv.mu.Lock()
 	if iv.closed {
 		iv.mu.Unlock()
@@ -524,7 +495,7 @@ func (iv *invalidator) receive(ps *redis.PubSub, sub *subscription) (confirmed b
 				if m.Payload == echo {
 					echo = ""
 				}
-			case iv.fills != nil && m.Channel == iv.st.Layout.Fills():
+			case iv.fills != nil && (m.Channel == iv.st.Layout.Fills() || m.Channel == iv.st.Layout.ShardedFills()):
 				iv.fills.wake(m.Payload)
 			default:
 				iv.apply(m.Payload)

@@ -95,3 +95,8 @@ func (l Layout) TagFloor() string { return l.floor }
 // Fills is the pub/sub channel on which the scripts that end a waited-for
 // lease publish its value key.
 func (l Layout) Fills() string { return l.fills }
+
+// ShardedFills is the fill channel of sharded pub/sub: in the slot of the
+// invalidation channel (its name is the hash tag), so that one SSUBSCRIBE
+// connection carries both.
+func (l Layout) ShardedFills() string { return "{" + l.channel + "}:fill" }

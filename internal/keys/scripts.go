@@ -66,10 +66,22 @@ return {0, v, left, now}
 
 // The scripts that end a lease (Fill, Release, Set, Del) wake its waiters:
 // if the waiters key existed they delete it and publish the value key on
-// the fill channel.
+// the fill channel, their last argument. When that argument is empty
+// (sharded pub/sub on a cluster) they publish nothing and add 2 to their
+// reply instead, and the caller publishes on the sharded fill channel: a
+// PUBLISH from a script on a cluster is forwarded over the cluster bus to
+// the subscribers' node, which took up to 40 ms on Redis 7.0 (its outbound
+// bus connections do not set TCP_NODELAY), where an SPUBLISH goes to the
+// channel's shard directly.
 const wake = `
-if redis.call('DEL', KEYS[3]) == 1 then redis.call('PUBLISH', ARGV[#ARGV], KEYS[1]) end
+if redis.call('DEL', KEYS[3]) == 1 then
+  if ARGV[#ARGV] ~= '' then redis.call('PUBLISH', ARGV[#ARGV], KEYS[1]) else woke = 2 end
+end
 `
+
+// WokeFlag is what a lease-ending script adds to its reply when waiters
+// are to be woken by the caller (see wake).
+const WokeFlag = 2
 
 // Row versions. A versioned write carries the version of the row it comes
 // from (ARGV: a 20-digit zero-padded decimal, so that Lua compares them as
@@ -103,12 +115,13 @@ func check(ver int, refuse, refused string) string {
 //	ARGV[1] token, ARGV[2] frame, ARGV[3] TTL in ms, ARGV[4] row version,
 //	ARGV[5] its TTL in ms, ARGV[6] fill channel
 //
-// Returns 1 when written, 0 when refused.
+// Returns 1 when written, 0 when refused, plus WokeFlag (see wake).
 var Fill = redis.NewScript(`
+local woke = 0
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
-` + check(4, ">=", "redis.call('DEL', KEYS[2])"+wake+" return 0") + `
+` + check(4, ">=", "redis.call('DEL', KEYS[2])"+wake+" return woke") + `
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-redis.call('DEL', KEYS[2])` + wake + `return 1
+redis.call('DEL', KEYS[2])` + wake + `return 1 + woke
 `)
 
 // Release drops the lease if the token still matches (the load failed, or
@@ -117,8 +130,9 @@ redis.call('DEL', KEYS[2])` + wake + `return 1
 //	KEYS value, lease, waiters, row version
 //	ARGV[1] token, ARGV[2] fill channel
 var Release = redis.NewScript(`
+local woke = 0
 if redis.call('GET', KEYS[2]) == ARGV[1] then
-  redis.call('DEL', KEYS[2])` + wake + `  return 1
+  redis.call('DEL', KEYS[2])` + wake + `  return 1 + woke
 end
 return 0
 `)
@@ -131,10 +145,10 @@ return 0
 //	ARGV[1] frame, ARGV[2] TTL in ms, ARGV[3] row version, ARGV[4] its TTL
 //	in ms, ARGV[5] fill channel
 //
-// Returns 1 when written, 0 when refused.
-var Set = redis.NewScript(check(3, ">=", "return 0") + `
+// Returns 1 when written, 0 when refused, plus WokeFlag (see wake).
+var Set = redis.NewScript("local woke = 0\n" + check(3, ">=", "return 0") + `
 redis.call('DEL', KEYS[2])
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])` + wake + `return 1
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])` + wake + `return 1 + woke
 `)
 
 // Del deletes a value and its lease; the lease's waiters load anew. A
@@ -145,9 +159,9 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])` + wake + `return 1
 //	KEYS value, lease, waiters, row version
 //	ARGV[1] row version, ARGV[2] its TTL in ms, ARGV[3] fill channel
 //
-// Returns 1 when deleted, 0 when refused.
-var Del = redis.NewScript(check(1, ">", "return 0") + `
-redis.call('DEL', KEYS[1], KEYS[2])` + wake + `return 1
+// Returns 1 when deleted, 0 when refused, plus WokeFlag (see wake).
+var Del = redis.NewScript("local woke = 0\n" + check(1, ">", "return 0") + `
+redis.call('DEL', KEYS[1], KEYS[2])` + wake + `return 1 + woke
 `)
 
 // Tags. Each tag has a version key (its own slot) holding a Unix µs

@@ -171,18 +171,31 @@ func (s *Store) Fill(ctx context.Context, ws []Write) (written, refused []bool, 
 	for i, w := range ws {
 		kk[i] = leaseKeys(w.VK)
 		ver, verTTL := s.versionArgs(w.Version, w.TTL)
-		args[i] = []any{w.Token, w.Frame, ms(w.TTL), ver, verTTL, s.Layout.Fills()}
+		args[i] = []any{w.Token, w.Frame, ms(w.TTL), ver, verTTL, s.fillChannel(ctx)}
 		vks[i] = w.VK
 	}
+	woke := make([]bool, len(ws))
 	_, err = s.callKeys(ctx, op("fill", len(ws)), s.WriteBy(), vks, func(ctx context.Context, idx []int) error {
 		cmds, err := s.runScript(ctx, keys.Fill, pick(kk, idx), pick(args, idx))
 		for n, cmd := range cmds {
-			v, cerr := cmd.Int64()
-			written[idx[n]], refused[idx[n]] = cerr == nil && v == 1, cerr == nil && v == 0
+			written[idx[n]], refused[idx[n]], woke[idx[n]] = leaseReply(cmd)
 		}
 		return err
 	})
+	s.wake(ctx, vks, woke)
 	return written, refused, err
+}
+
+// leaseReply reads the reply of a lease-ending script: done (1: written,
+// deleted, released), refused (0), and whether its waiters are the
+// caller's to wake (keys.WokeFlag); neither done nor refused when the
+// command failed.
+func leaseReply(cmd *redis.Cmd) (done, refused, woke bool) {
+	v, err := cmd.Int64()
+	if err != nil {
+		return false, false, false
+	}
+	return v&1 == 1, v&1 == 0, v&keys.WokeFlag != 0
 }
 
 // Lease is a lease this instance holds: its value key and token.
@@ -210,7 +223,7 @@ func (s *Store) Release(ls []Lease) {
 	for i, l := range ls {
 		lks[i] = l.VK
 		kk[i] = leaseKeys(l.VK)
-		args[i] = []any{l.Token, s.Layout.Fills()}
+		args[i] = []any{l.Token, s.fillChannel(context.Background())}
 	}
 	s.releases.Add(1)
 	go func() {
@@ -221,10 +234,15 @@ func (s *Store) Release(ls []Lease) {
 			closing := s.life.Err() != nil
 			// Not on life: a release must outlive Close by one attempt.
 			// (A lease given back twice is harmless: Release checks the token.)
+			woke := make([]bool, len(ls))
 			_, err := s.callKeys(context.Background(), op("release", len(ls)), s.WriteBy(), lks, func(ctx context.Context, idx []int) error {
-				_, err := s.runScript(ctx, keys.Release, pick(kk, idx), pick(args, idx))
+				cmds, err := s.runScript(ctx, keys.Release, pick(kk, idx), pick(args, idx))
+				for n, cmd := range cmds {
+					_, _, woke[idx[n]] = leaseReply(cmd)
+				}
 				return err
 			})
+			s.wake(context.Background(), lks, woke)
 			if err == nil || closing || time.Now().After(deadline) {
 				return
 			}

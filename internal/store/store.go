@@ -116,6 +116,12 @@ type Store struct {
 	// lastReload is when a cluster client was last told to reload its slot
 	// map (Unix ns); see ReloadClusterState.
 	lastReload atomic.Int64
+
+	// The pub/sub mode (see Sharded), and when fillChannel last tried to
+	// find it out (Unix ns).
+	modeMu             sync.Mutex
+	modeKnown, sharded atomic.Bool
+	modeTried          atomic.Int64
 }
 
 // New returns the store of rdb; a nil rdb is an L1-only cache's.

@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"errors"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
@@ -20,7 +21,7 @@ func (s *Store) Set(ctx context.Context, ws []Write) (written, refused []bool, e
 	for i, w := range ws {
 		ver, verTTL := s.versionArgs(w.Version, w.TTL)
 		kk[i], vks[i] = leaseKeys(w.VK), w.VK
-		args[i] = []any{w.Frame, ms(w.TTL), ver, verTTL, s.Layout.Fills()}
+		args[i] = []any{w.Frame, ms(w.TTL), ver, verTTL, s.fillChannel(ctx)}
 	}
 	written, refused = make([]bool, len(ws)), make([]bool, len(ws))
 	if s.local != nil {
@@ -29,14 +30,15 @@ func (s *Store) Set(ctx context.Context, ws []Write) (written, refused []bool, e
 		}
 		return written, refused, nil
 	}
+	woke := make([]bool, len(ws))
 	_, err = s.callKeys(ctx, op("set", len(ws)), s.WriteBy(), vks, func(ctx context.Context, idx []int) error {
 		cmds, err := s.runScript(ctx, keys.Set, pick(kk, idx), pick(args, idx))
 		for n, cmd := range cmds {
-			v, cerr := cmd.Int64()
-			written[idx[n]], refused[idx[n]] = cerr == nil && v == 1, cerr == nil && v == 0
+			written[idx[n]], refused[idx[n]], woke[idx[n]] = leaseReply(cmd)
 		}
 		return err
 	})
+	s.wake(ctx, vks, woke)
 	return written, refused, err
 }
 
@@ -52,12 +54,17 @@ func (s *Store) Del(ctx context.Context, vks []string, version uint64) error {
 	args := make([][]any, len(vks))
 	ver, verTTL := s.versionArgs(version, 0)
 	for i, vk := range vks {
-		kk[i], args[i] = leaseKeys(vk), []any{ver, verTTL, s.Layout.Fills()}
+		kk[i], args[i] = leaseKeys(vk), []any{ver, verTTL, s.fillChannel(ctx)}
 	}
+	woke := make([]bool, len(vks))
 	_, err := s.callKeys(ctx, "del", s.WriteBy(), vks, func(ctx context.Context, idx []int) error {
-		_, err := s.runScript(ctx, keys.Del, pick(kk, idx), pick(args, idx))
+		cmds, err := s.runScript(ctx, keys.Del, pick(kk, idx), pick(args, idx))
+		for n, cmd := range cmds {
+			_, _, woke[idx[n]] = leaseReply(cmd)
+		}
 		return err
 	})
+	s.wake(ctx, vks, woke)
 	return err
 }
 
@@ -135,5 +142,76 @@ func (s *Store) Publish(ctx context.Context, channel string, msg []byte, sharded
 			return s.RDB.SPublish(ctx, channel, msg).Err()
 		}
 		return s.RDB.Publish(ctx, channel, msg).Err()
+	})
+}
+
+// Sharded reports whether pub/sub is sharded (SSUBSCRIBE, SPUBLISH): on a
+// cluster whose servers have SPUBLISH (Redis 7), found out once by COMMAND
+// INFO; never on one node or Sentinel, where classic pub/sub has no bus to
+// cross.
+func (s *Store) Sharded(ctx context.Context) (bool, error) {
+	if s.Cluster == nil {
+		return false, nil
+	}
+	s.modeMu.Lock()
+	defer s.modeMu.Unlock()
+	if s.modeKnown.Load() {
+		return s.sharded.Load(), nil
+	}
+	err := s.Call(ctx, "", "command_info", s.WriteBy(), func(ctx context.Context) error {
+		info, err := s.Cluster.Do(ctx, "COMMAND", "INFO", "SPUBLISH").Slice()
+		if err != nil {
+			return err
+		}
+		s.sharded.Store(len(info) == 1 && info[0] != nil)
+		return nil
+	})
+	if err != nil {
+		return false, err
+	}
+	s.modeKnown.Store(true)
+	return s.sharded.Load(), nil
+}
+
+// fillChannel is the lease scripts' last argument: the classic fill
+// channel, or "" when pub/sub is sharded and the caller wakes the waiters
+// on the sharded fill channel (see keys.wake). Until the mode is known it
+// is found out, at most once a second; meanwhile the classic channel.
+func (s *Store) fillChannel(ctx context.Context) string {
+	if !s.modeKnown.Load() && s.Cluster != nil {
+		now, last := time.Now().UnixNano(), s.modeTried.Load()
+		if now-last > int64(time.Second) && s.modeTried.CompareAndSwap(last, now) {
+			_, _ = s.Sharded(ctx)
+		}
+	}
+	if s.modeKnown.Load() && s.sharded.Load() {
+		return ""
+	}
+	return s.Layout.Fills()
+}
+
+// wake publishes, on the sharded fill channel, the value keys vks[i] whose
+// script left their waiters to the caller (woke[i]), in one round trip to
+// the channel's shard. A wake that is lost (Redis failed) costs the
+// waiters their backstop: they acquire again after at most half a second.
+func (s *Store) wake(ctx context.Context, vks []string, woke []bool) {
+	var ws []string
+	for i, w := range woke {
+		if w {
+			ws = append(ws, vks[i])
+		}
+	}
+	if len(ws) == 0 {
+		return
+	}
+	ch := s.Layout.ShardedFills()
+	_ = s.Call(context.WithoutCancel(ctx), s.nodeOf(ctx, ch), "publish", s.WriteBy(), func(ctx context.Context) error {
+		_, err := s.RDB.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for _, vk := range ws {
+				p.SPublish(ctx, ch, vk)
+			}
+			return nil
+		})
+		return err
 	})
 }
