@@ -18,17 +18,31 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/tiercache/tiercache/internal/keys"
 	"github.com/tiercache/tiercache/internal/redistest"
 	"github.com/tiercache/tiercache/internal/store"
 )
+
+// firstLoadHeld returns a loader whose first call closes loading, waits
+// for release and returns first; every later call returns later at once.
+func firstLoadHeld(first, later string) (load LoadFunc[string], loading, release chan struct{}) {
+	loading, release = make(chan struct{}), make(chan struct{})
+	var calls atomic.Int64
+	return func(ctx context.Context) (string, error) {
+		if calls.Add(1) == 1 {
+			close(loading)
+			<-release
+			return first, nil
+		}
+		return later, nil
+	}, loading, release
+}
 
 // Finding 1: an instance without L1 built no invalidator, so its writes
 // never reached the other instances' L1.
 func TestAuditWritesWithoutL1ReachOtherL1s(t *testing.T) {
 	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
 		ctx := t.Context()
-		prefix := "nol1" + strconv.FormatInt(time.Now().UnixNano(), 36)
+		prefix := testPrefix(t)
 		writer := newCacheOn[string](t, tg.NewClient(t), prefix) // no L1
 		reader := newCacheOn[string](t, tg.NewClient(t), prefix, WithL1(100))
 		waitSubscribed(t, reader)
@@ -117,10 +131,7 @@ func TestAuditScriptFlushRunsNothingTwice(t *testing.T) {
 	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
 		ctx := t.Context()
 		c := newCache[string](t, tg)
-		ks := make([]string, 60) // over every master of the cluster
-		for i := range ks {
-			ks[i] = "sf" + strconv.Itoa(i)
-		}
+		ks := numberedKeys("sf", 60) // over every master of the cluster
 		var calls, loaded atomic.Int64
 		load := func(ctx context.Context, ks []string) (map[string]string, error) {
 			calls.Add(1)
@@ -171,7 +182,7 @@ func TestAuditScriptFlushRunsNothingTwice(t *testing.T) {
 func TestAuditBatchGivesBackLeasesOfUncachedKeys(t *testing.T) {
 	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
 		ctx := t.Context()
-		prefix := "lb" + strconv.FormatInt(time.Now().UnixNano(), 36)
+		prefix := testPrefix(t)
 		opts := []Option{WithNegativeTTL(0), WithMaxValueSize(200), WithLease(time.Minute)}
 		a := newCacheOn[string](t, tg.NewClient(t), prefix, opts...)
 		b := newCacheOn[string](t, tg.NewClient(t), prefix, opts...)
@@ -186,7 +197,7 @@ func TestAuditBatchGivesBackLeasesOfUncachedKeys(t *testing.T) {
 		}
 		admin := tg.NewClient(t)
 		for _, k := range []string{"gone", "huge"} {
-			lk := keys.Lease(a.st.Layout.Value(k))
+			lk := leaseKey(a, k)
 			waitFor(t, 20*time.Second, "the lease of "+k+" given back", func() bool {
 				return admin.Exists(ctx, lk).Val() == 0
 			})
@@ -208,7 +219,7 @@ func TestAuditBatchGivesBackLeasesOfUncachedKeys(t *testing.T) {
 			t.Fatal(err)
 		}
 		waitFor(t, 20*time.Second, "the lease of a WithTTL(0) load given back", func() bool {
-			return admin.Exists(ctx, keys.Lease(a.st.Layout.Value("ttl0"))).Val() == 0
+			return admin.Exists(ctx, leaseKey(a, "ttl0")).Val() == 0
 		})
 	})
 }
@@ -220,10 +231,7 @@ func TestAuditBatchGivesBackLeasesOfUncachedKeys(t *testing.T) {
 func TestAuditWriterL1FollowsRedis(t *testing.T) {
 	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
 		ctx := t.Context()
-		prefix := "wl1" + strconv.FormatInt(time.Now().UnixNano(), 36)
-		a := newCacheOn[string](t, tg.NewClient(t), prefix, WithL1(100))
-		b := newCacheOn[string](t, tg.NewClient(t), prefix, WithL1(100))
-		waitSubscribed(t, a, b)
+		a, b := subscribedPair[string](t, tg, WithL1(100))
 		admin := tg.NewClient(t)
 
 		// The interleaving, step by step: a takes its token and writes
@@ -282,21 +290,6 @@ func (c *Cache[V]) frame(t *testing.T, key string, v V) store.Write {
 	return store.Write{VK: vk, Frame: b, TTL: time.Minute}
 }
 
-// decodedValue is what Redis holds for key, decoded.
-func decodedValue[V any](t *testing.T, c *Cache[V], admin redis.UniversalClient, key string) V {
-	t.Helper()
-	vk := c.st.Layout.Value(key)
-	b, err := admin.Get(t.Context(), vk).Bytes()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var e entry[V]
-	if err := decode(c.vc, b, c.keyHash(vk), &e); err != nil {
-		t.Fatal(err)
-	}
-	return e.val
-}
-
 // Finding 6: a tag invalidated during a load, whose key then vanished
 // (expired or evicted) before the load read it, was recreated at the load's
 // start, and the load's value, read before the invalidation, was cached.
@@ -309,16 +302,10 @@ func TestAuditTagKeyVanishingDuringLoad(t *testing.T) {
 		if err := c.Set(ctx, "other", "x", WithTags("shelf")); err != nil {
 			t.Fatal(err)
 		}
-		loading, release := make(chan struct{}), make(chan struct{})
-		var calls atomic.Int64
+		held, loading, release := firstLoadHeld("before", "after")
 		load := func(ctx context.Context) (string, error) {
 			LoadOptions(ctx, WithTags("shelf"))
-			if calls.Add(1) == 1 {
-				close(loading)
-				<-release
-				return "before", nil
-			}
-			return "after", nil
+			return held(ctx)
 		}
 		done := make(chan error, 1)
 		go func() {
@@ -356,10 +343,7 @@ func TestAuditTagKeyVanishingDuringLoad(t *testing.T) {
 func TestAuditHostileMessagesDoNotStopTheSubscriber(t *testing.T) {
 	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
 		ctx := t.Context()
-		prefix := "hm" + strconv.FormatInt(time.Now().UnixNano(), 36)
-		a := newCacheOn[string](t, tg.NewClient(t), prefix, WithL1(100))
-		b := newCacheOn[string](t, tg.NewClient(t), prefix, WithL1(100))
-		waitSubscribed(t, a, b)
+		a, b := subscribedPair[string](t, tg, WithL1(100))
 		admin := tg.NewClient(t)
 		header := func(kind byte) []byte {
 			return append([]byte{'T', 1, 1, 2, 3, 4, 5, 6, 7, 8}, kind)
@@ -411,7 +395,7 @@ func TestAuditCloseGivesBackLeases(t *testing.T) {
 			})
 		}()
 		<-loading
-		lk := keys.Lease(c.st.Layout.Value("k"))
+		lk := leaseKey(c, "k")
 		if admin.Exists(t.Context(), lk).Val() != 1 {
 			t.Fatal("no lease while loading")
 		}
@@ -440,15 +424,9 @@ func TestAuditCloseDuringZstdReads(t *testing.T) {
 	var wg sync.WaitGroup
 	stop := make(chan struct{})
 	for g := range 4 {
-		wg.Go(func() {
-			for i := g; ; i++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				_, _ = c.Get(ctx, strconv.Itoa(i%20))
-			}
+		repeatUntil(&wg, stop, func(i int) bool {
+			_, _ = c.Get(ctx, strconv.Itoa((g+i)%20))
+			return true
 		})
 	}
 	time.Sleep(20 * time.Millisecond)
@@ -463,16 +441,7 @@ func TestAuditRefreshAfterWriteStartsAnew(t *testing.T) {
 	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
 		ctx := t.Context()
 		c := newCache[string](t, tg)
-		loading, release := make(chan struct{}), make(chan struct{})
-		var calls atomic.Int64
-		load := func(ctx context.Context) (string, error) {
-			if calls.Add(1) == 1 {
-				close(loading)
-				<-release
-				return "old", nil
-			}
-			return "new", nil
-		}
+		load, loading, release := firstLoadHeld("old", "new")
 		first := make(chan string, 1)
 		go func() {
 			v, _ := c.Refresh(context.Background(), "k", load)
@@ -634,11 +603,7 @@ func TestAuditHugeTTLs(t *testing.T) {
 func TestAuditClusterPipelineErrorsAreNotMisses(t *testing.T) {
 	cl := redistest.StartCluster(t, 3, 0)
 	ctx := t.Context()
-	rdb := cl.Client(t, func(o *redis.ClusterOptions) {
-		o.ContextTimeoutEnabled = true
-		o.MaxRetries = 0
-		o.DialTimeout = 200 * time.Millisecond
-	})
+	rdb := clusterClient(t, cl, 0, 200*time.Millisecond)
 	c := newCacheOn[string](t, rdb, "pipe", WithoutBreaker())
 	// Keys on every master; the first one absent (a redis.Nil in the
 	// pipeline's first command), the others present.

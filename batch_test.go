@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"maps"
 	"slices"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -340,10 +339,7 @@ func TestBatchBackgroundRefreshIsOneCall(t *testing.T) {
 	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
 		ctx := t.Context()
 		c := newCache[string](t, tg, WithJitter(0), WithStaleWhileRevalidate(time.Hour), WithEarlyRefresh(0))
-		ks := make([]string, 100)
-		for i := range ks {
-			ks[i] = "r" + strconv.Itoa(i)
-		}
+		ks := numberedKeys("r", 100)
 		var calls, loaded atomic.Int64
 		load := func(ctx context.Context, keys []string) (map[string]string, error) {
 			calls.Add(1)

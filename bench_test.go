@@ -3,7 +3,6 @@ package tiercache
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -129,28 +128,22 @@ func BenchmarkL1Hit(b *testing.B) {
 		expiring.Set(ks[i], &user{ID: i})
 	}
 	load := func(context.Context) (*user, error) { b.Fatal("loader called on an L1 hit"); return nil, nil }
-	b.Run("get", func(b *testing.B) {
-		compare(b, func(i int) {
-			if _, err := c.Get(ctx, ks[i%keys]); err != nil {
-				b.Fatal(err)
-			}
-		}, func(i int) {
-			if _, ok := plain.GetIfPresent(ks[i%keys]); !ok {
-				b.Fatal("miss")
-			}
+	for _, base := range []struct {
+		name string
+		o    *otter.Cache[string, *user]
+	}{{"get", plain}, {"get-vs-expiring-otter", expiring}} {
+		b.Run(base.name, func(b *testing.B) {
+			compare(b, func(i int) {
+				if _, err := c.Get(ctx, ks[i%keys]); err != nil {
+					b.Fatal(err)
+				}
+			}, func(i int) {
+				if _, ok := base.o.GetIfPresent(ks[i%keys]); !ok {
+					b.Fatal("miss")
+				}
+			})
 		})
-	})
-	b.Run("get-vs-expiring-otter", func(b *testing.B) {
-		compare(b, func(i int) {
-			if _, err := c.Get(ctx, ks[i%keys]); err != nil {
-				b.Fatal(err)
-			}
-		}, func(i int) {
-			if _, ok := expiring.GetIfPresent(ks[i%keys]); !ok {
-				b.Fatal("miss")
-			}
-		})
-	})
+	}
 	b.Run("getorload", func(b *testing.B) {
 		compare(b, func(i int) {
 			if _, err := c.GetOrLoad(ctx, ks[i%keys], load); err != nil {
@@ -164,26 +157,21 @@ func BenchmarkL1Hit(b *testing.B) {
 	})
 	// Parallel: the two sides run as separate sub-benchmarks (RunParallel
 	// cannot alternate); compare their ns/op.
-	b.Run("parallel/otter", func(b *testing.B) {
-		b.ReportAllocs()
-		b.RunParallel(func(pb *testing.PB) {
-			i := 0
-			for pb.Next() {
-				plain.GetIfPresent(ks[i%keys])
-				i++
-			}
+	for _, base := range []struct {
+		name string
+		o    *otter.Cache[string, *user]
+	}{{"parallel/otter", plain}, {"parallel/expiring-otter", expiring}} {
+		b.Run(base.name, func(b *testing.B) {
+			b.ReportAllocs()
+			b.RunParallel(func(pb *testing.PB) {
+				i := 0
+				for pb.Next() {
+					base.o.GetIfPresent(ks[i%keys])
+					i++
+				}
+			})
 		})
-	})
-	b.Run("parallel/expiring-otter", func(b *testing.B) {
-		b.ReportAllocs()
-		b.RunParallel(func(pb *testing.PB) {
-			i := 0
-			for pb.Next() {
-				expiring.GetIfPresent(ks[i%keys])
-				i++
-			}
-		})
-	})
+	}
 	b.Run("parallel/tiercache", func(b *testing.B) {
 		b.ReportAllocs()
 		b.RunParallel(func(pb *testing.PB) {
@@ -287,7 +275,7 @@ func BenchmarkGetConcurrency(b *testing.B) {
 			c := newCacheOn[user](b, rdb, "conc", WithReadTimeout(time.Second))
 			ks, plainGet := readFixture(b, c, rdb, "conc-plain:")
 			for _, g := range []int{2, 4, 8, 16, 64} {
-				b.Run(fmt.Sprint(g), func(b *testing.B) {
+				b.Run(strconv.Itoa(g), func(b *testing.B) {
 					compareParallel(b, g, func(i int) error { _, err := c.Get(ctx, ks[i%len(ks)]); return err }, plainGet(rdb))
 				})
 			}
@@ -485,7 +473,7 @@ func BenchmarkMiss(b *testing.B) {
 func benchMiss(b *testing.B, opts ...Option) {
 	ctx := context.Background()
 	rdb := benchClient(b)
-	prefix := fmt.Sprint("benchmiss-", time.Now().UnixNano())
+	prefix := "benchmiss-" + strconv.FormatInt(time.Now().UnixNano(), 10)
 	c := newCacheOn[user](b, rdb, prefix, opts...)
 	u := user{ID: 42, Name: "Ada Lovelace"}
 	load := func(context.Context) (user, error) { return u, nil }

@@ -99,8 +99,7 @@ func TestSetTTL(t *testing.T) {
 func TestJitterSpreadsExpiry(t *testing.T) {
 	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
 		ctx := t.Context()
-		rdb := tg.NewClient(t)
-		c := newCacheOn[int](t, rdb, "jit"+fmt.Sprint(time.Now().UnixNano()), WithJitter(0.5))
+		c, rdb := newCacheAndClient[int](t, tg, WithJitter(0.5))
 		ttl := 100 * time.Second
 		lo, hi := time.Duration(math.MaxInt64), time.Duration(0)
 		for i := range 100 {
@@ -173,7 +172,7 @@ func TestCodecsAndCompression(t *testing.T) {
 		})
 		t.Run("other codec is a miss", func(t *testing.T) {
 			rdb := tg.NewClient(t)
-			prefix := "codecs" + fmt.Sprint(time.Now().UnixNano())
+			prefix := testPrefix(t)
 			j := newCacheOn[user](t, rdb, prefix)
 			m := newCacheOn[user](t, rdb, prefix, WithCodec(Msgpack))
 			if err := j.Set(ctx, "k", user{ID: 1}); err != nil {
@@ -192,15 +191,13 @@ func TestCodecsAndCompression(t *testing.T) {
 func TestValueTooLarge(t *testing.T) {
 	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
 		ctx := t.Context()
-		rdb := tg.NewClient(t)
-		prefix := "big" + fmt.Sprint(time.Now().UnixNano())
-		small := newCacheOn[string](t, rdb, prefix, WithMaxValueSize(1000))
+		small, rdb := newCacheAndClient[string](t, tg, WithMaxValueSize(1000))
 		if err := small.Set(ctx, "k", string(make([]byte, 2000))); !errors.Is(err, ErrValueTooLarge) {
 			t.Fatalf("Set over the limit = %v, want ErrValueTooLarge", err)
 		}
 		// A value written by a cache with a larger limit is a miss for this
 		// one: rejected before it is decoded.
-		large := newCacheOn[string](t, rdb, prefix)
+		large := newCacheOn[string](t, rdb, small.cfg.prefix)
 		if err := large.Set(ctx, "k", string(make([]byte, 2000))); err != nil {
 			t.Fatal(err)
 		}
@@ -220,8 +217,7 @@ func TestValueTooLarge(t *testing.T) {
 func TestCorruptIsMiss(t *testing.T) {
 	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
 		ctx := t.Context()
-		rdb := tg.NewClient(t)
-		c := newCacheOn[user](t, rdb, "corrupt"+fmt.Sprint(time.Now().UnixNano()))
+		c, rdb := newCacheAndClient[user](t, tg)
 		if err := c.Set(ctx, "good", user{ID: 1}); err != nil {
 			t.Fatal(err)
 		}
@@ -260,7 +256,7 @@ func TestVersionedNamespace(t *testing.T) {
 	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
 		ctx := t.Context()
 		rdb := tg.NewClient(t)
-		prefix := "ver" + fmt.Sprint(time.Now().UnixNano())
+		prefix := testPrefix(t)
 		v1 := newCacheOn[string](t, rdb, prefix, WithSchemaVersion(1))
 		v2 := newCacheOn[string](t, rdb, prefix, WithSchemaVersion(2))
 		if err := v1.Set(ctx, "k", "old shape"); err != nil {
@@ -318,8 +314,7 @@ func TestNegativeCaching(t *testing.T) {
 func TestLoadOptions(t *testing.T) {
 	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
 		ctx := t.Context()
-		rdb := tg.NewClient(t)
-		c := newCacheOn[string](t, rdb, "lo"+fmt.Sprint(time.Now().UnixNano()), WithJitter(0))
+		c, rdb := newCacheAndClient[string](t, tg, WithJitter(0))
 		v, err := c.GetOrLoad(ctx, "partial", func(ctx context.Context) (string, error) {
 			LoadOptions(ctx, NoCache())
 			return "partial result", nil
@@ -347,29 +342,27 @@ func TestBadInput(t *testing.T) {
 	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
 		ctx := t.Context()
 		c := newCache[int](t, tg)
-		if _, err := c.Get(ctx, ""); !errors.Is(err, ErrInvalidKey) {
-			t.Fatalf("Get(\"\") = %v", err)
-		}
-		if err := c.Set(ctx, "", 1); !errors.Is(err, ErrInvalidKey) {
-			t.Fatalf("Set(\"\") = %v", err)
-		}
-		if err := c.Delete(ctx, "a", ""); !errors.Is(err, ErrInvalidKey) {
-			t.Fatalf("Delete with an empty key = %v", err)
-		}
-		if _, err := c.GetOrLoad(ctx, "k", nil); !errors.Is(err, ErrNilLoader) {
-			t.Fatalf("GetOrLoad(nil) = %v", err)
-		}
-		if err := c.Close(); err != nil {
-			t.Fatal(err)
-		}
-		if err := c.Close(); err != nil {
-			t.Fatalf("second Close = %v", err)
-		}
-		if _, err := c.Get(ctx, "k"); !errors.Is(err, ErrClosed) {
-			t.Fatalf("Get after Close = %v", err)
-		}
-		if _, err := c.GetOrLoad(ctx, "k", func(context.Context) (int, error) { return 1, nil }); !errors.Is(err, ErrClosed) {
-			t.Fatalf("GetOrLoad after Close = %v", err)
+		// In this order: the last two calls come after the Closes.
+		for _, call := range []struct {
+			what string
+			do   func() error
+			want error // nil: no error
+		}{
+			{`Get("")`, func() error { _, err := c.Get(ctx, ""); return err }, ErrInvalidKey},
+			{`Set("")`, func() error { return c.Set(ctx, "", 1) }, ErrInvalidKey},
+			{"Delete with an empty key", func() error { return c.Delete(ctx, "a", "") }, ErrInvalidKey},
+			{"GetOrLoad(nil)", func() error { _, err := c.GetOrLoad(ctx, "k", nil); return err }, ErrNilLoader},
+			{"Close", c.Close, nil},
+			{"second Close", c.Close, nil},
+			{"Get after Close", func() error { _, err := c.Get(ctx, "k"); return err }, ErrClosed},
+			{"GetOrLoad after Close", func() error {
+				_, err := c.GetOrLoad(ctx, "k", func(context.Context) (int, error) { return 1, nil })
+				return err
+			}, ErrClosed},
+		} {
+			if err := call.do(); !errors.Is(err, call.want) {
+				t.Fatalf("%s = %v, want %v", call.what, err, call.want)
+			}
 		}
 	})
 }
@@ -471,7 +464,7 @@ func TestNewWarnsAboutContextTimeoutsByDefault(t *testing.T) {
 	slog.SetDefault(slog.New(slog.NewTextHandler(&buf, nil)))
 	defer slog.SetDefault(old)
 	rdb := redistest.SharedServer(t).Client(t) // ContextTimeoutEnabled off
-	c, err := New[string](rdb, WithPrefix(strings.TrimSuffix(redistest.UniquePrefix(t), ":")))
+	c, err := New[string](rdb, WithPrefix(testPrefix(t)))
 	if err != nil {
 		t.Fatal(err)
 	}

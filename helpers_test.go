@@ -8,6 +8,7 @@ package tiercache
 
 import (
 	"context"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -15,13 +16,9 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/tiercache/tiercache/internal/keys"
 	"github.com/tiercache/tiercache/internal/redistest"
 )
-
-// faultPrefix returns a cache prefix of the test's own.
-func faultPrefix(t testing.TB) string {
-	return strings.TrimSuffix(redistest.UniquePrefix(t), ":")
-}
 
 // directClient is a client straight to s, with context deadlines reaching
 // the socket, closed when the test ends.
@@ -38,6 +35,155 @@ func constLoad(v string, d time.Duration) LoadFunc[string] {
 		return v, nil
 	}
 }
+
+// waitFor polls cond every millisecond until it holds or d passes.
+func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %v", what, d)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func waitSubscribed[V any](t *testing.T, cs ...*Cache[V]) {
+	t.Helper()
+	for _, c := range cs {
+		waitFor(t, 5*time.Second, "invalidation subscription up", c.inv.healthy)
+	}
+}
+
+// repeatUntil runs f(0), f(1), ... in a goroutine of wg until stop closes
+// or f returns false.
+func repeatUntil(wg *sync.WaitGroup, stop <-chan struct{}, f func(i int) bool) {
+	wg.Go(func() {
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if !f(i) {
+				return
+			}
+		}
+	})
+}
+
+// countingObserver counts Redis round trips by operation.
+type countingObserver struct {
+	NopObserver
+	mu  sync.Mutex
+	ops map[string]int
+}
+
+func (o *countingObserver) Redis(op string, _ time.Duration, _ error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.ops == nil {
+		o.ops = map[string]int{}
+	}
+	o.ops[op]++
+}
+
+func (o *countingObserver) count(op string) int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.ops[op]
+}
+
+// decodedValue is what Redis holds for key, decoded.
+func decodedValue[V any](t *testing.T, c *Cache[V], admin redis.UniversalClient, key string) V {
+	t.Helper()
+	vk := c.st.Layout.Value(key)
+	b, err := admin.Get(t.Context(), vk).Bytes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var e entry[V]
+	if err := decode(c.vc, b, c.keyHash(vk), &e); err != nil {
+		t.Fatal(err)
+	}
+	return e.val
+}
+
+// killPubSub drops every pub/sub connection of the target's servers.
+func killPubSub(t *testing.T, tg redistest.Target) {
+	t.Helper()
+	servers := []*redistest.Server{tg.Single}
+	if tg.Cluster != nil {
+		servers = tg.Cluster.Nodes()
+	}
+	for _, s := range servers {
+		if s == nil {
+			continue
+		}
+		rdb := redis.NewClient(&redis.Options{Addr: s.Addr})
+		err := rdb.Do(t.Context(), "CLIENT", "KILL", "TYPE", "pubsub").Err()
+		_ = rdb.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// clusterClient is a client of cl with context deadlines reaching the
+// socket, closed when the test ends; retries and dial, where not 0, set
+// MaxRetries and DialTimeout.
+func clusterClient(t testing.TB, cl *redistest.Cluster, retries int, dial time.Duration) *redis.ClusterClient {
+	return cl.Client(t, func(o *redis.ClusterOptions) {
+		o.ContextTimeoutEnabled = true
+		if retries != 0 {
+			o.MaxRetries = retries
+		}
+		if dial != 0 {
+			o.DialTimeout = dial
+		}
+	})
+}
+
+// leaseKey is the Redis key of the lease on c's key.
+func leaseKey[V any](c *Cache[V], key string) string { return keys.Lease(c.st.Layout.Value(key)) }
+
+// numberedKeys returns prefix+"0", prefix+"1", ... up to n keys.
+func numberedKeys(prefix string, n int) []string {
+	ks := make([]string, n)
+	for i := range ks {
+		ks[i] = prefix + strconv.Itoa(i)
+	}
+	return ks
+}
+
+// numSub returns how many clients n has subscribed to channel, or -1 if n
+// does not answer.
+func numSub(cl *redis.Client, channel string) int64 {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	m, err := cl.PubSubNumSub(ctx, channel).Result()
+	if err != nil {
+		return -1
+	}
+	return m[channel]
+}
+
+// leaseHolderAndWaiter returns two instances under one prefix with leases
+// of 30s: one to hold a lease, and one to wait for it, whose Redis calls obs
+// counts and whose fill subscription is up.
+func leaseHolderAndWaiter(t *testing.T, tg redistest.Target) (holder, waiter *Cache[string], obs *countingObserver) {
+	t.Helper()
+	prefix := testPrefix(t)
+	holder = newCacheOn[string](t, tg.NewClient(t), prefix, WithLease(30*time.Second))
+	obs = &countingObserver{}
+	waiter = newCacheOn[string](t, tg.NewClient(t), prefix, WithLease(30*time.Second), WithObserver(obs))
+	waitFor(t, 10*time.Second, "the waiter's fill subscription", waiter.inv.healthy)
+	return holder, waiter, obs
+}
+
+// isEcho reports whether payload is one of the messages an invalidation
+// subscriber sends itself to check its subscription.
+func isEcho(payload string) bool { return strings.HasPrefix(payload, echoPrefix) }
 
 func waitDone(t testing.TB, wg *sync.WaitGroup, d time.Duration) bool {
 	return redistest.WaitDone(t, wg, d)

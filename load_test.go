@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -12,6 +11,24 @@ import (
 
 	"github.com/tiercache/tiercache/internal/redistest"
 )
+
+// WithoutReadCoalescing: one GET per read, never an MGET.
+func TestWithoutReadCoalescing(t *testing.T) {
+	obs := &countingObserver{}
+	c := newCacheOn[string](t, directClient(t, redistest.SharedServer(t)), testPrefix(t), WithObserver(obs), WithoutReadCoalescing())
+	var wg sync.WaitGroup
+	for g := range 32 {
+		wg.Go(func() {
+			for i := range 20 {
+				_, _ = c.Get(t.Context(), fmt.Sprint("k", g, i))
+			}
+		})
+	}
+	wg.Wait()
+	if obs.count("get") != 32*20 || obs.count("mget") != 0 {
+		t.Errorf("without coalescing: %d GETs and %d MGETs for 640 reads", obs.count("get"), obs.count("mget"))
+	}
+}
 
 // 1,000 goroutines on one cold key with a 50ms loader: one load.
 func TestCoalescingOneLoad(t *testing.T) {
@@ -231,8 +248,8 @@ func TestReadOddsSkipTheGetWhenRedisRarelyHasTheValue(t *testing.T) {
 	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
 		ctx := t.Context()
 		rdb := tg.NewClient(t)
-		prefix := strings.TrimSuffix(redistest.UniquePrefix(t), ":")
-		obs := &tripCounter{}
+		prefix := testPrefix(t)
+		obs := &countingObserver{}
 		a := newCacheOn[string](t, rdb, prefix, WithL1(10_000), WithObserver(obs))
 		b := newCacheOn[string](t, rdb, prefix)
 		var loads atomic.Int64
@@ -249,7 +266,7 @@ func TestReadOddsSkipTheGetWhenRedisRarelyHasTheValue(t *testing.T) {
 		if !a.odds.low() {
 			t.Fatalf("after 50 cold misses the odds are %d/%d", a.odds.v.Load(), oddsOne)
 		}
-		gets := obs.get.Load() + obs.mget.Load()
+		gets := obs.count("get") + obs.count("mget")
 		before := a.Stats()
 		for i := range 20 {
 			k := fmt.Sprint("colder-", i)
@@ -257,7 +274,7 @@ func TestReadOddsSkipTheGetWhenRedisRarelyHasTheValue(t *testing.T) {
 				t.Fatalf("GetOrLoad(%s) = %q, %v", k, v, err)
 			}
 		}
-		if n := obs.get.Load() + obs.mget.Load() - gets; n != 0 {
+		if n := obs.count("get") + obs.count("mget") - gets; n != 0 {
 			t.Errorf("%d GETs for 20 misses with low odds, want 0 (the Acquire is the read)", n)
 		}
 		if after := a.Stats(); after.L2Misses-before.L2Misses != 20 {
@@ -282,6 +299,53 @@ func TestReadOddsSkipTheGetWhenRedisRarelyHasTheValue(t *testing.T) {
 		}
 		if a.odds.low() {
 			t.Errorf("after 100 Redis hits the odds are still low: %d/%d", a.odds.v.Load(), oddsOne)
+		}
+	})
+}
+
+// Concurrent Gets of keys over every slot, hits and misses, with
+// duplicates: each gets its own key's answer, and they share round trips.
+func TestCoalescedReads(t *testing.T) {
+	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
+		ctx := t.Context()
+		obs := &countingObserver{}
+		c := newCache[string](t, tg, WithObserver(obs))
+		const n = 400
+		items := map[string]string{}
+		for i := range n {
+			items[fmt.Sprint("key-", i)] = fmt.Sprint("value-", i)
+		}
+		if err := c.SetMany(ctx, items); err != nil {
+			t.Fatal(err)
+		}
+		var wg sync.WaitGroup
+		var reads atomic.Int64
+		for g := range 64 {
+			wg.Go(func() {
+				for i := range 60 {
+					j := (g*37 + i*11) % (n + n/4) // a fifth are absent
+					k := fmt.Sprint("key-", j)
+					v, err := c.Get(ctx, k)
+					reads.Add(1)
+					if j >= n {
+						if !errors.Is(err, ErrMiss) {
+							t.Errorf("Get(%s) absent = %q, %v; want ErrMiss", k, v, err)
+						}
+					} else if err != nil || v != items[k] {
+						t.Errorf("Get(%s) = %q, %v; want %q", k, v, err, items[k])
+					}
+				}
+			})
+		}
+		wg.Wait()
+		s := c.Stats()
+		trips := int64(obs.count("get") + obs.count("mget"))
+		t.Logf("%s: %d reads in %d round trips (%d shared); %d reads batched", tg.Name, reads.Load(), trips, obs.count("mget"), s.Count(EventReadBatched))
+		if s.Count(EventReadBatched) == 0 || trips >= reads.Load() {
+			t.Errorf("64 concurrent readers never shared a round trip (%d round trips for %d reads)", trips, reads.Load())
+		}
+		if got := s.L2Hits + s.L2Misses; got != uint64(reads.Load()) {
+			t.Errorf("L2 lookups counted = %d, want one per read (%d)", got, reads.Load())
 		}
 	})
 }

@@ -3,35 +3,95 @@ package tiercache
 import (
 	"context"
 	"errors"
-	"fmt"
 	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
+	"github.com/tiercache/tiercache/internal/msg"
 	"github.com/tiercache/tiercache/internal/redistest"
 )
 
-// waitFor polls cond every millisecond until it holds or d passes.
-func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v", what, d)
+// The fill/invalidation race, on L1 alone, a hundred thousand times: a
+// reader takes its token, reads the "Redis" value and fills; a writer
+// stores a new value and invalidates. L1 must never end with the old
+// value once both are done.
+func TestL1FillRaceUnit(t *testing.T) {
+	cfg := defaultConfig()
+	cfg.l1Entries = 1000
+	l, err := newLocal[int](&cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.close()
+	n := 100_000
+	if testing.Short() {
+		n = 10_000
+	}
+	var stored atomic.Int64 // stands for the value in Redis
+	for i := range n {
+		key := strconv.Itoa(i % 64)
+		old := int64(2 * i)
+		stored.Store(old)
+		l.invalidate(key)
+		var wg sync.WaitGroup
+		wg.Go(func() {
+			tok := l.token(key)
+			v := stored.Load()
+			now := nowMicro()
+			l.fill(key, tok, entry[int]{val: int(v), softExp: now + 1e9}, time.Minute)
+		})
+		wg.Go(func() {
+			stored.Store(old + 1)
+			l.invalidate(key)
+		})
+		wg.Wait()
+		if e, ok := l.get(key); ok && int64(e.val) == old {
+			t.Fatalf("iteration %d: L1 holds the value from before the invalidation", i)
 		}
-		time.Sleep(time.Millisecond)
 	}
 }
 
-func waitSubscribed[V any](t *testing.T, cs ...*Cache[V]) {
-	t.Helper()
-	for _, c := range cs {
-		waitFor(t, 5*time.Second, "invalidation subscription up", c.inv.healthy)
-	}
+// The same race through real Redis and two instances, thousands of times:
+// b reads k while a writes it; once b has applied a's invalidation, b's L1
+// must not hold the old value.
+func TestL1FillRaceInstances(t *testing.T) {
+	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
+		ctx := t.Context()
+		a, b := subscribedPair[int](t, tg, WithL1(1000))
+		n := 2000
+		if testing.Short() || tg.Cluster != nil {
+			n = 500
+		}
+		for i := range n {
+			key := strconv.Itoa(i % 32)
+			received := b.Stats().Count(EventInvalidationReceived)
+			if err := a.Set(ctx, key, 2*i); err != nil {
+				t.Fatal(err)
+			}
+			// Let the message of this first Set arrive, so that the wait
+			// below is for the second one.
+			waitFor(t, time.Second, "first invalidation applied", func() bool {
+				return b.Stats().Count(EventInvalidationReceived) > received
+			})
+			received++
+			var wg sync.WaitGroup
+			wg.Go(func() { _, _ = b.Get(ctx, key) })
+			wg.Go(func() {
+				if err := a.Set(ctx, key, 2*i+1); err != nil {
+					t.Error(err)
+				}
+			})
+			wg.Wait()
+			waitFor(t, time.Second, "invalidation applied", func() bool {
+				return b.Stats().Count(EventInvalidationReceived) > received
+			})
+			if e, ok := b.l1.get(key); ok && e.val == 2*i {
+				t.Fatalf("iteration %d: b's L1 holds the overwritten value", i)
+			}
+		}
+	})
 }
 
 // A Set or Delete on one instance is seen by another's next read within
@@ -109,35 +169,13 @@ func TestInvalidationBatches(t *testing.T) {
 	})
 }
 
-// killPubSub drops every pub/sub connection of the target's servers.
-func killPubSub(t *testing.T, tg redistest.Target) {
-	t.Helper()
-	servers := []*redistest.Server{tg.Single}
-	if tg.Cluster != nil {
-		servers = tg.Cluster.Nodes()
-	}
-	for _, s := range servers {
-		if s == nil {
-			continue
-		}
-		rdb := redis.NewClient(&redis.Options{Addr: s.Addr})
-		err := rdb.Do(t.Context(), "CLIENT", "KILL", "TYPE", "pubsub").Err()
-		_ = rdb.Close()
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-}
-
 // Killing the subscriber's connection flushes L1 (invalidations may have
 // been lost) and the subscription comes back; 100 reconnects leak nothing
 // (TestMain checks goroutines).
 func TestL1FlushedOnSubscriptionLoss(t *testing.T) {
 	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
 		ctx := t.Context()
-		cs := instances[string](t, tg, 2, WithL1(100))
-		a, b := cs[0], cs[1]
-		waitSubscribed(t, cs...)
+		a, b := subscribedPair[string](t, tg, WithL1(100))
 		if err := b.Set(ctx, "k", "v"); err != nil {
 			t.Fatal(err)
 		}
@@ -152,7 +190,7 @@ func TestL1FlushedOnSubscriptionLoss(t *testing.T) {
 		if _, ok := b.l1.get("k"); ok {
 			t.Fatal("L1 still holds the entry after the subscription was lost")
 		}
-		waitSubscribed(t, cs...)
+		waitSubscribed(t, a, b)
 		// The new subscription works: a write on a reaches b's L1.
 		if _, err := b.Get(ctx, "k"); err != nil {
 			t.Fatal(err)
@@ -168,7 +206,7 @@ func TestL1FlushedOnSubscriptionLoss(t *testing.T) {
 		for i := range 100 {
 			before := b.Stats().Count(EventL1Flush)
 			killPubSub(t, tg)
-			waitFor(t, 2*time.Second, fmt.Sprintf("reconnect %d noticed", i), func() bool {
+			waitFor(t, 2*time.Second, "reconnect "+strconv.Itoa(i)+" noticed", func() bool {
 				return b.Stats().Count(EventL1Flush) > before
 			})
 			waitSubscribed(t, b)
@@ -227,85 +265,37 @@ func TestL1Lifetime(t *testing.T) {
 	})
 }
 
-// The fill/invalidation race, on L1 alone, a hundred thousand times: a
-// reader takes its token, reads the "Redis" value and fills; a writer
-// stores a new value and invalidates. L1 must never end with the old
-// value once both are done.
-func TestL1FillRaceUnit(t *testing.T) {
-	cfg := defaultConfig()
-	cfg.l1Entries = 1000
-	l, err := newLocal[int](&cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.close()
-	n := 100_000
-	if testing.Short() {
-		n = 10_000
-	}
-	var stored atomic.Int64 // stands for the value in Redis
-	for i := range n {
-		key := strconv.Itoa(i % 64)
-		old := int64(2 * i)
-		stored.Store(old)
-		l.invalidate(key)
-		var wg sync.WaitGroup
-		wg.Go(func() {
-			tok := l.token(key)
-			v := stored.Load()
-			now := nowMicro()
-			l.fill(key, tok, entry[int]{val: int(v), softExp: now + 1e9}, time.Minute)
-		})
-		wg.Go(func() {
-			stored.Store(old + 1)
-			l.invalidate(key)
-		})
-		wg.Wait()
-		if e, ok := l.get(key); ok && int64(e.val) == old {
-			t.Fatalf("iteration %d: L1 holds the value from before the invalidation", i)
-		}
-	}
-}
-
-// The same race through real Redis and two instances, thousands of times:
-// b reads k while a writes it; once b has applied a's invalidation, b's L1
-// must not hold the old value.
-func TestL1FillRaceInstances(t *testing.T) {
+// Each applied invalidation message records its delay, from the sender's
+// acknowledged write to this instance's L1 drop: a message sent 700ms ago
+// lands in the histogram's 700ms bucket, and a real write from another
+// instance is counted too.
+func TestInvalidationDelayHistogram(t *testing.T) {
 	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
 		ctx := t.Context()
-		cs := instances[int](t, tg, 2, WithL1(1000))
-		a, b := cs[0], cs[1]
-		waitSubscribed(t, cs...)
-		n := 2000
-		if testing.Short() || tg.Cluster != nil {
-			n = 500
+		a, b := subscribedPair[string](t, tg, WithL1(100))
+		if err := a.Set(ctx, "k", "v"); err != nil {
+			t.Fatal(err)
 		}
-		for i := range n {
-			key := strconv.Itoa(i % 32)
-			received := b.Stats().Count(EventInvalidationReceived)
-			if err := a.Set(ctx, key, 2*i); err != nil {
-				t.Fatal(err)
+		waitFor(t, 10*time.Second, "a's message at b", func() bool { return b.Stats().InvalidationDelay.Count == 1 })
+		// A message that took 700ms (its send time is 700ms old).
+		late := msg.EncodeAt([8]byte{9, 9, 9}, nowMicro()-700_000, []string{"k"}, nil, false)[0]
+		if err := publishRaw(ctx, b, tg.NewClient(t), late); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 10*time.Second, "the late message at b", func() bool { return b.Stats().InvalidationDelay.Count == 2 })
+		h := b.Stats().InvalidationDelay
+		if h.Max < 700*time.Millisecond || h.Quantile(1) < 700*time.Millisecond || h.Quantile(0.5) > h.Quantile(1) {
+			t.Fatalf("histogram after a 700ms message: max %v, p100 %v, p50 %v", h.Max, h.Quantile(1), h.Quantile(0.5))
+		}
+		var n uint64
+		for i, c := range h.Buckets {
+			n += c
+			if c > 0 && i > 0 && DelayBucketBound(i) <= 700*time.Millisecond && DelayBucketBound(i-1) >= 700*time.Millisecond {
+				t.Fatalf("bucket %d holds a delay it cannot", i)
 			}
-			// Let the message of this first Set arrive, so that the wait
-			// below is for the second one.
-			waitFor(t, time.Second, "first invalidation applied", func() bool {
-				return b.Stats().Count(EventInvalidationReceived) > received
-			})
-			received++
-			var wg sync.WaitGroup
-			wg.Go(func() { _, _ = b.Get(ctx, key) })
-			wg.Go(func() {
-				if err := a.Set(ctx, key, 2*i+1); err != nil {
-					t.Error(err)
-				}
-			})
-			wg.Wait()
-			waitFor(t, time.Second, "invalidation applied", func() bool {
-				return b.Stats().Count(EventInvalidationReceived) > received
-			})
-			if e, ok := b.l1.get(key); ok && e.val == 2*i {
-				t.Fatalf("iteration %d: b's L1 holds the overwritten value", i)
-			}
+		}
+		if n != 2 || h.Sum < 700*time.Millisecond {
+			t.Fatalf("buckets add up to %d, sum %v", n, h.Sum)
 		}
 	})
 }

@@ -15,11 +15,46 @@ import (
 // the harness starts; goroutine leaks fail the run.
 func TestMain(m *testing.M) { redistest.MainWithLeakCheck(m) }
 
+// testPrefix returns a cache prefix of the test's own.
+func testPrefix(t testing.TB) string {
+	return strings.TrimSuffix(redistest.UniquePrefix(t), ":")
+}
+
 // newCache returns a cache over a new client of tg, under a prefix of its
 // own, closed when the test ends.
 func newCache[V any](t testing.TB, tg redistest.Target, opts ...Option) *Cache[V] {
 	t.Helper()
-	return newCacheOn[V](t, tg.NewClient(t), strings.TrimSuffix(redistest.UniquePrefix(t), ":"), opts...)
+	c, _ := newCacheAndClient[V](t, tg, opts...)
+	return c
+}
+
+// newCacheAndClient is newCache that also returns the cache's client, for
+// tests that look at what Redis holds.
+func newCacheAndClient[V any](t testing.TB, tg redistest.Target, opts ...Option) (*Cache[V], redis.UniversalClient) {
+	t.Helper()
+	rdb := tg.NewClient(t)
+	return newCacheOn[V](t, rdb, testPrefix(t), opts...), rdb
+}
+
+// instances returns n caches under one prefix, each with its own client:
+// n app instances sharing one Redis.
+func instances[V any](t *testing.T, tg redistest.Target, n int, opts ...Option) []*Cache[V] {
+	t.Helper()
+	prefix := testPrefix(t)
+	cs := make([]*Cache[V], n)
+	for i := range cs {
+		cs[i] = newCacheOn[V](t, tg.NewClient(t), prefix, opts...)
+	}
+	return cs
+}
+
+// subscribedPair returns two instances (as instances does) whose
+// invalidation subscriptions are up.
+func subscribedPair[V any](t *testing.T, tg redistest.Target, opts ...Option) (a, b *Cache[V]) {
+	t.Helper()
+	cs := instances[V](t, tg, 2, opts...)
+	waitSubscribed(t, cs...)
+	return cs[0], cs[1]
 }
 
 // newCacheOn returns a cache over rdb under prefix, closed when the test ends.

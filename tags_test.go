@@ -88,14 +88,12 @@ func TestTagsInvalidate(t *testing.T) {
 func TestTagsInvalidateL1AcrossInstances(t *testing.T) {
 	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
 		ctx := t.Context()
-		cs := instances[string](t, tg, 2, WithL1(1000))
-		a, b := cs[0], cs[1]
-		waitSubscribed(t, cs...)
+		a, b := subscribedPair[string](t, tg, WithL1(1000))
 		load := func(ctx context.Context) (string, error) {
 			LoadOptions(ctx, WithTags("user:42"))
 			return "profile", nil
 		}
-		for _, c := range cs {
+		for _, c := range []*Cache[string]{a, b} {
 			if v, err := c.GetOrLoad(ctx, "u42", load); err != nil || v != "profile" {
 				t.Fatalf("warm-up %q, %v", v, err)
 			}
@@ -244,8 +242,7 @@ func TestTagsBatch(t *testing.T) {
 func TestTagKeysExpire(t *testing.T) {
 	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
 		ctx := t.Context()
-		rdb := tg.NewClient(t)
-		c := newCacheOn[string](t, rdb, fmt.Sprint("tagttl", time.Now().UnixNano()), WithJitter(0))
+		c, rdb := newCacheAndClient[string](t, tg, WithJitter(0))
 		tk := c.st.Layout.Tag("short-lived")
 		if err := c.Set(ctx, "a", "v", WithTTL(150*time.Millisecond), WithTags("short-lived")); err != nil {
 			t.Fatal(err)
@@ -296,20 +293,14 @@ func TestTagHugeInvalidation(t *testing.T) {
 		stop := make(chan struct{})
 		var lat []time.Duration
 		var wg sync.WaitGroup
-		wg.Go(func() {
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				start := time.Now()
-				if err := probe.Ping(ctx).Err(); err != nil {
-					t.Error(err)
-					return
-				}
-				lat = append(lat, time.Since(start))
+		repeatUntil(&wg, stop, func(int) bool {
+			start := time.Now()
+			if err := probe.Ping(ctx).Err(); err != nil {
+				t.Error(err)
+				return false
 			}
+			lat = append(lat, time.Since(start))
+			return true
 		})
 		time.Sleep(20 * time.Millisecond)
 		start := time.Now()

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"math/rand/v2"
-	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -14,6 +13,22 @@ import (
 	"github.com/tiercache/tiercache/internal/redistest"
 )
 
+// Two caches of different value types on one prefix do not decode each
+// other's bytes: the frame's check includes the type.
+func TestTwoTypesOnOnePrefixMiss(t *testing.T) {
+	tg := redistest.Target{NewClient: func(tb testing.TB) redis.UniversalClient { return redistest.SharedServer(tb).Client(tb) }}
+	ctx := t.Context()
+	prefix := testPrefix(t)
+	ints := newCacheOn[int](t, tg.NewClient(t), prefix)
+	strs := newCacheOn[string](t, tg.NewClient(t), prefix)
+	if err := ints.Set(ctx, "k", 42); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := strs.Get(ctx, "k"); !errors.Is(err, ErrMiss) {
+		t.Fatalf("a string cache read an int's bytes: %q, %v", v, err)
+	}
+}
+
 // Writers commit versions 1..1,000 of one row in order; their Sets arrive
 // shuffled and concurrently, from two instances with L1: Redis and every L1
 // end with version 1,000. A versioned Delete at 1,000 then refuses a late
@@ -21,10 +36,7 @@ import (
 func TestVersionedWritesKeepTheNewest(t *testing.T) {
 	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
 		ctx := t.Context()
-		prefix := "ver" + strconv.FormatInt(time.Now().UnixNano(), 36)
-		a := newCacheOn[int](t, tg.NewClient(t), prefix, WithL1(100))
-		b := newCacheOn[int](t, tg.NewClient(t), prefix, WithL1(100))
-		waitSubscribed(t, a, b)
+		a, b := subscribedPair[int](t, tg, WithL1(100))
 		versions := rand.Perm(1000)
 		var wg sync.WaitGroup
 		next := make(chan int)
@@ -151,7 +163,7 @@ func TestVersionedTagInvalidation(t *testing.T) {
 func TestClearHidesEverythingEverywhere(t *testing.T) {
 	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
 		ctx := t.Context()
-		prefix := "clr" + strconv.FormatInt(time.Now().UnixNano(), 36)
+		prefix := testPrefix(t)
 		a := newCacheOn[string](t, tg.NewClient(t), prefix, WithL1(100))
 		b := newCacheOn[string](t, tg.NewClient(t), prefix, WithL1(100))
 		plain := newCacheOn[string](t, tg.NewClient(t), prefix, WithHealthCheck(50*time.Millisecond))
@@ -207,20 +219,4 @@ func TestClearHidesEverythingEverywhere(t *testing.T) {
 			return errors.Is(err, ErrMiss)
 		})
 	})
-}
-
-// Two caches of different value types on one prefix do not decode each
-// other's bytes: the frame's check includes the type.
-func TestTwoTypesOnOnePrefixMiss(t *testing.T) {
-	tg := redistest.Target{NewClient: func(tb testing.TB) redis.UniversalClient { return redistest.SharedServer(tb).Client(tb) }}
-	ctx := t.Context()
-	prefix := "types" + strconv.FormatInt(time.Now().UnixNano(), 36)
-	ints := newCacheOn[int](t, tg.NewClient(t), prefix)
-	strs := newCacheOn[string](t, tg.NewClient(t), prefix)
-	if err := ints.Set(ctx, "k", 42); err != nil {
-		t.Fatal(err)
-	}
-	if v, err := strs.Get(ctx, "k"); !errors.Is(err, ErrMiss) {
-		t.Fatalf("a string cache read an int's bytes: %q, %v", v, err)
-	}
 }
