@@ -295,7 +295,8 @@ type setConfig struct {
 // number that grows with each committed change of the row (a row version
 // column, updated_at in microseconds, a commit LSN). Redis keeps the newest
 // version written (or deleted, see [Invalidation].Version) with the key,
-// and refuses, atomically, a versioned write that is not newer: writers
+// and refuses, atomically, a versioned Set that is not newer, and a
+// versioned load that is older (one as old is the current row): writers
 // whose Sets arrive out of order leave the newest row cached, on one node
 // or a cluster, and every L1 follows. A refused write is not an error (it
 // lost a race it should lose); it is counted as [EventWriteRefused]. For a

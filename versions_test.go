@@ -5,6 +5,7 @@ import (
 	"errors"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -218,5 +219,54 @@ func TestClearHidesEverythingEverywhere(t *testing.T) {
 			_, err := quick.Get(ctx, "x")
 			return errors.Is(err, ErrMiss)
 		})
+	})
+}
+
+// A versioned load as old as the row version Redis keeps is the current
+// row, and is cached: after a versioned Set and then the invalidation of
+// that same change (the commit-log follower's, versioned or not), the next
+// read loads the row once and the reads after it hit. Before, such a fill
+// was refused until the version key expired, and every read went to the
+// loader.
+func TestVersionedLoadAsOldAsTheStoredVersionIsCached(t *testing.T) {
+	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
+		ctx := t.Context()
+		c := newCache[int](t, tg)
+		for _, inv := range []Invalidation{{Keys: []string{"row"}}, {Keys: []string{"row"}, Version: 7}} {
+			if err := c.Set(ctx, "row", 7, WithVersion(7)); err != nil {
+				t.Fatal(err)
+			}
+			if err := c.Invalidate(ctx, inv); err != nil {
+				t.Fatal(err)
+			}
+			var loads atomic.Int64
+			load := func(ctx context.Context) (int, error) {
+				loads.Add(1)
+				LoadOptions(ctx, WithVersion(7))
+				return 7, nil
+			}
+			for range 5 {
+				if v, err := c.GetOrLoad(ctx, "row", load); err != nil || v != 7 {
+					t.Fatalf("GetOrLoad = %d, %v", v, err)
+				}
+			}
+			if n := loads.Load(); n != 1 {
+				t.Fatalf("after %+v: %d loads for 5 reads of the current row, want 1 (refused fills: %d)",
+					inv, n, c.Stats().Count(EventFillRefused))
+			}
+		}
+		// One older is still refused.
+		if err := c.Invalidate(ctx, Invalidation{Keys: []string{"row"}, Version: 8}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.GetOrLoad(ctx, "row", func(ctx context.Context) (int, error) {
+			LoadOptions(ctx, WithVersion(7))
+			return 7, nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Get(ctx, "row"); !errors.Is(err, ErrMiss) {
+			t.Fatalf("a load of version 7 was cached after an invalidation at 8: %v", err)
+		}
 	})
 }

@@ -120,7 +120,12 @@ func checkReport(t *testing.T, rep *report) {
 	if float64(full.LoaderCalls) > 0.5*float64(aside.LoaderCalls) {
 		t.Errorf("full made %d loader calls, aside %d: want full below half of aside", full.LoaderCalls, aside.LoaderCalls)
 	}
-	if fr, ar := 1-full.HitRatio, 1-aside.HitRatio; fr > 0.5*ar {
+	// Per read, too, but only between runs of comparable size: a short run's
+	// loads are mostly the cold start (one per key read), so a scenario the
+	// loaded machine slowed to a fraction of the other's reads pays more
+	// loads per read for it (seen in CI with both cores busy: full 611 reads,
+	// aside 1,802). The total above holds whatever the throughput.
+	if fr, ar := 1-full.HitRatio, 1-aside.HitRatio; fr > 0.5*ar && 2*full.Requests >= aside.Requests {
 		t.Errorf("full made %.3f loader calls per read, aside %.3f: want full below half of aside", fr, ar)
 	}
 	if !full.HasL1 || full.L1HitRatio <= 0.2 {

@@ -109,7 +109,11 @@ func check(ver int, refuse, refused string) string {
 // Delete, Set or invalidation since the lease was taken removed the lease,
 // and the fill is refused so that a value loaded before the change cannot
 // land after it. A versioned fill older than the row version key is
-// refused too, and gives the lease back.
+// refused too, and gives the lease back. One as old is not: it is the row
+// as last written or invalidated at that version (a versioned Set, or the
+// commit-log follower's invalidation of the change that made it), and
+// refusing it would keep the current row out of the cache until the
+// version key expires.
 //
 //	KEYS value, lease, waiters, row version
 //	ARGV[1] token, ARGV[2] frame, ARGV[3] TTL in ms, ARGV[4] row version,
@@ -119,7 +123,7 @@ func check(ver int, refuse, refused string) string {
 var Fill = redis.NewScript(`
 local woke = 0
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
-` + check(4, ">=", "redis.call('DEL', KEYS[2])"+wake+" return woke") + `
+` + check(4, ">", "redis.call('DEL', KEYS[2])"+wake+" return woke") + `
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 redis.call('DEL', KEYS[2])` + wake + `return 1 + woke
 `)
