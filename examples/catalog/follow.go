@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"time"
 
 	"github.com/tiercache/tiercache"
 	"github.com/tiercache/tiercache/tiercachepg"
@@ -37,8 +38,40 @@ type follower struct {
 // differ. Products carry no tags, so a TRUNCATE cannot be mapped: it is
 // logged and counted (Stats.Unmapped) by the follower's default
 // dead-letter policy, and the cached products stay until they expire.
+//
+// The invalidation carries the new row's version (its updated_at, as the
+// repository versions its writes): a write-through Set of an older row
+// that reaches Redis after the follower passed a newer commit (a slow
+// writer, while psql or another instance wrote meanwhile) is refused
+// instead of landing for a whole TTL. A delete has no new row and goes
+// unversioned.
 func productMap(table string) (tiercachepg.MapFunc, error) {
-	return tiercachepg.KeyPattern(tiercachepg.Table{Name: table, Key: catalog.CacheKeyPattern})
+	keyed, err := tiercachepg.KeyPattern(tiercachepg.Table{Name: table, Key: catalog.CacheKeyPattern})
+	if err != nil {
+		return nil, err
+	}
+	return func(ch tiercachepg.Change) (tiercache.Invalidation, error) {
+		inv, err := keyed(ch)
+		if err != nil {
+			return inv, err
+		}
+		if t, ok := parseTimestamptz(ch.New["updated_at"]); ok {
+			inv.Version = catalog.RowVersionAt(t)
+		}
+		return inv, nil
+	}, nil
+}
+
+// parseTimestamptz reads PostgreSQL's text output of a timestamptz in the
+// ISO date style (the default): "2026-12-01 14:28:17.123456+00", with an
+// offset of hours or hours and minutes.
+func parseTimestamptz(s string) (time.Time, bool) {
+	for _, layout := range []string{"2006-01-02 15:04:05.999999-07", "2006-01-02 15:04:05.999999-07:00", "2006-01-02 15:04:05.999999-07:00:00"} {
+		if t, err := time.Parse(layout, s); err == nil {
+			return t, true
+		}
+	}
+	return time.Time{}, false
 }
 
 // startFollower starts following the products table of the database at

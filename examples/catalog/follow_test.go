@@ -413,6 +413,20 @@ func TestProductMap(t *testing.T) {
 			t.Errorf("%s: %+v, %v; want keys %q", tt.name, inv, err, tt.want)
 		}
 	}
+	// An insert or update is versioned by the new row's updated_at, as the
+	// repository's writes are; a delete is not.
+	at := time.Date(2026, 12, 1, 14, 28, 17, 123456000, time.UTC)
+	for _, text := range []string{"2026-12-01 14:28:17.123456+00", "2026-12-01 15:28:17.123456+01", "2026-12-01 20:13:17.123456+05:45"} {
+		r := row("42")
+		r["updated_at"] = text
+		inv, err := m(tiercachepg.Change{Schema: "public", Table: "catalog_products", Op: tiercachepg.OpUpdate, New: r})
+		if err != nil || inv.Version != catalog.RowVersionAt(at) {
+			t.Errorf("update at %q: version %d, %v; want %d", text, inv.Version, err, catalog.RowVersionAt(at))
+		}
+	}
+	if inv, _ := m(tiercachepg.Change{Schema: "public", Table: "catalog_products", Op: tiercachepg.OpDelete, Old: tiercachepg.Row{"id": "7"}, OldKeyOnly: true}); inv.Version != 0 {
+		t.Errorf("a delete is versioned: %d", inv.Version)
+	}
 	// A TRUNCATE cannot be mapped (no tag covers every product): it goes
 	// to the follower's dead-letter policy, which logs and counts it.
 	if _, err := m(tiercachepg.Change{Schema: "public", Table: "catalog_products", Op: tiercachepg.OpTruncate}); !errors.Is(err, tiercachepg.ErrUnmapped) {

@@ -209,4 +209,9 @@ func (r *CachedRepository) Put(ctx context.Context, p Product) (Product, bool, e
 
 // rowVersion is a product row's version for the cache: its updated_at in
 // microseconds, which grows with every committed change of the row.
-func rowVersion(p Product) uint64 { return uint64(p.UpdatedAt.UnixMicro()) }
+func rowVersion(p Product) uint64 { return RowVersionAt(p.UpdatedAt) }
+
+// RowVersionAt is the row version of a product updated at t, for the
+// commit-log follower's invalidations, which must compare with the
+// repository's writes.
+func RowVersionAt(t time.Time) uint64 { return uint64(t.UnixMicro()) }
