@@ -753,7 +753,7 @@ func (c *Cache[V]) loadAndFill(ctx context.Context, ks []*keyLoad[V], mode fillM
 			for j, n := range keyTags[i] {
 				es[i].tags[j], mine[j] = byName[n], rowVer[n]
 			}
-			if olderThanTags(es[i].version, mine) {
+			if olderThanTags(es[i].version, mine, false) {
 				c.rec.event(EventFillRefused) // a versioned invalidation of a tag is newer
 				keep[i] = false
 			}

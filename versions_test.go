@@ -143,6 +143,14 @@ func TestVersionedTagInvalidation(t *testing.T) {
 		if _, err := c.Get(ctx, "b"); v != 400 || !errors.Is(err, ErrMiss) {
 			t.Fatalf("a load of 400 after the tag's invalidation at 500 was cached: %v", err)
 		}
+		// A load as old as the tag's invalidation is the current row: cached.
+		v, _ = c.GetOrLoad(ctx, "d", func(ctx context.Context) (int, error) {
+			LoadOptions(ctx, WithVersion(500), WithTags("shelf"))
+			return 500, nil
+		})
+		if got, err := c.Get(ctx, "d"); v != 500 || err != nil || got != 500 {
+			t.Fatalf("a load of 500 after the tag's invalidation at 500: %d, %v", got, err)
+		}
 		if err := c.Set(ctx, "a", 501, WithVersion(501), WithTags("shelf")); err != nil {
 			t.Fatal(err)
 		}

@@ -92,7 +92,7 @@ func (c *Cache[V]) set(ctx context.Context, items []item[V], opts []SetOption) e
 		}
 		return err
 	}
-	if olderThanTags(sc.version, rowVers) {
+	if olderThanTags(sc.version, rowVers, true) {
 		// A versioned invalidation of one of its tags is newer: refused,
 		// as Redis would refuse it for the key's own version.
 		for _, it := range items {
@@ -292,15 +292,17 @@ func checkTags(tags []string) ([]string, error) {
 }
 
 // olderThanTags reports whether a write of row version version (0:
-// unversioned, never) is not newer than a version a versioned invalidation
-// left on one of its tags.
-func olderThanTags(version uint64, rowVers []string) bool {
+// unversioned, never) is older than a version a versioned invalidation
+// left on one of its tags, or as old when asOld: a Set as old is refused,
+// as the key's own version check refuses it, while a load as old is the
+// current row (see the Fill script) and is not.
+func olderThanTags(version uint64, rowVers []string, asOld bool) bool {
 	if version == 0 {
 		return false
 	}
 	v := keys.FormatVersion(version)
 	for _, r := range rowVers {
-		if r != "" && v <= r {
+		if r != "" && (v < r || asOld && v == r) {
 			return true
 		}
 	}
