@@ -161,6 +161,7 @@ func (s *Store) versionArgs(version uint64, ttl time.Duration) (string, int64) {
 // neither, when its command failed. A cache's fills are all leased or all
 // unleased (WithoutLease: written through as Set writes, all or none).
 func (s *Store) Fill(ctx context.Context, ws []Write) (written, refused []bool, err error) {
+	written, refused = make([]bool, len(ws)), make([]bool, len(ws))
 	if ws[0].Token == "" || s.local != nil {
 		return s.Set(ctx, ws)
 	}
@@ -173,25 +174,16 @@ func (s *Store) Fill(ctx context.Context, ws []Write) (written, refused []bool, 
 		args[i] = []any{w.Token, w.Frame, ms(w.TTL), ver, verTTL, s.fillChannel(ctx)}
 		vks[i] = w.VK
 	}
-	return s.endLeases(ctx, op("fill", len(ws)), keys.Fill, vks, kk, args)
-}
-
-// endLeases runs sc, a script that ends leases (Fill, Release, Set, Del),
-// for each value key, in one round trip per node; reports which were done
-// and which refused (neither, for the keys of a node that failed); and
-// wakes on the sharded fill channel the waiters the scripts left to it.
-func (s *Store) endLeases(ctx context.Context, op string, sc *redis.Script, vks []string, kk [][]string, args [][]any) (done, refused []bool, err error) {
-	done, refused = make([]bool, len(vks)), make([]bool, len(vks))
-	woke := make([]bool, len(vks))
-	_, err = s.callKeys(ctx, op, s.WriteBy(), vks, func(ctx context.Context, idx []int) error {
-		cmds, err := s.runScript(ctx, sc, pick(kk, idx), pick(args, idx))
+	woke := make([]bool, len(ws))
+	_, err = s.callKeys(ctx, op("fill", len(ws)), s.WriteBy(), vks, func(ctx context.Context, idx []int) error {
+		cmds, err := s.runScript(ctx, keys.Fill, pick(kk, idx), pick(args, idx))
 		for n, cmd := range cmds {
-			done[idx[n]], refused[idx[n]], woke[idx[n]] = leaseReply(cmd)
+			written[idx[n]], refused[idx[n]], woke[idx[n]] = leaseReply(cmd)
 		}
 		return err
 	})
 	s.wake(ctx, vks, woke)
-	return done, refused, err
+	return written, refused, err
 }
 
 // leaseReply reads the reply of a lease-ending script: done (1: written,
@@ -242,7 +234,15 @@ func (s *Store) Release(ls []Lease) {
 			closing := s.life.Err() != nil
 			// Not on life: a release must outlive Close by one attempt.
 			// (A lease given back twice is harmless: Release checks the token.)
-			_, _, err := s.endLeases(context.Background(), op("release", len(ls)), keys.Release, lks, kk, args)
+			woke := make([]bool, len(ls))
+			_, err := s.callKeys(context.Background(), op("release", len(ls)), s.WriteBy(), lks, func(ctx context.Context, idx []int) error {
+				cmds, err := s.runScript(ctx, keys.Release, pick(kk, idx), pick(args, idx))
+				for n, cmd := range cmds {
+					_, _, woke[idx[n]] = leaseReply(cmd)
+				}
+				return err
+			})
+			s.wake(context.Background(), lks, woke)
 			if err == nil || closing || time.Now().After(deadline) {
 				return
 			}

@@ -23,14 +23,23 @@ func (s *Store) Set(ctx context.Context, ws []Write) (written, refused []bool, e
 		kk[i], vks[i] = leaseKeys(w.VK), w.VK
 		args[i] = []any{w.Frame, ms(w.TTL), ver, verTTL, s.fillChannel(ctx)}
 	}
+	written, refused = make([]bool, len(ws)), make([]bool, len(ws))
 	if s.local != nil {
-		written, refused = make([]bool, len(ws)), make([]bool, len(ws))
 		for i := range written {
 			written[i] = true
 		}
 		return written, refused, nil
 	}
-	return s.endLeases(ctx, op("set", len(ws)), keys.Set, vks, kk, args)
+	woke := make([]bool, len(ws))
+	_, err = s.callKeys(ctx, op("set", len(ws)), s.WriteBy(), vks, func(ctx context.Context, idx []int) error {
+		cmds, err := s.runScript(ctx, keys.Set, pick(kk, idx), pick(args, idx))
+		for n, cmd := range cmds {
+			written[idx[n]], refused[idx[n]], woke[idx[n]] = leaseReply(cmd)
+		}
+		return err
+	})
+	s.wake(ctx, vks, woke)
+	return written, refused, err
 }
 
 // Del deletes the value and the lease of each value key (the Del script:
@@ -47,7 +56,15 @@ func (s *Store) Del(ctx context.Context, vks []string, version uint64) error {
 	for i, vk := range vks {
 		kk[i], args[i] = leaseKeys(vk), []any{ver, verTTL, s.fillChannel(ctx)}
 	}
-	_, _, err := s.endLeases(ctx, "del", keys.Del, vks, kk, args)
+	woke := make([]bool, len(vks))
+	_, err := s.callKeys(ctx, "del", s.WriteBy(), vks, func(ctx context.Context, idx []int) error {
+		cmds, err := s.runScript(ctx, keys.Del, pick(kk, idx), pick(args, idx))
+		for n, cmd := range cmds {
+			_, _, woke[idx[n]] = leaseReply(cmd)
+		}
+		return err
+	})
+	s.wake(ctx, vks, woke)
 	return err
 }
 
