@@ -177,11 +177,13 @@ func (l *local[V]) fill(k string, tok fillToken, e entry[V], limit time.Duration
 	}
 	l.tags.observe(e.tags)
 	g := l.stripe(k)
+	p := new(entry[V]) // not &e: e would go to the heap on every call, L1 or not
+	*p = e
 	l.c.Compute(k, func(*entry[V], bool) (*entry[V], otter.ComputeOp) {
 		if g.Load() != tok.gen || l.epoch.Load() != tok.epoch {
 			return nil, otter.CancelOp
 		}
-		return &e, otter.WriteOp
+		return p, otter.WriteOp
 	})
 }
 
@@ -205,15 +207,17 @@ func (l *local[V]) store(k string, tok fillToken, e entry[V]) {
 	e.l1Until = l.deadline(&e, now, l.limit())
 	l.tags.observe(e.tags)
 	g := l.stripe(k)
+	p := new(entry[V]) // see fill
+	*p = e
 	l.c.Compute(k, func(old *entry[V], found bool) (*entry[V], otter.ComputeOp) {
-		if found && e.version > 0 && old.version > e.version {
+		if found && p.version > 0 && old.version > p.version {
 			return old, otter.CancelOp // a newer row version is here already
 		}
-		if !g.CompareAndSwap(tok.gen, tok.gen+1) || l.epoch.Load() != tok.epoch || e.l1Until <= now {
+		if !g.CompareAndSwap(tok.gen, tok.gen+1) || l.epoch.Load() != tok.epoch || p.l1Until <= now {
 			g.Add(1)
 			return nil, otter.InvalidateOp
 		}
-		return &e, otter.WriteOp
+		return p, otter.WriteOp
 	})
 }
 

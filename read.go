@@ -95,6 +95,9 @@ func (c *Cache[V]) manyFromL1(keys []string, refresh *[]due) (out map[string]V, 
 	}
 	out = make(map[string]V, len(keys))
 	seen := make(map[string]struct{}, len(keys))
+	if c.l1 == nil {
+		rest = make([]string, 0, len(keys))
+	}
 	for _, k := range keys {
 		if k == "" {
 			return nil, nil, ErrInvalidKey

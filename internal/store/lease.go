@@ -88,14 +88,11 @@ func (s *Store) Acquire(ctx context.Context, reqs []AcquireReq) ([]AcquireResult
 		}
 		return out, nil
 	}
-	errs, _ := s.callKeys(ctx, op("acquire", len(reqs)), s.readBy(), vks, func(ctx context.Context, idx []int) error {
-		cmds, err := s.runScript(ctx, keys.Acquire, pick(kk, idx), pick(args, idx))
-		if err != nil {
-			return err
-		}
+	errs, _ := s.callKeys(ctx, op("acquire", len(reqs)), s.readBy(), vks, func(ctx context.Context, idx []int, errs []error) error {
+		cmds := s.runScript(ctx, keys.Acquire, pick(kk, idx), pick(args, idx))
 		for n, cmd := range cmds {
-			if out[idx[n]], err = parseAcquire(cmd); err != nil {
-				return err
+			if out[idx[n]], errs[n] = parseAcquire(cmd); errs[n] != nil {
+				out[idx[n]] = AcquireResult{}
 			}
 		}
 		return nil
@@ -103,9 +100,10 @@ func (s *Store) Acquire(ctx context.Context, reqs []AcquireReq) ([]AcquireResult
 	return out, errs
 }
 
-// pick returns xs[idx] in order (xs itself when idx is every index).
+// pick returns xs[idx] in order (xs itself when idx is every index in
+// order: callKeys groups a cluster's keys by node).
 func pick[T any](xs []T, idx []int) []T {
-	if len(idx) == len(xs) {
+	if len(idx) == len(xs) && isIdentity(idx) {
 		return xs
 	}
 	out := make([]T, len(idx))
@@ -113,6 +111,15 @@ func pick[T any](xs []T, idx []int) []T {
 		out[n] = xs[i]
 	}
 	return out
+}
+
+func isIdentity(idx []int) bool {
+	for n, i := range idx {
+		if n != i {
+			return false
+		}
+	}
+	return true
 }
 
 // parseAcquire reads the reply of the Acquire script.
@@ -175,12 +182,13 @@ func (s *Store) Fill(ctx context.Context, ws []Write) (written, refused []bool, 
 		vks[i] = w.VK
 	}
 	woke := make([]bool, len(ws))
-	_, err = s.callKeys(ctx, op("fill", len(ws)), s.WriteBy(), vks, func(ctx context.Context, idx []int) error {
-		cmds, err := s.runScript(ctx, keys.Fill, pick(kk, idx), pick(args, idx))
+	_, err = s.callKeys(ctx, op("fill", len(ws)), s.WriteBy(), vks, func(ctx context.Context, idx []int, errs []error) error {
+		cmds := s.runScript(ctx, keys.Fill, pick(kk, idx), pick(args, idx))
+		cmdErrs(cmds, errs)
 		for n, cmd := range cmds {
 			written[idx[n]], refused[idx[n]], woke[idx[n]] = leaseReply(cmd)
 		}
-		return err
+		return nil
 	})
 	s.wake(ctx, vks, woke)
 	return written, refused, err
@@ -235,12 +243,13 @@ func (s *Store) Release(ls []Lease) {
 			// Not on life: a release must outlive Close by one attempt.
 			// (A lease given back twice is harmless: Release checks the token.)
 			woke := make([]bool, len(ls))
-			_, err := s.callKeys(context.Background(), op("release", len(ls)), s.WriteBy(), lks, func(ctx context.Context, idx []int) error {
-				cmds, err := s.runScript(ctx, keys.Release, pick(kk, idx), pick(args, idx))
+			_, err := s.callKeys(context.Background(), op("release", len(ls)), s.WriteBy(), lks, func(ctx context.Context, idx []int, errs []error) error {
+				cmds := s.runScript(ctx, keys.Release, pick(kk, idx), pick(args, idx))
+				cmdErrs(cmds, errs)
 				for n, cmd := range cmds {
 					_, _, woke[idx[n]] = leaseReply(cmd)
 				}
-				return err
+				return nil
 			})
 			s.wake(context.Background(), lks, woke)
 			if err == nil || closing || time.Now().After(deadline) {

@@ -38,7 +38,7 @@ func (s *Store) fetchReads(ctx context.Context, deadline time.Time, vks []string
 		raw[0], errs[0] = s.getOne(ctx, deadline, vks[0])
 		return
 	}
-	kerrs, _ := s.callKeys(ctx, "mget", deadline, vks, func(ctx context.Context, idx []int) error { return s.mget(ctx, vks, idx, raw) })
+	kerrs, _ := s.callKeys(ctx, "mget", deadline, vks, func(ctx context.Context, idx []int, errs []error) error { return s.mget(ctx, vks, idx, raw, errs) })
 	batched := 0
 	for i := range vks {
 		if kerrs != nil {
@@ -58,7 +58,7 @@ func (s *Store) GetMany(ctx context.Context, vks []string) (raw [][]byte, errs [
 	if s.local != nil {
 		return raw, nil, nil
 	}
-	errs, err = s.callKeys(ctx, "mget", s.readBy(), vks, func(ctx context.Context, idx []int) error { return s.mget(ctx, vks, idx, raw) })
+	errs, err = s.callKeys(ctx, "mget", s.readBy(), vks, func(ctx context.Context, idx []int, errs []error) error { return s.mget(ctx, vks, idx, raw, errs) })
 	return raw, errs, err
 }
 
@@ -66,11 +66,11 @@ func (s *Store) GetMany(ctx context.Context, vks []string) (raw [][]byte, errs [
 // several commands, still sent in one round trip.
 const maxBatchCommand = 512
 
-// mget reads the keys vks[idx] (of one node) into raw: MGETs of at most
-// maxBatchCommand keys on a single node, GETs on a cluster (no command spans
-// two slots). A command that failed fails the read: its keys are not
-// misses.
-func (s *Store) mget(ctx context.Context, vks []string, idx []int, raw [][]byte) error {
+// mget reads the keys vks[idx] into raw: MGETs of at most maxBatchCommand
+// keys on a single node (a failed command fails the read), GETs on a
+// cluster (no command spans two slots; errs[n] is set for each that
+// failed). A failed read is not a miss.
+func (s *Store) mget(ctx context.Context, vks []string, idx []int, raw [][]byte, errs []error) error {
 	if s.single {
 		// One node: callKeys passes every index, in order.
 		var cmds []*redis.SliceCmd
@@ -100,22 +100,16 @@ func (s *Store) mget(ctx context.Context, vks []string, idx []int, raw [][]byte)
 		return nil
 	}
 	cmds := make([]*redis.StringCmd, len(idx))
-	_, err := s.RDB.Pipelined(ctx, func(p redis.Pipeliner) error {
+	_, _ = s.RDB.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for n, i := range idx {
 			cmds[n] = p.Get(ctx, vks[i])
 		}
 		return nil
 	})
-	if err != nil && !errors.Is(err, redis.Nil) {
-		return err
-	}
+	cmdErrs(cmds, errs)
 	for n, cmd := range cmds {
-		v, err := cmd.Result()
-		switch {
-		case err == nil:
+		if v, err := cmd.Result(); err == nil {
 			raw[idx[n]] = unsafeBytes(v)
-		case !errors.Is(err, redis.Nil):
-			return err
 		}
 	}
 	return nil

@@ -3,10 +3,11 @@
 // around each round trip, the coalesced reads, the scripts (leases, fills,
 // writes, tags) and the one policy by which leases are given back.
 //
-// Every round trip goes through [Store.Call], so that each one is bounded,
-// counted, traced and judged by the breaker in the same way. Multi-key
-// operations are one round trip per node (callKeys), each under its node's
-// breaker, and no command spans two slots.
+// Every round trip goes through [Store.Call] or callKeys, so that each one
+// is bounded, counted, traced and judged by the breaker in the same way. A
+// multi-key operation is one pipeline, which go-redis sends to each node at
+// once; each node's breaker judges that node's commands, and no command
+// spans two slots.
 //
 // The files: store.go (the transport and the script runner), read.go,
 // lease.go (the lease protocol's round trips), write.go (writes, deletes,
@@ -156,24 +157,34 @@ func New(rdb redis.UniversalClient, cfg Config) *Store {
 // BreakerOpen error. redis.Nil (an absent key) is not an error; every
 // other error wraps Fault.
 func (s *Store) Call(ctx context.Context, node, op string, deadline time.Time, fn func(context.Context) error) error {
-	brk := s.nodes.of(node)
-	var done func(error)
-	if brk != nil {
-		var ok bool
-		if done, ok = brk.begin(); !ok {
-			s.rec.Rejected()
-			return s.breakerOpen
-		}
+	brk, done, ok := s.admit(node)
+	if !ok {
+		return s.breakerOpen
 	}
 	ctx, cancel := context.WithDeadline(ctx, deadline)
 	ctx, end := s.rec.Span(ctx, op)
 	start := s.rec.Now()
-	err := fn(ctx)
+	err := absentIsNil(fn(ctx))
 	cancel()
-	if errors.Is(err, redis.Nil) {
-		err = nil
-	}
 	end(err)
+	return s.judge(brk, done, op, start, err)
+}
+
+// admit asks node's breaker for a round trip (always granted without
+// breakers); done is to be given its result (see judge).
+func (s *Store) admit(node string) (brk *breaker, done func(error), ok bool) {
+	if brk = s.nodes.of(node); brk == nil {
+		return nil, nil, true
+	}
+	if done, ok = brk.begin(); !ok {
+		s.rec.Rejected()
+	}
+	return brk, done, ok
+}
+
+// judge tells the breaker and the recorder how a round trip that admit
+// granted went, and wraps its failure in Fault.
+func (s *Store) judge(brk *breaker, done func(error), op string, start time.Time, err error) error {
 	if brk != nil {
 		brk.end(done, err)
 	}
@@ -183,6 +194,13 @@ func (s *Store) Call(ctx context.Context, node, op string, deadline time.Time, f
 		return fmt.Errorf("%w: %s: %w", s.fault, op, err)
 	}
 	return nil
+}
+
+func absentIsNil(err error) error {
+	if errors.Is(err, redis.Nil) {
+		return nil
+	}
+	return err
 }
 
 // WaitReleases waits for the lease releases in the background (see
@@ -204,59 +222,128 @@ func (s *Store) nodeOf(ctx context.Context, key string) string {
 	return m.Options().Addr
 }
 
-// callKeys runs one round trip per node for keys: fn(ctx, idx) for the
-// indexes of keys each node serves, each under its node's breaker, the
-// nodes at once, so that a dead node fails only its own keys. errs[i] is
-// the error of keys[i] (nil: done); err is the first. On one node it is one
-// call of fn, as the pipelines of go-redis would be.
-func (s *Store) callKeys(ctx context.Context, op string, deadline time.Time, keys []string, fn func(ctx context.Context, idx []int) error) (errs []error, err error) {
-	if s.Cluster == nil {
-		all := make([]int, len(keys))
-		for i := range all {
-			all[i] = i
+// A keyFn sends the commands of keys[idx[n]] for every n, in one round
+// trip, and sets errs[n] for each command that failed; it returns an error
+// when the round trip as a whole did (then errs is not read).
+type keyFn func(ctx context.Context, idx []int, errs []error) error
+
+// callKeys runs fn once for keys, each under its node's breaker: the keys
+// of a node whose breaker is open are refused at once (BreakerOpen), the
+// others go in one call of fn, which on a cluster is one go-redis pipeline
+// that sends each node its part at the same time. Each node's breaker and
+// the recorder are then told how that node's commands went, so that a
+// failing node counts against itself only. errs[i] is the error of keys[i]
+// (nil: done; errs is nil when every key is), err the first.
+func (s *Store) callKeys(ctx context.Context, op string, deadline time.Time, keys []string, fn keyFn) (errs []error, err error) {
+	// A node's keys, and its breaker's grant.
+	type node struct {
+		addr string
+		keys int // how many
+		idx  []int
+		brk  *breaker
+		done func(error)
+	}
+	// order is every index, grouped by node; each node's idx is its part.
+	order := make([]int, len(keys))
+	var nodes []node
+	if s.Cluster == nil || len(keys) == 1 {
+		for i := range order {
+			order[i] = i
 		}
-		if err = s.Call(ctx, "", op, deadline, func(ctx context.Context) error { return fn(ctx, all) }); err != nil {
-			errs = make([]error, len(keys))
-			for i := range errs {
-				errs[i] = err
+		nodes = []node{{addr: s.nodeOf(ctx, keys[0]), idx: order}}
+	} else {
+		at := map[string]int{}
+		of := make([]int, len(keys)) // keys[i]'s node
+		for i, k := range keys {
+			a := s.nodeOf(ctx, k)
+			j, ok := at[a]
+			if !ok {
+				j = len(nodes)
+				at[a] = j
+				nodes = append(nodes, node{addr: a})
 			}
+			of[i] = j
+			nodes[j].keys++
 		}
-		return errs, err
-	}
-	var addrs []string
-	groups := map[string][]int{}
-	for i, k := range keys {
-		a := s.nodeOf(ctx, k)
-		if _, ok := groups[a]; !ok {
-			addrs = append(addrs, a)
+		off := 0
+		for j := range nodes {
+			nodes[j].idx = order[off : off : off+nodes[j].keys]
+			off += nodes[j].keys
 		}
-		groups[a] = append(groups[a], i)
-	}
-	gerrs := make([]error, len(addrs))
-	var wg sync.WaitGroup
-	for j, a := range addrs {
-		run := func() {
-			gerrs[j] = s.Call(ctx, a, op, deadline, func(ctx context.Context) error { return fn(ctx, groups[a]) })
-		}
-		if j == len(addrs)-1 {
-			run() // the last on this goroutine
-		} else {
-			wg.Go(run)
+		for i, j := range of {
+			nodes[j].idx = append(nodes[j].idx, i)
 		}
 	}
-	wg.Wait()
-	for j, a := range addrs {
-		if gerrs[j] == nil {
+	fail := func(i int, e error) {
+		if errs == nil {
+			errs = make([]error, len(keys))
+		}
+		if err == nil {
+			err = e
+		}
+		errs[i] = e
+	}
+	admitted := nodes[:0]
+	for _, n := range nodes {
+		var ok bool
+		if n.brk, n.done, ok = s.admit(n.addr); !ok {
+			for _, i := range n.idx {
+				fail(i, s.breakerOpen)
+			}
 			continue
 		}
-		if errs == nil {
-			errs, err = make([]error, len(keys)), gerrs[j]
-		}
-		for _, i := range groups[a] {
-			errs[i] = gerrs[j]
+		admitted = append(admitted, n)
+	}
+	idx := order // of the keys whose node's breaker granted the call
+	if len(admitted) < len(nodes) {
+		idx = nil
+		for _, n := range admitted {
+			idx = append(idx, n.idx...)
 		}
 	}
+	if len(idx) == 0 {
+		return errs, err
+	}
+	cerrs := make([]error, len(idx))
+	cctx, cancel := context.WithDeadline(ctx, deadline)
+	cctx, end := s.rec.Span(cctx, op)
+	start := s.rec.Now()
+	whole := absentIsNil(fn(cctx, idx, cerrs))
+	cancel()
+	var first error
+	off := 0 // admitted's keys are idx in order
+	for _, n := range admitted {
+		var nerr error // the node's: the round trip's, or its first command's
+		if nerr = whole; nerr == nil {
+			for m := range n.idx {
+				if nerr = absentIsNil(cerrs[off+m]); nerr != nil {
+					break
+				}
+			}
+		}
+		werr := s.judge(n.brk, n.done, op, start, nerr)
+		for m, i := range n.idx {
+			switch {
+			case whole != nil:
+				fail(i, werr)
+			case absentIsNil(cerrs[off+m]) != nil:
+				fail(i, fmt.Errorf("%w: %s: %w", s.fault, op, cerrs[off+m]))
+			}
+		}
+		off += len(n.idx)
+		if first == nil {
+			first = nerr
+		}
+	}
+	end(first)
 	return errs, err
+}
+
+// cmdErrs sets errs[n] to the error of cmds[n], an absent key aside.
+func cmdErrs[C redis.Cmder](cmds []C, errs []error) {
+	for n, cmd := range cmds {
+		errs[n] = absentIsNil(cmd.Err())
+	}
 }
 
 func (s *Store) readBy() time.Time { return time.Now().Add(s.readTimeout) }
@@ -291,24 +378,21 @@ func (s *Store) ReloadClusterState(err error) {
 
 // --- Scripts ---
 
-// runScript runs sc once per (keys, args) pair, in one pipeline, by EVALSHA.
-// Script caches are per node: on a cluster some masters may know the script
-// and some not (a fresh cluster, a restart, a failover, SCRIPT FLUSH). Only
-// the commands a node refused with NOSCRIPT did not run, so only those are
-// sent again, with EVAL (which loads the script); re-sending the whole
-// pipeline would run the others twice. It returns the first command error
-// other than redis.Nil.
-func (s *Store) runScript(ctx context.Context, sc *redis.Script, kk [][]string, args [][]any) ([]*redis.Cmd, error) {
+// runScript runs sc once per (keys, args) pair, in one pipeline, by EVALSHA,
+// and returns the commands, each with its own reply or error. Script
+// caches are per node: on a cluster some masters may know the script and
+// some not (a fresh cluster, a restart, a failover, SCRIPT FLUSH). Only the
+// commands a node refused with NOSCRIPT did not run, so only those are sent
+// again, with EVAL (which loads the script); re-sending the whole pipeline
+// would run the others twice.
+func (s *Store) runScript(ctx context.Context, sc *redis.Script, kk [][]string, args [][]any) []*redis.Cmd {
 	if len(kk) == 1 {
 		// One command (a single-key miss, the common case): no pipeline.
 		cmd := sc.EvalSha(ctx, s.RDB, kk[0], args[0]...)
 		if err := cmd.Err(); err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
 			cmd = sc.Eval(ctx, s.RDB, kk[0], args[0]...)
 		}
-		if err := cmd.Err(); err != nil && !errors.Is(err, redis.Nil) {
-			return []*redis.Cmd{cmd}, err
-		}
-		return []*redis.Cmd{cmd}, nil
+		return []*redis.Cmd{cmd}
 	}
 	cmds := make([]*redis.Cmd, len(kk))
 	send := func(idx []int, sha bool) {
@@ -337,12 +421,7 @@ func (s *Store) runScript(ctx context.Context, sc *redis.Script, kk [][]string, 
 	if len(unknown) > 0 {
 		send(unknown, false)
 	}
-	for _, cmd := range cmds {
-		if err := cmd.Err(); err != nil && !errors.Is(err, redis.Nil) {
-			return cmds, err
-		}
-	}
-	return cmds, nil
+	return cmds
 }
 
 // clientAddr names the node of a client that is not a cluster client.

@@ -2,7 +2,6 @@ package store
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strconv"
 	"sync"
@@ -45,19 +44,22 @@ func (s *Store) TagRead(ctx context.Context, tags []string, since int64, ttl tim
 		args[i] = []any{ms(ttl)}
 	}
 	created := make([]bool, len(tags))
-	if _, err = s.callKeys(ctx, "tag_read", s.WriteBy(), tks, func(ctx context.Context, idx []int) error {
-		cmds, err := s.runScript(ctx, keys.TagRead, pick(kk, idx), pick(args, idx))
-		if err != nil {
-			return err
-		}
+	if _, err = s.callKeys(ctx, "tag_read", s.WriteBy(), tks, func(ctx context.Context, idx []int, errs []error) error {
+		cmds := s.runScript(ctx, keys.TagRead, pick(kk, idx), pick(args, idx))
+		cmdErrs(cmds, errs)
 		for n, cmd := range cmds {
+			if errs[n] != nil {
+				continue
+			}
 			vals, err := cmd.Slice()
 			if err != nil || len(vals) != 3 {
-				return fmt.Errorf("tag_read: unexpected reply %v: %w", cmd.Val(), err)
+				errs[n] = fmt.Errorf("tag_read: unexpected reply %v: %w", cmd.Val(), err)
+				continue
 			}
 			v, err := parseVersion(vals[0])
 			if err != nil {
-				return err
+				errs[n] = err
+				continue
 			}
 			i := idx[n]
 			out[i] = envelope.Tag{Name: tags[i], Version: v}
@@ -119,17 +121,15 @@ func (s *Store) TagBump(ctx context.Context, tags []string, keep time.Duration, 
 		kk[i] = []string{tks[i], tks[i] + ":ver"}
 		args[i] = []any{ms(keep), ver, verTTL}
 	}
-	_, err := s.callKeys(ctx, "tag_bump", s.WriteBy(), tks, func(ctx context.Context, idx []int) error {
-		cmds, err := s.runScript(ctx, keys.TagBump, pick(kk, idx), pick(args, idx))
-		if err != nil {
-			return err
-		}
+	_, err := s.callKeys(ctx, "tag_bump", s.WriteBy(), tks, func(ctx context.Context, idx []int, errs []error) error {
+		cmds := s.runScript(ctx, keys.TagBump, pick(kk, idx), pick(args, idx))
+		cmdErrs(cmds, errs)
 		for n, cmd := range cmds {
-			v, err := parseVersion(cmd.Val())
-			if err != nil {
-				return err
+			if errs[n] == nil {
+				var v uint64
+				v, errs[n] = parseVersion(cmd.Val())
+				out[idx[n]] = envelope.Tag{Name: tags[idx[n]], Version: v}
 			}
-			out[idx[n]] = envelope.Tag{Name: tags[idx[n]], Version: v}
 		}
 		return nil
 	})
@@ -151,23 +151,18 @@ func (s *Store) TagGet(ctx context.Context, tags []string) (cur []uint64, have [
 	for i, t := range tags {
 		tks[i] = s.Layout.Tag(t)
 	}
-	_, err = s.callKeys(ctx, "tag_get", s.readBy(), tks, func(ctx context.Context, idx []int) error {
+	_, err = s.callKeys(ctx, "tag_get", s.readBy(), tks, func(ctx context.Context, idx []int, errs []error) error {
 		cmds := make([]*redis.StringCmd, len(idx))
-		_, err := s.RDB.Pipelined(ctx, func(p redis.Pipeliner) error {
+		_, _ = s.RDB.Pipelined(ctx, func(p redis.Pipeliner) error {
 			for n, i := range idx {
 				cmds[n] = p.Get(ctx, tks[i])
 			}
 			return nil
 		})
-		if err != nil && !errors.Is(err, redis.Nil) {
-			return err
-		}
+		cmdErrs(cmds, errs)
 		for n, cmd := range cmds {
-			if err := cmd.Err(); err != nil {
-				if errors.Is(err, redis.Nil) {
-					continue
-				}
-				return err
+			if errs[n] != nil || cmd.Err() != nil {
+				continue
 			}
 			// Bytes that are not a version (written by someone else) make
 			// the tag unknown, and its values misses: not a Redis fault.

@@ -31,12 +31,13 @@ func (s *Store) Set(ctx context.Context, ws []Write) (written, refused []bool, e
 		return written, refused, nil
 	}
 	woke := make([]bool, len(ws))
-	_, err = s.callKeys(ctx, op("set", len(ws)), s.WriteBy(), vks, func(ctx context.Context, idx []int) error {
-		cmds, err := s.runScript(ctx, keys.Set, pick(kk, idx), pick(args, idx))
+	_, err = s.callKeys(ctx, op("set", len(ws)), s.WriteBy(), vks, func(ctx context.Context, idx []int, errs []error) error {
+		cmds := s.runScript(ctx, keys.Set, pick(kk, idx), pick(args, idx))
+		cmdErrs(cmds, errs)
 		for n, cmd := range cmds {
 			written[idx[n]], refused[idx[n]], woke[idx[n]] = leaseReply(cmd)
 		}
-		return err
+		return nil
 	})
 	s.wake(ctx, vks, woke)
 	return written, refused, err
@@ -57,12 +58,13 @@ func (s *Store) Del(ctx context.Context, vks []string, version uint64) error {
 		kk[i], args[i] = leaseKeys(vk), []any{ver, verTTL, s.fillChannel(ctx)}
 	}
 	woke := make([]bool, len(vks))
-	_, err := s.callKeys(ctx, "del", s.WriteBy(), vks, func(ctx context.Context, idx []int) error {
-		cmds, err := s.runScript(ctx, keys.Del, pick(kk, idx), pick(args, idx))
+	_, err := s.callKeys(ctx, "del", s.WriteBy(), vks, func(ctx context.Context, idx []int, errs []error) error {
+		cmds := s.runScript(ctx, keys.Del, pick(kk, idx), pick(args, idx))
+		cmdErrs(cmds, errs)
 		for n, cmd := range cmds {
 			_, _, woke[idx[n]] = leaseReply(cmd)
 		}
-		return err
+		return nil
 	})
 	s.wake(ctx, vks, woke)
 	return err
