@@ -37,6 +37,14 @@ func constLoad(v string, d time.Duration) LoadFunc[string] {
 }
 
 // waitFor polls cond every millisecond until it holds or d passes.
+// mustSet sets k to v in c, failing the test on an error.
+func mustSet[V any](t *testing.T, c *Cache[V], k string, v V) {
+	t.Helper()
+	if err := c.Set(t.Context(), k, v); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(d)

@@ -49,15 +49,33 @@ func TestXFetchProbability(t *testing.T) {
 	}
 }
 
-// 4 instances x 250 goroutines on one cold key, 50ms loader: the loader
-// runs exactly once in total.
+// 4 instances x 250 goroutines on one cold key: the loader runs exactly
+// once in total, and every other instance waited for it. The loader holds
+// until each instance has sent its acquire (a script call, counted by a
+// hook on its client), so that no instance can come late and simply find
+// the value: a loaded machine must not make the test pass or fail.
 func TestLeaseOneLoadAcrossInstances(t *testing.T) {
 	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
-		cs := instances[int](t, tg, 4, WithL1(1000))
+		prefix := testPrefix(t)
+		var scripts [4]atomic.Int64
+		cs := make([]*Cache[int], 4)
+		for i := range cs {
+			rdb := tg.NewClient(t)
+			rdb.AddHook(scriptCounter{&scripts[i]})
+			cs[i] = newCacheOn[int](t, rdb, prefix, WithL1(1000))
+		}
 		var calls atomic.Int64
 		load := func(ctx context.Context) (int, error) {
 			calls.Add(1)
-			time.Sleep(50 * time.Millisecond)
+			for i := range scripts {
+				for scripts[i].Load() == 0 {
+					if ctx.Err() != nil {
+						return 0, ctx.Err()
+					}
+					time.Sleep(time.Millisecond)
+				}
+			}
+			time.Sleep(10 * time.Millisecond)
 			return 99, nil
 		}
 		start := make(chan struct{})
@@ -72,6 +90,9 @@ func TestLeaseOneLoadAcrossInstances(t *testing.T) {
 					}
 				})
 			}
+		}
+		for i := range scripts {
+			scripts[i].Store(0) // what New ran does not count
 		}
 		close(start)
 		wg.Wait()
@@ -542,5 +563,30 @@ func BenchmarkStampede(b *testing.B) {
 			b.ReportMetric(float64(p99s[len(p99s)/2].Microseconds())/1000, "p99-ms")
 			b.ReportMetric(float64(loads)/float64(b.N), "loads/op")
 		})
+	}
+}
+
+// scriptCounter counts the scripts a client runs (EVALSHA and EVAL).
+type scriptCounter struct{ n *atomic.Int64 }
+
+func (scriptCounter) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h scriptCounter) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if n := cmd.Name(); n == "evalsha" || n == "eval" {
+			h.n.Add(1)
+		}
+		return next(ctx, cmd)
+	}
+}
+
+func (h scriptCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		for _, cmd := range cmds {
+			if n := cmd.Name(); n == "evalsha" || n == "eval" {
+				h.n.Add(1)
+			}
+		}
+		return next(ctx, cmds)
 	}
 }

@@ -176,9 +176,7 @@ func TestL1FlushedOnSubscriptionLoss(t *testing.T) {
 	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
 		ctx := t.Context()
 		a, b := subscribedPair[string](t, tg, WithL1(100))
-		if err := b.Set(ctx, "k", "v"); err != nil {
-			t.Fatal(err)
-		}
+		mustSet(t, b, "k", "v")
 		if _, ok := b.l1.get("k"); !ok {
 			t.Fatal("Set did not fill the writer's L1")
 		}
@@ -273,9 +271,7 @@ func TestInvalidationDelayHistogram(t *testing.T) {
 	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
 		ctx := t.Context()
 		a, b := subscribedPair[string](t, tg, WithL1(100))
-		if err := a.Set(ctx, "k", "v"); err != nil {
-			t.Fatal(err)
-		}
+		mustSet(t, a, "k", "v")
 		waitFor(t, 10*time.Second, "a's message at b", func() bool { return b.Stats().InvalidationDelay.Count == 1 })
 		// A message that took 700ms (its send time is 700ms old).
 		late := msg.EncodeAt([8]byte{9, 9, 9}, nowMicro()-700_000, []string{"k"}, nil, false)[0]
