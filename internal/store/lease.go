@@ -168,30 +168,40 @@ func (s *Store) versionArgs(version uint64, ttl time.Duration) (string, int64) {
 // neither, when its command failed. A cache's fills are all leased or all
 // unleased (WithoutLease: written through as Set writes, all or none).
 func (s *Store) Fill(ctx context.Context, ws []Write) (written, refused []bool, err error) {
-	written, refused = make([]bool, len(ws)), make([]bool, len(ws))
 	if ws[0].Token == "" || s.local != nil {
 		return s.Set(ctx, ws)
 	}
-	kk := make([][]string, len(ws))
 	args := make([][]any, len(ws))
 	vks := make([]string, len(ws))
 	for i, w := range ws {
-		kk[i] = leaseKeys(w.VK)
 		ver, verTTL := s.versionArgs(w.Version, w.TTL)
 		args[i] = []any{w.Token, w.Frame, ms(w.TTL), ver, verTTL, s.fillChannel(ctx)}
 		vks[i] = w.VK
 	}
-	woke := make([]bool, len(ws))
-	_, err = s.callKeys(ctx, op("fill", len(ws)), s.WriteBy(), vks, func(ctx context.Context, idx []int, errs []error) error {
-		cmds := s.runScript(ctx, keys.Fill, pick(kk, idx), pick(args, idx))
+	return s.endLeases(ctx, op("fill", len(ws)), keys.Fill, vks, args)
+}
+
+// endLeases runs sc, a script that ends the lease of each value key (Fill,
+// Release, Set, Del), with args[i] for vks[i], in one round trip, and
+// wakes the waiters of the leases it ended (see keys.WokeFlag). done[i]
+// and refused[i] are its reply for vks[i] (see leaseReply).
+func (s *Store) endLeases(ctx context.Context, name string, sc *redis.Script, vks []string, args [][]any) (done, refused []bool, err error) {
+	kk := make([][]string, len(vks))
+	for i, vk := range vks {
+		kk[i] = leaseKeys(vk)
+	}
+	done, refused = make([]bool, len(vks)), make([]bool, len(vks))
+	woke := make([]bool, len(vks))
+	_, err = s.callKeys(ctx, name, s.WriteBy(), vks, func(ctx context.Context, idx []int, errs []error) error {
+		cmds := s.runScript(ctx, sc, pick(kk, idx), pick(args, idx))
 		cmdErrs(cmds, errs)
 		for n, cmd := range cmds {
-			written[idx[n]], refused[idx[n]], woke[idx[n]] = leaseReply(cmd)
+			done[idx[n]], refused[idx[n]], woke[idx[n]] = leaseReply(cmd)
 		}
 		return nil
 	})
 	s.wake(ctx, vks, woke)
-	return written, refused, err
+	return done, refused, err
 }
 
 // leaseReply reads the reply of a lease-ending script: done (1: written,
@@ -225,12 +235,10 @@ func (s *Store) Release(ls []Lease) {
 		s.pendingReleases.Add(-1)
 		return
 	}
-	kk := make([][]string, len(ls))
 	args := make([][]any, len(ls))
 	lks := make([]string, len(ls))
 	for i, l := range ls {
 		lks[i] = l.VK
-		kk[i] = leaseKeys(l.VK)
 		args[i] = []any{l.Token, s.fillChannel(context.Background())}
 	}
 	s.releases.Add(1)
@@ -242,16 +250,7 @@ func (s *Store) Release(ls []Lease) {
 			closing := s.life.Err() != nil
 			// Not on life: a release must outlive Close by one attempt.
 			// (A lease given back twice is harmless: Release checks the token.)
-			woke := make([]bool, len(ls))
-			_, err := s.callKeys(context.Background(), op("release", len(ls)), s.WriteBy(), lks, func(ctx context.Context, idx []int, errs []error) error {
-				cmds := s.runScript(ctx, keys.Release, pick(kk, idx), pick(args, idx))
-				cmdErrs(cmds, errs)
-				for n, cmd := range cmds {
-					_, _, woke[idx[n]] = leaseReply(cmd)
-				}
-				return nil
-			})
-			s.wake(context.Background(), lks, woke)
+			_, _, err := s.endLeases(context.Background(), op("release", len(ls)), keys.Release, lks, args)
 			if err == nil || closing || time.Now().After(deadline) {
 				return
 			}

@@ -15,32 +15,21 @@ import (
 // which refused (a versioned write older than Redis's); neither, for the
 // keys of a node that failed.
 func (s *Store) Set(ctx context.Context, ws []Write) (written, refused []bool, err error) {
-	kk := make([][]string, len(ws))
-	args := make([][]any, len(ws))
-	vks := make([]string, len(ws))
-	for i, w := range ws {
-		ver, verTTL := s.versionArgs(w.Version, w.TTL)
-		kk[i], vks[i] = leaseKeys(w.VK), w.VK
-		args[i] = []any{w.Frame, ms(w.TTL), ver, verTTL, s.fillChannel(ctx)}
-	}
-	written, refused = make([]bool, len(ws)), make([]bool, len(ws))
 	if s.local != nil {
+		written, refused = make([]bool, len(ws)), make([]bool, len(ws))
 		for i := range written {
 			written[i] = true
 		}
 		return written, refused, nil
 	}
-	woke := make([]bool, len(ws))
-	_, err = s.callKeys(ctx, op("set", len(ws)), s.WriteBy(), vks, func(ctx context.Context, idx []int, errs []error) error {
-		cmds := s.runScript(ctx, keys.Set, pick(kk, idx), pick(args, idx))
-		cmdErrs(cmds, errs)
-		for n, cmd := range cmds {
-			written[idx[n]], refused[idx[n]], woke[idx[n]] = leaseReply(cmd)
-		}
-		return nil
-	})
-	s.wake(ctx, vks, woke)
-	return written, refused, err
+	args := make([][]any, len(ws))
+	vks := make([]string, len(ws))
+	for i, w := range ws {
+		ver, verTTL := s.versionArgs(w.Version, w.TTL)
+		vks[i] = w.VK
+		args[i] = []any{w.Frame, ms(w.TTL), ver, verTTL, s.fillChannel(ctx)}
+	}
+	return s.endLeases(ctx, op("set", len(ws)), keys.Set, vks, args)
 }
 
 // Del deletes the value and the lease of each value key (the Del script:
@@ -51,22 +40,12 @@ func (s *Store) Del(ctx context.Context, vks []string, version uint64) error {
 	if s.local != nil {
 		return nil
 	}
-	kk := make([][]string, len(vks))
 	args := make([][]any, len(vks))
 	ver, verTTL := s.versionArgs(version, 0)
-	for i, vk := range vks {
-		kk[i], args[i] = leaseKeys(vk), []any{ver, verTTL, s.fillChannel(ctx)}
+	for i := range vks {
+		args[i] = []any{ver, verTTL, s.fillChannel(ctx)}
 	}
-	woke := make([]bool, len(vks))
-	_, err := s.callKeys(ctx, "del", s.WriteBy(), vks, func(ctx context.Context, idx []int, errs []error) error {
-		cmds := s.runScript(ctx, keys.Del, pick(kk, idx), pick(args, idx))
-		cmdErrs(cmds, errs)
-		for n, cmd := range cmds {
-			_, _, woke[idx[n]] = leaseReply(cmd)
-		}
-		return nil
-	})
-	s.wake(ctx, vks, woke)
+	_, _, err := s.endLeases(ctx, "del", keys.Del, vks, args)
 	return err
 }
 
