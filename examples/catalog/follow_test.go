@@ -10,12 +10,16 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"reflect"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tiercache/tiercache"
@@ -109,51 +113,85 @@ func probeCache(t *testing.T, rs *redistest.Server, prefix string) *tiercache.Ca
 	return c
 }
 
+// followerLagBound bounds, in the tests, the time from a commit until no
+// instance and not Redis serves the row it replaced: the follower's
+// confirmed position has passed the commit, and every instance has
+// applied the invalidation messages. Measured, it is milliseconds for a
+// follower that streams, and a few seconds for a standby that takes the
+// slot over (it retries every MaxBackoff, 5 s, and the server lets go of
+// the slot once it has seen the holder's connection close). 30 s holds on
+// a 2-core machine with both cores busy, under -race: slower than that is
+// a bug, not load.
+const followerLagBound = 30 * time.Second
+
 // TestWriterDiesBeforeDelete is the case the follower exists for: a
-// writer commits a product's change and its cache update never happens.
-// Two service instances with L1 share one Redis and one PostgreSQL, both
-// holding the old products in L1 (and Redis holding them too). Two writers
-// lose their cache update: the writer instance (it runs with -write none,
-// which is what a writer killed between its commit and its Delete leaves
-// behind) updates product 1 through the API, and a writer outside the
-// service (psql, a migration) updates product 2 in SQL. Once a follower
-// has confirmed the commits' position, neither instance nor Redis serves
-// an old product.
+// writer commits a product's change and dies before its Delete, and
+// before anything of its own could invalidate the change: the writer
+// instance runs without a follower (-follow=false) and with -write none,
+// so its PUT commits and touches nothing else, which is what a writer
+// killed between its COMMIT and its Delete leaves behind. A writer outside
+// the service (psql, a migration) changes a second product in SQL. Another
+// instance's follower is the only thing that can invalidate them; its
+// transaction count shows it did. From the commits, within
+// followerLagBound: the follower's confirmed position passes them, and
+// then neither Redis nor any instance's L1 serves an old product.
 //
-// The control runs the same with -follow=false and checks that the old
-// product is still served then, by both instances: without the follower
-// nothing removes it before its TTL, which is what makes the first two
-// cases a test of the follower.
+// The control runs the same with no follower anywhere and checks that the
+// old products are still served, by both instances and Redis: nothing else
+// removes them before their TTL, which is what makes the other cases a
+// test of the follower.
 func TestWriterDiesBeforeDelete(t *testing.T) {
-	t.Run("follower", func(t *testing.T) { testWriterDies(t, true, false) })
-	// The writer's instance, whose follower holds the slot, is stopped
-	// right after its commit, and the SQL update is made after that: the
-	// other instance's follower, waiting as a standby, takes the slot over
-	// and invalidates what was left.
-	t.Run("follower, writer's instance stopped after the commit", func(t *testing.T) { testWriterDies(t, true, true) })
-	t.Run("no follower (control)", func(t *testing.T) { testWriterDies(t, false, false) })
+	// The writer stays up: its L1 copies go through the follower's
+	// invalidation messages.
+	t.Run("follower on another instance", func(t *testing.T) { testWriterDies(t, followerElsewhere) })
+	// The instance holding the slot stops before the commits, and the
+	// writer dies right after its own: the other instance's follower,
+	// waiting as a standby, takes the slot over and invalidates both.
+	t.Run("standby takes over, writer dies", func(t *testing.T) { testWriterDies(t, standbyTakesOver) })
+	t.Run("no follower (control)", func(t *testing.T) { testWriterDies(t, noFollower) })
 }
 
-func testWriterDies(t *testing.T, follow, stopWriter bool) {
+// followMode is where the follower of testWriterDies runs.
+type followMode int
+
+const (
+	followerElsewhere followMode = iota // the reader instance follows, holding the slot
+	standbyTakesOver                    // a third instance holds the slot and stops before the commits; the reader's standby takes over
+	noFollower                          // the control
+)
+
+func testWriterDies(t *testing.T, mode followMode) {
 	dsn, pool := testPG(t)
 	rs := redistest.SharedServer(t)
 	prefix := cachePrefix(t)
 	args := func(extra ...string) []string {
 		return append([]string{"-addr", "127.0.0.1:0", "-pg", dsn, "-redis", "redis://" + rs.Addr + "/0",
-			"-prefix", prefix, "-seed", "5", fmt.Sprintf("-follow=%v", follow)}, extra...)
+			"-prefix", prefix, "-seed", "5"}, extra...)
 	}
-	writer, stopW := runService(t, args("-write", "none")...)
-	if follow {
-		// The writer's follower creates the slot: changes committed before
-		// are not followed, so nothing is written until it streams. It
-		// holds the slot from then on; the reader's follower waits.
-		waitUntil(t, "the writer's follower streams", func() bool { return followerAt(t, writer).Streaming })
+	// The first follower creates the slot: changes committed before are
+	// not followed, so nothing is written until it streams.
+	var reader string
+	stopHolder := func() error { return nil }
+	switch mode {
+	case followerElsewhere:
+		reader, _ = runService(t, args()...)
+		waitUntil(t, "the reader's follower streams", func() bool { return followerAt(t, reader).Streaming })
+	case standbyTakesOver:
+		var holder string
+		holder, stopHolder = runService(t, args()...)
+		waitUntil(t, "the holder's follower streams", func() bool { return followerAt(t, holder).Streaming })
+		reader, _ = runService(t, args()...) // its follower waits for the slot
+	case noFollower:
+		reader, _ = runService(t, args("-follow=false")...)
 	}
-	reader, _ := runService(t, args()...)
+	writer, stopWriter := runService(t, args("-write", "none", "-follow=false")...)
+	if got := getJSON(t, writer, "/stats/follower", nil); got != http.StatusNotFound {
+		t.Fatalf("GET %s/stats/follower: status %d; want 404: the writer must have no follower of its own", writer, got)
+	}
 	instances := []string{writer, reader}
 
 	// Both instances hold products 1 and 2 in L1, and Redis holds them,
-	// then product 5, the sentinel below.
+	// then product 5, the sentinel of waitApplied.
 	old := map[int64]catalog.Product{1: productAt(t, writer, 1), 2: productAt(t, writer, 2)}
 	for _, in := range instances {
 		for _, id := range []int64{1, 2, 5} {
@@ -162,14 +200,29 @@ func testWriterDies(t *testing.T, follow, stopWriter bool) {
 			}
 		}
 	}
+	if mode == standbyTakesOver {
+		// Before any commit: the holder's follower cannot be the one that
+		// invalidates them. The reader's waits for the slot until then.
+		if fr := followerAt(t, reader); !fr.Running || fr.Streaming {
+			t.Fatalf("the reader's follower: running %v, streaming %v; want it waiting for the slot", fr.Running, fr.Streaming)
+		}
+		if err := stopHolder(); err != nil {
+			t.Fatalf("stopping the slot's holder: %v", err)
+		}
+	}
+	var before api.FollowerResponse
+	if mode != noFollower {
+		before = followerAt(t, reader)
+	}
 
 	// The writer commits, and the cache hears nothing from it.
 	var saved catalog.Product
 	if got := doJSON(t, "PUT", writer, "/products/1", `{"name":"Espresso cup, renamed","price_cents":1}`, &saved); got != http.StatusOK {
 		t.Fatalf("PUT /products/1: status %d", got)
 	}
-	if stopWriter {
-		if err := stopW(); err != nil {
+	committed := time.Now()
+	if mode == standbyTakesOver {
+		if err := stopWriter(); err != nil {
 			t.Fatalf("stopping the writer: %v", err)
 		}
 		instances = []string{reader}
@@ -179,68 +232,66 @@ func testWriterDies(t *testing.T, follow, stopWriter bool) {
 		t.Fatal(err)
 	}
 	want := map[int64]string{1: saved.Name, 2: renamed2}
-	var commit tiercachepg.LSN // every commit that returned is behind it
-	if err := pool.QueryRow(t.Context(), "SELECT pg_current_wal_lsn()").Scan(&commit); err != nil {
-		t.Fatal(err)
-	}
-
-	if follow {
-		// The follower's measured lag has passed once its confirmed
-		// position is past the commit: the commit's invalidation returned
-		// (Redis DEL with the lease, the L1 message published). A
-		// follower waiting for the slot reads its position from the slot,
-		// so either instance's figure will do.
-		start := time.Now()
-		waitUntil(t, fmt.Sprintf("a follower confirms %s", commit), func() bool {
-			return slices.ContainsFunc(instances, func(in string) bool { return confirmedAt(t, in) >= commit })
-		})
-		for _, in := range instances {
-			fr := followerAt(t, in)
-			t.Logf("%s: confirmed %s %v after the commit; streaming %v, commit-to-invalidation delay p50 %.2f ms, max %.2f ms",
-				in, fr.ConfirmedLSN, time.Since(start).Round(time.Millisecond), fr.Streaming, fr.DelayP50Ms, fr.DelayMaxMs)
-		}
-	}
-
-	// Wait until every instance has applied the invalidation messages
-	// published so far. Pub/sub delivers them in order: once an instance
-	// no longer serves its L1 copy of product 5, which the probe
-	// overwrites in Redis now (a Set publishes an invalidation), it has
-	// applied the follower's earlier ones of products 1 and 2. (Were its
-	// copy of product 5 to expire from L1 first (the L1 TTL is 30 s), so
-	// would its copies of products 1 and 2, read just before.)
+	commit := currentLSN(t, pool) // both commits are behind it
 	probe := probeCache(t, rs, prefix)
 	ctx := t.Context()
-	if err := probe.Set(ctx, catalog.CacheKey(5), catalog.Product{ID: 5, Name: "sentinel"}); err != nil {
-		t.Fatal(err)
+
+	if mode != noFollower {
+		waitConfirmed(t, reader, commit)
+		confirmed := time.Since(committed)
+		fr := followerAt(t, reader)
+		if fr.Transactions < before.Transactions+2 {
+			t.Errorf("the reader's follower invalidated %d transactions since before the commits, want at least 2 (the PUT and the UPDATE)",
+				fr.Transactions-before.Transactions)
+		}
+		// Redis and the follower's own L1 are clean as soon as the
+		// position has passed the commits: Invalidate returned before it
+		// moved.
+		for _, id := range []int64{1, 2} {
+			if inRedis, err := probe.Get(ctx, catalog.CacheKey(id)); err == nil && inRedis.Name != want[id] {
+				t.Errorf("Redis holds %+v once the follower confirmed the commit of name %q", inRedis, want[id])
+			} else if err != nil && !errors.Is(err, tiercache.ErrMiss) {
+				t.Errorf("reading Redis: %v", err)
+			}
+			if got := productAt(t, reader, id); got.Name != want[id] {
+				t.Errorf("the follower's instance serves %+v once it confirmed the commit of name %q", got, want[id])
+			}
+		}
+		t.Logf("the follower confirmed the commits %v after them (bound %v); transactions %d, commit-to-invalidation delay p50 %.2f ms, max %.2f ms",
+			confirmed.Round(time.Millisecond), followerLagBound, fr.Transactions, fr.DelayP50Ms, fr.DelayMaxMs)
 	}
-	for _, in := range instances {
-		eventually(t, waitFor, in+" applies the sentinel's invalidation", func() bool {
-			return productAt(t, in, 5).Name == "sentinel"
-		})
+
+	within := waitFor
+	if mode != noFollower {
+		within = followerLagBound - time.Since(committed)
+	}
+	waitApplied(t, probe, instances, 5, "sentinel", within)
+	if mode != noFollower {
+		lag := time.Since(committed)
+		t.Logf("every instance had applied the invalidations %v after the commits", lag.Round(time.Millisecond))
+		if lag > followerLagBound {
+			t.Errorf("the invalidations took %v from the commits to every instance, over the bound %v", lag, followerLagBound)
+		}
 	}
 
 	for _, id := range []int64{1, 2} {
 		for _, in := range instances {
 			got := productAt(t, in, id)
 			switch {
-			case follow && got.Name != want[id]:
+			case mode != noFollower && got.Name != want[id]:
 				t.Errorf("%s serves %+v after the follower confirmed the commit of name %q", in, got, want[id])
-			case !follow && !sameProduct(got, old[id]):
+			case mode == noFollower && !sameProduct(got, old[id]):
 				t.Errorf("control: %s serves %+v without a follower; want the old %+v still cached, or the test would not show the follower's effect", in, got, old[id])
 			}
 		}
-		inRedis, err := probe.Get(ctx, catalog.CacheKey(id))
-		switch {
-		case follow && err == nil && inRedis.Name != want[id]:
-			t.Errorf("Redis holds %+v after the follower confirmed the commit of name %q", inRedis, want[id])
-		case follow && err != nil && !errors.Is(err, tiercache.ErrMiss):
-			t.Errorf("reading Redis: %v", err)
-		case !follow && (err != nil || !sameProduct(inRedis, old[id])):
-			t.Errorf("control: Redis holds %+v, %v; want the old %+v", inRedis, err, old[id])
+		if mode == noFollower {
+			if inRedis, err := probe.Get(ctx, catalog.CacheKey(id)); err != nil || !sameProduct(inRedis, old[id]) {
+				t.Errorf("control: Redis holds %+v, %v; want the old %+v", inRedis, err, old[id])
+			}
 		}
 	}
 
-	if follow && !stopWriter {
+	if mode == followerElsewhere {
 		// The fast path beside the follower: a PUT on an instance that
 		// deletes the key itself is read back at once there, and seen by
 		// the other instance.
@@ -253,6 +304,207 @@ func testWriterDies(t *testing.T, follow, stopWriter bool) {
 			t.Errorf("the writing instance serves %+v after its PUT of %+v", got, p3)
 		}
 		eventually(t, waitFor, "the other instance serves the PUT", func() bool { return productAt(t, writer, 3).Name == p3.Name })
+	}
+}
+
+// currentLSN is the database's current WAL position: every commit that
+// returned is behind it.
+func currentLSN(t *testing.T, pool *pgxpool.Pool) tiercachepg.LSN {
+	t.Helper()
+	var l tiercachepg.LSN
+	if err := pool.QueryRow(t.Context(), "SELECT pg_current_wal_lsn()").Scan(&l); err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+// waitConfirmed waits, for up to followerLagBound, until the follower of
+// the instance at addr has confirmed the position lsn: the invalidations
+// of every change committed before it have returned (Redis DEL with the
+// lease, tag versions bumped, the L1 messages published).
+func waitConfirmed(t *testing.T, addr string, lsn tiercachepg.LSN) {
+	t.Helper()
+	eventually(t, followerLagBound, fmt.Sprintf("the follower at %s confirms %s", addr, lsn), func() bool {
+		return confirmedAt(t, addr) >= lsn
+	})
+}
+
+// waitApplied waits, for up to within, until every instance has applied
+// the invalidation messages published so far. Pub/sub delivers them in
+// order: once an instance no longer serves its L1 copy of product id,
+// which the probe overwrites in Redis now with a product named name (a Set
+// publishes an invalidation), it has applied the earlier ones too. (Were
+// its copy to expire from L1 first (the L1 TTL is 30 s), so would the
+// copies read before it.) Every instance must hold product id in L1, read
+// after the products the caller goes on to check.
+func waitApplied(t *testing.T, probe *tiercache.Cache[catalog.Product], instances []string, id int64, name string, within time.Duration) {
+	t.Helper()
+	if err := probe.Set(t.Context(), catalog.CacheKey(id), catalog.Product{ID: id, Name: name}); err != nil {
+		t.Fatal(err)
+	}
+	for _, in := range instances {
+		eventually(t, within, in+" applies the invalidation of "+name, func() bool {
+			return productAt(t, in, id).Name == name
+		})
+	}
+}
+
+// TestTruncateInvalidatesEveryProduct: a change that names no row the
+// follower can map to a key invalidates every cached product, through the
+// tag they all carry (catalog.ProductsTag): a TRUNCATE (the map's
+// TruncateTags), and a change the map fails on (the dead-letter policy),
+// here a delete that carries no id because a migration made another
+// unique index the table's replica identity. Both are made in SQL: the
+// service's own Delete is never called. Two instances with L1 share one
+// Redis; one follows, the other (-follow=false) hears the invalidation
+// messages only. Once the follower has confirmed the change, neither
+// serves a product it removed, and Redis holds none.
+func TestTruncateInvalidatesEveryProduct(t *testing.T) {
+	dsn, pool := testPG(t)
+	rs := redistest.SharedServer(t)
+	prefix := cachePrefix(t)
+	args := func(extra ...string) []string {
+		return append([]string{"-addr", "127.0.0.1:0", "-pg", dsn, "-redis", "redis://" + rs.Addr + "/0",
+			"-prefix", prefix, "-seed", "7"}, extra...)
+	}
+	follower, _ := runService(t, args()...)
+	waitUntil(t, "the follower streams", func() bool { return followerAt(t, follower).Streaming })
+	other, _ := runService(t, args("-follow=false")...)
+	instances := []string{follower, other}
+	probe := probeCache(t, rs, prefix)
+	ctx := t.Context()
+
+	// cache has every instance read ids, so that L1 and Redis hold them.
+	cache := func(ids ...int64) {
+		t.Helper()
+		for _, in := range instances {
+			for _, id := range ids {
+				productAt(t, in, id)
+			}
+		}
+	}
+	// commit runs sql and waits until the follower has passed it.
+	commit := func(what, sql string) api.FollowerResponse {
+		t.Helper()
+		if _, err := pool.Exec(ctx, sql); err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		committed := time.Now()
+		waitConfirmed(t, follower, currentLSN(t, pool))
+		fr := followerAt(t, follower)
+		t.Logf("%s: confirmed by the follower %v after its commit (bound %v)", what, time.Since(committed).Round(time.Millisecond), followerLagBound)
+		return fr
+	}
+	// gone checks that no instance serves products ids and Redis holds
+	// none (Redis first: the instances' reads cache a "not found").
+	gone := func(what string, ids ...int64) {
+		t.Helper()
+		for _, id := range ids {
+			if p, err := probe.Get(ctx, catalog.CacheKey(id)); err == nil {
+				t.Errorf("after %s, Redis holds %+v", what, p)
+			} else if !errors.Is(err, tiercache.ErrMiss) && !errors.Is(err, tiercache.ErrNotFound) {
+				t.Errorf("reading Redis: %v", err)
+			}
+		}
+		for _, in := range instances {
+			for _, id := range ids {
+				var p catalog.Product
+				if got := getJSON(t, in, fmt.Sprintf("/products/%d", id), &p); got != http.StatusNotFound {
+					t.Errorf("after %s, GET %s/products/%d: status %d, %+v; want 404", what, in, id, got, p)
+				}
+			}
+		}
+	}
+
+	// A migration adds a unique sku and makes its index the replica
+	// identity: a delete carries the sku from then on, not the id. Its
+	// UPDATE invalidates every row by id, as any update.
+	commit("the migration", `ALTER TABLE catalog_products ADD COLUMN sku text;
+UPDATE catalog_products SET sku = 'sku-' || id;
+ALTER TABLE catalog_products ALTER COLUMN sku SET NOT NULL;
+CREATE UNIQUE INDEX catalog_products_sku ON catalog_products (sku);
+ALTER TABLE catalog_products REPLICA IDENTITY USING INDEX catalog_products_sku`)
+	cache(1, 2, 3, 4, 5, 7, 6) // 6 last: the sentinel
+	before := followerAt(t, follower)
+	fr := commit("a delete that carries no id", "DELETE FROM catalog_products WHERE id = 1")
+	if fr.Unmapped != before.Unmapped+1 {
+		t.Errorf("the follower counted %d unmapped changes for the delete, want 1: the case is not the one meant", fr.Unmapped-before.Unmapped)
+	}
+	waitApplied(t, probe, instances, 6, "sentinel 1", followerLagBound)
+	gone("a delete that carries no id", 1)
+
+	cache(2, 3, 4, 5, 7) // 7 last: the sentinel
+	commit("TRUNCATE", "TRUNCATE catalog_products")
+	waitApplied(t, probe, instances, 7, "sentinel 2", followerLagBound)
+	gone("TRUNCATE", 2, 3, 4, 5)
+}
+
+// The repository's table is the one the connection's search_path names
+// first, not necessarily public, and the follower follows that one. Here
+// the DSN sets search_path=shop,public, and public holds a table of the
+// same name, empty: a follower of public.catalog_products would follow it
+// without complaint, and leave shop's products stale.
+func TestRunFollowerSchema(t *testing.T) {
+	dsn, pool := testPG(t)
+	ctx := t.Context()
+	if _, err := pool.Exec(ctx, `CREATE SCHEMA shop;
+CREATE TABLE public.catalog_products (id bigint PRIMARY KEY, name text NOT NULL, price_cents bigint NOT NULL, updated_at timestamptz NOT NULL DEFAULT now())`); err != nil {
+		t.Fatal(err)
+	}
+	addr, stop := runService(t, "-addr", "127.0.0.1:0", "-pg", dsn+"&search_path=shop,public",
+		"-redis", "redis://"+redistest.SharedServer(t).Addr+"/0", "-prefix", cachePrefix(t), "-seed", "3")
+	waitUntil(t, "the follower streams", func() bool { return followerAt(t, addr).Streaming })
+
+	var inShop, inPublic int
+	if err := pool.QueryRow(ctx, "SELECT (SELECT count(*) FROM shop.catalog_products), (SELECT count(*) FROM public.catalog_products)").Scan(&inShop, &inPublic); err != nil || inShop != 3 || inPublic != 0 {
+		t.Fatalf("shop.catalog_products has %d rows, public.catalog_products %d, %v; want the 3 seeded in shop", inShop, inPublic, err)
+	}
+	var published []string
+	rows, err := pool.Query(ctx, "SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = 'tiercache_catalog'")
+	if err == nil {
+		published, err = pgx.CollectRows(rows, pgx.RowTo[string])
+	}
+	if err != nil || !slices.Equal(published, []string{"shop.catalog_products"}) {
+		t.Errorf("the publication has %q, %v; want shop.catalog_products", published, err)
+	}
+
+	productAt(t, addr, 1)
+	productAt(t, addr, 1) // from L1
+	const renamed = "Espresso cup, from SQL in shop"
+	if _, err := pool.Exec(ctx, "UPDATE shop.catalog_products SET name = $1, updated_at = now() WHERE id = 1", renamed); err != nil {
+		t.Fatal(err)
+	}
+	waitConfirmed(t, addr, currentLSN(t, pool))
+	if got := productAt(t, addr, 1); got.Name != renamed {
+		t.Errorf("the service serves %+v once its follower confirmed the update of shop.catalog_products to %q", got, renamed)
+	}
+	if err := stop(); err != nil {
+		t.Errorf("run returned %v after the cancel, want nil", err)
+	}
+}
+
+// A stop right after the start, before the follower's goroutine has
+// called Run, is a clean stop: Run returns tiercachepg.ErrClosed then,
+// which stop does not report. With GOMAXPROCS(1) that is the likely
+// order: the goroutine startFollower starts runs only once this one
+// blocks, in stop, after Close. The database is never reached (the DSN's
+// port is closed), and need not be.
+func TestFollowerStopRightAfterStart(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	cache, err := tiercache.NewLocal[catalog.Product](tiercache.WithL1(10))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cache.Close()
+	fc := followConfig{on: true, slot: "tiercache_catalog", publication: "tiercache_catalog"}
+	for i := range 20 {
+		fl, err := startFollower("postgres://postgres@127.0.0.1:1/none?connect_timeout=1", "public.catalog_products", fc, cache, slog.New(slog.DiscardHandler))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := fl.stop(); err != nil {
+			t.Fatalf("stop %d right after the start: %v, want nil", i, err)
+		}
 	}
 }
 
@@ -351,8 +603,8 @@ func TestRunFollowerErrors(t *testing.T) {
 	served := false
 	err = run(ctx, []string{"-addr", "127.0.0.1:0", "-pg", dsn, "-redis", redisURL, "-prefix", cachePrefix(t), "-pg-slot", "Not-A-Slot-Name"},
 		noenv, t.Output(), func(net.Addr) { served = true })
-	if !errors.Is(err, tiercachepg.ErrInvalidOption) || served {
-		t.Errorf("run -pg-slot Not-A-Slot-Name = %v (served %v), want ErrInvalidOption before serving", err, served)
+	if !errors.Is(err, tiercachepg.ErrInvalidOption) || !errors.Is(err, errBadFlags) || served {
+		t.Errorf("run -pg-slot Not-A-Slot-Name = %v (served %v), want ErrInvalidOption and errBadFlags before serving", err, served)
 	}
 }
 
@@ -377,20 +629,21 @@ func TestRunFollowerWithoutLogicalWAL(t *testing.T) {
 }
 
 // -pg-table with a schema is refused with the follower on: the repository
-// and the follower would read the name differently. It is checked before
-// anything is connected to.
+// and the follower would read the name differently (the schema is the
+// connection's search_path). It is checked before anything is connected
+// to.
 func TestRunFollowerTableName(t *testing.T) {
 	err := run(t.Context(), []string{"-pg", "postgres://127.0.0.1:1/none", "-pg-table", "public.products"},
 		func(string) string { return "" }, io.Discard, nil)
-	if err == nil || !strings.Contains(err.Error(), "-pg-table") {
-		t.Errorf("run -pg-table public.products = %v, want the flag refused", err)
+	if !errors.Is(err, errBadFlags) || !strings.Contains(err.Error(), "-pg-table") {
+		t.Errorf("run -pg-table public.products = %v, want errBadFlags naming the flag", err)
 	}
 }
 
 // The follower's mapping gives the key the repository caches a product
 // under, for each kind of change, old and new ids alike.
 func TestProductMap(t *testing.T) {
-	m, err := productMap("catalog_products")
+	m, err := productMap("public.catalog_products")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -427,10 +680,25 @@ func TestProductMap(t *testing.T) {
 	if inv, _ := m(tiercachepg.Change{Schema: "public", Table: "catalog_products", Op: tiercachepg.OpDelete, Old: tiercachepg.Row{"id": "7"}, OldKeyOnly: true}); inv.Version != 0 {
 		t.Errorf("a delete is versioned: %d", inv.Version)
 	}
-	// A TRUNCATE cannot be mapped (no tag covers every product): it goes
-	// to the follower's dead-letter policy, which logs and counts it.
-	if _, err := m(tiercachepg.Change{Schema: "public", Table: "catalog_products", Op: tiercachepg.OpTruncate}); !errors.Is(err, tiercachepg.ErrUnmapped) {
-		t.Errorf("truncate: %v, want ErrUnmapped", err)
+	// A TRUNCATE invalidates the tag every cached product carries,
+	// unversioned.
+	all := tiercache.Invalidation{Tags: []string{catalog.ProductsTag}}
+	if inv, err := m(tiercachepg.Change{Schema: "public", Table: "catalog_products", Op: tiercachepg.OpTruncate}); err != nil || !reflect.DeepEqual(inv, all) {
+		t.Errorf("truncate: %+v, %v; want %+v", inv, err, all)
+	}
+	// A change the map fails on (here a delete without the id) goes to the
+	// dead-letter policy, which invalidates that tag too.
+	c := tiercachepg.Change{Schema: "public", Table: "catalog_products", Op: tiercachepg.OpDelete, Old: tiercachepg.Row{"sku": "x"}, OldKeyOnly: true}
+	_, err = m(c)
+	if !errors.Is(err, tiercachepg.ErrUnmapped) {
+		t.Fatalf("delete without the id: %v, want ErrUnmapped", err)
+	}
+	if inv, err := unmappedProducts()(t.Context(), c, err); err != nil || !reflect.DeepEqual(inv, all) {
+		t.Errorf("the dead-letter policy: %+v, %v; want %+v", inv, err, all)
+	}
+	// The map is of the table named, in its schema.
+	if _, err := m(tiercachepg.Change{Schema: "shop", Table: "catalog_products", Op: tiercachepg.OpInsert, New: row("1")}); !errors.Is(err, tiercachepg.ErrUnmapped) {
+		t.Errorf("a change of shop.catalog_products: %v, want ErrUnmapped", err)
 	}
 }
 

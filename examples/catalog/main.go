@@ -39,8 +39,13 @@ import (
 
 // cacheSchemaVersion is the cache namespace's version: bump it with any
 // change to catalog.Product that old cached values would not decode into,
-// and a deploy starts on an empty namespace instead of misreading old values.
-const cacheSchemaVersion = 1
+// or to what the cached values must carry, and a deploy starts on an empty
+// namespace instead of misreading old values.
+//
+// 2: every cached product carries catalog.ProductsTag, which the
+// follower invalidates on a TRUNCATE; the untagged values of version 1
+// would outlive one.
+const cacheSchemaVersion = 2
 
 // shutdownTimeout bounds how long requests in flight may take to finish
 // once the service is told to stop.
@@ -71,29 +76,53 @@ type config struct {
 	follow   followConfig
 }
 
+// errBadFlags is wrapped by every error of the command line: a flag whose
+// value does not parse, and flags that make no sense together (each named
+// in the message). The service has connected to nothing yet.
+var errBadFlags = errors.New("bad flags")
+
+// badFlags returns an error wrapping errBadFlags.
+func badFlags(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", errBadFlags, fmt.Sprintf(format, args...))
+}
+
+// parseFlags parses the command line (and $DATABASE_URL, $REDIS_URL). -h
+// is flag.ErrHelp; any other error wraps errBadFlags.
 func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (config, error) {
 	var cfg config
 	fs := flag.NewFlagSet("catalog", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.StringVar(&cfg.addr, "addr", "127.0.0.1:8080", "listen address (port 0 picks a free one)")
 	fs.StringVar(&cfg.pgDSN, "pg", "", "PostgreSQL DSN (default $DATABASE_URL); none for the in-memory store")
-	fs.StringVar(&cfg.pgTable, "pg-table", "catalog_products", "PostgreSQL table, created if missing")
+	fs.StringVar(&cfg.pgTable, "pg-table", "catalog_products", "PostgreSQL table, created if missing, in the connection's schema")
 	fs.StringVar(&cfg.redisURL, "redis", "", "Redis URL, e.g. redis://localhost:6379/0 (default $REDIS_URL); none for an embedded Redis")
 	fs.StringVar(&cfg.cache.prefix, "prefix", "catalog-product", "cache key prefix in Redis")
 	fs.DurationVar(&cfg.latency, "latency", 20*time.Millisecond, "simulated latency of each in-memory store call")
 	fs.IntVar(&cfg.cache.l1, "l1", 10_000, "L1 (in-process cache) entries; 0 turns L1 off")
 	fs.BoolVar(&cfg.cache.coalesce, "coalesce", true, "send concurrent cache reads to Redis together, in shared round trips")
 	fs.IntVar(&cfg.seed, "seed", 100, "sample products (ids 1..n) to add where missing; existing rows are kept")
-	write := fs.String("write", "invalidate", "what a PUT does to the cache: invalidate, write-through, or none (to see the follower at work)")
+	write := fs.String("write", "invalidate", "what a PUT does to the cache: invalidate, write-through, or none (PostgreSQL only: to see a follower at work)")
 	fs.BoolVar(&cfg.follow.on, "follow", true, "with PostgreSQL, invalidate the cache from the database's commit log")
 	fs.StringVar(&cfg.follow.slot, "pg-slot", "tiercache_catalog", "logical replication slot the follower reads")
 	fs.StringVar(&cfg.follow.publication, "pg-publication", "tiercache_catalog", "publication of the table, for the follower")
 	fs.BoolVar(&cfg.follow.create, "pg-create", true, "create the slot and the publication if missing (turn off once they exist)")
 	if err := fs.Parse(args); err != nil {
-		return config{}, err
+		if errors.Is(err, flag.ErrHelp) {
+			return config{}, err
+		}
+		return config{}, fmt.Errorf("%w: %w", errBadFlags, err) // the flag set has printed it, with the usage
 	}
 	explicit := make(map[string]bool)
 	fs.Visit(func(f *flag.Flag) { explicit[f.Name] = true })
+	given := func(names ...string) []string {
+		var out []string
+		for _, n := range names {
+			if explicit[n] {
+				out = append(out, "-"+n)
+			}
+		}
+		return out
+	}
 	// The environment is read here rather than shown as the flags'
 	// defaults, which -h prints: a DSN may hold a password.
 	if cfg.pgDSN == "" {
@@ -103,27 +132,53 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (co
 		cfg.redisURL = getenv("REDIS_URL")
 	}
 	if fs.NArg() > 0 {
-		return config{}, fmt.Errorf("unexpected arguments %q", fs.Args())
+		return config{}, badFlags("unexpected arguments %q", fs.Args())
 	}
 	var err error
 	if cfg.write, err = catalog.ParseWriteMode(*write); err != nil {
-		return config{}, err
+		return config{}, badFlags("-write: %v", err)
 	}
 	if cfg.cache.l1 < 0 || cfg.seed < 0 {
-		return config{}, errors.New("-l1 and -seed must not be negative")
+		return config{}, badFlags("-l1 and -seed must not be negative")
+	}
+	if cfg.redisURL != "" {
+		if _, err := redis.ParseURL(cfg.redisURL); err != nil {
+			return config{}, badFlags("-redis (or $REDIS_URL) %s: %v", redact(cfg.redisURL), err)
+		}
 	}
 	if cfg.pgDSN == "" {
 		// The in-memory store has no commit log: nothing to follow. Off
 		// by default then, but asking for it is a mistake worth saying.
 		if cfg.follow.on && explicit["follow"] {
-			return config{}, errors.New("-follow needs PostgreSQL (-pg or $DATABASE_URL): the in-memory store has no commit log")
+			return config{}, badFlags("-follow needs PostgreSQL (-pg or $DATABASE_URL): the in-memory store has no commit log")
 		}
 		cfg.follow.on = false
+		if pgOnly := given("pg-table", "pg-slot", "pg-publication", "pg-create"); len(pgOnly) > 0 {
+			return config{}, badFlags("%s need PostgreSQL (-pg or $DATABASE_URL); the in-memory store is in use", strings.Join(pgOnly, ", "))
+		}
+		if cfg.write == catalog.SkipCache {
+			// Without a commit log nothing would ever update the cache
+			// after a PUT: every instance would serve the old product
+			// until it expired.
+			return config{}, badFlags("-write none needs PostgreSQL (-pg or $DATABASE_URL), whose commit log a follower invalidates from; the in-memory store has none")
+		}
+		return cfg, nil
+	}
+	if explicit["latency"] {
+		return config{}, badFlags("-latency is the in-memory store's simulated latency; with PostgreSQL (-pg or $DATABASE_URL) it would do nothing")
+	}
+	if !cfg.follow.on {
+		if followOnly := given("pg-slot", "pg-publication", "pg-create"); len(followOnly) > 0 {
+			return config{}, badFlags("%s configure the commit-log follower, which -follow=false turns off", strings.Join(followOnly, ", "))
+		}
 	}
 	if cfg.follow.on && strings.Contains(cfg.pgTable, ".") {
 		// The repository takes the name as one identifier, the follower
 		// as schema.name: they would not agree on the table.
-		return config{}, fmt.Errorf("-pg-table %q: no dots with -follow (the table is in the connection's schema, public)", cfg.pgTable)
+		return config{}, badFlags("-pg-table %q: no dots with -follow (the table is in the connection's schema: set search_path in -pg)", cfg.pgTable)
+	}
+	if _, err := pgxpool.ParseConfig(cfg.pgDSN); err != nil {
+		return config{}, badFlags("-pg (or $DATABASE_URL): %v", err)
 	}
 	return cfg, nil
 }
@@ -145,7 +200,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	}
 	log := slog.New(slog.NewTextHandler(stderr, nil))
 
-	store, closeStore, err := openStore(ctx, cfg, log)
+	store, followTable, closeStore, err := openStore(ctx, cfg, log)
 	if err != nil {
 		return err
 	}
@@ -176,11 +231,13 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		followerDone  <-chan struct{} // nil without a follower: never ready
 	)
 	if cfg.follow.on {
-		if fol, err = startFollower(cfg.pgDSN, cfg.pgTable, cfg.follow, cache, log); err != nil {
+		if fol, err = startFollower(cfg.pgDSN, followTable, cfg.follow, cache, log); err != nil {
 			return err
 		}
 		defer fol.stop() // on the early returns; after a shutdown, a no-op
 		followerStats, followerDone = fol.stats, fol.failed()
+	} else if cfg.pgDSN != "" && cfg.write == catalog.SkipCache {
+		log.Warn("commit-log follower off (-follow=false) and -write none: this instance's writes reach the cache only through another instance's follower")
 	} else if cfg.pgDSN != "" {
 		log.Warn("commit-log follower off (-follow=false): a write whose cache update is lost leaves the old product cached until it expires")
 	}
@@ -266,17 +323,18 @@ func newProductCache(rdb redis.UniversalClient, cc cacheConfig, log *slog.Logger
 
 // openStore returns the PostgreSQL store when cfg names one and the
 // in-memory store otherwise, seeded with sample products, and the function
-// that closes it.
-func openStore(ctx context.Context, cfg config, log *slog.Logger) (catalog.ProductRepository, func(), error) {
+// that closes it. On PostgreSQL, followTable is the table the repository
+// resolves to, "schema.name", for the follower ("" in memory).
+func openStore(ctx context.Context, cfg config, log *slog.Logger) (store catalog.ProductRepository, followTable string, closeStore func(), err error) {
 	if cfg.pgDSN == "" {
 		m := catalog.NewMemoryRepository(cfg.latency)
 		m.Seed(catalog.SampleProducts(cfg.seed)...)
 		log.Info("store: in memory", "products", cfg.seed, "latency", cfg.latency)
-		return m, func() {}, nil
+		return m, "", func() {}, nil
 	}
 	pool, err := pgxpool.New(ctx, cfg.pgDSN)
 	if err != nil {
-		return nil, nil, fmt.Errorf("PostgreSQL DSN: %w", err)
+		return nil, "", nil, fmt.Errorf("PostgreSQL DSN: %w", err)
 	}
 	cc := pool.Config().ConnConfig
 	where := fmt.Sprintf("%s:%d/%s", cc.Host, cc.Port, cc.Database)
@@ -290,12 +348,19 @@ func openStore(ctx context.Context, cfg config, log *slog.Logger) (catalog.Produ
 	if err == nil && cfg.seed > 0 {
 		err = pg.Seed(pctx, catalog.SampleProducts(cfg.seed)...)
 	}
+	var schema, table string
+	if err == nil {
+		// The repository's SQL names the table unqualified, so it is the
+		// one of the connection's search_path (Migrate created it in the
+		// first schema there): the follower must follow that one.
+		schema, table, err = pg.Table(pctx)
+	}
 	if err != nil {
 		pool.Close()
-		return nil, nil, fmt.Errorf("PostgreSQL at %s: %w", where, err)
+		return nil, "", nil, fmt.Errorf("PostgreSQL at %s: %w", where, err)
 	}
-	log.Info("store: PostgreSQL", "at", where, "table", cfg.pgTable)
-	return pg, func() {
+	log.Info("store: PostgreSQL", "at", where, "table", schema+"."+table)
+	return pg, schema + "." + table, func() {
 		pool.Close()
 		log.Info("PostgreSQL pool closed")
 	}, nil

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -332,6 +333,39 @@ func TestBadRequests(t *testing.T) {
 	}
 }
 
+// Every product the repository caches carries catalog.ProductsTag, which
+// the commit-log follower invalidates for a TRUNCATE: loaded by Get or by
+// GetMany, or set by a write-through PUT. Once the tag is invalidated,
+// each of them is read from the store again.
+func TestProductsTag(t *testing.T) {
+	mem := catalog.NewMemoryRepository(0)
+	mem.Seed(catalog.SampleProducts(3)...)
+	store := newCountingRepo(mem)
+	in := startInstance(t, redistest.SharedServer(t), store, cachePrefix(t), catalog.WriteThrough)
+	in.getProduct(t, 1, http.StatusOK) // Get
+	if got := in.do(t, "GET", "/products?ids=2", "", nil); got != http.StatusOK {
+		t.Fatalf("GET /products?ids=2: status %d", got)
+	}
+	if got := in.do(t, "PUT", "/products/3", `{"name":"Burr grinder, set","price_cents":3}`, nil); got != http.StatusOK {
+		t.Fatalf("PUT /products/3: status %d", got)
+	}
+	for id := int64(1); id <= 3; id++ {
+		in.getProduct(t, id, http.StatusOK)
+	}
+	if g1, g2, g3 := store.getsOf(1), store.getsOf(2), store.getsOf(3); g1 != 1 || g2 != 0 || g3 != 0 {
+		t.Fatalf("store.Get calls before the invalidation: %d, %d, %d; want 1, 0, 0 (all cached)", g1, g2, g3)
+	}
+	if err := in.cache.InvalidateTags(t.Context(), catalog.ProductsTag); err != nil {
+		t.Fatal(err)
+	}
+	for id := int64(1); id <= 3; id++ {
+		in.getProduct(t, id, http.StatusOK)
+	}
+	if g1, g2, g3 := store.getsOf(1), store.getsOf(2), store.getsOf(3); g1 != 2 || g2 != 1 || g3 != 1 {
+		t.Errorf("store.Get calls after invalidating %q: %d, %d, %d; want 2, 1, 1 (none still cached)", catalog.ProductsTag, g1, g2, g3)
+	}
+}
+
 // With Redis gone, reads are served by the store, and a write that cannot
 // reach the cache says so (503, retry) after saving.
 func TestRedisDown(t *testing.T) {
@@ -477,17 +511,65 @@ func TestRun(t *testing.T) {
 	}
 }
 
+// Flags that do not parse, and flags that make no sense together, are
+// refused before anything is connected to, with an error that wraps
+// errBadFlags and names the flags.
 func TestRunBadFlags(t *testing.T) {
+	const dsn = "postgres://postgres@127.0.0.1:1/none" // never connected to
+	tests := []struct {
+		name string
+		args []string
+		env  map[string]string
+		want []string // in the message
+	}{
+		{"unknown write mode", []string{"-write", "sometimes"}, nil, []string{"-write"}},
+		{"negative l1", []string{"-l1", "-1"}, nil, []string{"-l1"}},
+		{"unknown flag", []string{"-colour", "red"}, nil, []string{"-colour"}},
+		{"redis URL", []string{"-redis", "ftp://nowhere"}, nil, []string{"-redis"}},
+		{"redis URL from the environment", nil, map[string]string{"REDIS_URL": "ftp://nowhere"}, []string{"$REDIS_URL"}},
+		{"PostgreSQL DSN", []string{"-pg", "postgres://127.0.0.1:notaport/x"}, nil, []string{"-pg"}},
+		{"arguments", []string{"extra"}, nil, []string{"extra"}},
+		{"follow in memory", []string{"-follow"}, nil, []string{"-follow"}},
+		{"write none in memory", []string{"-write", "none"}, nil, []string{"-write none"}},
+		{"pg flags in memory", []string{"-pg-slot", "s", "-pg-create=false", "-pg-table", "t"}, nil, []string{"-pg-table", "-pg-slot", "-pg-create"}},
+		{"follower flags with -follow=false", []string{"-pg", dsn, "-follow=false", "-pg-publication", "p", "-pg-create=false"}, nil,
+			[]string{"-pg-publication", "-pg-create", "-follow=false"}},
+		{"follower flags with -follow=false, DSN from the environment", []string{"-follow=false", "-pg-slot", "s"}, map[string]string{"DATABASE_URL": dsn},
+			[]string{"-pg-slot", "-follow=false"}},
+		{"latency with PostgreSQL", []string{"-pg", dsn, "-latency", "1ms"}, nil, []string{"-latency"}},
+		{"table with a schema", []string{"-pg", dsn, "-pg-table", "shop.products"}, nil, []string{"-pg-table"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			// Bounded: were the flags accepted, the in-memory service would
+			// serve until the context ends (and run return nil).
+			ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+			defer cancel()
+			err := run(ctx, append([]string{"-addr", "127.0.0.1:0"}, tt.args...), func(k string) string { return tt.env[k] }, io.Discard, nil)
+			if !errors.Is(err, errBadFlags) {
+				t.Fatalf("run(%q) = %v, want errBadFlags", tt.args, err)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("run(%q) = %v, want it to name %s", tt.args, err, w)
+				}
+			}
+		})
+	}
+	// -h is not an error of the flags: main exits 0 on it.
+	if err := run(t.Context(), []string{"-h"}, func(string) string { return "" }, io.Discard, nil); !errors.Is(err, flag.ErrHelp) || errors.Is(err, errBadFlags) {
+		t.Errorf("run -h = %v, want flag.ErrHelp alone", err)
+	}
+	// What makes sense is accepted: -write none on PostgreSQL without a
+	// follower of its own (another instance's follows), -follow=false in
+	// memory (it is off there anyway).
 	for _, args := range [][]string{
-		{"-write", "sometimes"},
-		{"-l1", "-1"},
-		{"-redis", "ftp://nowhere"},
-		{"extra"},
-		{"-follow"}, // the in-memory store has no commit log
+		{"-pg", dsn, "-write", "none", "-follow=false"},
+		{"-pg", dsn, "-pg-slot", "s", "-pg-create=false"},
+		{"-follow=false", "-latency", "1ms"},
 	} {
-		err := run(t.Context(), append([]string{"-addr", "127.0.0.1:0"}, args...), func(string) string { return "" }, io.Discard, nil)
-		if err == nil {
-			t.Errorf("run(%q) = nil, want an error", args)
+		if _, err := parseFlags(args, func(string) string { return "" }, io.Discard); err != nil {
+			t.Errorf("parseFlags(%q) = %v, want it accepted", args, err)
 		}
 	}
 }

@@ -93,6 +93,21 @@ func CacheKey(id int64) string { return strconv.FormatInt(id, 10) }
 // is the key the repository caches it under.
 const CacheKeyPattern = "{id}"
 
+// ProductsTag is the tag every product the repository caches carries
+// (tiercache.WithTags, on loads and write-through Sets alike):
+// invalidating it makes every cached product unreachable at once, on
+// every instance, whatever its id. The commit-log follower invalidates it
+// for the changes that name no row it can map to a key: a TRUNCATE of the
+// table, and any change its mapping fails on.
+//
+// The price: every Redis hit also reads the tag's version (one more round
+// trip, pipelined; see tiercache's tags.go), while L1 hits compare against
+// the versions this instance has seen; and with Redis down a loaded
+// product is not kept in L1 (a tag could not be checked), so every read
+// reaches the store until Redis is back. Negative entries of GetMany carry
+// the tag too: a TRUNCATE drops them, and they are loaded again.
+const ProductsTag = "products"
+
 // Get implements ProductRepository: L1, then Redis, then the store.
 func (r *CachedRepository) Get(ctx context.Context, id int64) (Product, error) {
 	// The loader runs on a context of the cache's (detached from this
@@ -104,7 +119,7 @@ func (r *CachedRepository) Get(ctx context.Context, id int64) (Product, error) {
 			// Tell the cache to remember that id does not exist.
 			return Product{}, fmt.Errorf("%w: %w", tiercache.ErrNotFound, err)
 		}
-		tiercache.LoadOptions(ctx, tiercache.WithVersion(rowVersion(p)))
+		tiercache.LoadOptions(ctx, tiercache.WithVersion(rowVersion(p)), tiercache.WithTags(ProductsTag))
 		return p, err
 	})
 	if errors.Is(err, tiercache.ErrNotFound) {
@@ -137,6 +152,7 @@ func (r *CachedRepository) GetMany(ctx context.Context, ids []int64) (map[int64]
 			return nil, err
 		}
 		// The keys absent from this map are cached as not found.
+		tiercache.LoadOptions(ctx, tiercache.WithTags(ProductsTag))
 		out := make(map[string]Product, len(ps))
 		for id, p := range ps {
 			out[CacheKey(id)] = p
@@ -195,7 +211,7 @@ func (r *CachedRepository) Put(ctx context.Context, p Product) (Product, bool, e
 	case SkipCache:
 		return saved, created, nil
 	case WriteThrough:
-		if err = r.cache.Set(cctx, key, saved, tiercache.WithVersion(rowVersion(saved))); err == nil {
+		if err = r.cache.Set(cctx, key, saved, tiercache.WithVersion(rowVersion(saved)), tiercache.WithTags(ProductsTag)); err == nil {
 			return saved, created, nil
 		}
 		// A failed Set may have left the old value in Redis (it dropped

@@ -45,6 +45,23 @@ func (r *PostgresRepository) Migrate(ctx context.Context) error {
 	return nil
 }
 
+// Table returns the schema and the name of the table the repository
+// reads and writes, as PostgreSQL resolves the name given to
+// NewPostgresRepository on the pool's search_path: the schema is the
+// connection's, not necessarily public. The table must exist (Migrate).
+// The commit-log follower is pointed at this table, so that it follows the
+// rows the repository serves and not a table of the same name in another
+// schema.
+func (r *PostgresRepository) Table(ctx context.Context) (schema, name string, err error) {
+	err = r.pool.QueryRow(ctx, `SELECT n.nspname, c.relname
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.oid = $1::regclass`, r.table).Scan(&schema, &name)
+	if err != nil {
+		return "", "", fmt.Errorf("catalog: resolving table %s on the search_path: %w", r.table, err)
+	}
+	return schema, name, nil
+}
+
 // Seed inserts ps, leaving the products that already exist as they are,
 // in one round trip.
 func (r *PostgresRepository) Seed(ctx context.Context, ps ...Product) error {
