@@ -58,16 +58,21 @@ func (r *run) apply(ctx context.Context) error {
 			}
 			return err
 		}
+		// The figures first, the position after: whoever sees the
+		// confirmed position past a transaction (Stats, a test waiting for
+		// it) sees it counted too.
+		now := time.Now()
+		for _, t := range batch {
+			delay := max(now.Sub(t.commitTime), 0)
+			r.f.c.txns.Add(1)
+			r.f.c.changes.Add(uint64(t.changes))
+			r.f.c.delays.add(delay)
+			r.f.obs.Applied(t.changes, delay)
+		}
+		r.f.c.pending.Add(-int64(len(batch)))
 		last := batch[len(batch)-1]
 		advance(&r.f.c.confirmed, uint64(last.endLSN))
 		done = last.seq
-		r.f.c.pending.Add(-int64(len(batch)))
-		now := time.Now()
-		for _, t := range batch {
-			r.f.c.txns.Add(1)
-			r.f.c.changes.Add(uint64(t.changes))
-			r.f.c.delays.add(now.Sub(t.commitTime))
-		}
 		r.confirmIdle(done)
 	}
 }
@@ -132,6 +137,7 @@ func (r *run) call(ctx context.Context, inv tiercache.Invalidation) error {
 		}
 		failures++
 		r.f.c.failures.Add(1)
+		r.f.obs.Failed(err)
 		wait := b.next()
 		r.log.Warn("tiercachepg: invalidation failed; holding the slot's position and retrying",
 			"keys", len(inv.Keys), "tags", len(inv.Tags), "failures", failures, "retry_in", wait, "err", err)

@@ -25,9 +25,10 @@
 //   - A change that cannot be mapped is logged, counted and handed to a
 //     dead-letter policy ([Options.DeadLetter]); it never blocks the
 //     stream.
-//   - Lag is observable ([Follower.Stats]): the commit-to-invalidation
-//     delay and the slot's lag in bytes, with an alarm past
-//     [Options.MaxLag].
+//   - Lag is observable: the commit-to-invalidation delay and the slot's
+//     lag in bytes, with an alarm past [Options.MaxLag], in
+//     [Follower.Stats] and, as they happen, through [Options.Observer] to
+//     Prometheus or OpenTelemetry (see Metrics below).
 //
 // Transactions that queue up while an invalidation is in flight are merged
 // into one Invalidate call (one round trip per Redis node), which is how
@@ -37,6 +38,34 @@
 // publication, permissions), a primary failover, where this sits next to
 // write-through and Delete, and how to do the same from Debezium, Kafka or
 // NATS.
+//
+// # Metrics
+//
+// [Follower.Stats] has the follower's figures for a program to read. For
+// metrics, set [Options.Observer] to the follower observer of the
+// repository's metrics modules, which implement [Observer] without
+// importing this package (so a service that exports metrics does not get
+// pgx with them):
+//
+//	col, err := tiercacheprom.New() // registered once, as for the caches
+//	f, err := tiercachepg.New(dsn, tiercachepg.Options{..., Observer: col.Follower("orders")})
+//
+//	obs, err := tiercacheotel.NewFollower("orders")
+//	f, err := tiercachepg.New(dsn, tiercachepg.Options{..., Observer: obs})
+//
+// Prometheus gets, by the label follower,
+// tiercache_follower_invalidation_delay_seconds (a histogram of the
+// commit-to-invalidation delay, 0.1ms to 10s),
+// tiercache_follower_transactions_total, tiercache_follower_changes_total,
+// tiercache_follower_invalidate_failures_total,
+// tiercache_follower_unmapped_total{table},
+// tiercache_follower_slot_lag_bytes and tiercache_follower_lag_exceeded
+// (0 or 1); OpenTelemetry the same as tiercache.follower.invalidation.delay,
+// tiercache.follower.transactions, tiercache.follower.changes,
+// tiercache.follower.invalidate.failures, tiercache.follower.unmapped,
+// tiercache.follower.slot.lag and tiercache.follower.lag.exceeded. An
+// observer of your own implements the four methods of [Observer]; they run
+// on the follower's goroutines and must be quick.
 //
 // # Lifetime
 //

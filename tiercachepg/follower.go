@@ -18,7 +18,8 @@ type Follower struct {
 	replConn *pgconn.Config // replication=database, for the stream
 	sqlConn  *pgconn.Config // a plain session, for setup and the lag poll
 
-	c counters
+	c   counters
+	obs observer // Options.Observer, its panics recovered
 
 	mu      sync.Mutex
 	running bool
@@ -55,6 +56,7 @@ func New(dsn string, opts Options) (*Follower, error) {
 	delete(plain.RuntimeParams, "replication")
 	f := &Follower{cfg: cfg, replConn: repl, sqlConn: plain}
 	f.c.slotLag.Store(-1)
+	f.obs = observer{o: cfg.Observer, panics: &f.c.observerPanics, log: cfg.Logger}
 	return f, nil
 }
 

@@ -71,20 +71,21 @@ func (r *run) pollLagOnce(ctx context.Context, conn *pgconn.PgConn) *pgconn.PgCo
 		return conn
 	}
 	r.f.c.slotLag.Store(lag)
-	r.checkLag(lag)
+	exceeded := r.checkLag(lag)
+	r.f.obs.SlotLag(lag, exceeded)
 	return conn
 }
 
 // checkLag reports crossings of MaxLag: up (logged, counted, OnLag) and
-// back down (logged, OnLag).
-func (r *run) checkLag(lag int64) {
+// back down (logged, OnLag). It returns whether lag is above MaxLag.
+func (r *run) checkLag(lag int64) (above bool) {
 	limit := r.cfg.MaxLag
 	if limit <= 0 {
-		return
+		return false
 	}
-	above := lag > limit
+	above = lag > limit
 	if r.f.c.lagExceeded.Swap(above) == above {
-		return
+		return above
 	}
 	if above {
 		r.f.c.lagAlarms.Add(1)
@@ -103,4 +104,5 @@ func (r *run) checkLag(lag int64) {
 			r.cfg.OnLag(Lag{Bytes: lag, Limit: limit, Exceeded: above})
 		}()
 	}
+	return above
 }

@@ -123,6 +123,11 @@ type Options struct {
 	// 50ms (or MaxBackoff if shorter) and double.
 	MaxBackoff time.Duration
 
+	// Observer receives the follower's figures as they happen (each
+	// transaction's commit-to-invalidation delay, failed Invalidate calls,
+	// unmapped changes, each read of the slot's lag), for metrics; none by
+	// default. See [Observer] for the rules its methods must keep.
+	Observer Observer
 	// Logger receives the follower's logs; a discard logger by default.
 	Logger *slog.Logger
 }

@@ -56,10 +56,14 @@ type Stats struct {
 	// Connects counts replication connections that reached streaming;
 	// StreamErrors the streams or connection attempts that failed.
 	Connects, StreamErrors uint64
+	// ObserverPanics counts the panics of Options.Observer's methods,
+	// each recovered (and the first of them logged).
+	ObserverPanics uint64
 
 	// Delay is the commit-to-invalidation delay (from the commit time,
 	// the server's clock, to the return of the Invalidate call that
-	// covered it) of the last transactions.
+	// covered it) of the last transactions. Options.Observer gets each
+	// of them, for a histogram.
 	Delay DelayStats
 }
 
@@ -117,6 +121,7 @@ type counters struct {
 	pending             atomic.Int64
 	blocked             atomic.Bool
 	connects, streamErr atomic.Uint64
+	observerPanics      atomic.Uint64
 	delays              delayWindow
 }
 
@@ -154,6 +159,7 @@ func (f *Follower) Stats() Stats {
 		Blocked:          c.blocked.Load(),
 		Connects:         c.connects.Load(),
 		StreamErrors:     c.streamErr.Load(),
+		ObserverPanics:   c.observerPanics.Load(),
 		Delay:            c.delays.stats(),
 	}
 }

@@ -406,6 +406,11 @@ func (r *run) mapChange(c Change) (inv tiercache.Invalidation, err error) {
 // policy, which apply calls before the transaction's invalidation.
 func (r *run) dead(t *txn, c Change, err error) {
 	r.f.c.unmapped.Add(1)
+	var tbl string
+	if c.Table != "" {
+		tbl = c.Schema + "." + c.Table
+	}
+	r.f.obs.Unmapped(tbl)
 	r.log.Error("tiercachepg: change not mapped; handing it to the dead-letter policy",
 		"table", c.Schema+"."+c.Table, "op", c.Op.String(), "commit_lsn", c.CommitLSN, "xid", c.Xid, "err", err)
 	t.dead = append(t.dead, deadChange{c: c, err: err})

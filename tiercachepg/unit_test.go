@@ -4,8 +4,19 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"go/ast"
+	"go/parser"
+	"go/token"
+	"go/types"
+	"io/fs"
+	"log/slog"
+	"maps"
+	"os"
+	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -307,4 +318,158 @@ func TestBackoff(t *testing.T) {
 	if d := newBackoff(10 * time.Millisecond).next(); d != 10*time.Millisecond {
 		t.Errorf("a maximum under the minimum: %v", d)
 	}
+}
+
+// panicky is an Observer whose every method records its call and panics
+// (SlotLag with a nil value, which recover sees as a *runtime.PanicNilError).
+type panicky struct{ calls []string }
+
+func (p *panicky) Applied(changes int, delay time.Duration) {
+	p.calls = append(p.calls, fmt.Sprint("Applied ", changes, " ", delay))
+	panic("Applied bug")
+}
+
+func (p *panicky) Failed(err error) {
+	p.calls = append(p.calls, fmt.Sprint("Failed ", err))
+	panic(err)
+}
+
+func (p *panicky) Unmapped(table string) {
+	p.calls = append(p.calls, "Unmapped "+table)
+	panic("Unmapped bug")
+}
+
+func (p *panicky) SlotLag(bytes int64, exceeded bool) {
+	p.calls = append(p.calls, fmt.Sprint("SlotLag ", bytes, " ", exceeded))
+	panic(nil)
+}
+
+// TestObserverRecovered: the follower's calls of Options.Observer pass the
+// arguments through, recover every panic (a nil one too), count each, and
+// log the first and those that bring the count to a power of two; without
+// an observer they do nothing.
+func TestObserverRecovered(t *testing.T) {
+	var logs strings.Builder
+	var panics atomic.Uint64
+	p := &panicky{}
+	o := observer{o: p, panics: &panics, log: slog.New(slog.NewTextHandler(&logs, nil))}
+	errX := errors.New("x")
+	for range 2 {
+		o.Applied(3, time.Millisecond)
+		o.Failed(errX)
+		o.Unmapped("public.items")
+		o.SlotLag(42, true)
+	}
+	want := []string{"Applied 3 1ms", "Failed x", "Unmapped public.items", "SlotLag 42 true"}
+	if !slices.Equal(p.calls[:4], want) || !slices.Equal(p.calls[4:], want) {
+		t.Errorf("calls %q, want %q twice", p.calls, want)
+	}
+	if n := panics.Load(); n != 8 {
+		t.Errorf("%d panics counted, want 8", n)
+	}
+	lines := strings.Split(strings.TrimSpace(logs.String()), "\n")
+	if len(lines) != 4 { // panics 1, 2, 4 and 8
+		t.Fatalf("%d lines logged for 8 panics, want 4:\n%s", len(lines), logs.String())
+	}
+	for i, method := range []string{"Applied", "Failed", "SlotLag", "SlotLag"} {
+		if !strings.Contains(lines[i], "method="+method) || !strings.Contains(lines[i], "stack=") {
+			t.Errorf("log line %d: %s; want method=%s and the stack", i, lines[i], method)
+		}
+	}
+	if !strings.Contains(lines[2], "nil argument") {
+		t.Errorf("the nil panic logged as %s", lines[2])
+	}
+
+	none := observer{panics: &panics, log: o.log}
+	none.Applied(1, time.Second)
+	none.Failed(errX)
+	none.Unmapped("t")
+	none.SlotLag(1, false)
+	if n := panics.Load(); n != 8 {
+		t.Errorf("no observer: %d panics, want still 8", n)
+	}
+}
+
+// followerObserverMirrors are the files of the metrics modules that declare
+// an interface identical to Observer (they cannot import this package:
+// it would pull pgx into every service that exports metrics), and its
+// name there.
+var followerObserverMirrors = []string{"../tiercacheprom/follower_test.go", "../tiercacheotel/follower_test.go"}
+
+// TestObserverMirrors: the interface that tiercacheprom's and
+// tiercacheotel's tests check their follower observers against has
+// Observer's methods, with the same signatures, so that a change of
+// Observer that the modules do not follow fails here. It reads their
+// sources, and skips when they are not beside this module (a copy from the
+// module cache).
+func TestObserverMirrors(t *testing.T) {
+	want := map[string]string{}
+	ot := reflect.TypeFor[Observer]()
+	for i := range ot.NumMethod() {
+		m := ot.Method(i)
+		want[m.Name] = strings.TrimPrefix(m.Type.String(), "func")
+	}
+	for _, path := range followerObserverMirrors {
+		t.Run(filepath.Base(filepath.Dir(path)), func(t *testing.T) {
+			if _, err := os.Stat(filepath.Dir(path)); errors.Is(err, fs.ErrNotExist) {
+				t.Skipf("the module %s is not beside this one", filepath.Dir(path))
+			}
+			src, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			fset := token.NewFileSet()
+			f, err := parser.ParseFile(fset, path, src, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var iface *ast.InterfaceType
+			ast.Inspect(f, func(n ast.Node) bool {
+				if ts, ok := n.(*ast.TypeSpec); ok && ts.Name.Name == "followerObserver" {
+					iface, _ = ts.Type.(*ast.InterfaceType)
+				}
+				return iface == nil
+			})
+			if iface == nil {
+				t.Fatalf("%s declares no interface followerObserver", path)
+			}
+			got := map[string]string{}
+			for _, m := range iface.Methods.List {
+				ft, ok := m.Type.(*ast.FuncType)
+				if !ok || len(m.Names) != 1 {
+					t.Fatalf("%s: followerObserver embeds %s; want methods only", path, types.ExprString(m.Type))
+				}
+				got[m.Names[0].Name] = signature(ft)
+			}
+			if !maps.Equal(got, want) {
+				t.Errorf("%s: followerObserver has the methods %v; tiercachepg.Observer has %v", path, got, want)
+			}
+		})
+	}
+}
+
+// signature is a function type's parameters and results as reflect prints
+// them: "(int, time.Duration)", "(error) bool".
+func signature(ft *ast.FuncType) string {
+	list := func(fl *ast.FieldList) []string {
+		var out []string
+		if fl == nil {
+			return out
+		}
+		for _, f := range fl.List {
+			for range max(len(f.Names), 1) {
+				out = append(out, types.ExprString(f.Type))
+			}
+		}
+		return out
+	}
+	s := "(" + strings.Join(list(ft.Params), ", ") + ")"
+	switch res := list(ft.Results); len(res) {
+	case 0:
+	case 1:
+		s += " " + res[0]
+	default:
+		s += " (" + strings.Join(res, ", ") + ")"
+	}
+	return s
 }
