@@ -1,6 +1,7 @@
 // Package tiercacheotel reports what a tiercache cache does to
 // OpenTelemetry: metrics through a [metric.MeterProvider], and a span around
-// each load through a [trace.TracerProvider].
+// each load through a [trace.TracerProvider]; and the figures of
+// tiercachepg's commit-log followers (see Followers below).
 //
 // Make one [Observer] per cache and pass it to [tiercache.WithObserver]; it
 // is both the cache's [tiercache.Observer] and its [tiercache.Tracer]:
@@ -17,9 +18,10 @@
 //
 // # Metrics
 //
-// Every measurement has the attribute tiercache.cache, the name given to
-// [New]. Instruments and their attribute sets are made once, in New, so
-// that the read path records into precomputed sets and allocates nothing.
+// Every measurement of a cache has the attribute tiercache.cache, the name
+// given to [New]. Instruments and their attribute sets are made once, in
+// New, so that the read path records into precomputed sets and allocates
+// nothing.
 //
 //	tiercache.requests            counter {request}: tier lookups; tiercache.tier (l1, l2), tiercache.result (hit, miss)
 //	tiercache.lookup.duration     histogram, s: how long a tier lookup took; tiercache.tier
@@ -68,4 +70,34 @@
 // NOTE: the observer's metric methods get no context from the cache, so
 // measurements are recorded with context.Background(): exemplars cannot
 // link them to the trace of the read.
+//
+// # Followers
+//
+// A tiercachepg follower (invalidation from PostgreSQL's commit log)
+// reports through the [FollowerObserver] that [NewFollower] returns, set
+// as its Options.Observer:
+//
+//	obs, err := tiercacheotel.NewFollower("orders")
+//	...
+//	f, err := tiercachepg.New(dsn, tiercachepg.Options{..., Observer: obs})
+//
+// FollowerObserver has the methods of tiercachepg.Observer without this
+// module importing tiercachepg, so that a service that exports metrics
+// does not get pgx with them. Every measurement has the attribute
+// tiercache.follower, the name given to NewFollower:
+//
+//	tiercache.follower.invalidation.delay   histogram, s: from a transaction's commit (the database's clock) to the return of the Invalidate call that covered it
+//	tiercache.follower.transactions         counter {transaction}: committed transactions whose invalidation returned nil (a replay after a restart counts again)
+//	tiercache.follower.changes              counter {change}: row changes of the followed tables in them
+//	tiercache.follower.invalidate.failures  counter {call}: Invalidate calls that failed (each is retried)
+//	tiercache.follower.unmapped             counter {change}: changes handed to the dead-letter policy; tiercache.follower.table (schema.name, "" when the stream did not say)
+//	tiercache.follower.slot.lag             gauge, By: the slot's confirmed position behind the server's WAL position, recorded at each read (every LagInterval)
+//	tiercache.follower.lag.exceeded         gauge, 1: 1 while that lag is above the follower's MaxLag, else 0
+//
+// The delay histogram advises buckets from 0.1ms to 10s in steps of 1, 2.5
+// and 5: a follower that keeps up takes a few tenths of a millisecond, one
+// catching up after an outage seconds. The two gauges are synchronous: they
+// have no point until the follower's first read of the slot's lag, rather
+// than a lag of zero. tiercachepg's Follower.Stats has the same figures for
+// a program to read.
 package tiercacheotel

@@ -14,9 +14,10 @@ import (
 const namespace = "tiercache"
 
 // Collector is a [prometheus.Collector] of the metrics of any number of
-// caches (see the package doc for the list), and the source of their
-// observers. Create it with [New], register it once, and give each cache
-// [Collector.Observer] and, for the gauges, [Collector.Track]. It is safe
+// caches and of tiercachepg followers (see the package doc for the list),
+// and the source of their observers. Create it with [New], register it
+// once, and give each cache [Collector.Observer] and, for the gauges,
+// [Collector.Track], and each follower [Collector.Follower]. It is safe
 // for concurrent use.
 type Collector struct {
 	requests    *prometheus.CounterVec   // cache, tier, result
@@ -35,9 +36,12 @@ type Collector struct {
 	subscribed   *prometheus.Desc // cache
 	invDelay     *prometheus.Desc // cache; a histogram
 
+	follower followerMetrics // of the commit-log followers
+
 	mu        sync.Mutex
 	observers map[string]*observer              // by cache name; guarded by mu
 	tracked   map[string]func() tiercache.Stats // by cache name; guarded by mu
+	followers map[string]*FollowerObserver      // by follower name; guarded by mu
 }
 
 // New returns a Collector; register it with a [prometheus.Registerer].
@@ -96,8 +100,10 @@ func New(opts ...Option) (*Collector, error) {
 			"Whether the L1 invalidation subscription is up: 1 up, 0 down (or no L1, or invalidation off)."),
 		invDelay: gauge("invalidation_delay_seconds",
 			"Delay of the applied invalidation messages, from the sender's acknowledged write to this instance's L1 drop."),
+		follower:  newFollowerMetrics(&cfg),
 		observers: make(map[string]*observer),
 		tracked:   make(map[string]func() tiercache.Stats),
+		followers: make(map[string]*FollowerObserver),
 	}
 	// Let Prometheus judge the names: a bad constant label (an invalid
 	// name, or one that clashes with cache, tier, ...) fails here rather
@@ -125,11 +131,12 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.l1Weight
 	ch <- c.subscribed
 	ch <- c.invDelay
+	c.follower.describe(ch)
 }
 
-// Collect sends the current value of every metric: the counters and
-// histograms that the observers have pushed, and the gauges read now from
-// the Stats of the tracked caches.
+// Collect sends the current value of every metric: the counters,
+// histograms and follower gauges that the observers have pushed, and the
+// gauges read now from the Stats of the tracked caches.
 func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	c.requests.Collect(ch)
 	c.lookupDur.Collect(ch)
@@ -139,6 +146,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	c.redisErrors.Collect(ch)
 	c.events.Collect(ch)
 	c.transitions.Collect(ch)
+	c.follower.collect(ch)
 
 	// Read the stats outside the lock, so that a slow Stats never holds up
 	// Track or Observer.

@@ -563,6 +563,8 @@ func TestNewInvalidOption(t *testing.T) {
 		{"infinite bucket", tiercacheprom.WithBuckets(0.1, math.Inf(1))},
 		{"NaN bucket", tiercacheprom.WithBuckets(math.NaN())},
 		{"const label clashes", tiercacheprom.WithConstLabels(prometheus.Labels{"cache": "x"})},
+		{"const label clashes with a follower's", tiercacheprom.WithConstLabels(prometheus.Labels{"follower": "x"})},
+		{"const label clashes with an unmapped table's", tiercacheprom.WithConstLabels(prometheus.Labels{"table": "x"})},
 		{"const label without a name", tiercacheprom.WithConstLabels(prometheus.Labels{"": "x"})},
 		{"const label value not UTF-8", tiercacheprom.WithConstLabels(prometheus.Labels{"a": "\xff"})},
 	}

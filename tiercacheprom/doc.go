@@ -1,5 +1,5 @@
-// Package tiercacheprom exports the metrics of tiercache caches to
-// Prometheus.
+// Package tiercacheprom exports the metrics of tiercache caches, and of
+// tiercachepg's commit-log followers, to Prometheus.
 //
 // A [Collector] is a [prometheus.Collector] that serves any number of caches,
 // told apart by the cache label. Register it once, and give each cache the
@@ -22,8 +22,9 @@
 //
 // # Metrics
 //
-// Every metric has the label cache, the name given to [Collector.Observer] or
-// [Collector.Track], and the constant labels of [WithConstLabels].
+// Every metric of a cache has the label cache, the name given to
+// [Collector.Observer] or [Collector.Track], and the constant labels of
+// [WithConstLabels].
 //
 //	tiercache_requests_total{tier,result}         counter: tier lookups; tier is l1 or l2, result hit or miss
 //	tiercache_lookup_duration_seconds{tier}       histogram: how long a tier lookup took
@@ -70,4 +71,43 @@
 // rate() over it is defined; a cache without L1 thus has l1 series that stay
 // at zero. The series of a Redis operation appear when the cache first uses
 // it.
+//
+// # Followers
+//
+// A tiercachepg follower (invalidation from PostgreSQL's commit log)
+// reports to the collector through the observer that [Collector.Follower]
+// returns for its name, set as its Options.Observer:
+//
+//	f, err := tiercachepg.New(dsn, tiercachepg.Options{..., Observer: col.Follower("orders")})
+//
+// [FollowerObserver] has the methods of tiercachepg.Observer without this
+// module importing tiercachepg, so that a service that exports metrics
+// does not get pgx with them. Every follower metric has the label
+// follower, the name given to Collector.Follower, and the constant labels
+// of [WithConstLabels]:
+//
+//	tiercache_follower_invalidation_delay_seconds histogram: from a transaction's commit (the database's clock) to the return of the Invalidate call that covered it
+//	tiercache_follower_transactions_total         counter: committed transactions whose invalidation returned nil (a replay after a restart counts again)
+//	tiercache_follower_changes_total              counter: row changes of the followed tables in them
+//	tiercache_follower_invalidate_failures_total  counter: Invalidate calls that failed (each is retried)
+//	tiercache_follower_unmapped_total{table}      counter: changes handed to the dead-letter policy, by table (schema.name; "" when the stream did not say)
+//	tiercache_follower_slot_lag_bytes             gauge: the slot's confirmed position behind the server's WAL position, read every LagInterval
+//	tiercache_follower_lag_exceeded               gauge: 1 while that lag is above the follower's MaxLag, else 0
+//
+// The delay histogram has buckets of its own, from 0.1ms to 10s in steps
+// of 1, 2.5 and 5, whatever [WithBuckets] says: a follower that keeps up
+// takes a few tenths of a millisecond, one catching up after an outage
+// seconds. Its p99 over five minutes is
+//
+//	histogram_quantile(0.99, sum by (le) (rate(tiercache_follower_invalidation_delay_seconds_bucket[5m])))
+//
+// and an alert on a slot falling behind, for example,
+//
+//	max by (follower) (tiercache_follower_lag_exceeded) == 1
+//
+// The counters and the histogram exist (at zero) from the call of
+// Collector.Follower; the two lag gauges from the follower's first read of
+// the slot's lag, so that a follower that has not read it yet shows no lag
+// rather than a lag of zero. Like [tiercache.Cache.Stats] for a cache,
+// tiercachepg's Follower.Stats has the same figures for a program to read.
 package tiercacheprom

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -63,4 +64,51 @@ func ExampleCollector() {
 	// tiercache_requests_total{cache="users",result="hit",tier="l2"} 1
 	// tiercache_requests_total{cache="users",result="miss",tier="l1"} 0
 	// tiercache_requests_total{cache="users",result="miss",tier="l2"} 1
+}
+
+// A tiercachepg follower reports to the collector through the observer of
+// its name. This module does not import tiercachepg (that would pull pgx
+// into every service that exports metrics), so the example stands in for
+// the follower, which a service sets up like this:
+//
+//	f, err := tiercachepg.New(os.Getenv("DATABASE_URL"), tiercachepg.Options{
+//		Slot: "orders", Publication: "orders", Tables: []string{"orders"},
+//		Map: m, Invalidate: orders.Invalidate,
+//		MaxLag:   1 << 30,
+//		Observer: col.Follower("orders"),
+//	})
+func ExampleCollector_Follower() {
+	col, err := tiercacheprom.New()
+	if err != nil {
+		log.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(col)
+
+	obs := col.Follower("orders")
+	// What the follower calls: a transaction of 3 row changes invalidated
+	// 2ms after its commit, and a read of the slot's lag.
+	obs.Applied(3, 2*time.Millisecond)
+	obs.SlotLag(4096, false)
+
+	text, err := testutil.GatherAndFormat(reg, expfmt.TypeTextPlain,
+		"tiercache_follower_transactions_total", "tiercache_follower_changes_total",
+		"tiercache_follower_slot_lag_bytes", "tiercache_follower_lag_exceeded")
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Print(string(text))
+	// Output:
+	// # HELP tiercache_follower_changes_total Row changes of the followed tables in those transactions.
+	// # TYPE tiercache_follower_changes_total counter
+	// tiercache_follower_changes_total{follower="orders"} 3
+	// # HELP tiercache_follower_lag_exceeded Whether the slot's lag is above the follower's MaxLag: 1 above, 0 not (or no MaxLag).
+	// # TYPE tiercache_follower_lag_exceeded gauge
+	// tiercache_follower_lag_exceeded{follower="orders"} 0
+	// # HELP tiercache_follower_slot_lag_bytes How far the replication slot's confirmed position is behind the server's WAL position, as last read.
+	// # TYPE tiercache_follower_slot_lag_bytes gauge
+	// tiercache_follower_slot_lag_bytes{follower="orders"} 4096
+	// # HELP tiercache_follower_transactions_total Committed transactions whose invalidation returned nil (a transaction replayed after a restart counts again).
+	// # TYPE tiercache_follower_transactions_total counter
+	// tiercache_follower_transactions_total{follower="orders"} 1
 }

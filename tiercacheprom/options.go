@@ -11,7 +11,8 @@ import (
 
 // ErrInvalidOption is returned by [New] for an option that makes no sense:
 // buckets that are not increasing, a constant label that is not a valid name
-// or that clashes with a label of the metrics.
+// or that clashes with a label of the metrics (cache, tier, result, op,
+// event, to, node, follower, table).
 var ErrInvalidOption = errors.New("tiercacheprom: invalid option")
 
 // defaultBuckets are the upper bounds, in seconds, of the duration
@@ -27,9 +28,10 @@ type config struct {
 	constLabels prometheus.Labels
 }
 
-// WithBuckets sets the upper bounds, in seconds, of every duration
-// histogram. They must be finite and strictly increasing; the +Inf bucket is
-// implied. The default is 12 buckets from 1µs to about 4s in steps of 4
+// WithBuckets sets the upper bounds, in seconds, of the duration
+// histograms of the caches. They must be finite and strictly increasing; the
+// +Inf bucket is implied. The two delay histograms keep their own buckets
+// (see the package doc). The default is 12 buckets from 1µs to about 4s in steps of 4
 // (1µs, 4µs, 16µs, ... 4.19s): wide enough for an L1 hit and a slow loader
 // in one histogram, at the price of a coarse resolution.
 //
