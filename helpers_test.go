@@ -8,6 +8,7 @@ package tiercache
 
 import (
 	"context"
+	"errors"
 	"strconv"
 	"strings"
 	"sync"
@@ -37,6 +38,16 @@ func constLoad(v string, d time.Duration) LoadFunc[string] {
 }
 
 // waitFor polls cond every millisecond until it holds or d passes.
+// waitMiss waits (at most d) until c.Get(key) misses, failing the test
+// with what otherwise.
+func waitMiss[V any](t *testing.T, c *Cache[V], key string, d time.Duration, what string) {
+	t.Helper()
+	waitFor(t, d, what, func() bool {
+		_, err := c.Get(t.Context(), key)
+		return errors.Is(err, ErrMiss)
+	})
+}
+
 // mustSet sets k to v in c, failing the test on an error.
 func mustSet[V any](t *testing.T, c *Cache[V], k string, v V) {
 	t.Helper()

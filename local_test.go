@@ -2,7 +2,6 @@ package tiercache
 
 import (
 	"context"
-	"errors"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -133,10 +132,7 @@ func TestL1InvalidationAcrossInstances(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, x := range []*Cache[string]{a, b} {
-			waitFor(t, 100*time.Millisecond, "Delete seen by another instance", func() bool {
-				_, err := x.Get(ctx, "k")
-				return errors.Is(err, ErrMiss)
-			})
+			waitMiss(t, x, "k", 100*time.Millisecond, "Delete seen by another instance")
 		}
 		// The writer ignores its own messages; the others each applied two.
 		if n := b.Stats().Count(EventInvalidationReceived); n != 2 {

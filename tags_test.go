@@ -108,10 +108,7 @@ func TestTagsInvalidateL1AcrossInstances(t *testing.T) {
 		if _, err := a.Get(ctx, "u42"); !errors.Is(err, ErrMiss) {
 			t.Fatalf("the invalidating instance still reads the value: %v", err)
 		}
-		waitFor(t, 100*time.Millisecond, "tag invalidation reaches b's L1", func() bool {
-			_, err := b.Get(ctx, "u42")
-			return errors.Is(err, ErrMiss)
-		})
+		waitMiss(t, b, "u42", 100*time.Millisecond, "tag invalidation reaches b's L1")
 	})
 }
 
@@ -399,10 +396,7 @@ func TestTagsSetInvalidateRace(t *testing.T) {
 			if _, err := b.Get(ctx, "k"); !errors.Is(err, ErrMiss) {
 				t.Fatalf("iteration %d: the value survived an invalidation that began after the Set: %v", i, err)
 			}
-			waitFor(t, 100*time.Millisecond, "a's L1 drops it too", func() bool {
-				_, err := a.Get(ctx, "k")
-				return errors.Is(err, ErrMiss)
-			})
+			waitMiss(t, a, "k", 100*time.Millisecond, "a's L1 drops it too")
 		}
 	})
 }

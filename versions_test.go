@@ -9,19 +9,17 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/tiercache/tiercache/internal/redistest"
 )
 
 // Two caches of different value types on one prefix do not decode each
 // other's bytes: the frame's check includes the type.
 func TestTwoTypesOnOnePrefixMiss(t *testing.T) {
-	tg := redistest.Target{NewClient: func(tb testing.TB) redis.UniversalClient { return redistest.SharedServer(tb).Client(tb) }}
+	srv := redistest.SharedServer(t)
 	ctx := t.Context()
 	prefix := testPrefix(t)
-	ints := newCacheOn[int](t, tg.NewClient(t), prefix)
-	strs := newCacheOn[string](t, tg.NewClient(t), prefix)
+	ints := newCacheOn[int](t, srv.Client(t), prefix)
+	strs := newCacheOn[string](t, srv.Client(t), prefix)
 	if err := ints.Set(ctx, "k", 42); err != nil {
 		t.Fatal(err)
 	}
@@ -200,10 +198,7 @@ func TestClearHidesEverythingEverywhere(t *testing.T) {
 				}
 			}
 		}
-		waitFor(t, 10*time.Second, "the Clear at the instance without L1", func() bool {
-			_, err := plain.Get(ctx, "x")
-			return errors.Is(err, ErrMiss)
-		})
+		waitMiss(t, plain, "x", 10*time.Second, "the Clear at the instance without L1")
 		if err := b.Set(ctx, "x", "new"); err != nil {
 			t.Fatal(err)
 		}
@@ -223,10 +218,7 @@ func TestClearHidesEverythingEverywhere(t *testing.T) {
 		if err := tg.NewClient(t).Incr(ctx, quick.st.Layout.Generation()).Err(); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, 10*time.Second, "a silent Clear noticed", func() bool {
-			_, err := quick.Get(ctx, "x")
-			return errors.Is(err, ErrMiss)
-		})
+		waitMiss(t, quick, "x", 10*time.Second, "a silent Clear noticed")
 	})
 }
 

@@ -99,20 +99,26 @@ func (s *Store) mget(ctx context.Context, vks []string, idx []int, raw [][]byte,
 		}
 		return nil
 	}
-	cmds := make([]*redis.StringCmd, len(idx))
-	_, _ = s.RDB.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for n, i := range idx {
-			cmds[n] = p.Get(ctx, vks[i])
-		}
-		return nil
-	})
-	cmdErrs(cmds, errs)
-	for n, cmd := range cmds {
+	for n, cmd := range s.getEach(ctx, vks, idx, errs) {
 		if v, err := cmd.Result(); err == nil {
 			raw[idx[n]] = unsafeBytes(v)
 		}
 	}
 	return nil
+}
+
+// getEach GETs ks[idx] in one pipeline; errs[n] is set for each command
+// that failed (an absent key is not a failure).
+func (s *Store) getEach(ctx context.Context, ks []string, idx []int, errs []error) []*redis.StringCmd {
+	cmds := make([]*redis.StringCmd, len(idx))
+	_, _ = s.RDB.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for n, i := range idx {
+			cmds[n] = p.Get(ctx, ks[i])
+		}
+		return nil
+	})
+	cmdErrs(cmds, errs)
+	return cmds
 }
 
 // unsafeBytes returns the bytes of s without copying them, for decoding a

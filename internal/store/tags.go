@@ -7,8 +7,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/tiercache/tiercache/internal/envelope"
 	"github.com/tiercache/tiercache/internal/keys"
 )
@@ -152,15 +150,7 @@ func (s *Store) TagGet(ctx context.Context, tags []string) (cur []uint64, have [
 		tks[i] = s.Layout.Tag(t)
 	}
 	_, err = s.callKeys(ctx, "tag_get", s.readBy(), tks, func(ctx context.Context, idx []int, errs []error) error {
-		cmds := make([]*redis.StringCmd, len(idx))
-		_, _ = s.RDB.Pipelined(ctx, func(p redis.Pipeliner) error {
-			for n, i := range idx {
-				cmds[n] = p.Get(ctx, tks[i])
-			}
-			return nil
-		})
-		cmdErrs(cmds, errs)
-		for n, cmd := range cmds {
+		for n, cmd := range s.getEach(ctx, tks, idx, errs) {
 			if errs[n] != nil || cmd.Err() != nil {
 				continue
 			}
