@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"reflect"
+	"regexp"
 	"runtime"
 	"slices"
 	"strings"
@@ -434,7 +435,14 @@ ALTER TABLE catalog_products REPLICA IDENTITY USING INDEX catalog_products_sku`)
 	gone("a delete that carries no id", 1)
 
 	cache(2, 3, 4, 5, 7) // 7 last: the sentinel
-	commit("TRUNCATE", "TRUNCATE catalog_products")
+	before = followerAt(t, follower)
+	fr = commit("TRUNCATE", "TRUNCATE catalog_products")
+	if fr.Unmapped != before.Unmapped {
+		// The dead-letter policy invalidates the same tag: had the map
+		// failed on the TRUNCATE, the test would pass without the map's
+		// TruncateTags.
+		t.Errorf("the follower counted %d unmapped changes for the TRUNCATE, want 0: the map's TruncateTags did not invalidate it", fr.Unmapped-before.Unmapped)
+	}
 	waitApplied(t, probe, instances, 7, "sentinel 2", followerLagBound)
 	gone("TRUNCATE", 2, 3, 4, 5)
 }
@@ -540,14 +548,16 @@ func (b *syncBuffer) String() string {
 }
 
 // The service runs the follower by default on PostgreSQL, creating the
-// slot and the publication; at shutdown the follower's Run has returned
+// slot (its cache namespace's, defaultSlot) and the publication; at shutdown the follower's Run has returned
 // before the cache is closed, the slot is let go (and kept: a restart
 // resumes from it), and no goroutine is left (TestMain's leak check).
 func TestRunFollowerLifecycle(t *testing.T) {
 	dsn, pool := testPG(t)
+	prefix := cachePrefix(t)
+	slot := defaultSlot(prefix, cacheSchemaVersion) // the namespace's, as no -pg-slot is given
 	var log syncBuffer
 	addr, stop := runServiceTo(t, io.MultiWriter(&log, t.Output()), "-addr", "127.0.0.1:0", "-pg", dsn,
-		"-redis", "redis://"+redistest.SharedServer(t).Addr+"/0", "-prefix", cachePrefix(t), "-seed", "5")
+		"-redis", "redis://"+redistest.SharedServer(t).Addr+"/0", "-prefix", prefix, "-seed", "5")
 	checkServes(t, addr)
 	waitUntil(t, "the follower streams", func() bool { return followerAt(t, addr).Streaming })
 	if err := stop(); err != nil {
@@ -563,9 +573,9 @@ func TestRunFollowerLifecycle(t *testing.T) {
 	// lets go once it sees the follower's connection closed.
 	var active bool
 	waitUntil(t, "the slot is let go", func() bool {
-		err := pool.QueryRow(t.Context(), "SELECT active FROM pg_replication_slots WHERE slot_name = 'tiercache_catalog'").Scan(&active)
+		err := pool.QueryRow(t.Context(), "SELECT active FROM pg_replication_slots WHERE slot_name = $1", slot).Scan(&active)
 		if err != nil {
-			t.Fatalf("the slot after the shutdown: %v", err)
+			t.Fatalf("the slot %s after the shutdown: %v", slot, err)
 		}
 		return !active
 	})
@@ -574,9 +584,10 @@ func TestRunFollowerLifecycle(t *testing.T) {
 		t.Errorf("publication tiercache_catalog of catalog_products: %d, %v; want it kept", pubs, err)
 	}
 
-	// A second start finds both and follows again, without -pg-create.
+	// A second start of the namespace finds both and follows again,
+	// without -pg-create.
 	addr, stop = runService(t, "-addr", "127.0.0.1:0", "-pg", dsn, "-pg-create=false",
-		"-redis", "redis://"+redistest.SharedServer(t).Addr+"/0", "-prefix", cachePrefix(t), "-seed", "0")
+		"-redis", "redis://"+redistest.SharedServer(t).Addr+"/0", "-prefix", prefix, "-seed", "0")
 	waitUntil(t, "the follower streams again", func() bool { return followerAt(t, addr).Streaming })
 	if err := stop(); err != nil {
 		t.Fatalf("second run returned %v after the cancel, want nil", err)
@@ -586,9 +597,9 @@ func TestRunFollowerLifecycle(t *testing.T) {
 // A follower that cannot go on stops the service with its error: here
 // neither the publication nor the slot exists (the publication is checked
 // first) and -pg-create=false forbids creating them. A bad slot name is
-// refused before anything is served.
+// refused before anything is connected to.
 func TestRunFollowerErrors(t *testing.T) {
-	dsn, _ := testPG(t)
+	dsn, pool := testPG(t)
 	redisURL := "redis://" + redistest.SharedServer(t).Addr + "/0"
 	ctx, cancel := context.WithTimeout(t.Context(), waitFor)
 	defer cancel()
@@ -600,11 +611,20 @@ func TestRunFollowerErrors(t *testing.T) {
 		t.Errorf("run without a publication and -pg-create=false = %v, want ErrPublication", err)
 	}
 
+	// Refused before the store is opened: the table is neither created
+	// nor seeded.
 	served := false
-	err = run(ctx, []string{"-addr", "127.0.0.1:0", "-pg", dsn, "-redis", redisURL, "-prefix", cachePrefix(t), "-pg-slot", "Not-A-Slot-Name"},
+	err = run(ctx, []string{"-addr", "127.0.0.1:0", "-pg", dsn, "-redis", redisURL, "-prefix", cachePrefix(t), "-pg-slot", "Not-A-Slot-Name", "-pg-table", "bad_slot_products"},
 		noenv, t.Output(), func(net.Addr) { served = true })
 	if !errors.Is(err, tiercachepg.ErrInvalidOption) || !errors.Is(err, errBadFlags) || served {
 		t.Errorf("run -pg-slot Not-A-Slot-Name = %v (served %v), want ErrInvalidOption and errBadFlags before serving", err, served)
+	}
+	var created bool
+	if err := pool.QueryRow(ctx, `SELECT to_regclass('bad_slot_products') IS NOT NULL`).Scan(&created); err != nil {
+		t.Fatal(err)
+	}
+	if created {
+		t.Errorf("run -pg-slot Not-A-Slot-Name created its table: the flags were checked after the store was opened")
 	}
 }
 
@@ -628,15 +648,18 @@ func TestRunFollowerWithoutLogicalWAL(t *testing.T) {
 	}
 }
 
-// -pg-table with a schema is refused with the follower on: the repository
-// and the follower would read the name differently (the schema is the
-// connection's search_path). It is checked before anything is connected
-// to.
+// -pg-table with a schema is refused, with the follower on or off: the
+// repository takes the name as one identifier (it would create a table
+// literally named "public.products"), the follower as schema.name (the
+// schema is the connection's search_path). It is checked before anything
+// is connected to.
 func TestRunFollowerTableName(t *testing.T) {
-	err := run(t.Context(), []string{"-pg", "postgres://127.0.0.1:1/none", "-pg-table", "public.products"},
-		func(string) string { return "" }, io.Discard, nil)
-	if !errors.Is(err, errBadFlags) || !strings.Contains(err.Error(), "-pg-table") {
-		t.Errorf("run -pg-table public.products = %v, want errBadFlags naming the flag", err)
+	for _, extra := range [][]string{nil, {"-follow=false"}} {
+		args := append([]string{"-pg", "postgres://127.0.0.1:1/none", "-pg-table", "public.products"}, extra...)
+		err := run(t.Context(), args, func(string) string { return "" }, io.Discard, nil)
+		if !errors.Is(err, errBadFlags) || !strings.Contains(err.Error(), "-pg-table") {
+			t.Errorf("run %q = %v, want errBadFlags naming the flag", args, err)
+		}
 	}
 }
 
@@ -666,19 +689,22 @@ func TestProductMap(t *testing.T) {
 			t.Errorf("%s: %+v, %v; want keys %q", tt.name, inv, err, tt.want)
 		}
 	}
-	// An insert or update is versioned by the new row's updated_at, as the
-	// repository's writes are; a delete is not.
-	at := time.Date(2026, 12, 1, 14, 28, 17, 123456000, time.UTC)
-	for _, text := range []string{"2026-12-01 14:28:17.123456+00", "2026-12-01 15:28:17.123456+01", "2026-12-01 20:13:17.123456+05:45"} {
-		r := row("42")
-		r["updated_at"] = text
-		inv, err := m(tiercachepg.Change{Schema: "public", Table: "catalog_products", Op: tiercachepg.OpUpdate, New: r})
-		if err != nil || inv.Version != catalog.RowVersionAt(at) {
-			t.Errorf("update at %q: version %d, %v; want %d", text, inv.Version, err, catalog.RowVersionAt(at))
+	// No invalidation is versioned, not even of a row that carries its
+	// updated_at: the follower would drop the version, and updated_at (the
+	// writing transaction's start) is not commit order, so a versioned
+	// delete could be refused and leave a stale row cached.
+	r := row("42")
+	r["updated_at"] = "2026-12-01 14:28:17.123456+00"
+	for _, c := range []tiercachepg.Change{
+		{Op: tiercachepg.OpInsert, New: r},
+		{Op: tiercachepg.OpUpdate, New: r, Old: tiercachepg.Row{"id": "41"}, OldKeyOnly: true},
+		{Op: tiercachepg.OpDelete, Old: r},
+		{Op: tiercachepg.OpTruncate},
+	} {
+		c.Schema, c.Table = "public", "catalog_products"
+		if inv, err := m(c); err != nil || inv.Version != 0 {
+			t.Errorf("%v: version %d, %v; want an unversioned invalidation", c.Op, inv.Version, err)
 		}
-	}
-	if inv, _ := m(tiercachepg.Change{Schema: "public", Table: "catalog_products", Op: tiercachepg.OpDelete, Old: tiercachepg.Row{"id": "7"}, OldKeyOnly: true}); inv.Version != 0 {
-		t.Errorf("a delete is versioned: %d", inv.Version)
 	}
 	// A TRUNCATE invalidates the tag every cached product carries,
 	// unversioned.
@@ -699,6 +725,72 @@ func TestProductMap(t *testing.T) {
 	// The map is of the table named, in its schema.
 	if _, err := m(tiercachepg.Change{Schema: "shop", Table: "catalog_products", Op: tiercachepg.OpInsert, New: row("1")}); !errors.Is(err, tiercachepg.ErrUnmapped) {
 		t.Errorf("a change of shop.catalog_products: %v, want ErrUnmapped", err)
+	}
+}
+
+// Each cache namespace (prefix and schema version) has a slot of its own
+// by default: a follower invalidates only its own namespace, so instances
+// of two namespaces sharing a slot would leave one of them stale. The
+// name is a valid slot name whatever the prefix, and prefixes that the
+// cleaning would make alike stay apart.
+func TestDefaultSlot(t *testing.T) {
+	valid := regexp.MustCompile(`^[a-z0-9_]{1,63}$`)
+	long := strings.Repeat("catalog-product-", 5)
+	tests := []struct {
+		prefix  string
+		version int
+		want    string // "" for: valid, and unlike every other
+	}{
+		{"catalog-product", 2, "tiercache_catalog_catalog_product_v2"},
+		{"catalog-product", 1, "tiercache_catalog_catalog_product_v1"},
+		{"shop", 2, "tiercache_catalog_shop_v2"},
+		{"catalog_product", 2, ""}, // not catalog-product's
+		{"Catalog-Product", 2, ""},
+		{"a-b", 2, "tiercache_catalog_a_b_v2"},
+		{"a_b", 2, ""},
+		{"ünïcode/prefix:1", 2, ""},
+		{long, 2, ""},
+		{long + "x", 2, ""}, // cut alike, kept apart by the hash
+		{long + "x", 3, ""},
+		{"", 2, "tiercache_catalog__v2"},
+	}
+	seen := make(map[string]string)
+	for _, tt := range tests {
+		got := defaultSlot(tt.prefix, tt.version)
+		if !valid.MatchString(got) {
+			t.Errorf("defaultSlot(%q, %d) = %q: not a slot name", tt.prefix, tt.version, got)
+		}
+		if tt.want != "" && got != tt.want {
+			t.Errorf("defaultSlot(%q, %d) = %q, want %q", tt.prefix, tt.version, got, tt.want)
+		}
+		if !strings.HasSuffix(got, fmt.Sprintf("_v%d", tt.version)) {
+			t.Errorf("defaultSlot(%q, %d) = %q: the version is not at its end", tt.prefix, tt.version, got)
+		}
+		key := fmt.Sprintf("%q v%d", tt.prefix, tt.version)
+		if other, ok := seen[got]; ok {
+			t.Errorf("%s and %s share the slot %q", key, other, got)
+		}
+		seen[got] = key
+	}
+
+	// The flags: two prefixes, two slots; an explicit -pg-slot is kept.
+	const dsn = "postgres://postgres@127.0.0.1:1/none" // never connected to
+	slot := func(args ...string) string {
+		t.Helper()
+		cfg, err := parseFlags(append([]string{"-pg", dsn}, args...), func(string) string { return "" }, io.Discard)
+		if err != nil {
+			t.Fatalf("parseFlags(%q): %v", args, err)
+		}
+		return cfg.follow.slot
+	}
+	if a, b := slot("-prefix", "shop-a"), slot("-prefix", "shop-b"); a == b || a != defaultSlot("shop-a", cacheSchemaVersion) {
+		t.Errorf("-prefix shop-a follows %q, -prefix shop-b %q: want two slots, the first %q", a, b, defaultSlot("shop-a", cacheSchemaVersion))
+	}
+	if got, want := slot(), fmt.Sprintf("tiercache_catalog_catalog_product_v%d", cacheSchemaVersion); got != want {
+		t.Errorf("the default slot is %q, want %q", got, want)
+	}
+	if got := slot("-pg-slot", "mine"); got != "mine" {
+		t.Errorf("-pg-slot mine follows %q", got)
 	}
 }
 

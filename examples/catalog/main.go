@@ -77,8 +77,10 @@ type config struct {
 }
 
 // errBadFlags is wrapped by every error of the command line: a flag whose
-// value does not parse, and flags that make no sense together (each named
-// in the message). The service has connected to nothing yet.
+// value does not parse or that the commit-log follower would refuse (a
+// bad -pg-slot or -pg-publication, checked by building its options), and
+// flags that make no sense together (each named in the message). The
+// service has connected to nothing yet.
 var errBadFlags = errors.New("bad flags")
 
 // badFlags returns an error wrapping errBadFlags.
@@ -103,7 +105,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (co
 	fs.IntVar(&cfg.seed, "seed", 100, "sample products (ids 1..n) to add where missing; existing rows are kept")
 	write := fs.String("write", "invalidate", "what a PUT does to the cache: invalidate, write-through, or none (PostgreSQL only: to see a follower at work)")
 	fs.BoolVar(&cfg.follow.on, "follow", true, "with PostgreSQL, invalidate the cache from the database's commit log")
-	fs.StringVar(&cfg.follow.slot, "pg-slot", "tiercache_catalog", "logical replication slot the follower reads")
+	fs.StringVar(&cfg.follow.slot, "pg-slot", "", "logical replication slot the follower reads (default tiercache_catalog_<prefix>_v<cache schema version>: one per cache namespace)")
 	fs.StringVar(&cfg.follow.publication, "pg-publication", "tiercache_catalog", "publication of the table, for the follower")
 	fs.BoolVar(&cfg.follow.create, "pg-create", true, "create the slot and the publication if missing (turn off once they exist)")
 	if err := fs.Parse(args); err != nil {
@@ -172,13 +174,29 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (co
 			return config{}, badFlags("%s configure the commit-log follower, which -follow=false turns off", strings.Join(followOnly, ", "))
 		}
 	}
-	if cfg.follow.on && strings.Contains(cfg.pgTable, ".") {
-		// The repository takes the name as one identifier, the follower
-		// as schema.name: they would not agree on the table.
-		return config{}, badFlags("-pg-table %q: no dots with -follow (the table is in the connection's schema: set search_path in -pg)", cfg.pgTable)
+	switch {
+	case cfg.pgTable == "":
+		return config{}, badFlags("-pg-table is empty: name the table")
+	case strings.Contains(cfg.pgTable, "."):
+		// The repository takes the name as one identifier: it would
+		// create a table literally named "shop.products" in the
+		// connection's schema, which the follower (reading schema.name)
+		// would not find either.
+		return config{}, badFlags("-pg-table %q: no dots (the table is in the connection's schema: set search_path in -pg)", cfg.pgTable)
 	}
 	if _, err := pgxpool.ParseConfig(cfg.pgDSN); err != nil {
 		return config{}, badFlags("-pg (or $DATABASE_URL): %v", err)
+	}
+	if cfg.follow.on {
+		if cfg.follow.slot == "" {
+			cfg.follow.slot = defaultSlot(cfg.cache.prefix, cacheSchemaVersion)
+		}
+		// What tiercachepg.New would refuse (a bad -pg-slot or
+		// -pg-publication), refused now, before openStore migrates and
+		// seeds the table.
+		if err := checkFollowFlags(cfg); err != nil {
+			return config{}, err
+		}
 	}
 	return cfg, nil
 }

@@ -334,9 +334,12 @@ func TestBadRequests(t *testing.T) {
 }
 
 // Every product the repository caches carries catalog.ProductsTag, which
-// the commit-log follower invalidates for a TRUNCATE: loaded by Get or by
-// GetMany, or set by a write-through PUT. Once the tag is invalidated,
-// each of them is read from the store again.
+// the commit-log follower invalidates for a TRUNCATE and for a change it
+// cannot map: loaded by Get or by GetMany, or set by a write-through PUT,
+// and every "not found" of Get and GetMany. Once the tag is invalidated,
+// each of them is read from the store again: the products, and the ids
+// that were missing and have been inserted since, behind the cache's back
+// (as an insert the follower could not map would be).
 func TestProductsTag(t *testing.T) {
 	mem := catalog.NewMemoryRepository(0)
 	mem.Seed(catalog.SampleProducts(3)...)
@@ -346,6 +349,13 @@ func TestProductsTag(t *testing.T) {
 	if got := in.do(t, "GET", "/products?ids=2", "", nil); got != http.StatusOK {
 		t.Fatalf("GET /products?ids=2: status %d", got)
 	}
+	in.getProduct(t, 4, http.StatusNotFound) // a "not found" of Get
+	if got := in.do(t, "GET", "/products?ids=5", "", nil); got != http.StatusOK {
+		t.Fatalf("GET /products?ids=5: status %d", got) // a "not found" of GetMany
+	}
+	mem.Seed(catalog.SampleProducts(5)[3:]...) // 4 and 5, not through the cache
+	in.getProduct(t, 4, http.StatusNotFound)
+	in.getProduct(t, 5, http.StatusNotFound) // both still cached as not found
 	if got := in.do(t, "PUT", "/products/3", `{"name":"Burr grinder, set","price_cents":3}`, nil); got != http.StatusOK {
 		t.Fatalf("PUT /products/3: status %d", got)
 	}
@@ -358,7 +368,7 @@ func TestProductsTag(t *testing.T) {
 	if err := in.cache.InvalidateTags(t.Context(), catalog.ProductsTag); err != nil {
 		t.Fatal(err)
 	}
-	for id := int64(1); id <= 3; id++ {
+	for id := int64(1); id <= 5; id++ {
 		in.getProduct(t, id, http.StatusOK)
 	}
 	if g1, g2, g3 := store.getsOf(1), store.getsOf(2), store.getsOf(3); g1 != 2 || g2 != 1 || g3 != 1 {
@@ -538,6 +548,16 @@ func TestRunBadFlags(t *testing.T) {
 			[]string{"-pg-slot", "-follow=false"}},
 		{"latency with PostgreSQL", []string{"-pg", dsn, "-latency", "1ms"}, nil, []string{"-latency"}},
 		{"table with a schema", []string{"-pg", dsn, "-pg-table", "shop.products"}, nil, []string{"-pg-table"}},
+		{"table with a schema, -follow=false", []string{"-pg", dsn, "-follow=false", "-pg-table", "shop.products"}, nil, []string{"-pg-table"}},
+		{"empty table", []string{"-pg", dsn, "-pg-table", ""}, nil, []string{"-pg-table"}},
+		{"empty table, -follow=false", []string{"-pg", dsn, "-follow=false", "-pg-table", ""}, nil, []string{"-pg-table"}},
+		// What the follower would refuse, refused before anything is
+		// connected to (the DSN's port 1 answers nothing): the migration
+		// and the seeding must not run for a service that cannot start.
+		{"bad slot", []string{"-pg", dsn, "-pg-slot", "Not-A-Slot"}, nil, []string{"-pg-slot", "Not-A-Slot"}},
+		{"long slot", []string{"-pg", dsn, "-pg-slot", strings.Repeat("s", 64)}, nil, []string{"-pg-slot"}},
+		{"bad publication", []string{"-pg", dsn, "-pg-publication", "pub-lication"}, nil, []string{"-pg-publication", "pub-lication"}},
+		{"table name too long for the follower", []string{"-pg", dsn, "-pg-table", strings.Repeat("t", 64)}, nil, []string{"-pg-table"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -566,6 +586,8 @@ func TestRunBadFlags(t *testing.T) {
 	for _, args := range [][]string{
 		{"-pg", dsn, "-write", "none", "-follow=false"},
 		{"-pg", dsn, "-pg-slot", "s", "-pg-create=false"},
+		{"-pg", dsn, "-prefix", "Shop/Products: ünïcode, and a prefix far longer than a slot name may be"}, // its derived slot is valid
+		{"-pg", dsn, "-follow=false", "-pg-table", "Products"},
 		{"-follow=false", "-latency", "1ms"},
 	} {
 		if _, err := parseFlags(args, func(string) string { return "" }, io.Discard); err != nil {

@@ -104,8 +104,9 @@ const CacheKeyPattern = "{id}"
 // trip, pipelined; see tiercache's tags.go), while L1 hits compare against
 // the versions this instance has seen; and with Redis down a loaded
 // product is not kept in L1 (a tag could not be checked), so every read
-// reaches the store until Redis is back. Negative entries of GetMany carry
-// the tag too: a TRUNCATE drops them, and they are loaded again.
+// reaches the store until Redis is back. Negative entries ("not found", of
+// Get and GetMany alike) carry the tag too: invalidating it drops them,
+// and they are loaded again.
 const ProductsTag = "products"
 
 // Get implements ProductRepository: L1, then Redis, then the store.
@@ -115,12 +116,20 @@ func (r *CachedRepository) Get(ctx context.Context, id int64) (Product, error) {
 	// share the load must not fail because the first one went away.
 	p, err := r.cache.GetOrLoad(ctx, CacheKey(id), func(ctx context.Context) (Product, error) {
 		p, err := r.store.Get(ctx, id)
+		// The tag goes on a "not found" too (tiercache tags negative
+		// entries as any other): a change the commit-log follower cannot
+		// map (an insert of this id among them) invalidates ProductsTag,
+		// which must drop a cached "not found" as well as a product.
+		tiercache.LoadOptions(ctx, tiercache.WithTags(ProductsTag))
 		if errors.Is(err, ErrNotFound) {
 			// Tell the cache to remember that id does not exist.
 			return Product{}, fmt.Errorf("%w: %w", tiercache.ErrNotFound, err)
 		}
-		tiercache.LoadOptions(ctx, tiercache.WithVersion(rowVersion(p)), tiercache.WithTags(ProductsTag))
-		return p, err
+		if err != nil {
+			return Product{}, err
+		}
+		tiercache.LoadOptions(ctx, tiercache.WithVersion(rowVersion(p)))
+		return p, nil
 	})
 	if errors.Is(err, tiercache.ErrNotFound) {
 		// A negative hit is tiercache.ErrNotFound alone, without the store's
@@ -197,6 +206,13 @@ func (r *CachedRepository) GetMany(ctx context.Context, ids []int64) (map[int64]
 // by the commit-log follower, when the service runs one (see package main):
 // the update here is the fast path, which gives this instance's next read
 // the new product at once, and the follower the guarantee.
+//
+// WARNING: the follower's invalidations are unversioned deletes, which a
+// WriteThrough Set does not compare with: a Set delayed between the commit
+// and Redis past another commit of the row (by psql, or a Put that
+// invalidates) and the follower's delete for it lands after that delete,
+// and the older row stays cached until its TTL or the row's next change.
+// Only a newer versioned Set refuses it. Invalidate has no such window.
 func (r *CachedRepository) Put(ctx context.Context, p Product) (Product, bool, error) {
 	saved, created, err := r.store.Put(ctx, p)
 	if err != nil {
@@ -224,10 +240,11 @@ func (r *CachedRepository) Put(ctx context.Context, p Product) (Product, bool, e
 }
 
 // rowVersion is a product row's version for the cache: its updated_at in
-// microseconds, which grows with every committed change of the row.
-func rowVersion(p Product) uint64 { return RowVersionAt(p.UpdatedAt) }
-
-// RowVersionAt is the row version of a product updated at t, for the
-// commit-log follower's invalidations, which must compare with the
-// repository's writes.
-func RowVersionAt(t time.Time) uint64 { return uint64(t.UnixMicro()) }
+// microseconds, which grows with the row's changes made through Put.
+//
+// NOTE: updated_at is now() of the writing transaction, its start, not its
+// commit, so it orders the writes of one row only as far as they did not
+// overlap. It versions this repository's own fills and Sets; the
+// commit-log follower's invalidations are not versioned by it (see
+// productMap in package main).
+func rowVersion(p Product) uint64 { return uint64(p.UpdatedAt.UnixMicro()) }
