@@ -287,3 +287,117 @@ func TestInvalidateInstead(t *testing.T) {
 		t.Errorf("unmapped %d, want 1", s.Unmapped)
 	}
 }
+
+// TestVersionIgnored: the follower's invalidations are unversioned. A Map
+// that returns a Version gets its keys invalidated, the Invalidate calls
+// carry Version 0, and one warning says so (not one per change).
+func TestVersionIgnored(t *testing.T) {
+	pg := newPG(t)
+	keyMap := productsTable(t, pg, "items", 3)
+	c := newCache(t, redistest.SharedServer(t).Client(t, ctxTimeout), prefix(t))
+	ctx := context.Background()
+	for _, k := range []string{"items:1", "items:2"} {
+		if err := c.Set(ctx, k, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m := func(ch tiercachepg.Change) (tiercache.Invalidation, error) {
+		inv, err := keyMap(ch)
+		inv.Version = 42
+		return inv, err
+	}
+	var versions sync.Map // Version seen by Invalidate -> true
+	inv := func(ctx context.Context, inv tiercache.Invalidation) error {
+		versions.Store(inv.Version, true)
+		return c.Invalidate(ctx, inv)
+	}
+	logger, warnings := countLogs(t, "Version is ignored")
+	r := startFollower(t, pg.dsn, tiercachepg.Options{
+		Slot: "versioned", Publication: "versioned", Tables: []string{"items"}, Create: true,
+		Map: m, Invalidate: inv, StatusInterval: 20 * time.Millisecond, Logger: logger,
+	})
+	waitUntilStreaming(t, r)
+	pg.exec(t, `UPDATE items SET version = 1 WHERE id = 1`)
+	pg.exec(t, `UPDATE items SET version = 1 WHERE id = 2`)
+	waitConfirmed(t, r.f, pg.lsn(t))
+
+	versions.Range(func(v, _ any) bool {
+		if v.(uint64) != 0 {
+			t.Errorf("Invalidate got Version %d; the follower's invalidations are unversioned", v)
+		}
+		return true
+	})
+	for _, k := range []string{"items:1", "items:2"} {
+		if _, found := cached(t, c, k); found {
+			t.Errorf("%s still cached", k)
+		}
+	}
+	if n := warnings.Load(); n != 1 {
+		t.Errorf("%d warnings about the ignored Version, want 1", n)
+	}
+}
+
+// TestInvalidMappingDeadLettered: an Invalidation that tiercache would
+// refuse (more than 64 tags, an empty tag, a tag over 255 bytes) is an
+// unmapped change: counted and handed to the dead-letter policy, with its
+// valid part applied, and never a call retried for ever.
+func TestInvalidMappingDeadLettered(t *testing.T) {
+	pg := newPG(t)
+	keyMap := productsTable(t, pg, "items", 5)
+	c := newCache(t, redistest.SharedServer(t).Client(t, ctxTimeout), prefix(t))
+	ctx := context.Background()
+	for _, k := range []string{"items:1", "items:2", "items:3", "items:4"} {
+		if err := c.Set(ctx, k, 0, tiercache.WithTags("tag:"+k)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m := func(ch tiercachepg.Change) (tiercache.Invalidation, error) {
+		inv, err := keyMap(ch)
+		id := ch.New["id"]
+		switch id {
+		case "1":
+			for i := range 70 {
+				inv.Tags = append(inv.Tags, fmt.Sprint("many:", i))
+			}
+		case "2":
+			inv.Tags = []string{""}
+		case "3":
+			inv.Tags = []string{strings.Repeat("x", 256)}
+		}
+		inv.Tags = append(inv.Tags, "tag:items:"+id)
+		return inv, err
+	}
+	var mu sync.Mutex
+	var dead []string
+	policy := func(ctx context.Context, ch tiercachepg.Change, err error) (tiercache.Invalidation, error) {
+		if !errors.Is(err, tiercachepg.ErrUnmapped) {
+			t.Errorf("dead letter %s: %v does not wrap ErrUnmapped", ch.New["id"], err)
+		}
+		mu.Lock()
+		dead = append(dead, ch.New["id"])
+		mu.Unlock()
+		return tiercache.Invalidation{}, nil
+	}
+	r := startFollower(t, pg.dsn, tiercachepg.Options{
+		Slot: "invalid", Publication: "invalid", Tables: []string{"items"}, Create: true,
+		Map: m, Invalidate: c.Invalidate, DeadLetter: policy, StatusInterval: 20 * time.Millisecond,
+	})
+	waitUntil(t, "streaming", func() bool { return r.f.Stats().Streaming })
+	pg.exec(t, `UPDATE items SET version = 1 WHERE id IN (1, 2, 3, 4)`)
+	waitConfirmed(t, r.f, pg.lsn(t))
+
+	s := r.f.Stats()
+	if s.Unmapped != 3 || s.Failures != 0 {
+		t.Errorf("unmapped %d, failed calls %d: want 3, 0", s.Unmapped, s.Failures)
+	}
+	mu.Lock()
+	if got := strings.Join(dead, ","); got != "1,2,3" {
+		t.Errorf("dead letters %s, want 1,2,3", got)
+	}
+	mu.Unlock()
+	for _, k := range []string{"items:1", "items:2", "items:3", "items:4"} {
+		if _, found := cached(t, c, k); found {
+			t.Errorf("%s still cached", k)
+		}
+	}
+}

@@ -25,6 +25,16 @@
 //   - A change that cannot be mapped is logged, counted and handed to a
 //     dead-letter policy ([Options.DeadLetter]); it never blocks the
 //     stream.
+//   - Invalidations are unversioned: a Version that Map returns is
+//     ignored (and logged), since row versions do not follow commit order
+//     (see [MapFunc]). What Map returns is checked as tiercache checks it;
+//     an Invalidation tiercache would refuse is an unmapped change.
+//   - A gap is never silent: with [Options.Create] the slot is created
+//     only before the first stream, so a slot dropped while following (or
+//     lost in a failover) ends Run with [ErrSlotNotFound]. Publications
+//     that would hide changes are refused ([ErrPublication]): a followed
+//     partitioned table without publish_via_partition_root (Create sets
+//     it), a row filter.
 //   - Lag is observable: the commit-to-invalidation delay and the slot's
 //     lag in bytes, with an alarm past [Options.MaxLag], in
 //     [Follower.Stats] and, as they happen, through [Options.Observer] to

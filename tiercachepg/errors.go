@@ -7,7 +7,8 @@ import "errors"
 var (
 	// ErrInvalidOption is returned by [New] and [KeyPattern] for an option
 	// that makes no sense (a missing slot name, no tables, a nil Map, a
-	// pattern with an unclosed brace, ...).
+	// pattern with an unclosed brace, MaxBatchTags over 64, ...), and by
+	// Run when the server refuses a setting the DSN names.
 	ErrInvalidOption = errors.New("tiercachepg: invalid option")
 
 	// ErrClosed is returned by [Follower.Run] after [Follower.Close].
@@ -18,7 +19,9 @@ var (
 	ErrRunning = errors.New("tiercachepg: follower already running")
 
 	// ErrSlotNotFound is returned by Run when the replication slot does not
-	// exist and [Options.Create] is off. After a primary failover this is
+	// exist and [Options.Create] is off, or when it disappeared after the
+	// follower first streamed from it (Create never makes it anew then:
+	// the new slot would start after a gap). After a primary failover this is
 	// what a follower sees: the slot stays behind on the old primary (see
 	// docs/COMMITLOG.md for what to do).
 	ErrSlotNotFound = errors.New("tiercachepg: replication slot not found")
@@ -32,7 +35,9 @@ var (
 
 	// ErrPublication is returned by Run when the publication is missing
 	// (and [Options.Create] is off), does not include every table of
-	// [Options.Tables], or does not publish inserts, updates and deletes.
+	// [Options.Tables], or does not publish inserts, updates and deletes,
+	// or would hide changes of a followed table: a partitioned table
+	// published without publish_via_partition_root, a row filter.
 	ErrPublication = errors.New("tiercachepg: publication missing or incomplete")
 
 	// ErrPermission is returned by Run when PostgreSQL refuses the login
@@ -43,6 +48,6 @@ var (
 	// ErrUnmapped is wrapped by the errors of [KeyPattern]'s map function
 	// and by the error the follower hands to the dead-letter policy for a
 	// change it could not map: an unknown table, a missing column, an empty
-	// key, a Map that panicked.
+	// key or tag, more tags than tiercache takes, a Map that panicked.
 	ErrUnmapped = errors.New("tiercachepg: change not mapped")
 )

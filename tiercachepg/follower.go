@@ -4,8 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
+	"sync/atomic"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
@@ -17,6 +20,10 @@ type Follower struct {
 	cfg      *config
 	replConn *pgconn.Config // replication=database, for the stream
 	sqlConn  *pgconn.Config // a plain session, for setup and the lag poll
+
+	// streamed is set once a stream of this follower has started (any
+	// run): from then on a missing slot is not created again.
+	streamed atomic.Bool
 
 	c   counters
 	obs observer // Options.Observer, its panics recovered
@@ -33,8 +40,11 @@ var errStopped = errors.New("tiercachepg: stopped")
 
 // New returns a follower of the slot and publication named in opts, on
 // the database that dsn names (a PostgreSQL URL or key=value string, as
-// pgx takes it; environment variables and the password file apply). It
-// checks opts and dsn but does not connect: Run does, and retries.
+// pgx takes it; environment variables and the password file apply). The
+// parameters of pgx and pgxpool (pool_max_conns, default_query_exec_mode,
+// ...) are accepted and left out, so the DSN of the application's pool
+// will do. It checks opts and dsn but does not connect: Run does, and
+// retries.
 //
 // The role in dsn needs the REPLICATION attribute (or superuser) and,
 // with Options.Create, the right to create the publication (ownership of
@@ -44,9 +54,18 @@ func New(dsn string, opts Options) (*Follower, error) {
 	if err != nil {
 		return nil, err
 	}
-	base, err := pgconn.ParseConfig(dsn)
+	// pgx.ParseConfig takes out pgx's own parameters
+	// (default_query_exec_mode, statement_cache_capacity, ...), which
+	// pgconn would send to the server as settings, and the server refuse.
+	cc, err := pgx.ParseConfig(dsn)
 	if err != nil {
 		return nil, fmt.Errorf("%w: dsn: %w", ErrInvalidOption, err)
+	}
+	base := &cc.Config
+	for k := range base.RuntimeParams {
+		if strings.HasPrefix(k, "pool_") { // pgxpool's, so that one DSN serves both
+			delete(base.RuntimeParams, k)
+		}
 	}
 	repl := base.Copy()
 	repl.RuntimeParams = copyParams(base.RuntimeParams)

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -196,3 +197,42 @@ func cached(t testing.TB, c *tiercache.Cache[int], key string) (v int, found boo
 // ctxTimeout sets ContextTimeoutEnabled on a go-redis client, as tiercache
 // asks.
 func ctxTimeout(o *redis.Options) { o.ContextTimeoutEnabled = true }
+
+// logCount is a slog handler that counts the records whose message
+// contains a string, and passes every record on to the test's logger.
+type logCount struct {
+	sub  string
+	n    *atomic.Int64
+	next slog.Handler
+}
+
+// countLogs returns a logger for Options.Logger and the count of its
+// records whose message contains sub.
+func countLogs(t testing.TB, sub string) (*slog.Logger, *atomic.Int64) {
+	n := new(atomic.Int64)
+	next := slog.DiscardHandler
+	if l := testLogger(t); l != nil {
+		next = l.Handler()
+	}
+	return slog.New(logCount{sub: sub, n: n, next: next}), n
+}
+
+func (h logCount) Enabled(context.Context, slog.Level) bool { return true }
+
+func (h logCount) Handle(ctx context.Context, r slog.Record) error {
+	if strings.Contains(r.Message, h.sub) {
+		h.n.Add(1)
+	}
+	if h.next.Enabled(ctx, r.Level) {
+		return h.next.Handle(ctx, r)
+	}
+	return nil
+}
+
+func (h logCount) WithAttrs(as []slog.Attr) slog.Handler {
+	return logCount{sub: h.sub, n: h.n, next: h.next.WithAttrs(as)}
+}
+
+func (h logCount) WithGroup(name string) slog.Handler {
+	return logCount{sub: h.sub, n: h.n, next: h.next.WithGroup(name)}
+}

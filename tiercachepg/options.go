@@ -19,6 +19,19 @@ import (
 // an Invalidation returned along with the error is applied all the same,
 // so a mapping that knows part of the answer (the key but not a tag, say)
 // should return that part. A panic is an error (wrapping [ErrUnmapped]).
+//
+// The Invalidation is checked as tiercache checks it: an empty key, an
+// empty tag or one over 255 bytes is left out, and it or more than 64
+// distinct tags sends the change to the dead-letter policy like an error
+// (counted in Stats.Unmapped), with the rest applied. So a mapping bug
+// never becomes a call that tiercache refuses on every retry.
+//
+// NOTE: the follower's invalidations are unversioned. A Version in the
+// returned Invalidation is ignored (and logged, as a warning at most once
+// a minute): a row's version (an updated_at, a counter) does not follow
+// commit order across rows and transactions, so a versioned delete could
+// be refused by tiercache and leave a stale value behind. Invalidation in
+// commit order needs no version.
 type MapFunc func(Change) (tiercache.Invalidation, error)
 
 // InvalidateFunc applies an invalidation; typically [tiercache.Cache.Invalidate]
@@ -71,10 +84,15 @@ type Options struct {
 	// "schema.name", as PostgreSQL stores the names. Changes of other
 	// tables in the publication are passed over (Stats.Ignored).
 	Tables []string
-	// Create creates the publication (FOR TABLE Tables) and the slot when
-	// they do not exist. Off, a missing one is an error of Run
-	// ([ErrPublication], [ErrSlotNotFound]). A new slot starts at the
-	// current WAL position: changes committed before are not followed.
+	// Create creates the publication (FOR TABLE Tables WITH
+	// (publish_via_partition_root = true), so that a partitioned table's
+	// changes come under its own name) and the slot when they do not
+	// exist. Off, a missing one is an error of Run ([ErrPublication],
+	// [ErrSlotNotFound]). A new slot starts at the current WAL position:
+	// changes committed before are not followed. The slot is created only
+	// before the follower first streams: a slot that disappears after
+	// (dropped, or a failover) is ErrSlotNotFound, never silently made
+	// anew after a gap.
 	// Leave it off once the slot exists, so that a follower pointed at a
 	// new primary after a failover stops with ErrSlotNotFound instead of
 	// silently starting after a gap (docs/COMMITLOG.md).
@@ -108,8 +126,8 @@ type Options struct {
 	// MaxBatchKeys and MaxBatchTags bound one Invalidate call: changes of
 	// several transactions that queued up meanwhile are merged into one
 	// call up to these sizes, and larger transactions are split over
-	// several calls. 1000 keys and 64 tags by default (64 is tiercache's
-	// limit per call).
+	// several calls. 1000 keys and 64 tags by default. MaxBatchTags may not
+	// exceed 64, tiercache's limit per call ([ErrInvalidOption]).
 	MaxBatchKeys int
 	MaxBatchTags int
 	// MaxPending bounds the committed transactions read from the stream
@@ -144,8 +162,12 @@ const (
 	minBackoff = 50 * time.Millisecond
 	// maxNameLen is PostgreSQL's NAMEDATALEN-1.
 	maxNameLen = 63
-	// maxTagLen is tiercache's longest tag name.
+	// maxTagLen is tiercache's longest tag name, and maxTags the most
+	// distinct tags one tiercache call takes (tiercache's
+	// internal/envelope.MaxTags and MaxTagLen, which it does not export).
+	// tiercache has no limit on the keys of a call beyond non-empty.
 	maxTagLen = 255
+	maxTags   = 64
 )
 
 // table is a followed table's qualified name.
@@ -195,6 +217,11 @@ func newConfig(o Options) (*config, error) {
 		return bad("LagInterval, StatusInterval and MaxBackoff must not be negative")
 	case o.MaxBatchKeys < 0, o.MaxBatchTags < 0, o.MaxPending < 0:
 		return bad("MaxBatchKeys, MaxBatchTags and MaxPending must not be negative")
+	case o.MaxBatchTags > maxTags:
+		// tiercache refuses a call of more tags, and apply retries every
+		// failed call: the stream would stop for good on the first batch
+		// that large.
+		return bad("MaxBatchTags %d is over %d, the most tags tiercache takes in one call", o.MaxBatchTags, maxTags)
 	}
 	c.LagInterval = orDefault(o.LagInterval, DefaultLagInterval)
 	c.StatusInterval = orDefault(o.StatusInterval, DefaultStatusInterval)

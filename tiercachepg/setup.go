@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -20,7 +21,7 @@ import (
 func (r *run) setup(ctx context.Context) error {
 	conn, err := pgconn.ConnectConfig(ctx, r.f.sqlConn)
 	if err != nil {
-		return err
+		return connectErr(err)
 	}
 	defer func() {
 		cctx, cancel := context.WithTimeout(context.Background(), time.Second)
@@ -53,6 +54,9 @@ func (r *run) setupPublication(ctx context.Context, conn *pgconn.PgConn) error {
 		}
 		r.log.Info("tiercachepg: created the publication", "publication", pub, "tables", r.cfg.Tables)
 		return nil
+	}
+	if err := r.checkPublication(ctx, conn); err != nil {
+		return err
 	}
 	ins, upd, del, trunc := rows[0][0] == "t", rows[0][1] == "t", rows[0][2] == "t", rows[0][3] == "t"
 	if !ins || !upd || !del {
@@ -89,7 +93,68 @@ func (r *run) createPublicationSQL() string {
 	for i, t := range r.cfg.tables {
 		names[i] = pgx.Identifier{t.schema, t.name}.Sanitize()
 	}
-	return fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s", r.cfg.Publication, strings.Join(names, ", "))
+	return fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s WITH (publish_via_partition_root = true)",
+		r.cfg.Publication, strings.Join(names, ", "))
+}
+
+// checkPublication refuses an existing publication that would hide changes
+// of a followed table: a partitioned table published without
+// publish_via_partition_root (its changes come under the partitions'
+// names, which are not followed) and, from PostgreSQL 15, a row filter
+// (a change to a row outside it, or one that moves a row out of it, is
+// never sent). A column list only warns: the invalidation needs only the
+// columns Map reads, which the list must keep.
+func (r *run) checkPublication(ctx context.Context, conn *pgconn.PgConn) error {
+	pub := r.cfg.Publication
+	rows, err := query(ctx, conn, "SELECT current_setting('server_version_num')")
+	if err != nil {
+		return fmt.Errorf("reading server_version_num: %w", err)
+	}
+	version := 0
+	if len(rows) == 1 {
+		version, _ = strconv.Atoi(rows[0][0])
+	}
+	if version >= 130000 { // pubviaroot is PostgreSQL 13's
+		rows, err := query(ctx, conn, `SELECT n.nspname, c.relname FROM pg_class c
+			JOIN pg_namespace n ON n.oid = c.relnamespace
+			WHERE c.relkind = 'p' AND NOT (SELECT pubviaroot FROM pg_publication WHERE pubname = $1)`, pub)
+		if err != nil {
+			return fmt.Errorf("reading publication %s: %w", pub, err)
+		}
+		for _, row := range rows {
+			if t := (table{schema: row[0], name: row[1]}); r.cfg.follow[t] {
+				return fmt.Errorf("%w: %s is partitioned and publication %s publishes its changes under the partitions' names, which are not followed: ALTER PUBLICATION %s SET (publish_via_partition_root = true)",
+					ErrPublication, pgx.Identifier{t.schema, t.name}.Sanitize(), pub, pub)
+			}
+		}
+	}
+	if version < 150000 { // row filters and column lists are PostgreSQL 15's
+		return nil
+	}
+	rows, err = query(ctx, conn, `SELECT pt.schemaname, pt.tablename, pt.rowfilter IS NOT NULL,
+		coalesce(cardinality(pt.attnames), 0) < (SELECT count(*) FROM pg_attribute a
+			WHERE a.attrelid = format('%I.%I', pt.schemaname, pt.tablename)::regclass
+			AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '')
+		FROM pg_publication_tables pt WHERE pt.pubname = $1`, pub)
+	if err != nil {
+		return fmt.Errorf("reading the tables of publication %s: %w", pub, err)
+	}
+	for _, row := range rows {
+		t := table{schema: row[0], name: row[1]}
+		if !r.cfg.follow[t] {
+			continue
+		}
+		name := pgx.Identifier{t.schema, t.name}.Sanitize()
+		if row[2] == "t" {
+			return fmt.Errorf("%w: publication %s has a row filter (WHERE) on %s: changes to rows outside it would never be invalidated; publish the table without one (ALTER PUBLICATION %s DROP TABLE %s; ALTER PUBLICATION %s ADD TABLE %s)",
+				ErrPublication, pub, name, pub, name, pub, name)
+		}
+		if row[3] == "t" {
+			r.log.Warn("tiercachepg: the publication has a column list on a followed table: Map sees only those columns, which must include every column the keys and tags are made of",
+				"publication", pub, "table", name)
+		}
+	}
+	return nil
 }
 
 func (r *run) setupSlot(ctx context.Context, conn *pgconn.PgConn) error {
@@ -101,6 +166,12 @@ func (r *run) setupSlot(ctx context.Context, conn *pgconn.PgConn) error {
 		return fmt.Errorf("reading slot %s: %w", slot, err)
 	}
 	if len(rows) == 0 {
+		if r.f.streamed.Load() {
+			// Created again now, the slot would start after whatever was
+			// committed since it went: a gap, silently.
+			return fmt.Errorf("%w: slot %s was dropped while the follower followed it: recreate it and flush the cache (docs/COMMITLOG.md)",
+				ErrSlotNotFound, slot)
+		}
 		if !r.cfg.Create {
 			return fmt.Errorf("%w: slot %s does not exist on this server: create it (SELECT pg_create_logical_replication_slot('%s', 'pgoutput')) or set Options.Create; after a failover see docs/COMMITLOG.md",
 				ErrSlotNotFound, slot, slot)

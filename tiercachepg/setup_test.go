@@ -24,6 +24,10 @@ func TestSetupErrors(t *testing.T) {
 	pg.exec(t, `SELECT pg_create_logical_replication_slot('slot', 'pgoutput')`)
 	pg.exec(t, `SELECT pg_create_logical_replication_slot('decoding', 'test_decoding')`)
 	pg.exec(t, `CREATE ROLE plain LOGIN`)
+	pg.exec(t, `CREATE TABLE parted (id int PRIMARY KEY) PARTITION BY RANGE (id)`)
+	pg.exec(t, `CREATE TABLE parted_1 PARTITION OF parted FOR VALUES FROM (0) TO (1000)`)
+	pg.exec(t, `CREATE PUBLICATION byleaf FOR TABLE parted`)
+	pg.exec(t, `CREATE PUBLICATION filtered FOR TABLE items WHERE (id < 5)`)
 	noop := func(context.Context, tiercache.Invalidation) error { return nil }
 
 	for _, tc := range []struct {
@@ -46,6 +50,14 @@ func TestSetupErrors(t *testing.T) {
 		{"no such table to create a publication of", pg.dsn,
 			tiercachepg.Options{Slot: "slot", Publication: "fresh", Tables: []string{"missing"}, Create: true},
 			tiercachepg.ErrPublication, "missing"},
+		{"partitioned table published by partition", pg.dsn,
+			tiercachepg.Options{Slot: "slot", Publication: "byleaf", Tables: []string{"parted"}},
+			tiercachepg.ErrPublication, "ALTER PUBLICATION byleaf SET (publish_via_partition_root = true)"},
+		{"row filter", pg.dsn, tiercachepg.Options{Slot: "slot", Publication: "filtered", Tables: []string{"items"}},
+			tiercachepg.ErrPublication, "row filter"},
+		{"a setting the server does not know in the DSN", pg.dsn + "&no_such_setting=1",
+			tiercachepg.Options{Slot: "slot", Publication: "pub", Tables: []string{"items"}},
+			tiercachepg.ErrInvalidOption, "no_such_setting"},
 		{"role without REPLICATION", pg.srv.DSN("plain"), tiercachepg.Options{Slot: "slot", Publication: "pub", Tables: []string{"items"}},
 			tiercachepg.ErrPermission, "replication"},
 	} {
@@ -56,7 +68,10 @@ func TestSetupErrors(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer f.Close()
-			err = f.Run(context.Background())
+			// Bounded: a set-up that is wrongly accepted follows for ever.
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			err = f.Run(ctx)
 			if !errors.Is(err, tc.want) || !strings.Contains(err.Error(), tc.words) {
 				t.Fatalf("Run = %v; want %v mentioning %q", err, tc.want, tc.words)
 			}
@@ -146,4 +161,114 @@ func TestLifecycle(t *testing.T) {
 		}
 	}
 	_ = f2.Close()
+}
+
+// TestPoolDSN: the DSN of a pgxpool, with parameters of pgx and pgxpool
+// in it, will do for the follower; they are not sent to the server.
+func TestPoolDSN(t *testing.T) {
+	pg := newPG(t)
+	m := productsTable(t, pg, "items", 3)
+	c := newCache(t, redistest.SharedServer(t).Client(t, ctxTimeout), prefix(t))
+	if err := c.Set(context.Background(), "items:2", 0); err != nil {
+		t.Fatal(err)
+	}
+	dsn := pg.dsn + "&pool_max_conns=4&default_query_exec_mode=exec&statement_cache_capacity=10"
+	r := startFollower(t, dsn, tiercachepg.Options{
+		Slot: "slot", Publication: "pub", Tables: []string{"items"}, Create: true,
+		Map: m, Invalidate: c.Invalidate, StatusInterval: 20 * time.Millisecond,
+	})
+	waitUntilStreaming(t, r)
+	pg.exec(t, `UPDATE items SET version = 1 WHERE id = 2`)
+	waitConfirmed(t, r.f, pg.lsn(t))
+	if _, found := cached(t, c, "items:2"); found {
+		t.Error("items:2 still cached")
+	}
+}
+
+// TestPartitionedTable: with Create, a partitioned table's changes come
+// under its own name (publish_via_partition_root) and are invalidated,
+// not passed over as changes of a partition nobody follows.
+func TestPartitionedTable(t *testing.T) {
+	pg := newPG(t)
+	pg.exec(t, `CREATE TABLE items (id int PRIMARY KEY, version int NOT NULL) PARTITION BY RANGE (id)`)
+	pg.exec(t, `CREATE TABLE items_1 PARTITION OF items FOR VALUES FROM (0) TO (1000)`)
+	pg.exec(t, `INSERT INTO items VALUES (1, 0)`)
+	m, err := tiercachepg.KeyPattern(tiercachepg.Table{Name: "items", Key: "items:{id}"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := newCache(t, redistest.SharedServer(t).Client(t, ctxTimeout), prefix(t))
+	if err := c.Set(context.Background(), "items:1", 0); err != nil {
+		t.Fatal(err)
+	}
+	r := startFollower(t, pg.dsn, tiercachepg.Options{
+		Slot: "slot", Publication: "pub", Tables: []string{"items"}, Create: true,
+		Map: m, Invalidate: c.Invalidate, StatusInterval: 20 * time.Millisecond,
+	})
+	waitUntilStreaming(t, r)
+	pg.exec(t, `UPDATE items SET version = 1 WHERE id = 1`)
+	waitConfirmed(t, r.f, pg.lsn(t))
+	if _, found := cached(t, c, "items:1"); found {
+		t.Errorf("items:1 still cached (ignored changes %d)", r.f.Stats().Ignored)
+	}
+}
+
+// TestSlotDroppedWhileFollowing: with Create, the slot is created only
+// before the first stream; one that is dropped after (here by hand, as a
+// failover would lose it) ends Run with ErrSlotNotFound instead of being
+// made anew, silently after the changes committed meanwhile.
+func TestSlotDroppedWhileFollowing(t *testing.T) {
+	pg := newPG(t)
+	m := productsTable(t, pg, "items", 3)
+	r := startFollower(t, pg.dsn, tiercachepg.Options{
+		Slot: "slot", Publication: "pub", Tables: []string{"items"}, Create: true,
+		Map: m, Invalidate: func(context.Context, tiercache.Invalidation) error { return nil },
+		StatusInterval: 20 * time.Millisecond,
+	})
+	waitUntilStreaming(t, r)
+	pg.exec(t, `UPDATE items SET version = 1 WHERE id = 2`)
+	waitConfirmed(t, r.f, pg.lsn(t))
+	// The follower reconnects 50ms after its walsender ends: drop the slot
+	// in such a gap.
+	waitUntil(t, "the slot dropped", func() bool {
+		pg.exec(t, `SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = 'slot' AND active_pid IS NOT NULL`)
+		_, err := pg.pool.Exec(context.Background(), `SELECT pg_drop_replication_slot('slot')`)
+		return err == nil
+	})
+	select {
+	case err := <-r.errc:
+		r.errc = nil
+		if !errors.Is(err, tiercachepg.ErrSlotNotFound) {
+			t.Fatalf("Run = %v, want ErrSlotNotFound", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("Run still running 30s after its slot was dropped (slot recreated: %v)", slotExists(t, pg, "slot"))
+	}
+}
+
+// waitUntilStreaming waits until r streams, failing the test if Run
+// returns first.
+func waitUntilStreaming(t testing.TB, r *running) {
+	t.Helper()
+	var err error
+	waitUntil(t, "streaming", func() bool {
+		select {
+		case err = <-r.errc:
+			r.errc = nil
+			return true
+		default:
+			return r.f.Stats().Streaming
+		}
+	})
+	if r.errc == nil {
+		t.Fatalf("Run = %v before streaming", err)
+	}
+}
+
+func slotExists(t testing.TB, pg *pgEnv, slot string) bool {
+	var n int
+	if err := pg.pool.QueryRow(context.Background(), `SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n > 0
 }

@@ -46,6 +46,13 @@ type run struct {
 	lastEnd  LSN
 	enqueued uint64 // transactions queued; stream goroutine only
 
+	// versionWarned is when the last warning about a Map that returned a
+	// Version went out, and versionsIgnored how many were ignored since:
+	// the warning is rate-limited to one per versionWarnEvery. Stream
+	// goroutine only.
+	versionWarned   time.Time
+	versionsIgnored int
+
 	// idle is a position the stream reached with no transaction open, and
 	// the number of transactions queued before it: once apply has
 	// invalidated that many, it may confirm the position (a keepalive's
@@ -117,7 +124,7 @@ func (r *run) streamOnce(ctx context.Context) (streamed bool, err error) {
 	}
 	conn, err := pgconn.ConnectConfig(ctx, r.f.replConn)
 	if err != nil {
-		return false, err
+		return false, connectErr(err)
 	}
 	defer func() {
 		cctx, cancel := context.WithTimeout(context.Background(), time.Second)
@@ -138,8 +145,15 @@ func (r *run) streamOnce(ctx context.Context) (streamed bool, err error) {
 		PluginArgs: []string{"proto_version '1'", "publication_names '" + r.cfg.Publication + "'"},
 	})
 	if err != nil {
+		if isPgCode(err, "42704") { // undefined_object: the slot was dropped since setup
+			return false, fmt.Errorf("%w: START_REPLICATION: %w", ErrSlotNotFound, err)
+		}
 		return false, fmt.Errorf("START_REPLICATION: %w", err)
 	}
+	// From now on a missing slot is never created again (setupSlot): it
+	// was dropped under this follower, and a new one would start after
+	// the changes committed meanwhile.
+	r.f.streamed.Store(true)
 	r.f.c.connects.Add(1)
 	r.f.c.streaming.Store(true)
 	r.log.Info("tiercachepg: streaming", "slot", r.cfg.Slot, "from", start, "timeline", sys.Timeline, "database", sys.DBName)
@@ -383,6 +397,9 @@ func (r *run) change(s *streamState, relID uint32, op Op, newT, oldT *pglogrepl.
 		return nil
 	}
 	inv, err := r.mapChange(c)
+	if inv.Version != 0 {
+		r.versionIgnored(c, inv.Version)
+	}
 	if verr := t.add(inv); verr != nil {
 		err = errors.Join(err, verr)
 	}
@@ -402,6 +419,22 @@ func (r *run) mapChange(c Change) (inv tiercache.Invalidation, err error) {
 	return r.cfg.Map(c)
 }
 
+// versionWarnEvery is the least time between two warnings about a Map
+// that returned a Version.
+const versionWarnEvery = time.Minute
+
+// versionIgnored warns, at most once per versionWarnEvery, that Map
+// returned an Invalidation with a Version, which the follower drops: its
+// invalidations are unversioned (see [MapFunc]).
+func (r *run) versionIgnored(c Change, v uint64) {
+	r.versionsIgnored++
+	if now := time.Now(); r.versionWarned.IsZero() || now.Sub(r.versionWarned) >= versionWarnEvery {
+		r.log.Warn("tiercachepg: Map returned an Invalidation with a Version; the follower's invalidations are unversioned and the Version is ignored",
+			"table", c.Schema+"."+c.Table, "version", v, "ignored", r.versionsIgnored)
+		r.versionWarned, r.versionsIgnored = now, 0
+	}
+}
+
 // dead records a change that could not be mapped, for the dead-letter
 // policy, which apply calls before the transaction's invalidation.
 func (r *run) dead(t *txn, c Change, err error) {
@@ -418,9 +451,16 @@ func (r *run) dead(t *txn, c Change, err error) {
 
 // add adds inv's keys and tags to the transaction, leaving out and
 // reporting those tiercache would reject (an empty key or tag, a tag over
-// 255 bytes): a batch with one of them would fail on every retry.
+// 255 bytes): a batch with one of them would fail on every retry. More
+// than 64 distinct tags, which one tiercache call refuses, are reported
+// too (the change goes to the dead-letter policy) but kept: apply splits
+// them over calls of at most MaxBatchTags, so invalidating them is safe
+// and leaves nothing stale. inv.Version is not kept (see [MapFunc]).
 func (t *txn) add(inv tiercache.Invalidation) error {
 	var errs []error
+	if n := distinct(inv.Tags); n > maxTags {
+		errs = append(errs, fmt.Errorf("%w: %d tags, at most %d", ErrUnmapped, n, maxTags))
+	}
 	for _, k := range inv.Keys {
 		if k == "" {
 			errs = append(errs, fmt.Errorf("%w: empty key", ErrUnmapped))
@@ -436,6 +476,28 @@ func (t *txn) add(inv tiercache.Invalidation) error {
 		t.tags = append(t.tags, tag)
 	}
 	return errors.Join(errs...)
+}
+
+// distinct counts the distinct strings of vs.
+func distinct(vs []string) int {
+	if len(vs) <= maxTags {
+		return len(vs) // enough to know it is within the limit
+	}
+	seen := make(map[string]struct{}, len(vs))
+	for _, v := range vs {
+		seen[v] = struct{}{}
+	}
+	return len(seen)
+}
+
+// connectErr classifies an error of connecting. 42704 (undefined_object)
+// at connect is an unknown server setting in the DSN, which no retry
+// cures; it is not a missing slot (fatal classifies the other codes).
+func connectErr(err error) error {
+	if isPgCode(err, "42704") {
+		return fmt.Errorf("%w: dsn: a parameter the server does not know: %w", ErrInvalidOption, err)
+	}
+	return err
 }
 
 // enqueue hands a committed transaction to apply. When the queue is full
@@ -593,8 +655,6 @@ func fatal(err error) error {
 	switch {
 	case pgErr.Code == "42501" || strings.HasPrefix(pgErr.Code, "28"): // insufficient_privilege, invalid authorization
 		return fmt.Errorf("%w: %w", ErrPermission, err)
-	case pgErr.Code == "42704": // undefined_object: the slot was dropped under us
-		return fmt.Errorf("%w: %w", ErrSlotNotFound, err)
 	case pgErr.Code == "55000": // object_not_in_prerequisite_state: slot invalidated, wal_level
 		return fmt.Errorf("%w: %w", ErrSlotUnusable, err)
 	case pgErr.Code == "3D000": // invalid_catalog_name: no such database

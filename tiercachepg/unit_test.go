@@ -56,6 +56,7 @@ func TestOptionsValidated(t *testing.T) {
 		{"negative MaxLag", func(o *Options) { o.MaxLag = -1 }},
 		{"negative interval", func(o *Options) { o.StatusInterval = -time.Second }},
 		{"negative batch", func(o *Options) { o.MaxBatchKeys = -1 }},
+		{"MaxBatchTags over tiercache's 64", func(o *Options) { o.MaxBatchTags = 65 }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			o := validOptions()
@@ -83,6 +84,15 @@ func TestOptionsValidated(t *testing.T) {
 	}
 	if f.replConn.RuntimeParams["replication"] != "database" || f.sqlConn.RuntimeParams["replication"] != "" {
 		t.Errorf("replication param: stream %q, plain %q", f.replConn.RuntimeParams["replication"], f.sqlConn.RuntimeParams["replication"])
+	}
+	f, err = New("postgres://u@localhost/db?pool_max_conns=4&pool_min_conns=1&default_query_exec_mode=exec&statement_cache_capacity=10&application_name=x", validOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []map[string]string{f.replConn.RuntimeParams, f.sqlConn.RuntimeParams} {
+		if len(p) > 2 || p["application_name"] != "x" {
+			t.Errorf("server settings %v: want application_name only (and replication)", p)
+		}
 	}
 	if s := f.Stats(); s.SlotLagBytes != -1 {
 		t.Errorf("SlotLagBytes before any poll = %d, want -1", s.SlotLagBytes)
@@ -282,7 +292,8 @@ func TestFatal(t *testing.T) {
 	}{
 		{pgErr("42501"), ErrPermission},
 		{pgErr("28P01"), ErrPermission},
-		{pgErr("42704"), ErrSlotNotFound},
+		{pgErr("42704"), nil}, // only START_REPLICATION's is a missing slot, and connect's a bad DSN
+		{connectErr(pgErr("42704")), ErrInvalidOption},
 		{pgErr("55000"), ErrSlotUnusable},
 		{pgErr("55006"), nil}, // slot in use by another follower: wait for it
 		{pgErr("57P01"), nil}, // admin shutdown
