@@ -272,3 +272,24 @@ func slotExists(t testing.TB, pg *pgEnv, slot string) bool {
 	}
 	return n > 0
 }
+
+// TestColumnListWarns: a publication with a column list on a followed
+// table is accepted, with a warning: Map sees only the listed columns.
+func TestColumnListWarns(t *testing.T) {
+	pg := newPG(t)
+	pg.exec(t, `CREATE TABLE items (id int PRIMARY KEY, version int NOT NULL, note text)`)
+	pg.exec(t, `CREATE PUBLICATION pub FOR TABLE items (id, version)`)
+	m, err := tiercachepg.KeyPattern(tiercachepg.Table{Name: "items", Key: "items:{id}"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	logger, warnings := countLogs(t, "column list")
+	r := startFollower(t, pg.dsn, tiercachepg.Options{
+		Slot: "slot", Publication: "pub", Tables: []string{"items"}, Create: true, Logger: logger,
+		Map: m, Invalidate: func(context.Context, tiercache.Invalidation) error { return nil },
+	})
+	waitUntilStreaming(t, r)
+	if warnings.Load() == 0 {
+		t.Error("no warning about the column list")
+	}
+}
