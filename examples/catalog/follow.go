@@ -46,9 +46,10 @@ type follower struct {
 // The invalidations are unversioned (no Invalidation.Version), and must
 // be: the follower applies none (it merges a batch's keys and tags into
 // unversioned Invalidate calls), and updated_at would be the wrong
-// version anyway. It is now() of the writing transaction, its start, not
-// its commit: of two transactions writing one row, the one that started
-// first can commit last, with the older updated_at. Its versioned delete
+// version anyway. Put sets it in commit order (after the row lock), but
+// another writer may set it to now(), its transaction's start: of two
+// transactions writing one row, the one that started first can commit
+// last, with the older updated_at. Its versioned delete
 // would then be refused where Redis holds the other's (newer-stamped,
 // older-committed) row, which would stay cached, stale, for a whole TTL.
 // An unversioned delete is never refused.

@@ -104,6 +104,22 @@ func TestPostgresRepository(t *testing.T) {
 	if _, _, err := repo.Put(ctx, catalog.Product{ID: 9, Name: "x", PriceCents: -1}); err == nil {
 		t.Error("Put with a negative price succeeded")
 	}
+
+	// The row version only grows, in commit order: an update sets it above
+	// the version it replaces, even one stamped later than this
+	// transaction's start (a transaction that started after ours and
+	// committed first, forced here with a stamp in the future).
+	ahead := saved.UpdatedAt.Add(time.Hour)
+	schema, table, err := repo.Table(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, "UPDATE "+pgx.Identifier{schema, table}.Sanitize()+" SET updated_at = $1 WHERE id = 2", ahead); err != nil {
+		t.Fatal(err)
+	}
+	if next, _, err := repo.Put(ctx, catalog.Product{ID: 2, Name: "Kettle 2", PriceCents: 11}); err != nil || !next.UpdatedAt.After(ahead) {
+		t.Errorf("Put after a version stamped %v: version %v, %v; want a later one", ahead, next.UpdatedAt, err)
+	}
 }
 
 // The command starts on PostgreSQL, creates and seeds its table, and

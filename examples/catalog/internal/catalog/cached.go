@@ -242,9 +242,10 @@ func (r *CachedRepository) Put(ctx context.Context, p Product) (Product, bool, e
 // rowVersion is a product row's version for the cache: its updated_at in
 // microseconds, which grows with the row's changes made through Put.
 //
-// NOTE: updated_at is now() of the writing transaction, its start, not its
-// commit, so it orders the writes of one row only as far as they did not
-// overlap. It versions this repository's own fills and Sets; the
+// NOTE: Put sets updated_at after taking the row lock, above the version it
+// replaces, so Put's writes of one row are versioned in commit order; a
+// writer outside this repository that sets it to now() (its transaction's
+// start) orders them only as far as they did not overlap. It versions this repository's own fills and Sets; the
 // commit-log follower's invalidations are not versioned by it (see
 // productMap in package main).
 func rowVersion(p Product) uint64 { return uint64(p.UpdatedAt.UnixMicro()) }

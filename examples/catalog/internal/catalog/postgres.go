@@ -115,6 +115,12 @@ func (r *PostgresRepository) GetMany(ctx context.Context, ids []int64) (map[int6
 // Put implements ProductRepository with one upsert. xmax = 0 holds for a row
 // version that no transaction has updated yet, which tells an insert from an
 // update of an existing row.
+//
+// updated_at is the row version the cache orders write-through Sets by, so
+// an update sets it after taking the row lock, above the version it
+// replaces: two concurrent Puts of one product get versions in their commit
+// order. (now() is the transaction's start: the later commit could carry the
+// older version, and its Set would be refused.)
 func (r *PostgresRepository) Put(ctx context.Context, p Product) (Product, bool, error) {
 	if err := p.Validate(); err != nil {
 		return Product{}, false, err
@@ -124,7 +130,8 @@ func (r *PostgresRepository) Put(ctx context.Context, p Product) (Product, bool,
 	err := r.pool.QueryRow(ctx, `INSERT INTO `+r.table+` AS t (id, name, price_cents, updated_at)
 VALUES ($1, $2, $3, now())
 ON CONFLICT (id) DO UPDATE
-	SET name = EXCLUDED.name, price_cents = EXCLUDED.price_cents, updated_at = EXCLUDED.updated_at
+	SET name = EXCLUDED.name, price_cents = EXCLUDED.price_cents,
+		updated_at = greatest(clock_timestamp(), t.updated_at + interval '1 microsecond')
 RETURNING t.id, t.name, t.price_cents, t.updated_at, (t.xmax = 0)`,
 		p.ID, p.Name, p.PriceCents,
 	).Scan(&saved.ID, &saved.Name, &saved.PriceCents, &saved.UpdatedAt, &created)
