@@ -57,7 +57,7 @@ func TestSoakSingle(t *testing.T) {
 	})
 }
 
-// TestSoakCluster runs a smaller soak on a three-master cluster, one of
+// TestSoakCluster runs the same soak on a three-master cluster, one of
 // whose masters is stopped for the outage and restarted empty (the other
 // two keep their stale values).
 func TestSoakCluster(t *testing.T) {
@@ -73,8 +73,8 @@ func TestSoakCluster(t *testing.T) {
 	}
 	direct := newCache(t, client(), p)
 	runSoak(t, soakConfig{
-		txns:    3_000,
-		outage:  3 * time.Second,
+		txns:    10_000,
+		outage:  5 * time.Second,
 		fc:      fc,
 		readers: readers,
 		direct:  direct,
