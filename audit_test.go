@@ -283,7 +283,7 @@ func (c *Cache[V]) frame(t *testing.T, key string, v V) store.Write {
 	t.Helper()
 	vk := c.st.Layout.Value(key)
 	now := nowMicro()
-	b, err := c.frameOf(t.Context(), vk, &entry[V]{val: v, writtenAt: now, softExp: now + 60e6})
+	b, err := c.frameOf(vk, &entry[V]{val: v, writtenAt: now, softExp: now + 60e6}, c.st.Generation(t.Context()))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,7 +1,6 @@
 package tiercache
 
 import (
-	"context"
 	"fmt"
 
 	"github.com/klauspost/compress/s2"
@@ -153,12 +152,13 @@ func unmarshal(c Codec, data []byte, v any) (err error) {
 	return c.Unmarshal(data, v)
 }
 
-// frameOf encodes e, to be stored under value key vk, in the namespace's
-// current generation.
-func (c *Cache[V]) frameOf(ctx context.Context, vk string, e *entry[V]) ([]byte, error) {
+// frameOf encodes e, to be stored under value key vk, in generation gen of
+// the namespace: the current one for a write, the one known when the load
+// began for a loaded value (see loadAndFill).
+func (c *Cache[V]) frameOf(vk string, e *entry[V], gen uint64) ([]byte, error) {
 	env := envelope.Envelope{
 		Tags: e.tags, WrittenAt: e.writtenAt, SoftExpiry: e.softExp, Delta: e.delta,
-		KeyHash: c.keyHash(vk), RowVersion: e.version, Generation: c.st.Generation(ctx),
+		KeyHash: c.keyHash(vk), RowVersion: e.version, Generation: gen,
 	}
 	if e.neg {
 		env.Flags |= envelope.FlagNegative

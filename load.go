@@ -667,6 +667,13 @@ func (c *Cache[V]) loadAndFill(ctx context.Context, ks []*keyLoad[V], mode fillM
 	}
 	out := make([]loaded[V], len(ks))
 	meta := &loadMeta{cfg: setConfig{ttl: c.cfg.ttl}}
+	// The generation before the loader reads the source: a Clear during
+	// the load moves it on, and the loaded value, read before the Clear,
+	// is stored in the old one, a miss for every reader.
+	//
+	//	load: gen=g, loader reads the old row      Clear: generation g+1
+	//	      fill, frame of generation g     ->   readers: g < g+1, a miss
+	gen := c.st.Generation(ctx)
 	delta, err := c.callLoader(ctx, meta, fn, names, out)
 	if err != nil {
 		now := nowMicro()
@@ -769,7 +776,7 @@ func (c *Cache[V]) loadAndFill(ctx context.Context, ks []*keyLoad[V], mode fillM
 		if mode == fillOutage {
 			continue
 		}
-		b, err := c.frameOf(ctx, k.vk, &es[i])
+		b, err := c.frameOf(k.vk, &es[i], gen)
 		if err != nil {
 			// Too large or not encodable: the caller still gets the value.
 			c.log.Warn("tiercache: loaded value not cached", "key", k.key, "err", err)

@@ -3,6 +3,7 @@ package tiercache
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"sync"
 	"sync/atomic"
@@ -160,6 +161,44 @@ func TestVersionedTagInvalidation(t *testing.T) {
 		}
 		if v, err := c.Get(ctx, "c"); err != nil || v != 1 {
 			t.Fatalf("an unversioned write: %d, %v", v, err)
+		}
+	})
+}
+
+// A load that began before a Clear never lands: the loader read the source
+// before the Clear, so its value is stored in the old generation, a miss
+// for every reader, as for a write or an invalidation during a load.
+func TestLoadDuringClearNeverLands(t *testing.T) {
+	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
+		ctx := t.Context()
+		c := newCache[string](t, tg)
+		inLoad, release := make(chan struct{}), make(chan struct{})
+		done := make(chan error, 1)
+		go func() {
+			v, err := c.GetOrLoad(ctx, "k", func(context.Context) (string, error) {
+				close(inLoad)
+				<-release
+				return "read before the Clear", nil
+			})
+			if err == nil && v != "read before the Clear" {
+				err = fmt.Errorf("the load's caller got %q", v)
+			}
+			done <- err
+		}()
+		<-inLoad
+		if err := c.Clear(ctx); err != nil {
+			t.Fatal(err)
+		}
+		close(release)
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		if v, err := c.Get(ctx, "k"); !errors.Is(err, ErrMiss) {
+			t.Fatalf("after a load that began before Clear: Get = %q, %v; want a miss", v, err)
+		}
+		n := 0
+		if v, err := c.GetOrLoad(ctx, "k", func(context.Context) (string, error) { n++; return "new", nil }); err != nil || v != "new" || n != 1 {
+			t.Fatalf("the next read: %q, %v, %d loads; want a load of the new row", v, err, n)
 		}
 	})
 }

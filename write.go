@@ -106,7 +106,7 @@ func (c *Cache[V]) set(ctx context.Context, items []item[V], opts []SetOption) e
 	for i, it := range items {
 		vk := c.st.Layout.Value(it.key)
 		es[i] = entry[V]{val: it.val, version: sc.version, writtenAt: now, softExp: softExp[i], tags: tags}
-		b, err := c.frameOf(ctx, vk, &es[i])
+		b, err := c.frameOf(vk, &es[i], c.st.Generation(ctx))
 		if err != nil {
 			return fmt.Errorf("key %q: %w", it.key, err)
 		}
@@ -252,7 +252,8 @@ func (c *Cache[V]) Invalidate(ctx context.Context, inv Invalidation) error {
 // Clear drops every value of the namespace, on every instance, at once:
 // one write in Redis (a new generation; values written before it are
 // misses from then on, and expire on their own) and one message that
-// flushes every instance's L1. An instance that misses the message learns
+// flushes every instance's L1. A load that began before it never lands:
+// its value is stored in the old generation. An instance that misses the message learns
 // the generation when its subscription comes back or at its next health
 // check (WithHealthCheck). Unlike [WithSchemaVersion], it needs no deploy
 // and keeps the keys' names. A Redis failure is returned (wrapping
