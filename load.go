@@ -673,7 +673,13 @@ func (c *Cache[V]) loadAndFill(ctx context.Context, ks []*keyLoad[V], mode fillM
 	//
 	//	load: gen=g, loader reads the old row      Clear: generation g+1
 	//	      fill, frame of generation g     ->   readers: g < g+1, a miss
-	gen := c.st.Generation(ctx)
+	//
+	// (Not read for a value that goes to L1 only, or nowhere: with Redis
+	// failing, a due read of the generation would cost the load a timeout.)
+	var gen uint64
+	if mode == fillLeased || mode == fillPlain {
+		gen = c.st.Generation(ctx)
+	}
 	delta, err := c.callLoader(ctx, meta, fn, names, out)
 	if err != nil {
 		now := nowMicro()
