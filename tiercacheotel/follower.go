@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"time"
 
-	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 )
@@ -66,17 +65,9 @@ type FollowerObserver struct {
 // the instruments (see the package doc); their errors, and options that
 // make no sense (wrapping [ErrInvalidOption]), are returned.
 func NewFollower(follower string, opts ...Option) (*FollowerObserver, error) {
-	var cfg config
-	for _, o := range opts {
-		if o != nil {
-			o(&cfg)
-		}
-	}
-	if cfg.nilProvider {
-		return nil, fmt.Errorf("%w: nil provider", ErrInvalidOption)
-	}
-	if cfg.meterProvider == nil {
-		cfg.meterProvider = otel.GetMeterProvider()
+	cfg, err := newConfig(opts)
+	if err != nil {
+		return nil, err
 	}
 	o := &FollowerObserver{follower: keyFollower.String(follower)}
 	if err := o.instruments(cfg.meterProvider.Meter(scope)); err != nil {

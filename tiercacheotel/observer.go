@@ -7,7 +7,6 @@ import (
 	"sync"
 	"time"
 
-	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
@@ -110,20 +109,9 @@ var (
 // the instruments; their errors (and options that make no sense, wrapping
 // [ErrInvalidOption]) are returned.
 func New(cache string, opts ...Option) (*Observer, error) {
-	var cfg config
-	for _, o := range opts {
-		if o != nil {
-			o(&cfg)
-		}
-	}
-	if cfg.nilProvider {
-		return nil, fmt.Errorf("%w: nil provider", ErrInvalidOption)
-	}
-	if cfg.meterProvider == nil {
-		cfg.meterProvider = otel.GetMeterProvider()
-	}
-	if cfg.tracerProvider == nil {
-		cfg.tracerProvider = otel.GetTracerProvider()
+	cfg, err := newConfig(opts)
+	if err != nil {
+		return nil, err
 	}
 	o := &Observer{
 		meter:  cfg.meterProvider.Meter(scope),

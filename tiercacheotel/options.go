@@ -2,7 +2,9 @@ package tiercacheotel
 
 import (
 	"errors"
+	"fmt"
 
+	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
 )
@@ -36,4 +38,24 @@ func WithTracerProvider(tp trace.TracerProvider) Option {
 		c.tracerProvider = tp
 		c.nilProvider = c.nilProvider || tp == nil
 	}
+}
+
+// newConfig applies opts; a provider not given is the global one.
+func newConfig(opts []Option) (config, error) {
+	var cfg config
+	for _, o := range opts {
+		if o != nil {
+			o(&cfg)
+		}
+	}
+	if cfg.nilProvider {
+		return cfg, fmt.Errorf("%w: nil provider", ErrInvalidOption)
+	}
+	if cfg.meterProvider == nil {
+		cfg.meterProvider = otel.GetMeterProvider()
+	}
+	if cfg.tracerProvider == nil {
+		cfg.tracerProvider = otel.GetTracerProvider()
+	}
+	return cfg, nil
 }
