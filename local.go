@@ -7,7 +7,6 @@ import (
 
 	"github.com/cespare/xxhash/v2"
 	"github.com/maypok86/otter/v2"
-	"github.com/maypok86/otter/v2/stats"
 
 	"github.com/tiercache/tiercache/internal/envelope"
 )
@@ -35,14 +34,13 @@ import (
 // only drops a fill that was in fact safe.
 //
 // L1 reads its time from a coarse clock (one read per millisecond in a
-// goroutine of its own) and counts hits and misses in otter's striped
+// goroutine of its own) and counts hits and misses in striped
 // counters: a precise clock read or a shared atomic counter would each cost
 // more than the lookup itself. An entry may therefore be served up to about
 // a millisecond past its deadline.
 type local[V any] struct {
 	c      *otter.Cache[string, *entry[V]] // entries are immutable once stored
 	clock  *otter.CoarseClock
-	counts *stats.Counter
 	hits   stripedCounter
 	misses stripedCounter
 	gens   [1024]atomic.Uint64
@@ -67,7 +65,7 @@ func newLocal[V any](cfg *config) (*local[V], error) {
 	if cfg.l1Entries == 0 && cfg.l1Bytes == 0 {
 		return nil, nil
 	}
-	l := &local[V]{maxTTL: cfg.l1TTL, outageTTL: cfg.l1OutageTTL, clock: otter.NewCoarseClock(time.Millisecond), counts: stats.NewCounter()}
+	l := &local[V]{maxTTL: cfg.l1TTL, outageTTL: cfg.l1OutageTTL, clock: otter.NewCoarseClock(time.Millisecond)}
 	opts := &otter.Options[string, *entry[V]]{
 		// The entry carries its own deadline, set by fill and set.
 		ExpiryCalculator: otter.ExpiryWritingFunc(func(e otter.Entry[string, *entry[V]]) time.Duration {
@@ -123,13 +121,12 @@ func (l *local[V]) stripe(k string) *atomic.Uint64 {
 	return &l.gens[xxhash.Sum64String(k)&uint64(len(l.gens)-1)]
 }
 
-// get returns the fresh L1 entry of k, counting the lookup.
+// get returns the fresh L1 entry of k, counting the lookup. The caller
+// has checked that L1 is on: this is the hot path, kept to one call into
+// otter (peek is the same look without the count).
 func (l *local[V]) get(k string) (*entry[V], bool) {
-	if l == nil {
-		return nil, false
-	}
-	e, ok := l.peek(k)
-	if !ok {
+	e, ok := l.c.GetIfPresent(k)
+	if !ok || !l.usable(e) {
 		l.misses.add()
 		return nil, false
 	}
@@ -143,10 +140,16 @@ func (l *local[V]) peek(k string) (*entry[V], bool) {
 		return nil, false
 	}
 	e, ok := l.c.GetIfPresent(k)
-	if !ok || !e.fresh(l.now()) || (len(e.tags) > 0 && !l.tags.current(e.tags)) {
+	if !ok || !l.usable(e) {
 		return nil, false
 	}
 	return e, true
+}
+
+// usable reports whether the L1 entry e may be served: fresh, and each of
+// its tags at the version it was loaded with.
+func (l *local[V]) usable(e *entry[V]) bool {
+	return l.clock.NowNano()/1000 < e.softExp && (len(e.tags) == 0 || l.tags.current(e.tags))
 }
 
 // token must be taken before the Redis call whose result may fill L1.

@@ -66,12 +66,13 @@ type getReq struct {
 	// them), and when the oldest of them was queued.
 	batch []*getReq
 	since time.Time
-	// Room for a lone read's round trip, kept with the pooled request so
-	// that a read nobody shares allocates nothing here.
+	// Room for the round trip of a batch this request leads, kept with the
+	// pooled request (and emptied after use) so that a batch allocates
+	// nothing here once the pool has warmed up.
 	alone [1]*getReq
-	vks   [1]string
-	raw   [1][]byte
-	errs  [1]error
+	vks   []string
+	raw   [][]byte
+	errs  []error
 }
 
 // New returns a Coalescer that bounds each read's wait by timeout and runs
@@ -119,11 +120,20 @@ func (co *Coalescer) Get(ctx context.Context, vk string) ([]byte, error) {
 	return co.finish(r)
 }
 
+// maxPooledBatch bounds the room for a batch that a pooled request keeps.
+const maxPooledBatch = 1024
+
 // finish takes r's result and recycles r.
 func (co *Coalescer) finish(r *getReq) ([]byte, error) {
 	val, err := r.val, r.err
 	r.vk, r.val, r.err, r.ctx, r.batch = "", nil, nil, nil, nil
-	r.alone[0], r.vks[0], r.raw[0], r.errs[0] = nil, "", nil, nil
+	r.alone[0] = nil
+	if cap(r.vks) > maxPooledBatch {
+		r.vks, r.raw, r.errs = nil, nil, nil // a rare huge batch: not kept
+	}
+	clear(r.vks)
+	clear(r.raw)
+	clear(r.errs)
 	co.reqs.Put(r)
 	return val, err
 }
@@ -131,10 +141,11 @@ func (co *Coalescer) finish(r *getReq) ([]byte, error) {
 // run does one round trip for batch, which lead belongs to, then passes its
 // slot on to the oldest waiting read, if any, or frees it.
 func (co *Coalescer) run(lead *getReq, batch []*getReq, since time.Time) {
-	vks, raw, errs := lead.vks[:], lead.raw[:], lead.errs[:]
-	if len(batch) > 1 {
-		vks, raw, errs = make([]string, len(batch)), make([][]byte, len(batch)), make([]error, len(batch))
+	if n := len(batch); cap(lead.vks) < n {
+		lead.vks, lead.raw, lead.errs = make([]string, n), make([][]byte, n), make([]error, n)
 	}
+	vks, raw, errs := lead.vks[:len(batch)], lead.raw[:len(batch)], lead.errs[:len(batch)]
+	lead.vks, lead.raw, lead.errs = vks, raw, errs // what finish empties
 	for i, r := range batch {
 		vks[i] = r.vk
 	}

@@ -9,10 +9,11 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
-	"go.uber.org/goleak"
+
+	"github.com/tiercache/tiercache/internal/redistest"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) { redistest.MainWithLeakCheck(m) }
 
 func name(s State) string { return [...]string{"closed", "half-open", "open"}[s] }
 

@@ -73,10 +73,16 @@ const maxBatchCommand = 512
 func (s *Store) mget(ctx context.Context, vks []string, idx []int, raw [][]byte, errs []error) error {
 	if s.single {
 		// One node: callKeys passes every index, in order.
+		if len(vks) <= maxBatchCommand { // one MGET: no slice of commands to allocate
+			vals, err := s.RDB.MGet(ctx, vks...).Result()
+			if err != nil {
+				return err
+			}
+			putStrings(raw, vals)
+			return nil
+		}
 		var cmds []*redis.SliceCmd
-		if len(vks) <= maxBatchCommand {
-			cmds = append(cmds, s.RDB.MGet(ctx, vks...))
-		} else if _, err := s.RDB.Pipelined(ctx, func(p redis.Pipeliner) error {
+		if _, err := s.RDB.Pipelined(ctx, func(p redis.Pipeliner) error {
 			for j := 0; j < len(vks); j += maxBatchCommand {
 				cmds = append(cmds, p.MGet(ctx, vks[j:min(j+maxBatchCommand, len(vks))]...))
 			}
@@ -84,18 +90,12 @@ func (s *Store) mget(ctx context.Context, vks []string, idx []int, raw [][]byte,
 		}); err != nil {
 			return err
 		}
-		n := 0
-		for _, cmd := range cmds {
+		for j, cmd := range cmds {
 			vals, err := cmd.Result()
 			if err != nil {
 				return err
 			}
-			for _, v := range vals {
-				if v, ok := v.(string); ok {
-					raw[n] = unsafeBytes(v)
-				}
-				n++
-			}
+			putStrings(raw[j*maxBatchCommand:], vals)
 		}
 		return nil
 	}
@@ -105,6 +105,15 @@ func (s *Store) mget(ctx context.Context, vks []string, idx []int, raw [][]byte,
 		}
 	}
 	return nil
+}
+
+// putStrings puts MGET's answers vals into raw (nil for an absent key).
+func putStrings(raw [][]byte, vals []any) {
+	for n, v := range vals[:min(len(vals), len(raw))] {
+		if v, ok := v.(string); ok {
+			raw[n] = unsafeBytes(v)
+		}
+	}
 }
 
 // getEach GETs ks[idx] in one pipeline; errs[n] is set for each command

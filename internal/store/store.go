@@ -117,6 +117,9 @@ type Store struct {
 	// lastReload is when a cluster client was last told to reload its slot
 	// map (Unix ns); see ReloadClusterState.
 	lastReload atomic.Int64
+	// slots remembers which node serves each slot (see slots.go); nil
+	// until a cluster batch needs it.
+	slots atomic.Pointer[slotMemo]
 
 	// The pub/sub mode (see Sharded), and when fillChannel last tried to
 	// find it out (Unix ns).
@@ -224,8 +227,19 @@ func (s *Store) nodeOf(ctx context.Context, key string) string {
 
 // A keyFn sends the commands of keys[idx[n]] for every n, in one round
 // trip, and sets errs[n] for each command that failed; it returns an error
-// when the round trip as a whole did (then errs is not read).
+// when the round trip as a whole did (then errs is not read). It must not
+// write idx, which may be shared (identity).
 type keyFn func(ctx context.Context, idx []int, errs []error) error
+
+// identity is 0, 1, 2, ...: the order of a single node's keys, shared
+// because nothing writes an idx (see keyFn).
+var identity = func() []int {
+	ix := make([]int, 1024)
+	for i := range ix {
+		ix[i] = i
+	}
+	return ix
+}()
 
 // callKeys runs fn once for keys, each under its node's breaker: the keys
 // of a node whose breaker is open are refused at once (BreakerOpen), the
@@ -244,22 +258,27 @@ func (s *Store) callKeys(ctx context.Context, op string, deadline time.Time, key
 		done func(error)
 	}
 	// order is every index, grouped by node; each node's idx is its part.
-	order := make([]int, len(keys))
+	var order []int
 	var nodes []node
 	if s.Cluster == nil || len(keys) == 1 {
-		for i := range order {
-			order[i] = i
+		if order = identity[:min(len(keys), len(identity))]; len(keys) > len(identity) {
+			order = make([]int, len(keys))
+			for i := range order {
+				order[i] = i
+			}
 		}
 		nodes = []node{{addr: s.nodeOf(ctx, keys[0]), idx: order}}
 	} else {
-		at := map[string]int{}
+		order = make([]int, len(keys))
+		now := time.Now().UnixNano()
 		of := make([]int, len(keys)) // keys[i]'s node
 		for i, k := range keys {
-			a := s.nodeOf(ctx, k)
-			j, ok := at[a]
-			if !ok {
-				j = len(nodes)
-				at[a] = j
+			a := s.nodeOfSlotted(ctx, now, k)
+			j := 0 // a cluster has few masters: a scan beats a map
+			for j < len(nodes) && nodes[j].addr != a {
+				j++
+			}
+			if j == len(nodes) {
 				nodes = append(nodes, node{addr: a})
 			}
 			of[i] = j
@@ -373,6 +392,7 @@ func (s *Store) ReloadClusterState(err error) {
 	if now-last < int64(250*time.Millisecond) || !s.lastReload.CompareAndSwap(last, now) {
 		return
 	}
+	s.forgetSlots() // the slot map may have changed: ask go-redis again
 	cc.ReloadState(context.Background())
 }
 

@@ -1,0 +1,73 @@
+package store
+
+import (
+	"context"
+	"math/rand/v2"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tiercache/tiercache/internal/redistest"
+)
+
+// keySlot agrees with the cluster's own CLUSTER KEYSLOT, hash tags and
+// hostile bytes included: the store files each key under the breaker of
+// the node go-redis sends it to.
+func TestKeySlotMatchesRedis(t *testing.T) {
+	rdb := redistest.SharedCluster(t).Client(t)
+	ctx := context.Background()
+	ks := []string{
+		"", "a", "{", "}", "{}", "{}a", "a{}", "{a}", "x{a}y", "{a}{b}", "{{a}}", "}{a}", "a{b", "a}b{c}",
+		"{user:1}:v", "tc:v1:{k}:lease", "\x00", "\xff\xfe{\x00}", "é{ü}", strings.Repeat("k", 10_000),
+	}
+	r := rand.New(rand.NewPCG(1, 2))
+	for range 300 {
+		b := make([]byte, r.IntN(40))
+		for i := range b {
+			b[i] = "{}ab\x00\xff"[r.IntN(6)]
+		}
+		ks = append(ks, string(b))
+	}
+	for _, k := range ks {
+		want, err := rdb.ClusterKeySlot(ctx, k).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := keySlot(k); int64(got) != want {
+			t.Fatalf("keySlot(%q) = %d, Redis says %d", k, got, want)
+		}
+	}
+}
+
+// The slot memo answers as go-redis does, forgets what it holds when told
+// (after a fault) and after slotMemoTTL.
+func TestSlotMemo(t *testing.T) {
+	rdb := redistest.SharedCluster(t).Client(t)
+	ctx := context.Background()
+	s := New(rdb, Config{})
+	now := time.Now().UnixNano()
+	for i := range 200 {
+		k := "memo:" + string(rune('a'+i%26)) + strings.Repeat("x", i)
+		if got, want := s.nodeOfSlotted(ctx, now, k), s.nodeOf(ctx, k); got != want || want == "" {
+			t.Fatalf("node of %q: memo %q, go-redis %q", k, got, want)
+		}
+	}
+	const k = "memo:planted"
+	want := s.nodeOf(ctx, k)
+	plant := func() {
+		m := s.slots.Load()
+		m.addr[keySlot(k)].Store(&slotNode{addr: "planted", until: now + int64(time.Hour), epoch: m.epoch.Load()})
+	}
+	plant()
+	if got := s.nodeOfSlotted(ctx, now, k); got != "planted" {
+		t.Fatalf("the memo was not read: %q", got)
+	}
+	s.forgetSlots()
+	if got := s.nodeOfSlotted(ctx, now, k); got != want {
+		t.Fatalf("after forgetSlots: %q, want %q", got, want)
+	}
+	plant()
+	if got := s.nodeOfSlotted(ctx, now+int64(2*time.Hour), k); got != want {
+		t.Fatalf("past its TTL: %q, want %q", got, want)
+	}
+}
