@@ -551,9 +551,8 @@ func (c *Cache[V]) load(ctx context.Context, ks []*keyLoad[V], mode loadMode, no
 			names[i], vks[i], raw[i] = k.key, k.vk, res[i].Value
 		}
 		es, found := make([]entry[V], len(pending)), make([]bool, len(pending))
-		c.decodeChecked(ctx, names, vks, raw, es, found)
-
 		now := nowMicro()
+		c.decodeChecked(ctx, now, names, vks, raw, es, found)
 		for i, k := range pending {
 			if k.countL2 {
 				k.countL2 = false

@@ -137,8 +137,9 @@ func (c *Cache[V]) getL2(ctx context.Context, key string) (e entry[V], found boo
 	ks, vks, raws := [1]string{key}, [1]string{vk}, [1][]byte{b}
 	var es [1]entry[V]
 	var fs [1]bool
-	c.decodeChecked(ctx, ks[:], vks[:], raws[:], es[:], fs[:])
-	c.countL2(start, nowMicro(), key, tok, &es[0], fs[0])
+	now := nowMicro()
+	c.decodeChecked(ctx, now, ks[:], vks[:], raws[:], es[:], fs[:])
+	c.countL2(start, now, key, tok, &es[0], fs[0])
 	return es[0], fs[0], nil
 }
 
@@ -155,8 +156,8 @@ func (c *Cache[V]) getManyL2(ctx context.Context, ks []string) (es []entry[V], f
 	start := c.rec.Now()
 	raw, errs, err := c.st.GetMany(ctx, vks)
 	es, found = make([]entry[V], len(ks)), make([]bool, len(ks))
-	c.decodeChecked(ctx, ks, vks, raw, es, found)
 	now := nowMicro()
+	c.decodeChecked(ctx, now, ks, vks, raw, es, found)
 	for i, k := range ks {
 		if errs != nil && errs[i] != nil {
 			if !errors.Is(errs[i], errBreakerOpen) { // a bypassed Redis was not asked
@@ -187,10 +188,11 @@ func (c *Cache[V]) countL2(start time.Time, now int64, k string, tok fillToken, 
 // read from Redis in one round trip per node for all the tagged entries.
 // On a Redis failure tagged entries are not found: the read goes on to the
 // loader. Every read of stored bytes, by Get, GetMany or a lease acquire,
-// comes through here.
-func (c *Cache[V]) decodeChecked(ctx context.Context, ks, vks []string, raw [][]byte, es []entry[V], found []bool) {
+// comes through here. now is the read's time (Unix µs), which also tells
+// whether the generation is due to be read again.
+func (c *Cache[V]) decodeChecked(ctx context.Context, now int64, ks, vks []string, raw [][]byte, es []entry[V], found []bool) {
 	tagged := 0
-	gen := c.st.Generation(ctx)
+	gen := c.st.GenerationAt(ctx, now)
 	for i, b := range raw {
 		found[i] = false
 		if b == nil {

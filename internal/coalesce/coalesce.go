@@ -35,7 +35,8 @@ type Coalescer struct {
 	since    time.Time // when the oldest queued read was queued
 	inFlight int
 
-	reqs sync.Pool // *getReq, for reads that were not abandoned
+	reqs    sync.Pool // *getReq, for reads that were not abandoned
+	scratch sync.Pool // *scratch
 }
 
 // How many round trips a Coalescer lets run at once. Enough that a few
@@ -66,14 +67,25 @@ type getReq struct {
 	// them), and when the oldest of them was queued.
 	batch []*getReq
 	since time.Time
-	// Room for the round trip of a batch this request leads, kept with the
-	// pooled request (and emptied after use) so that a batch allocates
-	// nothing here once the pool has warmed up.
+	// Room for a lone read's round trip, kept with the pooled request so
+	// that a read nobody shares allocates nothing here.
 	alone [1]*getReq
-	vks   []string
-	raw   [][]byte
-	errs  []error
+	vks   [1]string
+	raw   [1][]byte
+	errs  [1]error
 }
+
+// scratch is the room for a shared batch's round trip. At most Slots
+// batches run at once, so a pool of them (not one per request, which would
+// keep room in proportion to the readers) is all a warm coalescer needs.
+type scratch struct {
+	vks  []string
+	raw  [][]byte
+	errs []error
+}
+
+// maxPooledBatch bounds the room a pooled scratch keeps.
+const maxPooledBatch = 1024
 
 // New returns a Coalescer that bounds each read's wait by timeout and runs
 // round trips with fetch.
@@ -120,20 +132,11 @@ func (co *Coalescer) Get(ctx context.Context, vk string) ([]byte, error) {
 	return co.finish(r)
 }
 
-// maxPooledBatch bounds the room for a batch that a pooled request keeps.
-const maxPooledBatch = 1024
-
 // finish takes r's result and recycles r.
 func (co *Coalescer) finish(r *getReq) ([]byte, error) {
 	val, err := r.val, r.err
 	r.vk, r.val, r.err, r.ctx, r.batch = "", nil, nil, nil, nil
-	r.alone[0] = nil
-	if cap(r.vks) > maxPooledBatch {
-		r.vks, r.raw, r.errs = nil, nil, nil // a rare huge batch: not kept
-	}
-	clear(r.vks)
-	clear(r.raw)
-	clear(r.errs)
+	r.alone[0], r.vks[0], r.raw[0], r.errs[0] = nil, "", nil, nil
 	co.reqs.Put(r)
 	return val, err
 }
@@ -141,11 +144,22 @@ func (co *Coalescer) finish(r *getReq) ([]byte, error) {
 // run does one round trip for batch, which lead belongs to, then passes its
 // slot on to the oldest waiting read, if any, or frees it.
 func (co *Coalescer) run(lead *getReq, batch []*getReq, since time.Time) {
-	if n := len(batch); cap(lead.vks) < n {
-		lead.vks, lead.raw, lead.errs = make([]string, n), make([][]byte, n), make([]error, n)
+	vks, raw, errs := lead.vks[:], lead.raw[:], lead.errs[:]
+	if n := len(batch); n > 1 {
+		sc, _ := co.scratch.Get().(*scratch)
+		if sc == nil || cap(sc.vks) < n {
+			sc = &scratch{vks: make([]string, n), raw: make([][]byte, n), errs: make([]error, n)}
+		}
+		vks, raw, errs = sc.vks[:n], sc.raw[:n], sc.errs[:n]
+		defer func() {
+			clear(vks)
+			clear(raw)
+			clear(errs)
+			if n <= maxPooledBatch {
+				co.scratch.Put(sc)
+			}
+		}()
 	}
-	vks, raw, errs := lead.vks[:len(batch)], lead.raw[:len(batch)], lead.errs[:len(batch)]
-	lead.vks, lead.raw, lead.errs = vks, raw, errs // what finish empties
 	for i, r := range batch {
 		vks[i] = r.vk
 	}

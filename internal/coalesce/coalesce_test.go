@@ -14,12 +14,14 @@ import (
 )
 
 // The coalescer's hand-offs under stress, with a fetch that answers "v:"+key
-// after a random delay: every read gets its own key's value or, if its
-// context ended, its context's error; no more round trips than slots are
-// ever in flight; reads are batched; and at the end no slot is held.
+// after a random delay (or a per-key error): every read gets its own key's
+// value or error (never one left by an earlier batch in reused room) or, if
+// its context ended, its context's error; no more round trips than slots
+// are ever in flight; reads are batched; and at the end no slot is held.
 func TestCoalescerHandOffs(t *testing.T) {
 	var inFlight, maxInFlight, batched, trips atomic.Int64
-	fetch := func(ctx context.Context, deadline time.Time, vks []string, raw [][]byte, _ []error) {
+	errFail := errors.New("node down")
+	fetch := func(ctx context.Context, deadline time.Time, vks []string, raw [][]byte, errs []error) {
 		n := inFlight.Add(1)
 		defer inFlight.Add(-1)
 		for m := maxInFlight.Load(); n > m && !maxInFlight.CompareAndSwap(m, n); m = maxInFlight.Load() {
@@ -30,7 +32,10 @@ func TestCoalescerHandOffs(t *testing.T) {
 		}
 		time.Sleep(time.Duration(rand.IntN(200)) * time.Microsecond)
 		for i, k := range vks {
-			if !strings.HasPrefix(k, "absent") {
+			switch {
+			case strings.HasPrefix(k, "fail"):
+				errs[i] = errFail // a failed read leaves raw[i] alone
+			case !strings.HasPrefix(k, "absent"):
 				raw[i] = []byte("v:" + k)
 			}
 		}
@@ -42,8 +47,11 @@ func TestCoalescerHandOffs(t *testing.T) {
 		wg.Go(func() {
 			for i := range 200 {
 				k := fmt.Sprint("k", g, ":", i%7)
-				if i%5 == 0 {
+				switch {
+				case i%5 == 0:
 					k = "absent" + k
+				case i%7 == 2:
+					k = "fail" + k
 				}
 				ctx, cancel := context.WithCancel(t.Context())
 				if i%10 == 3 {
@@ -55,7 +63,11 @@ func TestCoalescerHandOffs(t *testing.T) {
 				switch {
 				case errors.Is(err, context.Canceled):
 					canceled.Add(1)
-				case err != nil:
+				case strings.HasPrefix(k, "fail"):
+					if !errors.Is(err, errFail) || v != nil {
+						t.Errorf("get(%s) = %q, %v: want the read's own error", k, v, err)
+					}
+				case err != nil: // another read's error, left in reused room
 					t.Errorf("get(%s): %v", k, err)
 				case strings.HasPrefix(k, "absent") && v != nil:
 					t.Errorf("get(%s) = %q, want nil", k, v)

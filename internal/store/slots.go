@@ -10,39 +10,53 @@ import (
 // Which node serves a key, asked once per key of every batch on a cluster
 // (each node's breaker judges its own keys). go-redis's MasterForKey reads
 // the clock on every call, which cost a batch of 100 keys about 8 % of its
-// time; so the store keeps the answer per slot for a second. A stale answer
-// can only put a command's result under the wrong node's breaker for that
-// second: go-redis routes the command itself from its own slot map. The
-// memo is voided whenever a fault makes the store reload go-redis's slot
-// map (ReloadClusterState), so that a failover is seen at once.
+// time; so the store keeps the answer per slot for a second.
+//
+// A remembered answer can be stale: the command itself goes where
+// go-redis's own slot map sends it, but its result is judged by the
+// remembered node's breaker, and while that breaker is open the key is
+// refused without a try. So the memo is voided, and for slotSettle stores
+// nothing, whenever a fault makes the store reload go-redis's slot map
+// (ReloadClusterState) and whenever a node's breaker changes state: during
+// a failover every lookup asks go-redis, which is then reloading its map.
+// The memo can only lag go-redis by slotMemoTTL after that.
 
 // numSlots is Redis Cluster's number of hash slots.
 const numSlots = 16384
 
-// slotMemoTTL is how long a slot's node is remembered.
-const slotMemoTTL = time.Second
+// slotMemoTTL is how long a slot's node is remembered; slotSettle how long
+// after a fault nothing is (go-redis reloads its slot map in the
+// background).
+const (
+	slotMemoTTL = time.Second
+	slotSettle  = 3 * time.Second
+)
+
+// memoClock is the memo's time: monotonic, so that a wall clock stepping
+// back cannot keep an entry.
+var memoBase = time.Now()
+
+func memoNow() int64 { return int64(time.Since(memoBase)) }
 
 // slotMemo is the node of each slot as go-redis last told it.
 type slotMemo struct {
-	epoch atomic.Uint64 // moved on by a fault: every entry before it is void
-	addr  [numSlots]atomic.Pointer[slotNode]
+	epoch     atomic.Uint64 // moved on by forget: every entry before it is void
+	voidUntil atomic.Int64  // memoNow before which nothing is stored or read
+	addr      [numSlots]atomic.Pointer[slotNode]
 }
 
 type slotNode struct {
 	addr  string
-	until int64 // Unix ns
+	until int64 // memoNow
 	epoch uint64
 }
 
 // nodeOfSlotted is nodeOf through the memo, for a batch that started at
-// now (Unix ns).
+// now (memoNow).
 func (s *Store) nodeOfSlotted(ctx context.Context, now int64, key string) string {
-	m := s.slots.Load()
-	if m == nil {
-		m = new(slotMemo)
-		if !s.slots.CompareAndSwap(nil, m) {
-			m = s.slots.Load()
-		}
+	m := s.slots
+	if m == nil || now < m.voidUntil.Load() {
+		return s.nodeOf(ctx, key)
 	}
 	slot, epoch := keySlot(key), m.epoch.Load()
 	if n := m.addr[slot].Load(); n != nil && n.epoch == epoch && now < n.until {
@@ -55,9 +69,10 @@ func (s *Store) nodeOfSlotted(ctx context.Context, now int64, key string) string
 	return a
 }
 
-// forgetSlots voids what the memo holds.
+// forgetSlots voids what the memo holds and keeps it empty for slotSettle.
 func (s *Store) forgetSlots() {
-	if m := s.slots.Load(); m != nil {
+	if m := s.slots; m != nil {
+		m.voidUntil.Store(memoNow() + int64(slotSettle))
 		m.epoch.Add(1)
 	}
 }

@@ -39,13 +39,14 @@ func TestKeySlotMatchesRedis(t *testing.T) {
 	}
 }
 
-// The slot memo answers as go-redis does, forgets what it holds when told
-// (after a fault) and after slotMemoTTL.
+// The slot memo answers as go-redis does; after a fault or a breaker's
+// change (forgetSlots) it forgets what it holds and, for slotSettle,
+// neither stores nor serves anything; an entry expires after slotMemoTTL.
 func TestSlotMemo(t *testing.T) {
 	rdb := redistest.SharedCluster(t).Client(t)
 	ctx := context.Background()
 	s := New(rdb, Config{})
-	now := time.Now().UnixNano()
+	now := memoNow()
 	for i := range 200 {
 		k := "memo:" + string(rune('a'+i%26)) + strings.Repeat("x", i)
 		if got, want := s.nodeOfSlotted(ctx, now, k), s.nodeOf(ctx, k); got != want || want == "" {
@@ -54,8 +55,8 @@ func TestSlotMemo(t *testing.T) {
 	}
 	const k = "memo:planted"
 	want := s.nodeOf(ctx, k)
+	m := s.slots
 	plant := func() {
-		m := s.slots.Load()
 		m.addr[keySlot(k)].Store(&slotNode{addr: "planted", until: now + int64(time.Hour), epoch: m.epoch.Load()})
 	}
 	plant()
@@ -63,11 +64,38 @@ func TestSlotMemo(t *testing.T) {
 		t.Fatalf("the memo was not read: %q", got)
 	}
 	s.forgetSlots()
-	if got := s.nodeOfSlotted(ctx, now, k); got != want {
+	settled := memoNow() + int64(slotSettle)
+	if got := s.nodeOfSlotted(ctx, memoNow(), k); got != want {
 		t.Fatalf("after forgetSlots: %q, want %q", got, want)
 	}
-	plant()
-	if got := s.nodeOfSlotted(ctx, now+int64(2*time.Hour), k); got != want {
+	plant() // as if stored in the settling window: not served in it
+	if got := s.nodeOfSlotted(ctx, memoNow(), k); got != want {
+		t.Fatalf("while settling: %q, want %q", got, want)
+	}
+	after := settled + int64(time.Millisecond)
+	if got := s.nodeOfSlotted(ctx, after, k); got != "planted" {
+		t.Fatalf("settled: the memo was not read: %q", got)
+	}
+	if got := s.nodeOfSlotted(ctx, after+int64(2*time.Hour), k); got != want {
 		t.Fatalf("past its TTL: %q, want %q", got, want)
+	}
+	if n := m.addr[keySlot(k)].Load(); n == nil || n.addr != want {
+		t.Fatalf("settled: the answer was not stored: %+v", n)
+	}
+}
+
+// A breaker's change of state voids the memo (a failover, most likely).
+func TestSlotMemoForgetsOnBreakerChange(t *testing.T) {
+	rdb := redistest.SharedCluster(t).Client(t)
+	s := New(rdb, Config{Breaker: &BreakerSettings{ConsecutiveFailures: 1, OpenFor: time.Hour, Probes: 1}})
+	before := s.slots.epoch.Load()
+	b := s.nodes.get("some:1")
+	done, ok := b.begin()
+	if !ok {
+		t.Fatal("a new breaker refused a call")
+	}
+	b.end(done, context.DeadlineExceeded)
+	if s.slots.epoch.Load() == before || memoNow() >= s.slots.voidUntil.Load() {
+		t.Fatal("the breaker opened and the slot memo was kept")
 	}
 }

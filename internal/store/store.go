@@ -117,9 +117,9 @@ type Store struct {
 	// lastReload is when a cluster client was last told to reload its slot
 	// map (Unix ns); see ReloadClusterState.
 	lastReload atomic.Int64
-	// slots remembers which node serves each slot (see slots.go); nil
-	// until a cluster batch needs it.
-	slots atomic.Pointer[slotMemo]
+	// slots remembers which node serves each slot (see slots.go); nil on
+	// a single node.
+	slots *slotMemo
 
 	// The pub/sub mode (see Sharded), and when fillChannel last tried to
 	// find it out (Unix ns).
@@ -142,8 +142,17 @@ func New(rdb redis.UniversalClient, cfg Config) *Store {
 	}
 	_, s.single = rdb.(*redis.Client)
 	s.Cluster, _ = rdb.(*redis.ClusterClient)
+	if s.Cluster != nil {
+		s.slots = new(slotMemo)
+	}
 	if cfg.Breaker != nil {
-		s.nodes = &nodes{settings: *cfg.Breaker, onChange: cfg.OnBreaker, m: map[string]*breaker{}}
+		onBreaker := func(node string, from, to State) {
+			s.forgetSlots() // a failover, most likely: see slots.go
+			if cfg.OnBreaker != nil {
+				cfg.OnBreaker(node, from, to)
+			}
+		}
+		s.nodes = &nodes{settings: *cfg.Breaker, onChange: onBreaker, m: map[string]*breaker{}}
 		if s.Cluster == nil {
 			s.nodes.one = s.nodes.get(clientAddr(rdb))
 		}
@@ -259,19 +268,23 @@ func (s *Store) callKeys(ctx context.Context, op string, deadline time.Time, key
 	}
 	// order is every index, grouped by node; each node's idx is its part.
 	var order []int
-	var nodes []node
+	var few [4]node // room for the nodes of most calls, on the stack
+	nodes := few[:0]
 	if s.Cluster == nil || len(keys) == 1 {
-		if order = identity[:min(len(keys), len(identity))]; len(keys) > len(identity) {
+		if n := min(len(keys), len(identity)); len(keys) == n {
+			order = identity[:n:n] // full: an append cannot write into it
+		} else {
 			order = make([]int, len(keys))
 			for i := range order {
 				order[i] = i
 			}
 		}
-		nodes = []node{{addr: s.nodeOf(ctx, keys[0]), idx: order}}
+		nodes = append(nodes, node{addr: s.nodeOf(ctx, keys[0]), idx: order})
 	} else {
-		order = make([]int, len(keys))
-		now := time.Now().UnixNano()
-		of := make([]int, len(keys)) // keys[i]'s node
+		both := make([]int, 2*len(keys)) // one allocation for order and of
+		order = both[:len(keys):len(keys)]
+		of := both[len(keys):] // keys[i]'s node
+		now := memoNow()
 		for i, k := range keys {
 			a := s.nodeOfSlotted(ctx, now, k)
 			j := 0 // a cluster has few masters: a scan beats a map

@@ -52,14 +52,17 @@ func (s *Store) Del(ctx context.Context, vks []string, version uint64) error {
 // Generation returns the namespace's generation (see Cache.Clear), read
 // from Redis once and then kept up to date by the subscriber; 0 until it
 // could be read.
-func (s *Store) Generation(ctx context.Context) uint64 {
+func (s *Store) Generation(ctx context.Context) uint64 { return s.GenerationAt(ctx, nowMicro()) }
+
+// GenerationAt is Generation for a caller that has read the clock already
+// (now, Unix µs): a read of Redis saves a clock read this way.
+func (s *Store) GenerationAt(ctx context.Context, now int64) uint64 {
 	if s.local != nil {
 		return s.gen.Load()
 	}
 	// Read again once per health interval, by one caller: an instance
 	// without L1 has no subscription to tell it of a Clear, and one with L1
 	// may have lost the message.
-	now := nowMicro()
 	if last := s.genAt.Load(); (!s.genKnown.Load() || now-last > s.genEvery.Microseconds()) && s.genAt.CompareAndSwap(last, now) {
 		_ = s.RefreshGeneration(ctx)
 	}
