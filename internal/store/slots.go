@@ -25,15 +25,15 @@ import (
 const numSlots = 16384
 
 // slotMemoTTL is how long a slot's node is remembered; slotSettle how long
-// after a fault nothing is (go-redis reloads its slot map in the
-// background).
+// after a slot-map reload or a breaker's change the memo serves nothing
+// (go-redis reloads its slot map in the background).
 const (
 	slotMemoTTL = time.Second
 	slotSettle  = 3 * time.Second
 )
 
-// memoClock is the memo's time: monotonic, so that a wall clock stepping
-// back cannot keep an entry.
+// memoBase makes the memo's time (memoNow) monotonic, so that a wall clock
+// stepping back cannot keep an entry.
 var memoBase = time.Now()
 
 func memoNow() int64 { return int64(time.Since(memoBase)) }
@@ -69,7 +69,10 @@ func (s *Store) nodeOfSlotted(ctx context.Context, now int64, key string) string
 	return a
 }
 
-// forgetSlots voids what the memo holds and keeps it empty for slotSettle.
+// forgetSlots voids what the memo holds and serves nothing for slotSettle.
+// (A batch that read voidUntil just before may still store an entry under
+// the new epoch; it expires within slotMemoTTL, before voidUntil, so it is
+// never served.)
 func (s *Store) forgetSlots() {
 	if m := s.slots; m != nil {
 		m.voidUntil.Store(memoNow() + int64(slotSettle))
