@@ -221,6 +221,7 @@ func replicate(ctx context.Context, r, m *Server) error {
 func (c *Cluster) check(ctx context.Context) error {
 	nodes := c.Nodes()
 	want := c.expectedSlots()
+	epoch := ""
 	for _, node := range nodes {
 		cl := node.adminClient()
 		info, err := cl.ClusterInfo(ctx).Result()
@@ -228,6 +229,15 @@ func (c *Cluster) check(ctx context.Context) error {
 			return fmt.Errorf("CLUSTER INFO on %s: %w", node.Addr, err)
 		}
 		fields := infoFields(info)
+		// Every node must know the cluster's current epoch: a replica that
+		// does not yet asks for votes at an older epoch than its master's
+		// slots carry, and is denied until a later epoch reaches it (a
+		// failover test that kills a master then waited past a minute).
+		if e := fields["cluster_current_epoch"]; epoch == "" {
+			epoch = e
+		} else if e != epoch {
+			return fmt.Errorf("%s: cluster_current_epoch:%s, another node's %s", node.Addr, e, epoch)
+		}
 		if fields["cluster_state"] != "ok" ||
 			fields["cluster_slots_ok"] != strconv.Itoa(clusterSlotCount) ||
 			fields["cluster_known_nodes"] != strconv.Itoa(len(nodes)) {
