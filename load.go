@@ -330,16 +330,11 @@ func (c *Cache[V]) forget(key string) {
 // lead runs the load of ks, whose flights of kind the caller leads, in the
 // background, on a context detached from parent, and ends every flight.
 func (c *Cache[V]) lead(parent context.Context, kind flightKind, ks []*keyLoad[V], calls []*flight.Call[entry[V]], mode loadMode, notBefore int64, fn loader[V]) {
-	if !c.goBackground() {
+	if !c.goBackground(func() { c.runLoad(parent, kind, ks, calls, mode, notBefore, fn) }) {
 		for i, k := range ks {
 			c.flight.End(flightKey{kind, k.key}, calls[i], entry[V]{}, ErrClosed)
 		}
-		return
 	}
-	go func() {
-		defer c.bg.Done()
-		c.runLoad(parent, kind, ks, calls, mode, notBefore, fn)
-	}()
 }
 
 // runLoad runs the load core and then ends the flights of ks with their

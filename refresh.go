@@ -90,13 +90,6 @@ func (c *Cache[V]) refreshAsync(keys []due, fn loader[V]) {
 			early++
 		}
 	}
-	if len(ks) == 0 || !c.goBackground() {
-		for i, k := range ks {
-			c.flight.End(flightKey{flightBackground, k.key}, calls[i], entry[V]{}, ErrClosed)
-		}
-		<-c.refreshQ
-		return
-	}
 	if early > 0 {
 		inner := fn.fn
 		fn.fn = func(ctx context.Context, ks []string, out []loaded[V]) error {
@@ -104,9 +97,13 @@ func (c *Cache[V]) refreshAsync(keys []due, fn loader[V]) {
 			return inner(ctx, ks, out)
 		}
 	}
-	go func() {
-		defer c.bg.Done()
+	if len(ks) == 0 || !c.goBackground(func() {
 		defer func() { <-c.refreshQ }()
 		c.runLoad(context.Background(), flightBackground, ks, calls, loadBackground, 0, fn)
-	}()
+	}) {
+		for i, k := range ks {
+			c.flight.End(flightKey{flightBackground, k.key}, calls[i], entry[V]{}, ErrClosed)
+		}
+		<-c.refreshQ
+	}
 }
