@@ -1,4 +1,5 @@
-// Package coalesce sends concurrent single-key reads to Redis together.
+// Package coalesce sends concurrent single-key Redis calls together: reads,
+// and the lease scripts of concurrent misses.
 package coalesce
 
 import (
@@ -8,12 +9,13 @@ import (
 	"time"
 )
 
-// Coalescer sends single-key reads that arrive while earlier ones are on
-// the wire together, as one round trip (an MGET on one node, a pipeline of
-// GETs grouped by node on a cluster), instead of one command each. There is
-// no timer: a read that finds a round trip slot free goes out at once, alone
+// Coalescer sends single-key calls (requests Q, each answered by an R) that
+// arrive while earlier ones are on the wire together, as one round trip (for
+// reads an MGET on one node, a pipeline of GETs grouped by node on a
+// cluster; for scripts a pipeline), instead of one command each. There is
+// no timer: a call that finds a round trip slot free goes out at once, alone
 // if nobody else is waiting, so a lone caller never waits. Only when every
-// slot is busy do reads queue, and the queue goes out whole when a slot
+// slot is busy do calls queue, and the queue goes out whole when a slot
 // frees. Under load that is what turns 64 concurrent Gets into a few deep
 // round trips.
 //
@@ -21,22 +23,22 @@ import (
 // runs commands on its own context (a read's deadline would not cut a slow
 // Redis short) and because one MGET costs Redis and the client less than the
 // same keys as pipelined GETs; docs/DESIGN.md has the figures.
-type Coalescer struct {
-	// fetch runs one round trip (per node) for vks into raw (nil for an
-	// absent key) and errs (the error of each key, nil when read), to be
-	// done by deadline; ctx carries the leading caller's values.
-	fetch func(ctx context.Context, deadline time.Time, vks []string, raw [][]byte, errs []error)
-	// timeout bounds a read's wait, counted from when it was queued.
+type Coalescer[Q, R any] struct {
+	// fetch runs one round trip (per node) for qs into rs and errs (the
+	// error of each, nil when done), to be done by deadline; ctx carries the
+	// leading caller's values.
+	fetch func(ctx context.Context, deadline time.Time, qs []Q, rs []R, errs []error)
+	// timeout bounds a call's wait, counted from when it was queued.
 	timeout time.Duration
 	slots   int // round trips that may be in flight at once
 
 	mu       sync.Mutex
-	queue    []*getReq
-	since    time.Time // when the oldest queued read was queued
+	queue    []*req[Q, R]
+	since    time.Time // when the oldest queued call was queued
 	inFlight int
 
-	reqs    sync.Pool // *getReq, for reads that were not abandoned
-	scratch sync.Pool // *scratch
+	reqs    sync.Pool // *req[Q, R], for calls that were not abandoned
+	scratch sync.Pool // *scratch[Q, R]
 }
 
 // How many round trips a Coalescer lets run at once. Enough that a few
@@ -46,61 +48,62 @@ type Coalescer struct {
 // batches: Redis runs commands on one thread, so more round trips in flight
 // do not make it faster, while deeper batches do (at 64 readers on one node,
 // 4 slots measured 3.6x plain go-redis and 8 slots 2.9x). See
-// BenchmarkGetConcurrency and docs/DESIGN.md.
+// BenchmarkGetConcurrency and docs/DESIGN.md. (The store's lease scripts
+// use fewer: see store.New.)
 const Slots = 4
 
-// The states of a getReq.
+// The states of a req.
 const (
 	reqWaiting   int32 = iota
 	reqAbandoned       // its caller left; nobody reads the result
 	reqLeading         // it was handed a slot and must run the next batch
 )
 
-type getReq struct {
-	vk    string
+type req[Q, R any] struct {
+	q     Q
 	ctx   context.Context
-	val   []byte
+	r     R
 	err   error
 	state atomic.Int32
 	done  chan struct{} // one signal: the result is in, or lead
-	// batch and since are what a read made leader is to run (itself among
+	// batch and since are what a call made leader is to run (itself among
 	// them), and when the oldest of them was queued.
-	batch []*getReq
+	batch []*req[Q, R]
 	since time.Time
-	// Room for a lone read's round trip, kept with the pooled request so
-	// that a read nobody shares allocates nothing here.
-	alone [1]*getReq
-	vks   [1]string
-	raw   [1][]byte
+	// Room for a lone call's round trip, kept with the pooled request so
+	// that a call nobody shares allocates nothing here.
+	alone [1]*req[Q, R]
+	qs    [1]Q
+	rs    [1]R
 	errs  [1]error
 }
 
 // scratch is the room for a shared batch's round trip. At most Slots
 // batches run at once, so a pool of them (not one per request, which would
 // keep room in proportion to the readers) is all a warm coalescer needs.
-type scratch struct {
-	vks  []string
-	raw  [][]byte
+type scratch[Q, R any] struct {
+	qs   []Q
+	rs   []R
 	errs []error
 }
 
 // maxPooledBatch bounds the room a pooled scratch keeps.
 const maxPooledBatch = 1024
 
-// New returns a Coalescer that bounds each read's wait by timeout and runs
-// round trips with fetch.
-func New(timeout time.Duration, fetch func(context.Context, time.Time, []string, [][]byte, []error)) *Coalescer {
-	return &Coalescer{fetch: fetch, timeout: timeout, slots: Slots}
+// New returns a Coalescer that lets slots round trips run at once, bounds
+// each call's wait by timeout and runs round trips with fetch.
+func New[Q, R any](timeout time.Duration, slots int, fetch func(context.Context, time.Time, []Q, []R, []error)) *Coalescer[Q, R] {
+	return &Coalescer[Q, R]{fetch: fetch, timeout: timeout, slots: max(slots, 1)}
 }
 
-// Get returns the raw value of vk (nil when absent). If ctx ends first it
-// returns ctx's error; the read still goes out with its batch.
-func (co *Coalescer) Get(ctx context.Context, vk string) ([]byte, error) {
-	r, _ := co.reqs.Get().(*getReq)
+// Do returns q's answer. If ctx ends first it returns ctx's error; the call
+// still goes out with its batch.
+func (co *Coalescer[Q, R]) Do(ctx context.Context, q Q) (R, error) {
+	r, _ := co.reqs.Get().(*req[Q, R])
 	if r == nil {
-		r = &getReq{done: make(chan struct{}, 1)}
+		r = &req[Q, R]{done: make(chan struct{}, 1)}
 	}
-	r.vk, r.ctx = vk, ctx
+	r.q, r.ctx = q, ctx
 	r.state.Store(reqWaiting)
 
 	co.mu.Lock()
@@ -122,7 +125,8 @@ func (co *Coalescer) Get(ctx context.Context, vk string) ([]byte, error) {
 	case <-r.done:
 	case <-ctx.Done():
 		if r.state.CompareAndSwap(reqWaiting, reqAbandoned) {
-			return nil, ctx.Err() // r is dropped, not pooled: its batch may still write it
+			var zero R
+			return zero, ctx.Err() // r is dropped, not pooled: its batch may still write it
 		}
 		<-r.done // it was made the leader of the next batch: it must run it
 	}
@@ -133,27 +137,29 @@ func (co *Coalescer) Get(ctx context.Context, vk string) ([]byte, error) {
 }
 
 // finish takes r's result and recycles r.
-func (co *Coalescer) finish(r *getReq) ([]byte, error) {
-	val, err := r.val, r.err
-	r.vk, r.val, r.err, r.ctx, r.batch = "", nil, nil, nil, nil
-	r.alone[0], r.vks[0], r.raw[0], r.errs[0] = nil, "", nil, nil
+func (co *Coalescer[Q, R]) finish(r *req[Q, R]) (R, error) {
+	var zq Q
+	var zr R
+	val, err := r.r, r.err
+	r.q, r.r, r.err, r.ctx, r.batch = zq, zr, nil, nil, nil
+	r.alone[0], r.qs[0], r.rs[0], r.errs[0] = nil, zq, zr, nil
 	co.reqs.Put(r)
 	return val, err
 }
 
 // run does one round trip for batch, which lead belongs to, then passes its
-// slot on to the oldest waiting read, if any, or frees it.
-func (co *Coalescer) run(lead *getReq, batch []*getReq, since time.Time) {
-	vks, raw, errs := lead.vks[:], lead.raw[:], lead.errs[:]
+// slot on to the oldest waiting call, if any, or frees it.
+func (co *Coalescer[Q, R]) run(lead *req[Q, R], batch []*req[Q, R], since time.Time) {
+	qs, rs, errs := lead.qs[:], lead.rs[:], lead.errs[:]
 	if n := len(batch); n > 1 {
-		sc, _ := co.scratch.Get().(*scratch)
-		if sc == nil || cap(sc.vks) < n {
-			sc = &scratch{vks: make([]string, n), raw: make([][]byte, n), errs: make([]error, n)}
+		sc, _ := co.scratch.Get().(*scratch[Q, R])
+		if sc == nil || cap(sc.qs) < n {
+			sc = &scratch[Q, R]{qs: make([]Q, n), rs: make([]R, n), errs: make([]error, n)}
 		}
-		vks, raw, errs = sc.vks[:n], sc.raw[:n], sc.errs[:n]
+		qs, rs, errs = sc.qs[:n], sc.rs[:n], sc.errs[:n]
 		defer func() {
-			clear(vks)
-			clear(raw)
+			clear(qs)
+			clear(rs)
 			clear(errs)
 			if n <= maxPooledBatch {
 				co.scratch.Put(sc)
@@ -161,7 +167,7 @@ func (co *Coalescer) run(lead *getReq, batch []*getReq, since time.Time) {
 		}()
 	}
 	for i, r := range batch {
-		vks[i] = r.vk
+		qs[i] = r.q
 	}
 	// A shared batch belongs to every caller in it, so the leader's
 	// cancellation must not end it (its values, a trace, are kept); a lone
@@ -170,15 +176,15 @@ func (co *Coalescer) run(lead *getReq, batch []*getReq, since time.Time) {
 	if len(batch) > 1 {
 		ctx = context.WithoutCancel(ctx)
 	}
-	co.fetch(ctx, since.Add(co.timeout), vks, raw, errs)
+	co.fetch(ctx, since.Add(co.timeout), qs, rs, errs)
 	for i, r := range batch {
-		r.val, r.err = raw[i], errs[i]
+		r.r, r.err = rs[i], errs[i]
 		if r != lead {
 			r.done <- struct{}{}
 		}
 	}
 
-	// Hand the slot, with the whole queue as its batch, to the oldest read
+	// Hand the slot, with the whole queue as its batch, to the oldest call
 	// still waiting in it. Reads that left are sent anyway (their results
 	// are dropped); a queue of nothing but those is dropped.
 	for {

@@ -18,7 +18,14 @@ import (
 // value or error (never one left by an earlier batch in reused room) or, if
 // its context ended, its context's error; no more round trips than slots
 // are ever in flight; reads are batched; and at the end no slot is held.
+// With the reads' slots and with the one slot of the lease scripts.
 func TestCoalescerHandOffs(t *testing.T) {
+	for _, slots := range []int{Slots, 1} {
+		t.Run(fmt.Sprint(slots, "-slots"), func(t *testing.T) { testHandOffs(t, slots) })
+	}
+}
+
+func testHandOffs(t *testing.T, slots int) {
 	var inFlight, maxInFlight, batched, trips atomic.Int64
 	errFail := errors.New("node down")
 	fetch := func(ctx context.Context, deadline time.Time, vks []string, raw [][]byte, errs []error) {
@@ -40,7 +47,7 @@ func TestCoalescerHandOffs(t *testing.T) {
 			}
 		}
 	}
-	co := New(time.Second, fetch)
+	co := New(time.Second, slots, fetch)
 	var wg sync.WaitGroup
 	var reads, canceled atomic.Int64
 	for g := range 100 {
@@ -57,7 +64,7 @@ func TestCoalescerHandOffs(t *testing.T) {
 				if i%10 == 3 {
 					go func() { time.Sleep(time.Duration(rand.IntN(300)) * time.Microsecond); cancel() }()
 				}
-				v, err := co.Get(ctx, k)
+				v, err := co.Do(ctx, k)
 				cancel()
 				reads.Add(1)
 				switch {
@@ -88,8 +95,8 @@ func TestCoalescerHandOffs(t *testing.T) {
 	if held != 0 || queued != 0 {
 		t.Errorf("after every read returned: %d slots held, %d reads queued", held, queued)
 	}
-	if m := maxInFlight.Load(); m > Slots {
-		t.Errorf("%d round trips in flight at once, want at most %d", m, Slots)
+	if m := maxInFlight.Load(); m > int64(slots) {
+		t.Errorf("%d round trips in flight at once, want at most %d", m, slots)
 	}
 	if batched.Load() == 0 || trips.Load() >= reads.Load() {
 		t.Errorf("100 concurrent readers were never batched (%d round trips for %d reads)", trips.Load(), reads.Load())

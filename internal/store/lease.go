@@ -62,33 +62,52 @@ type AcquireResult struct {
 
 // Acquire runs the Acquire script for each request, in one round trip per
 // node: the value if fresh, else the lease if free. errs[i] is set for the
-// requests of a node that failed.
+// requests of a node that failed. A lone request shares its round trip with
+// other instances' concurrent lone requests, as reads do (see leaseSlots).
 func (s *Store) Acquire(ctx context.Context, reqs []AcquireReq) ([]AcquireResult, []error) {
-	out := make([]AcquireResult, len(reqs))
-	kk := make([][]string, len(reqs))
-	args := make([][]any, len(reqs))
-	now := nowMicro()
-	flag := func(b bool) string {
-		if b {
-			return "1"
-		}
-		return "0"
-	}
-	for i, r := range reqs {
-		kk[i] = leaseKeys(r.VK)
-		args[i] = []any{r.Token, s.leaseTTL.Milliseconds(), now, flag(r.Force), strconv.FormatInt(r.NotBefore, 10), flag(r.Wait)}
-	}
-	vks := make([]string, len(reqs))
-	for i, r := range reqs {
-		vks[i] = r.VK
-	}
 	if s.local != nil {
+		out := make([]AcquireResult, len(reqs))
 		for i := range out {
-			out[i] = AcquireResult{State: AcquireOwned, At: now}
+			out[i] = AcquireResult{State: AcquireOwned, At: nowMicro()}
 		}
 		return out, nil
 	}
-	errs, _ := s.callKeys(ctx, op("acquire", len(reqs)), s.readBy(), vks, func(ctx context.Context, idx []int, errs []error) error {
+	if len(reqs) == 1 && s.acquires != nil {
+		// Not cancelled with ctx (the load's, which Close cancels): a
+		// request that left its queue could still take the lease after the
+		// load gave it back, and keep it for a lease TTL. The round trip is
+		// bounded by the read timeout all the same.
+		r, err := s.acquires.Do(context.WithoutCancel(ctx), reqs[0])
+		if err != nil {
+			return []AcquireResult{{}}, []error{err}
+		}
+		return []AcquireResult{r}, nil
+	}
+	out := make([]AcquireResult, len(reqs))
+	errs := make([]error, len(reqs))
+	s.acquire(ctx, s.readBy(), reqs, out, errs)
+	for _, err := range errs {
+		if err != nil {
+			return out, errs
+		}
+	}
+	return out, nil
+}
+
+// acquire runs the Acquire scripts of reqs, done by deadline, into out and
+// errs (the coalescer's round trip, and Acquire's for a batch).
+func (s *Store) acquire(ctx context.Context, deadline time.Time, reqs []AcquireReq, out []AcquireResult, errs []error) {
+	kk := make([][]string, len(reqs))
+	args := make([][]any, len(reqs))
+	vks := make([]string, len(reqs))
+	now := nowMicro()
+	ttl := s.leaseTTL.Milliseconds()
+	for i, r := range reqs {
+		kk[i] = leaseKeys(r.VK)
+		args[i] = []any{r.Token, ttl, now, flag(r.Force), strconv.FormatInt(r.NotBefore, 10), flag(r.Wait)}
+		vks[i] = r.VK
+	}
+	kerrs, _ := s.callKeys(ctx, op("acquire", len(reqs)), deadline, vks, func(ctx context.Context, idx []int, errs []error) error {
 		cmds := s.runScript(ctx, keys.Acquire, pick(kk, idx), pick(args, idx))
 		for n, cmd := range cmds {
 			if out[idx[n]], errs[n] = parseAcquire(cmd); errs[n] != nil {
@@ -97,8 +116,25 @@ func (s *Store) Acquire(ctx context.Context, reqs []AcquireReq) ([]AcquireResult
 		}
 		return nil
 	})
-	return out, errs
+	if kerrs != nil {
+		copy(errs, kerrs)
+	}
 }
+
+func flag(b bool) string {
+	if b {
+		return "1"
+	}
+	return "0"
+}
+
+// leaseSlots is how many round trips of lone lease scripts (acquires, and
+// fills) may be in flight at once. One: a miss's scripts are few next to
+// its reads, and rarely more than one or two are on the wire at once, so
+// with the reads' four slots they would nearly never share a round trip;
+// with one, any that overlap do, at the cost of waiting for the round trip
+// ahead of them (docs/PERFORMANCE.md has the figures).
+const leaseSlots = 1
 
 // pick returns xs[idx] in order (xs itself when idx is every index in
 // order: callKeys groups a cluster's keys by node).
@@ -166,11 +202,38 @@ func (s *Store) versionArgs(version uint64, ttl time.Duration) (string, int64) {
 // Fill writes loaded values, in one round trip per node, and reports which
 // were written and which refused (a leased fill whose lease is gone);
 // neither, when its command failed. A cache's fills are all leased or all
-// unleased (WithoutLease: written through as Set writes, all or none).
+// unleased (WithoutLease: written through as Set writes, all or none). A
+// lone leased fill shares its round trip with concurrent ones, as
+// acquires do.
 func (s *Store) Fill(ctx context.Context, ws []Write) (written, refused []bool, err error) {
 	if ws[0].Token == "" || s.local != nil {
 		return s.Set(ctx, ws)
 	}
+	if len(ws) == 1 && s.fills != nil {
+		// Not cancelled with ctx: see Acquire.
+		r, err := s.fills.Do(context.WithoutCancel(ctx), ws[0])
+		return []bool{r.written}, []bool{r.refused}, err
+	}
+	written, refused = make([]bool, len(ws)), make([]bool, len(ws))
+	errs := make([]error, len(ws))
+	err = s.fill(ctx, s.WriteBy(), ws, written, refused, errs)
+	return written, refused, err
+}
+
+// fillResult is a lone fill's answer.
+type fillResult struct{ written, refused bool }
+
+// fillMany is the fill coalescer's round trip.
+func (s *Store) fillMany(ctx context.Context, deadline time.Time, ws []Write, out []fillResult, errs []error) {
+	written, refused := make([]bool, len(ws)), make([]bool, len(ws))
+	_ = s.fill(ctx, deadline, ws, written, refused, errs)
+	for i := range ws {
+		out[i] = fillResult{written[i], refused[i]}
+	}
+}
+
+// fill runs the Fill scripts of ws, done by deadline.
+func (s *Store) fill(ctx context.Context, deadline time.Time, ws []Write, written, refused []bool, errs []error) error {
 	args := make([][]any, len(ws))
 	vks := make([]string, len(ws))
 	for i, w := range ws {
@@ -178,21 +241,21 @@ func (s *Store) Fill(ctx context.Context, ws []Write) (written, refused []bool, 
 		args[i] = []any{w.Token, w.Frame, ms(w.TTL), ver, verTTL, s.fillChannel(ctx)}
 		vks[i] = w.VK
 	}
-	return s.endLeases(ctx, op("fill", len(ws)), keys.Fill, vks, args)
+	return s.endLeases(ctx, op("fill", len(ws)), deadline, keys.Fill, vks, args, written, refused, errs)
 }
 
 // endLeases runs sc, a script that ends the lease of each value key (Fill,
-// Release, Set, Del), with args[i] for vks[i], in one round trip, and
-// wakes the waiters of the leases it ended (see keys.WokeFlag). done[i]
-// and refused[i] are its reply for vks[i] (see leaseReply).
-func (s *Store) endLeases(ctx context.Context, name string, sc *redis.Script, vks []string, args [][]any) (done, refused []bool, err error) {
+// Release, Set, Del), with args[i] for vks[i], in one round trip done by
+// deadline, and wakes the waiters of the leases it ended (see
+// keys.WokeFlag). done[i] and refused[i] are its reply for vks[i] (see
+// leaseReply), errs[i] its error (errs may be nil), err the first.
+func (s *Store) endLeases(ctx context.Context, name string, deadline time.Time, sc *redis.Script, vks []string, args [][]any, done, refused []bool, errs []error) (err error) {
 	kk := make([][]string, len(vks))
 	for i, vk := range vks {
 		kk[i] = leaseKeys(vk)
 	}
-	done, refused = make([]bool, len(vks)), make([]bool, len(vks))
 	woke := make([]bool, len(vks))
-	_, err = s.callKeys(ctx, name, s.WriteBy(), vks, func(ctx context.Context, idx []int, errs []error) error {
+	kerrs, err := s.callKeys(ctx, name, deadline, vks, func(ctx context.Context, idx []int, errs []error) error {
 		cmds := s.runScript(ctx, sc, pick(kk, idx), pick(args, idx))
 		cmdErrs(cmds, errs)
 		for n, cmd := range cmds {
@@ -200,8 +263,11 @@ func (s *Store) endLeases(ctx context.Context, name string, sc *redis.Script, vk
 		}
 		return nil
 	})
+	if errs != nil && kerrs != nil {
+		copy(errs, kerrs)
+	}
 	s.wake(ctx, vks, woke)
-	return done, refused, err
+	return err
 }
 
 // leaseReply reads the reply of a lease-ending script: done (1: written,
@@ -250,7 +316,8 @@ func (s *Store) Release(ls []Lease) {
 			closing := s.life.Err() != nil
 			// Not on life: a release must outlive Close by one attempt.
 			// (A lease given back twice is harmless: Release checks the token.)
-			_, _, err := s.endLeases(context.Background(), op("release", len(ls)), keys.Release, lks, args)
+			done, refused := make([]bool, len(ls)), make([]bool, len(ls))
+			err := s.endLeases(context.Background(), op("release", len(ls)), s.WriteBy(), keys.Release, lks, args, done, refused, nil)
 			if err == nil || closing || time.Now().After(deadline) {
 				return
 			}

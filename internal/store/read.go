@@ -16,7 +16,7 @@ func (s *Store) Get(ctx context.Context, vk string) ([]byte, error) {
 		return nil, nil
 	}
 	if s.coal != nil {
-		return s.coal.Get(ctx, vk)
+		return s.coal.Do(ctx, vk)
 	}
 	return s.getOne(ctx, s.readBy(), vk)
 }

@@ -87,11 +87,15 @@ type Store struct {
 	Cluster *redis.ClusterClient // RDB, when it is a cluster client
 	Layout  keys.Layout
 
-	nodes  *nodes              // the breakers, one per node; nil without a breaker
-	coal   *coalesce.Coalescer // nil without read coalescing
-	rec    Recorder
-	log    *slog.Logger
-	single bool // RDB is one node: a batch read is MGET
+	nodes *nodes                              // the breakers, one per node; nil without a breaker
+	coal  *coalesce.Coalescer[string, []byte] // nil without read coalescing
+	// The lone lease scripts of concurrent misses, coalesced like reads
+	// (nil without read coalescing); see leaseSlots.
+	acquires *coalesce.Coalescer[AcquireReq, AcquireResult]
+	fills    *coalesce.Coalescer[Write, fillResult]
+	rec      Recorder
+	log      *slog.Logger
+	single   bool // RDB is one node: a batch read is MGET
 
 	fault, breakerOpen error
 
@@ -158,7 +162,9 @@ func New(rdb redis.UniversalClient, cfg Config) *Store {
 		}
 	}
 	if cfg.CoalesceReads {
-		s.coal = coalesce.New(cfg.ReadTimeout, s.fetchReads)
+		s.coal = coalesce.New(cfg.ReadTimeout, coalesce.Slots, s.fetchReads)
+		s.acquires = coalesce.New(cfg.ReadTimeout, leaseSlots, s.acquire)
+		s.fills = coalesce.New(cfg.WriteTimeout, leaseSlots, s.fillMany)
 	}
 	return s
 }

@@ -29,7 +29,9 @@ func (s *Store) Set(ctx context.Context, ws []Write) (written, refused []bool, e
 		vks[i] = w.VK
 		args[i] = []any{w.Frame, ms(w.TTL), ver, verTTL, s.fillChannel(ctx)}
 	}
-	return s.endLeases(ctx, op("set", len(ws)), keys.Set, vks, args)
+	written, refused = make([]bool, len(ws)), make([]bool, len(ws))
+	err = s.endLeases(ctx, op("set", len(ws)), s.WriteBy(), keys.Set, vks, args, written, refused, nil)
+	return written, refused, err
 }
 
 // Del deletes the value and the lease of each value key (the Del script:
@@ -45,8 +47,8 @@ func (s *Store) Del(ctx context.Context, vks []string, version uint64) error {
 	for i := range vks {
 		args[i] = []any{ver, verTTL, s.fillChannel(ctx)}
 	}
-	_, _, err := s.endLeases(ctx, "del", keys.Del, vks, args)
-	return err
+	done, refused := make([]bool, len(vks)), make([]bool, len(vks))
+	return s.endLeases(ctx, "del", s.WriteBy(), keys.Del, vks, args, done, refused, nil)
 }
 
 // Generation returns the namespace's generation (see Cache.Clear), read
