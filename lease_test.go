@@ -590,3 +590,59 @@ func (h scriptCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis
 		return next(ctx, cmds)
 	}
 }
+
+// Concurrent misses of different keys share their lease scripts' round
+// trips, as reads do: 40 loads held until all 40 run, then released at
+// once, fill in far fewer than 40 round trips. Each key gets its own
+// answer in a shared round trip: the key written during its load has its
+// fill refused (Redis keeps the write), the others are written.
+func TestConcurrentMissesShareLeaseRoundTrips(t *testing.T) {
+	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
+		ctx := t.Context()
+		obs := &countingObserver{}
+		c, admin := newCacheAndClient[string](t, tg, WithObserver(obs), WithDefaultTTL(time.Minute))
+		const n = 40
+		var started atomic.Int64
+		gate := make(chan struct{})
+		var wg sync.WaitGroup
+		for i := range n {
+			key := fmt.Sprint("k", i)
+			wg.Go(func() {
+				v, err := c.GetOrLoad(ctx, key, func(context.Context) (string, error) {
+					started.Add(1)
+					<-gate
+					return "loaded " + key, nil
+				})
+				if err != nil || v != "loaded "+key {
+					t.Errorf("GetOrLoad(%s) = %q, %v", key, v, err)
+				}
+			})
+		}
+		for started.Load() < n {
+			time.Sleep(time.Millisecond)
+		}
+		// Written while k0 loads: k0's fill must be refused.
+		if err := c.Set(ctx, "k0", "written"); err != nil {
+			t.Fatal(err)
+		}
+		close(gate)
+		wg.Wait()
+		fills := obs.count("fill") + obs.count("fill_many")
+		t.Logf("%d acquire and %d fill round trips for %d misses", obs.count("acquire")+obs.count("acquire_many"), fills, n)
+		if fills >= n/2 {
+			t.Errorf("%d fill round trips for %d fills released at once: they did not share round trips", fills, n)
+		}
+		if got := c.Stats().Count(EventFillRefused); got != 1 {
+			t.Errorf("fills refused = %d, want 1 (k0's)", got)
+		}
+		for i := range n {
+			key, want := fmt.Sprint("k", i), fmt.Sprint("loaded k", i)
+			if i == 0 {
+				want = "written"
+			}
+			if got := decodedValue(t, c, admin, key); got != want {
+				t.Errorf("Redis holds %q for %s, want %q", got, key, want)
+			}
+		}
+	})
+}

@@ -270,14 +270,18 @@ func WithObserver(o Observer) Option { return func(c *config) { c.observer = o }
 // value is refreshed on a later hit or when it expires.
 func WithMaxBackgroundRefreshes(n int) Option { return func(c *config) { c.maxRefreshes = n } }
 
-// WithoutReadCoalescing sends every single-key Redis read as its own GET.
-// By default, reads that arrive while others are on the wire go out
-// together in one round trip (one MGET, or one pipeline per node on a
-// cluster), which multiplies read throughput under concurrency and never
-// makes a lone read wait (see the README for the measured figures). A
-// coalesced read still waits no longer than WithReadTimeout, counted from
-// when it was asked for. Turn it off to see one Observer.Redis call and one
-// trace span per read, rather than one per shared round trip.
+// WithoutReadCoalescing sends every single-key Redis read as its own GET,
+// and every miss's lease scripts as their own commands. By default, reads
+// that arrive while others are on the wire go out together in one round
+// trip (one MGET, or one pipeline per node on a cluster), which multiplies
+// read throughput under concurrency and never makes a lone read wait (see
+// the README for the measured figures); so do the lease scripts (Acquire,
+// Fill) of concurrent misses of different keys, with one round trip of them
+// in flight at a time. A coalesced read still waits no longer than
+// WithReadTimeout, and a coalesced fill no longer than WithWriteTimeout,
+// counted from when it was asked for. Turn it off to see one Observer.Redis
+// call and one trace span per read or script, rather than one per shared
+// round trip.
 func WithoutReadCoalescing() Option { return func(c *config) { c.coalesceReads = false } }
 
 // SetOption configures one write: [Cache.Set], [Cache.SetMany], or a load
