@@ -56,10 +56,11 @@ func TestSlotMemo(t *testing.T) {
 	const k = "memo:planted"
 	want := s.nodeOf(ctx, k)
 	m := s.slots
-	plant := func() {
-		m.addr[keySlot(k)].Store(&slotNode{addr: "planted", until: now + int64(time.Hour), epoch: m.epoch.Load()})
+	// plant stores "planted" for k as if stored at the memo time at.
+	plant := func(at int64) {
+		m.slot[keySlot(k)].Store(stamp(at/int64(slotMemoTTL), m.epoch.Load())<<8 | uint64(m.index("planted")+1))
 	}
-	plant()
+	plant(now)
 	if got := s.nodeOfSlotted(ctx, now, k); got != "planted" {
 		t.Fatalf("the memo was not read: %q", got)
 	}
@@ -68,19 +69,36 @@ func TestSlotMemo(t *testing.T) {
 	if got := s.nodeOfSlotted(ctx, memoNow(), k); got != want {
 		t.Fatalf("after forgetSlots: %q, want %q", got, want)
 	}
-	plant() // as if stored in the settling window: not served in it
+	plant(memoNow()) // as if stored in the settling window: not served in it
 	if got := s.nodeOfSlotted(ctx, memoNow(), k); got != want {
 		t.Fatalf("while settling: %q, want %q", got, want)
 	}
 	after := settled + int64(time.Millisecond)
+	if got := s.nodeOfSlotted(ctx, after, k); got != want {
+		t.Fatalf("settled: an entry from an earlier tick was served: %q, want %q", got, want)
+	}
+	plant(after)
 	if got := s.nodeOfSlotted(ctx, after, k); got != "planted" {
 		t.Fatalf("settled: the memo was not read: %q", got)
 	}
-	if got := s.nodeOfSlotted(ctx, after+int64(2*time.Hour), k); got != want {
+	if got := s.nodeOfSlotted(ctx, after+int64(slotMemoTTL), k); got != want {
 		t.Fatalf("past its TTL: %q, want %q", got, want)
 	}
-	if n := m.addr[keySlot(k)].Load(); n == nil || n.addr != want {
-		t.Fatalf("settled: the answer was not stored: %+v", n)
+	if got := s.nodeOfSlotted(ctx, after+int64(slotMemoTTL), k); got != want {
+		t.Fatalf("the answer stored past the TTL: %q, want %q", got, want)
+	}
+	e := m.slot[keySlot(k)].Load()
+	if ns := *m.nodes.Load(); e&0xff == 0 || ns[e&0xff-1] != want {
+		t.Fatalf("the answer was not stored: entry %#x, nodes %q", e, ns)
+	}
+	// An entry of an earlier epoch is not served, even in its tick (the
+	// settling window aside: it is what keeps such entries out as well).
+	at := memoNow()
+	plant(at)
+	m.epoch.Add(1)
+	m.voidUntil.Store(0)
+	if got := s.nodeOfSlotted(ctx, at, k); got != want {
+		t.Fatalf("an entry of an earlier epoch was served: %q, want %q", got, want)
 	}
 }
 
