@@ -18,6 +18,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/tiercache/tiercache/internal/keys"
 	"github.com/tiercache/tiercache/internal/redistest"
 	"github.com/tiercache/tiercache/internal/store"
 )
@@ -696,5 +697,79 @@ func TestOutageL1AbsorbsLoads(t *testing.T) {
 	}
 	if v, err := c.GetOrLoad(ctx, "k0", load); err != nil || v != "v1" {
 		t.Fatalf("read after a failed write = %q, %v; want a fresh load", v, err)
+	}
+}
+
+// Close while a miss's Acquire is on the wire (a lone lease script is not
+// cut short by Close: see store.Acquire): the load calls no loader after
+// Close, and the lease the acquire took is given back before Close returns.
+func TestCloseDuringAcquireCallsNoLoader(t *testing.T) {
+	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
+		rdb := tg.NewClient(t)
+		hook := &acquireGate{hash: keys.Acquire.Hash(), in: make(chan struct{}), proceed: make(chan struct{})}
+		rdb.AddHook(hook)
+		c := newCacheOn[string](t, rdb, testPrefix(t), WithLease(time.Minute))
+		admin := tg.NewClient(t)
+		var loads atomic.Int64
+		read := make(chan error, 1)
+		go func() {
+			_, err := c.GetOrLoad(context.Background(), "k", func(context.Context) (string, error) {
+				loads.Add(1)
+				return "v", nil
+			})
+			read <- err
+		}()
+		<-hook.in // the acquire is on its way to Redis
+		closed := make(chan error, 1)
+		go func() { closed <- c.Close() }()
+		waitFor(t, 10*time.Second, "Close to begin", func() bool { return c.life.Err() != nil })
+		close(hook.proceed)
+		if err := <-closed; err != nil {
+			t.Fatal(err)
+		}
+		if err := <-read; err == nil {
+			t.Error("the read whose load Close cancelled returned no error")
+		}
+		if n := loads.Load(); n != 0 {
+			t.Errorf("the loader was called %d times after Close", n)
+		}
+		if admin.Exists(t.Context(), leaseKey(c, "k")).Val() != 0 {
+			t.Error("Close returned with the acquire's lease still held")
+		}
+	})
+}
+
+// acquireGate holds the first Acquire script a client sends until proceed
+// is closed, and closes in when it has it.
+type acquireGate struct {
+	hash        string
+	once        sync.Once
+	in, proceed chan struct{}
+}
+
+func (*acquireGate) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (g *acquireGate) hold(cmd redis.Cmder) {
+	if a := cmd.Args(); len(a) > 1 && cmd.Name() == "evalsha" && a[1] == g.hash {
+		g.once.Do(func() {
+			close(g.in)
+			<-g.proceed
+		})
+	}
+}
+
+func (g *acquireGate) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		g.hold(cmd)
+		return next(ctx, cmd)
+	}
+}
+
+func (g *acquireGate) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		for _, cmd := range cmds {
+			g.hold(cmd)
+		}
+		return next(ctx, cmds)
 	}
 }

@@ -510,6 +510,20 @@ func (c *Cache[V]) load(ctx context.Context, ks []*keyLoad[V], mode loadMode, no
 		}
 		start := c.rec.Now()
 		res, errs := c.st.Acquire(ctx, reqs)
+		if ctx.Err() != nil {
+			// Close began while the acquire was on the wire (a lone one is
+			// not cut short: see store.Acquire): give back what it took
+			// (the deferred release), and call no loader after Close.
+			// (A failed acquire may have taken its lease all the same: its
+			// reply was lost. Releasing it is harmless either way.)
+			for i, k := range pending {
+				if (errs != nil && errs[i] != nil) || res[i].State == store.AcquireOwned {
+					k.owned = true
+				}
+				k.settle(entry[V]{}, ctx.Err())
+			}
+			return
+		}
 		if errs != nil {
 			// A node failed: its keys are loaded for L1 only (Redis is sick:
 			// no lease, no more timeouts), the others go on. The script may
@@ -530,12 +544,6 @@ func (c *Cache[V]) load(ctx context.Context, ks []*keyLoad[V], mode loadMode, no
 				}
 			}
 			c.release(failed)
-			if ctx.Err() != nil {
-				for _, k := range pending {
-					k.settle(entry[V]{}, ctx.Err())
-				}
-				return
-			}
 			c.loadAndFill(ctx, failed, fillOutage, fn, 0)
 			if pending, res = ok, okRes; len(pending) == 0 {
 				return

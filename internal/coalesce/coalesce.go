@@ -4,6 +4,7 @@ package coalesce
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -176,17 +177,44 @@ func (co *Coalescer[Q, R]) run(lead *req[Q, R], batch []*req[Q, R], since time.T
 	if len(batch) > 1 {
 		ctx = context.WithoutCancel(ctx)
 	}
+	returned := false
+	defer func() {
+		if returned {
+			return
+		}
+		// fetch panicked or called runtime.Goexit (it runs the cache's
+		// Observer and Tracer, user code): the others in the batch get
+		// ErrAborted and the slot is passed on, or every call queued after
+		// would wait for good; the panic goes on up the leader's stack.
+		for _, r := range batch {
+			if r != lead {
+				var zero R
+				r.r, r.err = zero, ErrAborted
+				r.done <- struct{}{}
+			}
+		}
+		co.handOff()
+	}()
 	co.fetch(ctx, since.Add(co.timeout), qs, rs, errs)
+	returned = true
 	for i, r := range batch {
 		r.r, r.err = rs[i], errs[i]
 		if r != lead {
 			r.done <- struct{}{}
 		}
 	}
+	co.handOff()
+}
 
-	// Hand the slot, with the whole queue as its batch, to the oldest call
-	// still waiting in it. Reads that left are sent anyway (their results
-	// are dropped); a queue of nothing but those is dropped.
+// ErrAborted is the answer of the calls whose shared round trip ended in
+// a panic of its leader.
+var ErrAborted = errors.New("coalesce: the round trip's leader panicked")
+
+// handOff passes a round trip slot, with the whole queue as its batch, to
+// the oldest call still waiting in it, or frees it. Calls that left are
+// sent anyway (their results are dropped); a queue of nothing but those is
+// dropped.
+func (co *Coalescer[Q, R]) handOff() {
 	for {
 		co.mu.Lock()
 		next, since := co.queue, co.since

@@ -102,3 +102,79 @@ func testHandOffs(t *testing.T, slots int) {
 		t.Errorf("100 concurrent readers were never batched (%d round trips for %d reads)", trips.Load(), reads.Load())
 	}
 }
+
+// A fetch that panics (it runs the cache's Observer and Tracer: user code)
+// fails its batch with ErrAborted and passes its slot on: the panic goes
+// up the leader's stack, the others in the batch are answered, and later
+// calls still go out. Without the hand-off on panic, the one slot would be
+// held for good and "later" would wait forever.
+func TestCoalescerPanicInFetch(t *testing.T) {
+	block := make(chan struct{})
+	var trips atomic.Int64
+	fetch := func(_ context.Context, _ time.Time, qs []string, rs []string, _ []error) {
+		if trips.Add(1) == 2 { // the batch queued behind the first call
+			panic("an Observer panicked")
+		}
+		if qs[0] == "first" {
+			<-block
+		}
+		for i, q := range qs {
+			rs[i] = "v:" + q
+		}
+	}
+	co := New(time.Minute, 1, fetch)
+	ctx := t.Context()
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		if v, err := co.Do(ctx, "first"); v != "v:first" || err != nil {
+			t.Errorf("first = %q, %v", v, err)
+		}
+	})
+	for trips.Load() < 1 {
+		time.Sleep(time.Millisecond)
+	}
+	const queued = 5
+	var panicked, aborted atomic.Int64
+	for i := range queued {
+		wg.Go(func() {
+			defer func() {
+				if recover() != nil {
+					panicked.Add(1)
+				}
+			}()
+			if _, err := co.Do(ctx, fmt.Sprint("q", i)); errors.Is(err, ErrAborted) {
+				aborted.Add(1)
+			} else {
+				t.Errorf("a call of the panicked batch got %v, want ErrAborted", err)
+			}
+		})
+	}
+	for {
+		co.mu.Lock()
+		n := len(co.queue)
+		co.mu.Unlock()
+		if n == queued {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	close(block)
+	if !redistest.WaitDone(t, &wg, time.Minute) {
+		t.Fatal("calls of the panicked batch still waiting")
+	}
+	if panicked.Load() != 1 || aborted.Load() != queued-1 {
+		t.Errorf("%d leaders panicked and %d calls were aborted, want 1 and %d", panicked.Load(), aborted.Load(), queued-1)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if v, err := co.Do(ctx, "later"); v != "v:later" || err != nil {
+			t.Errorf("later = %q, %v", v, err)
+		}
+	}()
+	select {
+	case <-done:
+	case <-time.After(time.Minute):
+		t.Fatal("a call after the panic waits for a slot that was never given back")
+	}
+}

@@ -266,7 +266,7 @@ func (s *Store) endLeases(ctx context.Context, name string, deadline time.Time, 
 	if errs != nil && kerrs != nil {
 		copy(errs, kerrs)
 	}
-	s.wake(ctx, vks, woke)
+	s.wake(ctx, deadline, vks, woke)
 	return err
 }
 

@@ -175,17 +175,30 @@ func New(rdb redis.UniversalClient, cfg Config) *Store {
 // BreakerOpen error. redis.Nil (an absent key) is not an error; every
 // other error wraps Fault.
 func (s *Store) Call(ctx context.Context, node, op string, deadline time.Time, fn func(context.Context) error) error {
+	ctx, cancel := context.WithDeadline(ctx, deadline)
+	if err := ctx.Err(); err != nil {
+		cancel()
+		return s.late(op, err)
+	}
 	brk, done, ok := s.admit(node)
 	if !ok {
+		cancel()
 		return s.breakerOpen
 	}
-	ctx, cancel := context.WithDeadline(ctx, deadline)
 	ctx, end := s.rec.Span(ctx, op)
 	start := s.rec.Now()
 	err := absentIsNil(fn(ctx))
 	cancel()
 	end(err)
 	return s.judge(brk, done, op, start, err)
+}
+
+// late is the error of a call whose deadline passed (or whose caller left)
+// before it was sent: a read queued behind round trips of a slow node, say.
+// Nothing was asked of Redis, so no breaker is told: the node did nothing
+// wrong, and one slow node must not open a healthy one's breaker.
+func (s *Store) late(op string, err error) error {
+	return fmt.Errorf("%w: %s: %w", s.fault, op, err)
 }
 
 // admit asks node's breaker for a round trip (always granted without
@@ -321,6 +334,15 @@ func (s *Store) callKeys(ctx context.Context, op string, deadline time.Time, key
 		}
 		errs[i] = e
 	}
+	cctx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
+	if e := cctx.Err(); e != nil { // see late
+		e = s.late(op, e)
+		for i := range keys {
+			fail(i, e)
+		}
+		return errs, err
+	}
 	admitted := nodes[:0]
 	for _, n := range nodes {
 		var ok bool
@@ -343,11 +365,9 @@ func (s *Store) callKeys(ctx context.Context, op string, deadline time.Time, key
 		return errs, err
 	}
 	cerrs := make([]error, len(idx))
-	cctx, cancel := context.WithDeadline(ctx, deadline)
 	cctx, end := s.rec.Span(cctx, op)
 	start := s.rec.Now()
 	whole := absentIsNil(fn(cctx, idx, cerrs))
-	cancel()
 	var first error
 	off := 0 // admitted's keys are idx in order
 	for _, n := range admitted {

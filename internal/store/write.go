@@ -178,9 +178,11 @@ func (s *Store) fillChannel(ctx context.Context) string {
 
 // wake publishes, on the sharded fill channel, the value keys vks[i] whose
 // script left their waiters to the caller (woke[i]), in one round trip to
-// the channel's shard. A wake that is lost (Redis failed) costs the
+// the channel's shard, by the deadline of the round trip that ended the
+// leases (a coalesced fill waits no longer than its write timeout, wakes
+// included). A wake that is lost (Redis failed, or late) costs the
 // waiters their backstop: they acquire again after at most half a second.
-func (s *Store) wake(ctx context.Context, vks []string, woke []bool) {
+func (s *Store) wake(ctx context.Context, deadline time.Time, vks []string, woke []bool) {
 	var ws []string
 	for i, w := range woke {
 		if w {
@@ -191,7 +193,7 @@ func (s *Store) wake(ctx context.Context, vks []string, woke []bool) {
 		return
 	}
 	ch := s.Layout.ShardedFills()
-	_ = s.Call(context.WithoutCancel(ctx), s.nodeOf(ctx, ch), "publish", s.WriteBy(), func(ctx context.Context) error {
+	_ = s.Call(context.WithoutCancel(ctx), s.nodeOf(ctx, ch), "publish", deadline, func(ctx context.Context) error {
 		_, err := s.RDB.Pipelined(ctx, func(p redis.Pipeliner) error {
 			for _, vk := range ws {
 				p.SPublish(ctx, ch, vk)
