@@ -593,14 +593,22 @@ func (h scriptCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis
 
 // Concurrent misses of different keys share their lease scripts' round
 // trips, as reads do: 40 loads held until all 40 run, then released at
-// once, fill in far fewer than 40 round trips. Each key gets its own
-// answer in a shared round trip: the key written during its load has its
-// fill refused (Redis keeps the write), the others are written.
+// once, fill in far fewer than 40 round trips (counted at the client: a
+// pipeline is one). Each key gets its own answer in a shared round trip:
+// the key written during its load has its fill refused (Redis and L1 keep
+// the write), the others are written to Redis and to L1 (but for the keys
+// of k0's L1 stripe, whose fills k0's invalidation refuses as well).
 func TestConcurrentMissesShareLeaseRoundTrips(t *testing.T) {
 	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
 		ctx := t.Context()
-		obs := &countingObserver{}
-		c, admin := newCacheAndClient[string](t, tg, WithObserver(obs), WithDefaultTTL(time.Minute))
+		rdb := tg.NewClient(t)
+		fills := &scriptTrips{hash: keys.Fill.Hash()}
+		rdb.AddHook(fills)
+		c := newCacheOn[string](t, rdb, testPrefix(t), WithDefaultTTL(time.Minute), WithL1(1000))
+		admin := tg.NewClient(t)
+		// (Until subscribed, L1 is flushed when the subscription comes up,
+		// which would refuse the fills' L1 copies.)
+		waitFor(t, time.Minute, "the subscription", func() bool { return c.Stats().Subscribed })
 		const n = 40
 		var started atomic.Int64
 		gate := make(chan struct{})
@@ -618,19 +626,19 @@ func TestConcurrentMissesShareLeaseRoundTrips(t *testing.T) {
 				}
 			})
 		}
-		for started.Load() < n {
-			time.Sleep(time.Millisecond)
-		}
+		waitFor(t, time.Minute, "every load to start", func() bool { return started.Load() == n })
 		// Written while k0 loads: k0's fill must be refused.
 		if err := c.Set(ctx, "k0", "written"); err != nil {
 			t.Fatal(err)
 		}
 		close(gate)
-		wg.Wait()
-		fills := obs.count("fill") + obs.count("fill_many")
-		t.Logf("%d acquire and %d fill round trips for %d misses", obs.count("acquire")+obs.count("acquire_many"), fills, n)
-		if fills >= n/2 {
-			t.Errorf("%d fill round trips for %d fills released at once: they did not share round trips", fills, n)
+		if !redistest.WaitDone(t, &wg, time.Minute) {
+			t.Fatal("loads still running")
+		}
+		trips := fills.n.Load()
+		t.Logf("%d fill round trips for %d misses", trips, n)
+		if trips >= n/2 {
+			t.Errorf("%d fill round trips for %d fills released at once: they did not share round trips", trips, n)
 		}
 		if got := c.Stats().Count(EventFillRefused); got != 1 {
 			t.Errorf("fills refused = %d, want 1 (k0's)", got)
@@ -643,6 +651,47 @@ func TestConcurrentMissesShareLeaseRoundTrips(t *testing.T) {
 			if got := decodedValue(t, c, admin, key); got != want {
 				t.Errorf("Redis holds %q for %s, want %q", got, key, want)
 			}
+			if i > 0 && c.l1.stripe(key) == c.l1.stripe("k0") {
+				continue // k0's write refused L1 fills of its stripe's keys too (by design)
+			}
+			if e, ok := c.l1.peek(key); !ok || e.val != want {
+				t.Errorf("L1 holds %v (present %v) for %s, want %q: its fill's answer was another key's", e, ok, key, want)
+			}
 		}
 	})
+}
+
+// scriptTrips counts the round trips (a command, or a pipeline) in which a
+// client sends the script of the given hash.
+type scriptTrips struct {
+	hash string
+	n    atomic.Int64
+}
+
+func (*scriptTrips) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h *scriptTrips) is(cmd redis.Cmder) bool {
+	a := cmd.Args()
+	return len(a) > 1 && (cmd.Name() == "evalsha" && a[1] == h.hash || cmd.Name() == "eval")
+}
+
+func (h *scriptTrips) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if h.is(cmd) {
+			h.n.Add(1)
+		}
+		return next(ctx, cmd)
+	}
+}
+
+func (h *scriptTrips) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		for _, cmd := range cmds {
+			if h.is(cmd) {
+				h.n.Add(1)
+				break
+			}
+		}
+		return next(ctx, cmds)
+	}
 }

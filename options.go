@@ -277,9 +277,10 @@ func WithMaxBackgroundRefreshes(n int) Option { return func(c *config) { c.maxRe
 // read throughput under concurrency and never makes a lone read wait (see
 // the README for the measured figures); so do the lease scripts (Acquire,
 // Fill) of concurrent misses of different keys, with one round trip of them
-// in flight at a time. A coalesced read still waits no longer than
-// WithReadTimeout, and a coalesced fill no longer than WithWriteTimeout,
-// counted from when it was asked for. Turn it off to see one Observer.Redis
+// in flight at a time. A coalesced read or Acquire still waits no longer
+// than WithReadTimeout, and a coalesced fill (its waiters' wake-up
+// included) no longer than WithWriteTimeout, counted from when it was
+// asked for. Turn it off to see one Observer.Redis
 // call and one trace span per read or script, rather than one per shared
 // round trip.
 func WithoutReadCoalescing() Option { return func(c *config) { c.coalesceReads = false } }

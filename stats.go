@@ -94,7 +94,10 @@ type Observer interface {
 	// Load is called after each call of a loader.
 	Load(d time.Duration, err error)
 	// Redis is called after each Redis round trip the cache makes, with the
-	// operation ("get", "acquire", "fill", "set", "del", "publish", ...).
+	// operation ("get", "acquire", "fill", "set", "del", "publish", ...;
+	// "mget", "acquire_many", "fill_many" for a round trip of several keys,
+	// which concurrent single-key reads and misses share: see
+	// [WithoutReadCoalescing]), once per node on a cluster.
 	Redis(op string, d time.Duration, err error)
 	// Event is called for each [Event].
 	Event(e Event)
@@ -110,7 +113,8 @@ type Tracer interface {
 	// or the name of a Redis operation ("get", "mget", "acquire", "fill",
 	// "set", "del", "publish", "tag_read", ...) for a round trip. A load
 	// runs in the context of the caller that started it, without its
-	// cancellation, so its span joins that caller's trace.
+	// cancellation, so its span joins that caller's trace; a round trip
+	// that several callers share joins the trace of the one that led it.
 	Start(ctx context.Context, op string) (context.Context, func(err error))
 }
 

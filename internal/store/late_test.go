@@ -21,8 +21,8 @@ func (*countingRecorder) Span(ctx context.Context, _ string) (context.Context, f
 	return ctx, func(error) {}
 }
 func (r *countingRecorder) Redis(string, time.Time, error) { r.trips.Add(1) }
-func (*countingRecorder) Rejected()                         {}
-func (*countingRecorder) Batched(int)                       {}
+func (*countingRecorder) Rejected()                        {}
+func (*countingRecorder) Batched(int)                      {}
 
 // A round trip whose deadline passed before it was sent (it queued behind a
 // slow node's) fails with the deadline's error and is not sent, and no
