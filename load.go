@@ -12,6 +12,7 @@ import (
 
 	"github.com/tiercache/tiercache/internal/envelope"
 	"github.com/tiercache/tiercache/internal/flight"
+	"github.com/tiercache/tiercache/internal/keys"
 	"github.com/tiercache/tiercache/internal/store"
 )
 
@@ -398,6 +399,7 @@ type keyLoad[V any] struct {
 	stale *entry[V]
 	tok   fillToken // L1's token, taken before the Redis call that may fill it
 	token string    // our lease token (made on the first acquire, kept for retries)
+	lks   []string  // the keys of its lease scripts, made with the token
 	owned bool      // the lease is ours and not yet filled or given back
 	force bool      // lease it even if it looks fresh: its bytes do not decode
 	// notBefore, for a background refresh: a value written after it (Unix
@@ -494,9 +496,10 @@ func (c *Cache[V]) load(ctx context.Context, ks []*keyLoad[V], mode loadMode, no
 		for i, k := range pending {
 			if k.token == "" {
 				k.token = store.NewToken()
+				k.lks = keys.LeaseScript(k.vk) // for every acquire and the fill
 			}
 			k.tok = c.l1.token(k.key)
-			reqs[i] = store.AcquireReq{VK: k.vk, Token: k.token, Force: k.force || mode != loadRead, Wait: notified}
+			reqs[i] = store.AcquireReq{VK: k.vk, Token: k.token, Keys: k.lks, Force: k.force || mode != loadRead, Wait: notified}
 			if !k.force {
 				reqs[i].NotBefore = max(notBefore, k.notBefore)
 			}
@@ -796,7 +799,7 @@ func (c *Cache[V]) loadAndFill(ctx context.Context, ks []*keyLoad[V], mode fillM
 		if mode == fillPlain {
 			token = ""
 		}
-		ws = append(ws, store.Write{VK: k.vk, Token: token, Frame: b, TTL: c.redisTTL(time.Duration(es[i].softExp-nowU) * time.Microsecond), Version: es[i].version})
+		ws = append(ws, store.Write{VK: k.vk, Token: token, Keys: k.lks, Frame: b, TTL: c.redisTTL(time.Duration(es[i].softExp-nowU) * time.Microsecond), Version: es[i].version})
 		wk = append(wk, i)
 	}
 	outage := mode == fillOutage

@@ -39,15 +39,19 @@ const (
 // AcquireReq asks for the lease of the value key VK under Token.
 type AcquireReq struct {
 	VK, Token string
-	Force     bool  // take the lease even if the value is fresh
-	NotBefore int64 // with Force: a value written after it (Unix µs) counts as fresh
-	Wait      bool  // the caller will wait for another holder: ask to be woken
+	Keys      []string // keys.LeaseScript(VK), or nil to build them
+	Force     bool     // take the lease even if the value is fresh
+	NotBefore int64    // with Force: a value written after it (Unix µs) counts as fresh
+	Wait      bool     // the caller will wait for another holder: ask to be woken
 }
 
-// leaseKeys are the keys of vk's lease scripts (one slot): value, lease,
-// waiters, row version.
-func leaseKeys(vk string) []string {
-	return []string{vk, keys.Lease(vk), keys.Waiters(vk), keys.RowVersion(vk)}
+// leaseKeys are the keys of vk's lease scripts (see keys.LeaseScript),
+// ks when the caller has them already.
+func leaseKeys(vk string, ks []string) []string {
+	if ks != nil {
+		return ks
+	}
+	return keys.LeaseScript(vk)
 }
 
 // AcquireResult is the reply to an AcquireReq: the state, the value (when
@@ -100,11 +104,14 @@ func (s *Store) acquire(ctx context.Context, deadline time.Time, reqs []AcquireR
 	kk := make([][]string, len(reqs))
 	args := make([][]any, len(reqs))
 	vks := make([]string, len(reqs))
-	now := nowMicro()
-	ttl := s.leaseTTL.Milliseconds()
+	now := any(nowMicro()) // boxed once for the batch
 	for i, r := range reqs {
-		kk[i] = leaseKeys(r.VK)
-		args[i] = []any{r.Token, ttl, now, flag(r.Force), strconv.FormatInt(r.NotBefore, 10), flag(r.Wait)}
+		kk[i] = leaseKeys(r.VK, r.Keys)
+		notBefore := argZero
+		if r.NotBefore != 0 {
+			notBefore = strconv.FormatInt(r.NotBefore, 10)
+		}
+		args[i] = []any{r.Token, s.leaseTTLArg, now, flag(r.Force), notBefore, flag(r.Wait)}
 		vks[i] = r.VK
 	}
 	kerrs, _ := s.callKeys(ctx, op("acquire", len(reqs)), deadline, vks, func(ctx context.Context, idx []int, errs []error) error {
@@ -121,11 +128,15 @@ func (s *Store) acquire(ctx context.Context, deadline time.Time, reqs []AcquireR
 	}
 }
 
-func flag(b bool) string {
+// Script arguments boxed once: converting a string or a number to an
+// interface allocates, and a miss's scripts take a dozen of them.
+var argOne, argZero, argEmpty any = "1", "0", ""
+
+func flag(b bool) any {
 	if b {
-		return "1"
+		return argOne
 	}
-	return "0"
+	return argZero
 }
 
 // leaseSlots is how many round trips of lone lease scripts (acquires, and
@@ -187,6 +198,7 @@ func parseAcquire(cmd *redis.Cmd) (AcquireResult, error) {
 // one.
 type Write struct {
 	VK, Token string
+	Keys      []string // keys.LeaseScript(VK), or nil to build them
 	Frame     []byte
 	TTL       time.Duration
 	Version   uint64
@@ -236,23 +248,28 @@ func (s *Store) fillMany(ctx context.Context, deadline time.Time, ws []Write, ou
 func (s *Store) fill(ctx context.Context, deadline time.Time, ws []Write, written, refused []bool, errs []error) error {
 	args := make([][]any, len(ws))
 	vks := make([]string, len(ws))
+	kk := make([][]string, len(ws))
+	channel := s.channelArg(ctx)
 	for i, w := range ws {
 		ver, verTTL := s.versionArgs(w.Version, w.TTL)
-		args[i] = []any{w.Token, w.Frame, ms(w.TTL), ver, verTTL, s.fillChannel(ctx)}
-		vks[i] = w.VK
+		args[i] = []any{w.Token, w.Frame, ms(w.TTL), ver, verTTL, channel}
+		vks[i], kk[i] = w.VK, leaseKeys(w.VK, w.Keys)
 	}
-	return s.endLeases(ctx, op("fill", len(ws)), deadline, keys.Fill, vks, args, written, refused, errs)
+	return s.endLeases(ctx, op("fill", len(ws)), deadline, keys.Fill, vks, kk, args, written, refused, errs)
 }
 
 // endLeases runs sc, a script that ends the lease of each value key (Fill,
-// Release, Set, Del), with args[i] for vks[i], in one round trip done by
+// Release, Set, Del), with the keys kk[i] (nil: built here) and args[i] for
+// vks[i], in one round trip done by
 // deadline, and wakes the waiters of the leases it ended (see
 // keys.WokeFlag). done[i] and refused[i] are its reply for vks[i] (see
 // leaseReply), errs[i] its error (errs may be nil), err the first.
-func (s *Store) endLeases(ctx context.Context, name string, deadline time.Time, sc *redis.Script, vks []string, args [][]any, done, refused []bool, errs []error) (err error) {
-	kk := make([][]string, len(vks))
-	for i, vk := range vks {
-		kk[i] = leaseKeys(vk)
+func (s *Store) endLeases(ctx context.Context, name string, deadline time.Time, sc *redis.Script, vks []string, kk [][]string, args [][]any, done, refused []bool, errs []error) (err error) {
+	if kk == nil {
+		kk = make([][]string, len(vks))
+		for i, vk := range vks {
+			kk[i] = leaseKeys(vk, nil)
+		}
 	}
 	woke := make([]bool, len(vks))
 	kerrs, err := s.callKeys(ctx, name, deadline, vks, func(ctx context.Context, idx []int, errs []error) error {
@@ -317,7 +334,7 @@ func (s *Store) Release(ls []Lease) {
 			// Not on life: a release must outlive Close by one attempt.
 			// (A lease given back twice is harmless: Release checks the token.)
 			done, refused := make([]bool, len(ls)), make([]bool, len(ls))
-			err := s.endLeases(context.Background(), op("release", len(ls)), s.WriteBy(), keys.Release, lks, args, done, refused, nil)
+			err := s.endLeases(context.Background(), op("release", len(ls)), s.WriteBy(), keys.Release, lks, nil, args, done, refused, nil)
 			if err == nil || closing || time.Now().After(deadline) {
 				return
 			}

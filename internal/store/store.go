@@ -100,6 +100,7 @@ type Store struct {
 	fault, breakerOpen error
 
 	readTimeout, writeTimeout, leaseTTL time.Duration
+	leaseTTLArg, fillsArg               any           // the lease TTL in ms and the fill channel, boxed once (see argOne)
 	versionTTL                          time.Duration // see versionArgs
 
 	life context.Context
@@ -140,6 +141,7 @@ func New(rdb redis.UniversalClient, cfg Config) *Store {
 		readTimeout: cfg.ReadTimeout, writeTimeout: cfg.WriteTimeout, leaseTTL: cfg.LeaseTTL,
 		versionTTL: cfg.VersionTTL, genEvery: cfg.HealthInterval, onNewGeneration: cfg.OnNewGeneration,
 	}
+	s.leaseTTLArg, s.fillsArg = s.leaseTTL.Milliseconds(), s.Layout.Fills()
 	if rdb == nil {
 		s.local = &localState{tags: map[string]uint64{}}
 		return s

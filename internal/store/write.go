@@ -30,7 +30,7 @@ func (s *Store) Set(ctx context.Context, ws []Write) (written, refused []bool, e
 		args[i] = []any{w.Frame, ms(w.TTL), ver, verTTL, s.fillChannel(ctx)}
 	}
 	written, refused = make([]bool, len(ws)), make([]bool, len(ws))
-	err = s.endLeases(ctx, op("set", len(ws)), s.WriteBy(), keys.Set, vks, args, written, refused, nil)
+	err = s.endLeases(ctx, op("set", len(ws)), s.WriteBy(), keys.Set, vks, nil, args, written, refused, nil)
 	return written, refused, err
 }
 
@@ -48,7 +48,7 @@ func (s *Store) Del(ctx context.Context, vks []string, version uint64) error {
 		args[i] = []any{ver, verTTL, s.fillChannel(ctx)}
 	}
 	done, refused := make([]bool, len(vks)), make([]bool, len(vks))
-	return s.endLeases(ctx, "del", s.WriteBy(), keys.Del, vks, args, done, refused, nil)
+	return s.endLeases(ctx, "del", s.WriteBy(), keys.Del, vks, nil, args, done, refused, nil)
 }
 
 // Generation returns the namespace's generation (see Cache.Clear), read
@@ -174,6 +174,15 @@ func (s *Store) fillChannel(ctx context.Context) string {
 		return ""
 	}
 	return s.Layout.Fills()
+}
+
+// channelArg is fillChannel boxed for a script's arguments: the channel is
+// the same for every fill of a store, so it is boxed once per mode.
+func (s *Store) channelArg(ctx context.Context) any {
+	if ch := s.fillChannel(ctx); ch != "" {
+		return s.fillsArg
+	}
+	return argEmpty
 }
 
 // wake publishes, on the sharded fill channel, the value keys vks[i] whose
