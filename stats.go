@@ -81,10 +81,10 @@ func (e Event) String() string {
 // Observer receives what the cache does, as it does it: the hook for
 // metrics and tracing (see the tiercacheprom and tiercacheotel modules).
 // Its methods run on the read path, so they must be fast and safe for
-// concurrent use, and they must not call the cache back: BreakerChanged,
-// and the Events of a breaker's change, run while that breaker holds its
-// lock, which [Cache.Stats] (reading every breaker) would wait for forever.
-// Embed [NopObserver] to implement only some of them.
+// concurrent use. They may read [Cache.Stats]: BreakerChanged, and the
+// Events of a breaker's change, are told after the breaker has changed and
+// released its lock, in the order the changes happened. Embed
+// [NopObserver] to implement only some of them.
 type Observer interface {
 	// Lookup is called for each read of a tier: hit or miss, and how long
 	// the lookup took. L1 lookups are not timed (d is 0): reading the clock

@@ -43,10 +43,24 @@ type breaker struct {
 	cb     *gobreaker.TwoStepCircuitBreaker[struct{}]
 	closed atomic.Bool // the state is closed (kept by OnStateChange)
 	dirty  atomic.Bool // a failure was reported since the last reported success
+
+	// Changes of state are told to onChange (the cache's Observer, the slot
+	// memo) outside gobreaker's lock, which is held while gobreaker calls
+	// OnStateChange: an Observer that reads Cache.Stats (every breaker's
+	// state) from BreakerChanged would otherwise wait for that lock
+	// forever. OnStateChange queues the change; whoever made the call that
+	// changed it delivers the queue once gobreaker returns (deliver).
+	onChange   func(from, to State)
+	queued     atomic.Bool // changes wait in pending
+	mu         sync.Mutex  // guards pending and delivering
+	pending    []stateChange
+	delivering bool // a goroutine is delivering: others leave the queue to it, in order
 }
 
+type stateChange struct{ from, to State }
+
 func newBreaker(s BreakerSettings, onChange func(from, to State)) *breaker {
-	b := &breaker{}
+	b := &breaker{onChange: onChange}
 	b.closed.Store(true)
 	b.cb = gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{
 		Name:        "tiercache-redis",
@@ -55,7 +69,10 @@ func newBreaker(s BreakerSettings, onChange func(from, to State)) *breaker {
 		ReadyToTrip: func(c gobreaker.Counts) bool { return c.ConsecutiveFailures >= s.ConsecutiveFailures },
 		OnStateChange: func(_ string, from, to gobreaker.State) {
 			b.closed.Store(to == gobreaker.StateClosed)
-			onChange(breakerState(from), breakerState(to))
+			b.mu.Lock()
+			b.pending = append(b.pending, stateChange{breakerState(from), breakerState(to)})
+			b.queued.Store(true)
+			b.mu.Unlock()
 		},
 		IsSuccessful: func(err error) bool { return !isRedisFault(err) },
 		IsExcluded:   excludedFromBreaker,
@@ -66,18 +83,54 @@ func newBreaker(s BreakerSettings, onChange func(from, to State)) *breaker {
 // A caller that gave up says nothing about Redis.
 func excludedFromBreaker(err error) bool { return errors.Is(err, context.Canceled) }
 
+// deliver tells onChange the queued changes, in order, outside gobreaker's
+// lock; every call into gobreaker is followed by one. One goroutine
+// delivers at a time: one that finds another at it leaves its changes to
+// it, which looks at the queue again, under the lock, before it stops.
+func (b *breaker) deliver() {
+	if !b.queued.Load() {
+		return
+	}
+	b.mu.Lock()
+	if b.delivering {
+		b.mu.Unlock()
+		return
+	}
+	b.delivering = true
+	finished := false
+	defer func() {
+		if !finished { // onChange is the Observer's code: it may panic
+			b.mu.Lock()
+			b.delivering = false
+			b.mu.Unlock()
+		}
+	}()
+	for len(b.pending) > 0 {
+		c := b.pending[0]
+		b.pending = b.pending[1:]
+		b.mu.Unlock()
+		b.onChange(c.from, c.to)
+		b.mu.Lock()
+	}
+	b.queued.Store(false)
+	b.delivering, finished = false, true
+	b.mu.Unlock()
+}
+
 // begin reports whether a call may go to Redis. If it may, end must be
 // called with the call's result and the done begin returned.
 func (b *breaker) begin() (done func(error), ok bool) {
 	if b.closed.Load() {
 		return nil, true
 	}
-	done, err := b.cb.Allow()
+	done, err := b.cb.Allow() // open to half-open happens here
+	b.deliver()
 	return done, err == nil
 }
 
 // end reports a call's result.
 func (b *breaker) end(done func(error), err error) {
+	defer b.deliver()
 	if done != nil {
 		done(err)
 		return
@@ -200,7 +253,8 @@ func (n *nodes) states() (map[string]State, State) {
 	out := make(map[string]State, len(n.m))
 	worst := Closed
 	for addr, b := range n.m {
-		s := breakerState(b.cb.State())
+		s := breakerState(b.cb.State()) // may move open to half-open
+		b.deliver()
 		out[addr] = s
 		worst = max(worst, s)
 	}

@@ -117,3 +117,43 @@ func TestSlotMemoForgetsOnBreakerChange(t *testing.T) {
 		t.Fatal("the breaker opened and the slot memo was kept")
 	}
 }
+
+// A breaker's change is told outside gobreaker's lock: the callback (the
+// cache's Observer) may read every breaker's state, as Cache.Stats does,
+// without waiting for the lock of the breaker that is changing. Changes
+// arrive in order: closed to open, then open to half-open.
+func TestBreakerChangeToldOutsideItsLock(t *testing.T) {
+	rdb := redistest.SharedCluster(t).Client(t)
+	var s *Store
+	var changes []State
+	s = New(rdb, Config{
+		Breaker: &BreakerSettings{ConsecutiveFailures: 1, OpenFor: 50 * time.Millisecond, Probes: 1},
+		OnBreaker: func(_ string, _, to State) {
+			if _, worst := s.Breakers(); worst != to && to != Closed {
+				t.Errorf("told of %v while the states say %v", to, worst)
+			}
+			changes = append(changes, to)
+		},
+	})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		b := s.nodes.get("some:1")
+		d, ok := b.begin()
+		if !ok {
+			t.Error("a new breaker refused a call")
+			return
+		}
+		b.end(d, context.DeadlineExceeded) // opens it
+		time.Sleep(60 * time.Millisecond)
+		s.Breakers() // reading the state moves it to half-open
+	}()
+	select {
+	case <-done:
+	case <-time.After(time.Minute):
+		t.Fatal("the callback waited for the changing breaker's lock: deadlock")
+	}
+	if len(changes) != 2 || changes[0] != Open || changes[1] != HalfOpen {
+		t.Fatalf("changes told: %v, want [open half-open]", changes)
+	}
+}
