@@ -487,6 +487,15 @@ func (c *Cache[V]) load(ctx context.Context, ks []*keyLoad[V], mode loadMode, no
 	defer func() { unwatch() }()
 	pending := ks
 	for len(pending) > 0 {
+		if err := ctx.Err(); err != nil {
+			// Closed (before this round's acquire): ask Redis for nothing
+			// more. (Leases of earlier rounds are given back by the
+			// deferred release.)
+			for _, k := range pending {
+				k.settle(entry[V]{}, err)
+			}
+			return
+		}
 		// A waiter is woken by the holder's fill (see fillWaits) while the
 		// subscription is up, and polls otherwise. It watches before its
 		// acquire: a fill between the acquire's reply and the wait wakes it.

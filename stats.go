@@ -81,10 +81,13 @@ func (e Event) String() string {
 // Observer receives what the cache does, as it does it: the hook for
 // metrics and tracing (see the tiercacheprom and tiercacheotel modules).
 // Its methods run on the read path, so they must be fast and safe for
-// concurrent use. They may read [Cache.Stats]: BreakerChanged, and the
+// concurrent use. They may read [Cache.Stats] (BreakerChanged, and the
 // Events of a breaker's change, are told after the breaker has changed and
-// released its lock, in the order the changes happened. Embed
-// [NopObserver] to implement only some of them.
+// released its lock, in the order the changes happened), but must not
+// otherwise call the cache: Redis runs inside a round trip that other
+// calls may be waiting to share, and a read from there could wait for it.
+// A panic in one is not recovered, but leaves no round trip, flight or
+// breaker probe held. Embed [NopObserver] to implement only some of them.
 type Observer interface {
 	// Lookup is called for each read of a tier: hit or miss, and how long
 	// the lookup took. L1 lookups are not timed (d is 0): reading the clock

@@ -124,8 +124,15 @@ func (b *breaker) begin() (done func(error), ok bool) {
 		return nil, true
 	}
 	done, err := b.cb.Allow() // open to half-open happens here
-	b.deliver()
-	return done, err == nil
+	if err != nil {
+		b.deliver()
+		return nil, false
+	}
+	// Granted: the change (if any) is told by end's deliver, after the
+	// round trip. Told here, a panicking Observer would leave the probe
+	// this Allow counted unreturned, and a half-open breaker waits for
+	// its probes for good.
+	return done, true
 }
 
 // end reports a call's result.
@@ -248,11 +255,18 @@ func (n *nodes) states() (map[string]State, State) {
 	if n == nil {
 		return nil, Closed
 	}
+	// The breakers are read outside n.mu: a change told here may call the
+	// Observer, which may read the states again, and a second RLock would
+	// wait behind a get's Lock that waits for the first.
 	n.mu.RLock()
-	defer n.mu.RUnlock()
-	out := make(map[string]State, len(n.m))
-	worst := Closed
+	bs := make(map[string]*breaker, len(n.m))
 	for addr, b := range n.m {
+		bs[addr] = b
+	}
+	n.mu.RUnlock()
+	out := make(map[string]State, len(bs))
+	worst := Closed
+	for addr, b := range bs {
 		s := breakerState(b.cb.State()) // may move open to half-open
 		b.deliver()
 		out[addr] = s

@@ -73,3 +73,61 @@ func TestLateCallsAreNotJudged(t *testing.T) {
 		})
 	}
 }
+
+// panickyRecorder's Span panics once when armed: the Tracer is user code.
+type panickyRecorder struct {
+	countingRecorder
+	armed atomic.Bool
+}
+
+func (r *panickyRecorder) Span(ctx context.Context, _ string) (context.Context, func(error)) {
+	if r.armed.CompareAndSwap(true, false) {
+		panic("a Tracer panicked")
+	}
+	return ctx, func(error) {}
+}
+
+// A panic between a half-open breaker's grant and its judge (the Tracer's
+// Span, say) gives the probe back: the next call is let through as a probe,
+// where without it the half-open breaker would refuse every call for good.
+// For a single call and for a batch.
+func TestProbeGivenBackAfterAPanic(t *testing.T) {
+	rdb := redistest.SharedServer(t).Client(t)
+	for _, batch := range []bool{false, true} {
+		t.Run(fmt.Sprint("batch=", batch), func(t *testing.T) {
+			ctx := t.Context()
+			fault := errors.New("redis")
+			rec := &panickyRecorder{}
+			s := New(rdb, Config{
+				Breaker:  &BreakerSettings{ConsecutiveFailures: 1, OpenFor: 20 * time.Millisecond, Probes: 1},
+				Recorder: rec, Fault: fault, BreakerOpen: fmt.Errorf("%w: breaker open", fault),
+				ReadTimeout: time.Second, WriteTimeout: time.Second, LeaseTTL: time.Second,
+			})
+			b := s.nodes.one
+			d, _ := b.begin()
+			b.end(d, context.DeadlineExceeded) // open
+			time.Sleep(40 * time.Millisecond)  // past OpenFor: the next call is a probe
+			call := func() error {
+				if batch {
+					_, err := s.callKeys(ctx, "mget", time.Now().Add(time.Second), []string{"p1", "p2"}, func(ctx context.Context, _ []int, _ []error) error {
+						return rdb.MGet(ctx, "p1", "p2").Err()
+					})
+					return err
+				}
+				return s.Call(ctx, "", "get", time.Now().Add(time.Second), func(ctx context.Context) error { return rdb.Get(ctx, "p").Err() })
+			}
+			rec.armed.Store(true)
+			func() {
+				defer func() { _ = recover() }()
+				_ = call()
+				t.Fatal("the armed Span did not panic")
+			}()
+			if err := call(); err != nil {
+				t.Fatalf("the call after the panic: %v (the probe was not given back)", err)
+			}
+			if _, worst := s.Breakers(); worst != Closed {
+				t.Fatalf("after a good probe the breaker is %v, want closed", worst)
+			}
+		})
+	}
+}

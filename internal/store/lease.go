@@ -83,7 +83,7 @@ func (s *Store) Acquire(ctx context.Context, reqs []AcquireReq) ([]AcquireResult
 		// bounded by the read timeout all the same.
 		r, err := s.acquires.Do(context.WithoutCancel(ctx), reqs[0])
 		if err != nil {
-			return []AcquireResult{{}}, []error{err}
+			return []AcquireResult{{}}, []error{s.aborted(err)}
 		}
 		return []AcquireResult{r}, nil
 	}
@@ -224,7 +224,7 @@ func (s *Store) Fill(ctx context.Context, ws []Write) (written, refused []bool, 
 	if len(ws) == 1 && s.fills != nil {
 		// Not cancelled with ctx: see Acquire.
 		r, err := s.fills.Do(context.WithoutCancel(ctx), ws[0])
-		return []bool{r.written}, []bool{r.refused}, err
+		return []bool{r.written}, []bool{r.refused}, s.aborted(err)
 	}
 	written, refused = make([]bool, len(ws)), make([]bool, len(ws))
 	errs := make([]error, len(ws))

@@ -16,7 +16,8 @@ func (s *Store) Get(ctx context.Context, vk string) ([]byte, error) {
 		return nil, nil
 	}
 	if s.coal != nil {
-		return s.coal.Do(ctx, vk)
+		b, err := s.coal.Do(ctx, vk)
+		return b, s.aborted(err)
 	}
 	return s.getOne(ctx, s.readBy(), vk)
 }

@@ -187,12 +187,38 @@ func (s *Store) Call(ctx context.Context, node, op string, deadline time.Time, f
 		cancel()
 		return s.breakerOpen
 	}
+	judged := false
+	defer func() {
+		if !judged {
+			giveBack(done)
+		}
+	}()
 	ctx, end := s.rec.Span(ctx, op)
 	start := s.rec.Now()
 	err := absentIsNil(fn(ctx))
 	cancel()
 	end(err)
+	judged = true
 	return s.judge(brk, done, op, start, err)
+}
+
+// giveBack returns the probe a half-open breaker granted (done, from admit)
+// for a call that did not get to its judge: the Tracer or the Observer,
+// user code that runs in between, panicked. A half-open breaker waits for
+// its probes for good; a cancelled call is not counted either way.
+func giveBack(done func(error)) {
+	if done != nil {
+		done(context.Canceled)
+	}
+}
+
+// aborted wraps coalesce.ErrAborted (the round trip's leader panicked) in
+// Fault, as every error of a round trip is.
+func (s *Store) aborted(err error) error {
+	if errors.Is(err, coalesce.ErrAborted) {
+		return fmt.Errorf("%w: %w", s.fault, err)
+	}
+	return err
 }
 
 // late is the error of a call whose deadline passed (or whose caller left)
@@ -281,11 +307,12 @@ var identity = func() []int {
 func (s *Store) callKeys(ctx context.Context, op string, deadline time.Time, keys []string, fn keyFn) (errs []error, err error) {
 	// A node's keys, and its breaker's grant.
 	type node struct {
-		addr string
-		keys int // how many
-		idx  []int
-		brk  *breaker
-		done func(error)
+		addr   string
+		keys   int // how many
+		idx    []int
+		brk    *breaker
+		done   func(error)
+		judged bool
 	}
 	// order is every index, grouped by node; each node's idx is its part.
 	var order []int
@@ -346,6 +373,13 @@ func (s *Store) callKeys(ctx context.Context, op string, deadline time.Time, key
 		return errs, err
 	}
 	admitted := nodes[:0]
+	defer func() {
+		for _, n := range admitted {
+			if !n.judged {
+				giveBack(n.done) // see giveBack
+			}
+		}
+	}()
 	for _, n := range nodes {
 		var ok bool
 		if n.brk, n.done, ok = s.admit(n.addr); !ok {
@@ -372,7 +406,8 @@ func (s *Store) callKeys(ctx context.Context, op string, deadline time.Time, key
 	whole := absentIsNil(fn(cctx, idx, cerrs))
 	var first error
 	off := 0 // admitted's keys are idx in order
-	for _, n := range admitted {
+	for j := range admitted {
+		n := &admitted[j]
 		var nerr error // the node's: the round trip's, or its first command's
 		if nerr = whole; nerr == nil {
 			for m := range n.idx {
@@ -381,6 +416,7 @@ func (s *Store) callKeys(ctx context.Context, op string, deadline time.Time, key
 				}
 			}
 		}
+		n.judged = true
 		werr := s.judge(n.brk, n.done, op, start, nerr)
 		for m, i := range n.idx {
 			switch {
