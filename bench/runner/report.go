@@ -81,7 +81,7 @@ func (r *Report) Markdown(w io.Writer) {
 	fmt.Fprintf(bw, "| Go | %s |\n", h.GoVersion)
 	fmt.Fprintf(bw, "| Redis | %s (local redis-server, loopback, no persistence) |\n", h.RedisVersion)
 	fmt.Fprintf(bw, "| tiercache commit | %s |\n", h.GitCommit)
-	fmt.Fprintf(bw, "| mode | %s, %d rounds, subjects interleaved within each round |\n", h.Mode, h.Rounds)
+	fmt.Fprintf(bw, "| mode | %s, %d rounds unless a workload says otherwise, subjects interleaved within each round |\n", h.Mode, h.Rounds)
 	fmt.Fprintf(bw, "| wall time | %s |\n", h.WallTime)
 	if h.Command != "" {
 		fmt.Fprintf(bw, "| command | `%s` |\n", h.Command)
