@@ -545,7 +545,7 @@ func (c *Cache[V]) load(ctx context.Context, ks []*keyLoad[V], mode loadMode, no
 			ok, okRes := pending[:0:0], res[:0:0]
 			for i, k := range pending {
 				if errs[i] != nil {
-					if k.countL2 && !errors.Is(errs[i], errBreakerOpen) { // a bypassed Redis was not asked
+					if k.countL2 && !notAsked(errs[i]) {
 						k.countL2 = false
 						c.rec.lookupL2(false, start)
 					}

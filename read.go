@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/tiercache/tiercache/internal/envelope"
+	"github.com/tiercache/tiercache/internal/store"
 )
 
 // The read path without a loader: L1, then Redis. A fresh Redis hit fills
@@ -129,7 +130,7 @@ func (c *Cache[V]) getL2(ctx context.Context, key string) (e entry[V], found boo
 	start := c.rec.Now()
 	b, err := c.st.Get(ctx, vk)
 	if err != nil {
-		if !errors.Is(err, errBreakerOpen) { // a bypassed Redis was not asked
+		if !notAsked(err) {
 			c.rec.lookupL2(false, start)
 		}
 		return e, false, err
@@ -160,7 +161,7 @@ func (c *Cache[V]) getManyL2(ctx context.Context, ks []string) (es []entry[V], f
 	c.decodeChecked(ctx, now, ks, vks, raw, es, found)
 	for i, k := range ks {
 		if errs != nil && errs[i] != nil {
-			if !errors.Is(errs[i], errBreakerOpen) { // a bypassed Redis was not asked
+			if !notAsked(errs[i]) {
 				c.rec.lookupL2(false, start)
 			}
 			continue
@@ -168,6 +169,13 @@ func (c *Cache[V]) getManyL2(ctx context.Context, ks []string) (es []entry[V], f
 		c.countL2(start, now, k, toks[i], &es[i], found[i])
 	}
 	return es, found, errs, err
+}
+
+// notAsked reports an error of a read that Redis was not asked: its
+// node's breaker refused it, or its deadline passed while it queued. It is
+// not a lookup.
+func notAsked(err error) bool {
+	return errors.Is(err, errBreakerOpen) || errors.Is(err, store.ErrNotSent)
 }
 
 // countL2 counts the Redis lookup of k and fills L1 with a fresh hit.

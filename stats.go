@@ -86,13 +86,16 @@ func (e Event) String() string {
 // released its lock, in the order the changes happened), but must not
 // otherwise call the cache: Redis runs inside a round trip that other
 // calls may be waiting to share, and a read from there could wait for it.
-// A panic in one is not recovered, but leaves no round trip, flight or
-// breaker probe held. Embed [NopObserver] to implement only some of them.
+// A panic in one leaves no round trip, flight or breaker probe held (in a
+// load, its waiters get it as a [PanicError]). Embed [NopObserver] to
+// implement only some of them.
 type Observer interface {
 	// Lookup is called for each read of a tier: hit or miss, and how long
 	// the lookup took. L1 lookups are not timed (d is 0): reading the clock
 	// would cost more than the lookup. A read that the circuit breaker
-	// keeps from Redis is not a lookup (see EventBreakerReject).
+	// keeps from Redis is not a lookup (see EventBreakerReject), nor is one
+	// that was not sent because its deadline passed while it queued behind
+	// other round trips (it fails over to the loader as a Redis error).
 	Lookup(tier Tier, hit bool, d time.Duration)
 	// Load is called after each call of a loader.
 	Load(d time.Duration, err error)

@@ -45,7 +45,7 @@ func TestLateCallsAreNotJudged(t *testing.T) {
 			past := time.Now().Add(-time.Millisecond)
 			sent := false
 			err := s.Call(ctx, s.nodeOf(ctx, "late"), "get", past, func(context.Context) error { sent = true; return nil })
-			if !errors.Is(err, fault) || !errors.Is(err, context.DeadlineExceeded) || sent {
+			if !errors.Is(err, fault) || !errors.Is(err, context.DeadlineExceeded) || !errors.Is(err, ErrNotSent) || sent {
 				t.Fatalf("late Call: %v (sent: %v), want a fault wrapping the deadline, unsent", err, sent)
 			}
 			ks := []string{"late:a", "late:b", "late:c", "late:d", "late:e", "late:f"}
@@ -54,7 +54,7 @@ func TestLateCallsAreNotJudged(t *testing.T) {
 				t.Fatalf("late callKeys: %v, %d errors (sent: %v)", err, len(errs), sent)
 			}
 			for i, e := range errs {
-				if !errors.Is(e, fault) || !errors.Is(e, context.DeadlineExceeded) {
+				if !errors.Is(e, fault) || !errors.Is(e, context.DeadlineExceeded) || !errors.Is(e, ErrNotSent) {
 					t.Errorf("key %s: %v, want a fault wrapping the deadline", ks[i], e)
 				}
 			}

@@ -45,7 +45,7 @@ func (s *Store) fetchReads(ctx context.Context, deadline time.Time, vks []string
 		if kerrs != nil {
 			errs[i] = kerrs[i]
 		}
-		if errs[i] == nil || !errors.Is(errs[i], s.breakerOpen) {
+		if errs[i] == nil || !errors.Is(errs[i], s.breakerOpen) && !errors.Is(errs[i], ErrNotSent) {
 			batched++
 		}
 	}

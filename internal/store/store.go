@@ -226,8 +226,12 @@ func (s *Store) aborted(err error) error {
 // Nothing was asked of Redis, so no breaker is told: the node did nothing
 // wrong, and one slow node must not open a healthy one's breaker.
 func (s *Store) late(op string, err error) error {
-	return fmt.Errorf("%w: %s: %w", s.fault, op, err)
+	return fmt.Errorf("%w: %s: %w (%w)", s.fault, op, ErrNotSent, err)
 }
+
+// ErrNotSent marks the error of a call that was not sent (see late): like
+// one a breaker refused, it is not a lookup of Redis.
+var ErrNotSent = errors.New("not sent: its deadline passed while it waited")
 
 // admit asks node's breaker for a round trip (always granted without
 // breakers); done is to be given its result (see judge).
