@@ -84,8 +84,9 @@ func (e Event) String() string {
 // concurrent use. They may read [Cache.Stats] (BreakerChanged, and the
 // Events of a breaker's change, are told after the breaker has changed and
 // released its lock, in the order the changes happened), but must not
-// otherwise call the cache: Redis runs inside a round trip that other
-// calls may be waiting to share, and a read from there could wait for it.
+// otherwise call the cache: Redis (like the Tracer's span) runs inside a
+// round trip that other calls may be waiting to share, and a read from
+// there could wait for that round trip itself.
 // A panic in one leaves no round trip, flight or breaker probe held (in a
 // load, its waiters get it as a [PanicError]). Embed [NopObserver] to
 // implement only some of them.

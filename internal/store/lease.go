@@ -67,7 +67,7 @@ type AcquireResult struct {
 // Acquire runs the Acquire script for each request, in one round trip per
 // node: the value if fresh, else the lease if free. errs[i] is set for the
 // requests of a node that failed. A lone request shares its round trip with
-// other instances' concurrent lone requests, as reads do (see leaseSlots).
+// this store's other concurrent lone requests, as reads do (see leaseSlots).
 func (s *Store) Acquire(ctx context.Context, reqs []AcquireReq) ([]AcquireResult, []error) {
 	if s.local != nil {
 		out := make([]AcquireResult, len(reqs))
@@ -227,8 +227,7 @@ func (s *Store) Fill(ctx context.Context, ws []Write) (written, refused []bool, 
 		return []bool{r.written}, []bool{r.refused}, s.aborted(err)
 	}
 	written, refused = make([]bool, len(ws)), make([]bool, len(ws))
-	errs := make([]error, len(ws))
-	err = s.fill(ctx, s.WriteBy(), ws, written, refused, errs)
+	err = s.fill(ctx, s.WriteBy(), ws, written, refused, nil)
 	return written, refused, err
 }
 
@@ -263,13 +262,17 @@ func (s *Store) fill(ctx context.Context, deadline time.Time, ws []Write, writte
 // vks[i], in one round trip done by
 // deadline, and wakes the waiters of the leases it ended (see
 // keys.WokeFlag). done[i] and refused[i] are its reply for vks[i] (see
-// leaseReply), errs[i] its error (errs may be nil), err the first.
+// leaseReply), errs[i] its error (done, refused and errs may be nil, for a
+// caller that does not read them), err the first.
 func (s *Store) endLeases(ctx context.Context, name string, deadline time.Time, sc *redis.Script, vks []string, kk [][]string, args [][]any, done, refused []bool, errs []error) (err error) {
 	if kk == nil {
 		kk = make([][]string, len(vks))
 		for i, vk := range vks {
 			kk[i] = leaseKeys(vk, nil)
 		}
+	}
+	if done == nil {
+		done, refused = make([]bool, len(vks)), make([]bool, len(vks))
 	}
 	woke := make([]bool, len(vks))
 	kerrs, err := s.callKeys(ctx, name, deadline, vks, func(ctx context.Context, idx []int, errs []error) error {
@@ -320,9 +323,10 @@ func (s *Store) Release(ls []Lease) {
 	}
 	args := make([][]any, len(ls))
 	lks := make([]string, len(ls))
+	channel := s.channelArg(context.Background())
 	for i, l := range ls {
 		lks[i] = l.VK
-		args[i] = []any{l.Token, s.fillChannel(context.Background())}
+		args[i] = []any{l.Token, channel}
 	}
 	s.releases.Add(1)
 	go func() {
@@ -333,8 +337,7 @@ func (s *Store) Release(ls []Lease) {
 			closing := s.life.Err() != nil
 			// Not on life: a release must outlive Close by one attempt.
 			// (A lease given back twice is harmless: Release checks the token.)
-			done, refused := make([]bool, len(ls)), make([]bool, len(ls))
-			err := s.endLeases(context.Background(), op("release", len(ls)), s.WriteBy(), keys.Release, lks, nil, args, done, refused, nil)
+			err := s.endLeases(context.Background(), op("release", len(ls)), s.WriteBy(), keys.Release, lks, nil, args, nil, nil, nil)
 			if err == nil || closing || time.Now().After(deadline) {
 				return
 			}

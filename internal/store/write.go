@@ -24,10 +24,11 @@ func (s *Store) Set(ctx context.Context, ws []Write) (written, refused []bool, e
 	}
 	args := make([][]any, len(ws))
 	vks := make([]string, len(ws))
+	channel := s.channelArg(ctx)
 	for i, w := range ws {
 		ver, verTTL := s.versionArgs(w.Version, w.TTL)
 		vks[i] = w.VK
-		args[i] = []any{w.Frame, ms(w.TTL), ver, verTTL, s.fillChannel(ctx)}
+		args[i] = []any{w.Frame, ms(w.TTL), ver, verTTL, channel}
 	}
 	written, refused = make([]bool, len(ws)), make([]bool, len(ws))
 	err = s.endLeases(ctx, op("set", len(ws)), s.WriteBy(), keys.Set, vks, nil, args, written, refused, nil)
@@ -44,11 +45,11 @@ func (s *Store) Del(ctx context.Context, vks []string, version uint64) error {
 	}
 	args := make([][]any, len(vks))
 	ver, verTTL := s.versionArgs(version, 0)
+	channel := s.channelArg(ctx)
 	for i := range vks {
-		args[i] = []any{ver, verTTL, s.fillChannel(ctx)}
+		args[i] = []any{ver, verTTL, channel}
 	}
-	done, refused := make([]bool, len(vks)), make([]bool, len(vks))
-	return s.endLeases(ctx, "del", s.WriteBy(), keys.Del, vks, nil, args, done, refused, nil)
+	return s.endLeases(ctx, "del", s.WriteBy(), keys.Del, vks, nil, args, nil, nil, nil)
 }
 
 // Generation returns the namespace's generation (see Cache.Clear), read
@@ -176,8 +177,8 @@ func (s *Store) fillChannel(ctx context.Context) string {
 	return s.Layout.Fills()
 }
 
-// channelArg is fillChannel boxed for a script's arguments: the channel is
-// the same for every fill of a store, so it is boxed once per mode.
+// channelArg is fillChannel boxed for a lease script's arguments: the
+// channel is the same for every script of a store, so it is boxed once.
 func (s *Store) channelArg(ctx context.Context) any {
 	if ch := s.fillChannel(ctx); ch != "" {
 		return s.fillsArg
