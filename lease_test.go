@@ -695,3 +695,68 @@ func (h *scriptTrips) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.
 		return next(ctx, cmds)
 	}
 }
+
+// Bytes that look like a fresh frame by their header (version 1, reserved
+// byte 0, a logical expiry far ahead) but do not decode: Acquire answers
+// "fresh" without taking the lease, and the read acquires again, forced.
+// Nobody holds a lease on the key, so no fill will come to wake a wait:
+// the forced acquire goes out at once. Before, the read waited for a wake
+// (500 ms with the fill subscription up) first, and a GetOrLoad with a
+// 500 ms deadline over such bytes failed (a random fault test found it,
+// about one CI run in 300).
+func TestFreshLookingGarbageIsLoadedWithoutAWait(t *testing.T) {
+	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
+		ctx := t.Context()
+		_, c, obs := leaseHolderAndWaiter(t, tg)
+		admin := tg.NewClient(t)
+		garbage := func(k string) {
+			b := make([]byte, 60)
+			b[0] = 1 // version 1, reserved byte b[3] 0
+			for i := 4; i < len(b); i++ {
+				b[i] = byte(rand.Uint32())
+			}
+			b[4] = 0               // a write time in the past
+			b[12], b[13] = 0x7f, 0 // a logical expiry far ahead
+			if err := admin.Set(ctx, c.st.Layout.Value(k), b, time.Minute).Err(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		const n = 5
+		read := func(k string, want string) time.Duration {
+			start := time.Now()
+			if v, err := c.GetOrLoad(ctx, k, constLoad(want, 0)); err != nil || v != want {
+				t.Fatalf("GetOrLoad(%s) = %q, %v", k, v, err)
+			}
+			return time.Since(start)
+		}
+		// The same reads over absent keys, in the same conditions: the
+		// bound below is relative, so that a loaded machine does not fail
+		// the test.
+		var plain, forced time.Duration
+		for i := range n {
+			plain += read(fmt.Sprint("absent", i), "v")
+		}
+		corrupt := c.Stats().Count(EventCorrupt)
+		acquires := obs.count("acquire")
+		for i := range n {
+			k := fmt.Sprint("garbage", i)
+			garbage(k)
+			forced += read(k, "loaded")
+		}
+		if got := c.Stats().Count(EventCorrupt) - corrupt; got < n {
+			t.Fatalf("%d corrupt reads counted, want %d", got, n)
+		}
+		if got := obs.count("acquire") - acquires; got != 2*n {
+			t.Errorf("%d acquires for %d keys, want 2 each (the first answers fresh, the forced one leases)", got, n)
+		}
+		t.Logf("%d reads: absent %v, fresh-looking garbage %v", n, plain, forced)
+		if forced > n*400*time.Millisecond && forced > 10*plain {
+			t.Fatalf("%d reads over fresh-looking garbage took %v (over absent keys %v): each waited for a wake no fill sends", n, forced, plain)
+		}
+		for i := range n {
+			if v, err := c.Get(ctx, fmt.Sprint("garbage", i)); err != nil || v != "loaded" {
+				t.Fatalf("the loaded value was not cached: %q, %v", v, err)
+			}
+		}
+	})
+}

@@ -579,7 +579,9 @@ func (c *Cache[V]) load(ctx context.Context, ks []*keyLoad[V], mode loadMode, no
 				}
 			}
 		}
-		var owned, busy []*keyLoad[V]
+		// busy: another instance holds the lease; again: acquired again at
+		// once, forced (see below).
+		var owned, busy, again []*keyLoad[V]
 		var since int64 // when the earliest lease of this round was taken
 		var leaseLeft time.Duration
 		for i, k := range pending {
@@ -589,8 +591,11 @@ func (c *Cache[V]) load(ctx context.Context, ks []*keyLoad[V], mode loadMode, no
 				// foreign, another codec) or a tag was invalidated: lease it
 				// regardless of freshness, and of the header's write time,
 				// which may be garbage too. A value written meanwhile ends it.
+				// Nobody holds a lease on it, so no fill will wake a wait:
+				// acquire it again now. (Forced without a write time, an
+				// acquire never answers "fresh", so this happens once.)
 				k.force = true
-				busy = append(busy, k)
+				again = append(again, k)
 			case r.State == store.AcquireFresh:
 				if wait.rounds > 0 {
 					c.rec.event(EventLeaseWait)
@@ -618,6 +623,12 @@ func (c *Cache[V]) load(ctx context.Context, ks []*keyLoad[V], mode loadMode, no
 		if len(owned) > 0 {
 			c.loadAndFill(ctx, owned, fillLeased, fn, since)
 			c.release(owned)
+		}
+		if len(again) > 0 {
+			// (The busy keys too: one more acquire for them, not a wait.)
+			unwatch()
+			pending = append(again, busy...)
+			continue
 		}
 		if len(busy) == 0 {
 			return
