@@ -739,10 +739,12 @@ func TestCloseDuringAcquireCallsNoLoader(t *testing.T) {
 	})
 }
 
-// acquireGate holds the first Acquire script a client sends until proceed
-// is closed, and closes in when it has it.
+// acquireGate holds the first Acquire script a client sends after the
+// first skip until proceed is closed, and closes in when it has it.
 type acquireGate struct {
 	hash        string
+	skip        int64
+	sent        atomic.Int64
 	once        sync.Once
 	in, proceed chan struct{}
 }
@@ -750,7 +752,7 @@ type acquireGate struct {
 func (*acquireGate) DialHook(next redis.DialHook) redis.DialHook { return next }
 
 func (g *acquireGate) hold(cmd redis.Cmder) {
-	if a := cmd.Args(); len(a) > 1 && cmd.Name() == "evalsha" && a[1] == g.hash {
+	if a := cmd.Args(); len(a) > 1 && cmd.Name() == "evalsha" && a[1] == g.hash && g.sent.Add(1) > g.skip {
 		g.once.Do(func() {
 			close(g.in)
 			<-g.proceed

@@ -760,3 +760,184 @@ func TestFreshLookingGarbageIsLoadedWithoutAWait(t *testing.T) {
 		}
 	})
 }
+
+// A Delete during a load hands the load's value to the reads that were
+// waiting for it on other instances (their reads overlapped the Delete),
+// instead of making each wait for a second load; a read that began after
+// the Delete never gets it, and nothing of it is cached. If the holder
+// fails, or never fills, the waiters load anew.
+func TestDeleteHandsTheLoadToItsWaiters(t *testing.T) {
+	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
+		// holder loads "old" until released; the waiter waits for it; a
+		// third instance, the writer, deletes the key meanwhile.
+		setup := func(t *testing.T, lease time.Duration, holderErr error, hooks ...redis.Hook) (holder, waiter, writer *Cache[string], obs *countingObserver, release func(), held <-chan string) {
+			prefix := testPrefix(t)
+			holder = newCacheOn[string](t, tg.NewClient(t), prefix, WithLease(lease), WithL1(100))
+			obs = &countingObserver{}
+			wc := tg.NewClient(t)
+			for _, h := range hooks {
+				wc.AddHook(h)
+			}
+			waiter = newCacheOn[string](t, wc, prefix, WithLease(lease), WithL1(100), WithObserver(obs))
+			writer = newCacheOn[string](t, tg.NewClient(t), prefix, WithLease(lease), WithL1(100))
+			waitSubscribed(t, holder, waiter, writer)
+			loading, proceed := make(chan struct{}), make(chan struct{})
+			out := make(chan string, 1)
+			go func() {
+				v, err := holder.GetOrLoad(context.Background(), "k", func(ctx context.Context) (string, error) {
+					close(loading)
+					select {
+					case <-proceed:
+					case <-ctx.Done():
+					}
+					return "old", holderErr
+				})
+				if err != nil {
+					v = err.Error()
+				}
+				out <- v
+			}()
+			<-loading
+			var once sync.Once
+			release = func() { once.Do(func() { close(proceed) }) }
+			t.Cleanup(release)
+			return holder, waiter, writer, obs, release, out
+		}
+		read := func(c *Cache[string], v string, calls *atomic.Int64) <-chan string {
+			got := make(chan string, 1)
+			go func() {
+				v, err := c.GetOrLoad(context.Background(), "k", func(ctx context.Context) (string, error) {
+					calls.Add(1)
+					return v, nil
+				})
+				if err != nil {
+					v = err.Error()
+				}
+				got <- v
+			}()
+			return got
+		}
+		t.Run("handed off", func(t *testing.T) {
+			ctx := t.Context()
+			holder, waiter, writer, obs, release, held := setup(t, 30*time.Second, nil)
+			var calls atomic.Int64
+			got := read(waiter, "waiter's own load", &calls)
+			waitFor(t, 10*time.Second, "the waiter's first acquire", func() bool { return obs.count("acquire") >= 1 })
+			if err := writer.Delete(ctx, "k"); err != nil {
+				t.Fatal(err)
+			}
+			// Woken by the Delete, the waiter finds the lease gone, and
+			// waits on for the holder's value.
+			waitFor(t, 10*time.Second, "the waiter's acquire after the Delete", func() bool { return obs.count("acquire") >= 2 })
+			release()
+			if v := <-held; v != "old" {
+				t.Fatalf("the holder got %q", v)
+			}
+			if v := <-got; v != "old" || calls.Load() != 0 {
+				t.Fatalf("the waiter got %q after %d loads of its own; want the holder's value and none", v, calls.Load())
+			}
+			if n := holder.Stats().Count(EventFillRefused); n != 1 {
+				t.Fatalf("%d fills refused, want 1: the value loaded before the Delete landed", n)
+			}
+			if n, err := writer.st.RDB.Exists(ctx, writer.st.Layout.Value("k")).Result(); err != nil || n != 0 {
+				t.Fatalf("after the Delete Redis holds the key (%d, %v)", n, err)
+			}
+			for i, c := range []*Cache[string]{holder, waiter, writer} {
+				if _, ok := c.l1.get("k"); ok {
+					t.Fatalf("instance %d's L1 holds the value loaded before the Delete", i)
+				}
+			}
+			// A read from now on loads anew, on every instance.
+			var after atomic.Int64
+			if v := <-read(waiter, "new", &after); v != "new" || after.Load() != 1 {
+				t.Fatalf("a read after the Delete got %q with %d loads", v, after.Load())
+			}
+		})
+		t.Run("deleted after the fill", func(t *testing.T) {
+			// The fill wakes the waiter; a Delete lands before the waiter's
+			// next acquire reads the value.
+			ctx := t.Context()
+			gate := &acquireGate{hash: keys.Acquire.Hash(), skip: 1, in: make(chan struct{}), proceed: make(chan struct{})}
+			_, waiter, writer, obs, release, held := setup(t, 30*time.Second, nil, gate)
+			var calls atomic.Int64
+			got := read(waiter, "waiter's own load", &calls)
+			waitFor(t, 10*time.Second, "the waiter's first acquire", func() bool { return obs.count("acquire") >= 1 })
+			release()
+			if v := <-held; v != "old" {
+				t.Fatalf("the holder got %q", v)
+			}
+			<-gate.in // woken by the fill, the waiter's acquire is on its way
+			if err := writer.Delete(ctx, "k"); err != nil {
+				t.Fatal(err)
+			}
+			close(gate.proceed)
+			if v := <-got; v != "old" || calls.Load() != 0 {
+				t.Fatalf("the waiter got %q after %d loads of its own; want the filled value and none", v, calls.Load())
+			}
+			if _, ok := waiter.l1.get("k"); ok {
+				t.Fatal("the waiter's L1 holds the value deleted since")
+			}
+			var after atomic.Int64
+			if v := <-read(writer, "new", &after); v != "new" || after.Load() != 1 {
+				t.Fatalf("a read after the Delete got %q with %d loads", v, after.Load())
+			}
+		})
+		t.Run("a read after the Delete loads anew", func(t *testing.T) {
+			ctx := t.Context()
+			_, waiter, writer, obs, release, held := setup(t, 30*time.Second, nil)
+			var calls, late atomic.Int64
+			got := read(waiter, "waiter's own load", &calls)
+			waitFor(t, 10*time.Second, "the waiter's first acquire", func() bool { return obs.count("acquire") >= 1 })
+			if err := writer.Delete(ctx, "k"); err != nil {
+				t.Fatal(err)
+			}
+			// The writer's read starts after its Delete, while the holder
+			// still loads: it must not wait for the old value.
+			if v := <-read(writer, "new", &late); v != "new" || late.Load() != 1 {
+				t.Fatalf("a read after the Delete got %q with %d loads; want its own load", v, late.Load())
+			}
+			release()
+			<-held
+			// The waiter returns the old value or, woken after the new
+			// fill, the new one: both overlapped the Delete.
+			if v := <-got; (v != "old" && v != "new") || calls.Load() != 0 {
+				t.Fatalf("the waiter got %q after %d loads of its own", v, calls.Load())
+			}
+			if v := decodedValue(t, writer, writer.st.RDB, "k"); v != "new" {
+				t.Fatalf("Redis holds %q, want the new value", v)
+			}
+		})
+		t.Run("holder fails", func(t *testing.T) {
+			ctx := t.Context()
+			_, waiter, writer, obs, release, held := setup(t, 30*time.Second, errors.New("database down"))
+			var calls atomic.Int64
+			got := read(waiter, "waiter's own load", &calls)
+			waitFor(t, 10*time.Second, "the waiter's first acquire", func() bool { return obs.count("acquire") >= 1 })
+			if err := writer.Delete(ctx, "k"); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, 10*time.Second, "the waiter's acquire after the Delete", func() bool { return obs.count("acquire") >= 2 })
+			release()
+			<-held
+			if v := <-got; v != "waiter's own load" || calls.Load() != 1 {
+				t.Fatalf("the waiter got %q after %d loads of its own; want its own, once the holder failed", v, calls.Load())
+			}
+		})
+		t.Run("holder never fills", func(t *testing.T) {
+			ctx := t.Context()
+			const lease = time.Second
+			_, waiter, writer, obs, _, _ := setup(t, lease, nil)
+			var calls atomic.Int64
+			got := read(waiter, "waiter's own load", &calls)
+			waitFor(t, 10*time.Second, "the waiter's first acquire", func() bool { return obs.count("acquire") >= 1 })
+			if err := writer.Delete(ctx, "k"); err != nil {
+				t.Fatal(err)
+			}
+			// The handoff lives as long as the lease had left: then the
+			// waiter takes a lease of its own.
+			if v := <-got; v != "waiter's own load" || calls.Load() != 1 {
+				t.Fatalf("the waiter got %q after %d loads of its own", v, calls.Load())
+			}
+		})
+	})
+}

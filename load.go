@@ -401,7 +401,12 @@ type keyLoad[V any] struct {
 	token string    // our lease token (made on the first acquire, kept for retries)
 	lks   []string  // the keys of its lease scripts, made with the token
 	owned bool      // the lease is ours and not yet filled or given back
-	force bool      // lease it even if it looks fresh: its bytes do not decode
+	// awaited is the token of the other instance's lease it waits for:
+	// once that lease ends (filled, or ended by a Delete), what its holder
+	// loaded is handed to this read if no fresh value is there (see
+	// keys.Acquire).
+	awaited string
+	force   bool // lease it even if it looks fresh: its bytes do not decode
 	// notBefore, for a background refresh: a value written after it (Unix
 	// µs) was refreshed by someone else already.
 	notBefore int64
@@ -508,7 +513,7 @@ func (c *Cache[V]) load(ctx context.Context, ks []*keyLoad[V], mode loadMode, no
 				k.lks = keys.LeaseScript(k.vk) // for every acquire and the fill
 			}
 			k.tok = c.l1.token(k.key)
-			reqs[i] = store.AcquireReq{VK: k.vk, Token: k.token, Keys: k.lks, Force: k.force || mode != loadRead, Wait: notified}
+			reqs[i] = store.AcquireReq{VK: k.vk, Token: k.token, Keys: k.lks, Force: k.force || mode != loadRead, Wait: notified, Awaited: k.awaited}
 			if !k.force {
 				reqs[i].NotBefore = max(notBefore, k.notBefore)
 			}
@@ -602,6 +607,30 @@ func (c *Cache[V]) load(ctx context.Context, ks []*keyLoad[V], mode loadMode, no
 				}
 				c.l1.fill(k.key, k.tok, es[i], c.l1.limit())
 				k.settle(es[i], nil)
+			case r.State == store.AcquireHandedOff && found[i]:
+				// The lease this read waited for ended, and what its holder
+				// loaded is not there fresh: a Delete came after the fill,
+				// or during the load. The read overlapped that Delete: the
+				// value is the read's to return, and nobody else's. Not kept
+				// in L1, where a read after the Delete would find it; the
+				// next reader loads anew.
+				//
+				//	W: acquire: busy, holder T     Delete: lease T gone,
+				//	   (woken) acquire: busy on T           handoff = T
+				//	   (woken) acquire: handed off  <-  T's fill, refused,
+				//	   return T's value                 leaves its value
+				//
+				//	W: acquire: busy, holder T     T's fill: value, handoff
+				//	   (woken)                     Delete: value gone
+				//	   acquire: handed off, return T's value
+				c.rec.event(EventLeaseWait)
+				es[i].softExp = now
+				k.settle(es[i], nil)
+			case r.State == store.AcquireHandedOff:
+				// It does not decode (or a tag of it was invalidated since):
+				// acquire the lease at once, as any reader would.
+				k.awaited = ""
+				again = append(again, k)
 			case r.State == store.AcquireOwned:
 				k.owned = true
 				if found[i] {
@@ -616,6 +645,7 @@ func (c *Cache[V]) load(ctx context.Context, ks []*keyLoad[V], mode loadMode, no
 				c.rec.event(EventStaleServed)
 				k.settle(es[i], nil)
 			default:
+				k.awaited = r.Holder
 				busy = append(busy, k)
 				leaseLeft = max(leaseLeft, r.LeaseTTL)
 			}

@@ -62,18 +62,23 @@ func Lease(vk string) string { return vk + ":lease" }
 // Waiters returns the key that marks vk's lease as waited for (same slot).
 func Waiters(vk string) string { return vk + ":lease:w" }
 
+// Handoff returns the key that keeps, for the waiters of a lease a Delete
+// ended, the token of that lease and then what its holder loaded (same
+// slot; see Acquire).
+func Handoff(vk string) string { return vk + ":lease:h" }
+
 // RowVersion returns the key that keeps the newest row version written or
 // deleted for vk (same slot).
 func RowVersion(vk string) string { return vk + ":ver" }
 
 // LeaseScript returns the keys of vk's lease scripts, in their order:
-// value, lease, waiters, row version (one slot). The lease key is a prefix
-// of the waiters key, so the three are cut from one string: two
-// allocations, where building each would take four.
+// value, lease, waiters, row version, handoff (one slot). The lease key is
+// a prefix of the waiters key, so the four are cut from one string: two
+// allocations, where building each would take five.
 func LeaseScript(vk string) []string {
-	s := Waiters(vk) + RowVersion(vk)
+	s := Waiters(vk) + Handoff(vk) + RowVersion(vk)
 	w := len(vk) + len(":lease:w")
-	return []string{vk, s[:len(vk)+len(":lease")], s[:w], s[w:]}
+	return []string{vk, s[:len(vk)+len(":lease")], s[:w], s[2*w:], s[w : 2*w]}
 }
 
 // FormatVersion writes a row version as the scripts compare it: 20 decimal

@@ -16,28 +16,44 @@ import (
 // Acquire reads the value and, unless it is fresh, tries to take the lease.
 //
 //	KEYS[1] value key, KEYS[2] lease key, KEYS[3] waiters key, KEYS[4] row
-//	version key (unused here; every lease script gets the same four keys)
+//	version key (unused here), KEYS[5] handoff key (every lease script gets
+//	the same five keys)
 //	ARGV[1] token, ARGV[2] lease TTL in ms, ARGV[3] now in unix µs,
 //	ARGV[4] "1" to force (ignore freshness), ARGV[5] unix µs or "0": a value
 //	written after it counts as fresh even when forced (someone refreshed it),
-//	ARGV[6] "1" if the caller will wait for another holder's fill
+//	ARGV[6] "1" if the caller will wait for another holder's fill,
+//	ARGV[7] the token of the lease the caller waited for, or ""
 //
-// It returns {state, value, lease pttl, server time}: state 2 = the value is
-// fresh (no lease taken), 1 = the lease is ours, 0 = someone else holds it.
-// value is "" when absent. A lease that already holds the token is the
-// caller's (a retry whose first reply was lost) and is reported as taken.
-// The server time (Unix µs, from TIME) is when the lease was taken: a tag
-// invalidated after it may have changed what the holder loads. Freshness is
-// read from the frame: the write time is 8 bytes big-endian at offset 4,
-// the logical expiry at offset 12 (0-based); bytes too short to hold them,
-// or whose version (offset 0) is not 1 or 2 or reserved byte (offset 3) is
-// not 0, are not fresh. The numbers are Unix µs, well within the 2^53 that
-// Lua's doubles hold exactly.
+// It returns {state, value, lease pttl, server time, holder}: state 2 = the
+// value is fresh (no lease taken), 1 = the lease is ours, 0 = someone else
+// holds it (holder is its token), 3 = handed off: value is what the holder
+// of the lease the caller waited for loaded (see Del). value is "" when
+// absent. A lease that already holds the token is the caller's (a retry
+// whose first reply was lost) and is reported as taken. The server time
+// (Unix µs, from TIME) is when the lease was taken: a tag invalidated after
+// it may have changed what the holder loads. Freshness is read from the
+// frame: the write time is 8 bytes big-endian at offset 4, the logical
+// expiry at offset 12 (0-based); bytes too short to hold them, or whose
+// version (offset 0) is not 1 or 2 or reserved byte (offset 3) is not 0,
+// are not fresh. The numbers are Unix µs, well within the 2^53 that Lua's
+// doubles hold exactly.
 //
 // A caller that will wait marks the lease as waited for (the waiters key,
 // living as long as the lease): the script that ends the lease then
 // publishes the value key on the fill channel, which wakes the waiters. A
 // lease nobody waits for ends without a message.
+//
+// A waiter whose awaited lease ended in a fill, or in a Delete while it
+// was waited for, is handed what the lease's holder loaded (the handoff
+// key holds "token frame"; see Fill and Del) when the value is no longer
+// there fresh: its read overlapped whatever removed it, so the value
+// loaded before is one it may return, and it need not wait for another
+// load. While the holder of a lease a Delete ended still loads (the
+// handoff key holds its token alone), the waiter is answered "busy" and
+// waits on for it rather than take a new lease and load anew. A value
+// written meanwhile is fresh and answered first. Only a caller that saw
+// the lease before it ended knows its token: a read that began after the
+// Delete never gets the value loaded before it.
 var Acquire = redis.NewScript(`
 local function u64(s, at)
   local n = 0
@@ -49,19 +65,26 @@ local v = redis.call('GET', KEYS[1])
 -- least) or 2 (58), reserved byte 0.
 local fv = v and string.byte(v, 1)
 if v and string.byte(v, 4) == 0 and ((fv == 1 and #v >= 42) or (fv == 2 and #v >= 58)) then
-  if ARGV[4] ~= '1' and u64(v, 13) > tonumber(ARGV[3]) then return {2, v, 0, '0'} end
-  if ARGV[5] ~= '0' and u64(v, 5) > tonumber(ARGV[5]) then return {2, v, 0, '0'} end
+  if ARGV[4] ~= '1' and u64(v, 13) > tonumber(ARGV[3]) then return {2, v, 0, '0', ''} end
+  if ARGV[5] ~= '0' and u64(v, 5) > tonumber(ARGV[5]) then return {2, v, 0, '0', ''} end
 end
 if not v then v = '' end
+if ARGV[7] ~= '' then
+  local h = redis.call('GET', KEYS[5])
+  if h == ARGV[7] then return {0, v, redis.call('PTTL', KEYS[5]), '0', ARGV[7]} end
+  if h and string.sub(h, 1, #ARGV[7] + 1) == ARGV[7] .. ' ' then
+    return {3, string.sub(h, #ARGV[7] + 2), 0, '0', ''}
+  end
+end
 local t = redis.call('TIME')
 local now = string.format('%.0f', t[1] * 1000000 + t[2])
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {1, v, 0, now, ''} end
+local holder = redis.call('GET', KEYS[2])
 -- The lease may already be ours: a retry after a reply that was lost.
-if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) or redis.call('GET', KEYS[2]) == ARGV[1] then
-  return {1, v, 0, now}
-end
+if holder == ARGV[1] then return {1, v, 0, now, ''} end
 local left = redis.call('PTTL', KEYS[2])
 if ARGV[6] == '1' and left > 0 then redis.call('SET', KEYS[3], '1', 'PX', left) end
-return {0, v, left, now}
+return {0, v, left, now, holder or ''}
 `)
 
 // The scripts that end a lease (Fill, Release, Set, Del) wake its waiters:
@@ -74,9 +97,12 @@ return {0, v, left, now}
 // bus connections do not set TCP_NODELAY), where an SPUBLISH goes to the
 // channel's shard directly.
 const wake = `
-if redis.call('DEL', KEYS[3]) == 1 then
+if redis.call('DEL', KEYS[3]) == 1 then` + publish + `end
+`
+
+// publish wakes whoever watches the value key (see wake).
+const publish = `
   if ARGV[#ARGV] ~= '' then redis.call('PUBLISH', ARGV[#ARGV], KEYS[1]) else woke = 2 end
-end
 `
 
 // WokeFlag is what a lease-ending script adds to its reply when waiters
@@ -115,37 +141,61 @@ func check(ver int, refuse, refused string) string {
 // refusing it would keep the current row out of the cache until the
 // version key expires.
 //
-//	KEYS value, lease, waiters, row version
+// A fill leaves its frame for the lease's waiters too, in the handoff key
+// for handoffTTL, when it wakes them: a Delete between the fill and a
+// waiter's next acquire would otherwise make the waiter, whose read
+// overlapped the Delete, wait for another load (the demo's hot keys are
+// written every few ms). A fill refused because a Delete ended its lease
+// while it was waited for (the handoff key holds its token) leaves its
+// frame there and wakes the waiters all the same (see Acquire).
+//
+//	KEYS value, lease, waiters, row version, handoff
 //	ARGV[1] token, ARGV[2] frame, ARGV[3] TTL in ms, ARGV[4] row version,
 //	ARGV[5] its TTL in ms, ARGV[6] fill channel
 //
 // Returns 1 when written, 0 when refused, plus WokeFlag (see wake).
 var Fill = redis.NewScript(`
 local woke = 0
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then
+  if redis.call('GET', KEYS[5]) == ARGV[1] then
+    redis.call('SET', KEYS[5], ARGV[1] .. ' ' .. ARGV[2], 'PX', ` + handoffTTL + `)` + publish + `  end
+  return woke
+end
 ` + check(4, ">", "redis.call('DEL', KEYS[2])"+wake+" return woke") + `
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-redis.call('DEL', KEYS[2])` + wake + `return 1 + woke
+redis.call('DEL', KEYS[2])
+if redis.call('DEL', KEYS[3]) == 1 then
+  redis.call('SET', KEYS[5], ARGV[1] .. ' ' .. ARGV[2], 'PX', ` + handoffTTL + `)` + publish + `end
+return 1 + woke
 `)
+
+// handoffTTL is how long, in ms, a handed-off value waits for the lease's
+// waiters: woken by the fill, they read it within a round trip; one whose
+// wake was lost polls every 500 ms.
+const handoffTTL = "2000"
 
 // Release drops the lease if the token still matches (the load failed, or
 // its value was not to be cached): a waiter then takes the lease at once.
+// A lease a Delete ended while it was waited for hands its waiters nothing:
+// its handoff key is dropped and they are woken, to load anew.
 //
-//	KEYS value, lease, waiters, row version
+//	KEYS value, lease, waiters, row version, handoff
 //	ARGV[1] token, ARGV[2] fill channel
 var Release = redis.NewScript(`
 local woke = 0
 if redis.call('GET', KEYS[2]) == ARGV[1] then
   redis.call('DEL', KEYS[2])` + wake + `  return 1 + woke
 end
-return 0
+if redis.call('GET', KEYS[5]) == ARGV[1] then
+  redis.call('DEL', KEYS[5])` + publish + `end
+return woke
 `)
 
 // Set is a write-through: it removes the lease, so that any fill in flight
 // is refused, and writes the value, atomically; the lease's waiters read it.
 // A versioned Set older than (or as old as) the row version key is refused.
 //
-//	KEYS value, lease, waiters, row version
+//	KEYS value, lease, waiters, row version, handoff
 //	ARGV[1] frame, ARGV[2] TTL in ms, ARGV[3] row version, ARGV[4] its TTL
 //	in ms, ARGV[5] fill channel
 //
@@ -155,16 +205,27 @@ redis.call('DEL', KEYS[2])
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])` + wake + `return 1 + woke
 `)
 
-// Del deletes a value and its lease; the lease's waiters load anew. A
-// versioned Del leaves its version in the row version key, so that a later
-// write older than it is refused; it is refused itself if a newer version
-// was written.
+// Del deletes a value and its lease. A versioned Del leaves its version in
+// the row version key, so that a later write older than it is refused; it
+// is refused itself if a newer version was written.
 //
-//	KEYS value, lease, waiters, row version
+// The lease's waiters, woken, wait on for what its holder loaded before the
+// Delete, which they may return (see Acquire): the Del leaves the lease's
+// token in the handoff key for as long as the lease had left. A read that
+// waits for a load is then not made to wait for a second load by a Delete
+// during the first (the demo's p99.9: docs/PERFORMANCE.md). A lease nobody
+// waits for leaves nothing.
+//
+//	KEYS value, lease, waiters, row version, handoff
 //	ARGV[1] row version, ARGV[2] its TTL in ms, ARGV[3] fill channel
 //
 // Returns 1 when deleted, 0 when refused, plus WokeFlag (see wake).
 var Del = redis.NewScript("local woke = 0\n" + check(1, ">", "return 0") + `
+local held = redis.call('GET', KEYS[2])
+if held and redis.call('EXISTS', KEYS[3]) == 1 then
+  local left = redis.call('PTTL', KEYS[2])
+  if left > 0 then redis.call('SET', KEYS[5], held, 'PX', left) end
+end
 redis.call('DEL', KEYS[1], KEYS[2])` + wake + `return 1 + woke
 `)
 

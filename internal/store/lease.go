@@ -34,6 +34,10 @@ const (
 	AcquireBusy  = 0 // another instance holds the lease
 	AcquireOwned = 1 // the lease is ours
 	AcquireFresh = 2 // the value is fresh: no lease taken
+	// AcquireHandedOff: a Delete ended the lease the caller waited for
+	// (AcquireReq.Awaited), and the value is what its holder loaded before
+	// it, for the caller's read only (see keys.Acquire).
+	AcquireHandedOff = 3
 )
 
 // AcquireReq asks for the lease of the value key VK under Token.
@@ -43,6 +47,7 @@ type AcquireReq struct {
 	Force     bool     // take the lease even if the value is fresh
 	NotBefore int64    // with Force: a value written after it (Unix µs) counts as fresh
 	Wait      bool     // the caller will wait for another holder: ask to be woken
+	Awaited   string   // the holder's token the caller waited for, if it did (AcquireResult.Holder)
 }
 
 // leaseKeys are the keys of vk's lease scripts (see keys.LeaseScript),
@@ -55,13 +60,14 @@ func leaseKeys(vk string, ks []string) []string {
 }
 
 // AcquireResult is the reply to an AcquireReq: the state, the value (when
-// fresh or another holds the lease), how long the other's lease has left,
-// and when ours was taken.
+// fresh, handed off or another holds the lease), how long the other's
+// lease has left and its token, and when ours was taken.
 type AcquireResult struct {
 	State    int64
 	Value    []byte // nil when absent
 	LeaseTTL time.Duration
-	At       int64 // server time when the lease was taken (Unix µs), 0 for a fresh value
+	At       int64  // server time when the lease was taken (Unix µs), 0 for a fresh value
+	Holder   string // the other's token, when busy
 }
 
 // Acquire runs the Acquire script for each request, in one round trip per
@@ -111,7 +117,11 @@ func (s *Store) acquire(ctx context.Context, deadline time.Time, reqs []AcquireR
 		if r.NotBefore != 0 {
 			notBefore = strconv.FormatInt(r.NotBefore, 10)
 		}
-		args[i] = []any{r.Token, s.leaseTTLArg, now, flag(r.Force), notBefore, flag(r.Wait)}
+		awaited := argEmpty
+		if r.Awaited != "" {
+			awaited = r.Awaited
+		}
+		args[i] = []any{r.Token, s.leaseTTLArg, now, flag(r.Force), notBefore, flag(r.Wait), awaited}
 		vks[i] = r.VK
 	}
 	kerrs, _ := s.callKeys(ctx, op("acquire", len(reqs)), deadline, vks, func(ctx context.Context, idx []int, errs []error) error {
@@ -176,7 +186,7 @@ func parseAcquire(cmd *redis.Cmd) (AcquireResult, error) {
 	if err != nil {
 		return res, err
 	}
-	if len(vals) != 4 {
+	if len(vals) != 5 {
 		return res, errors.New("acquire: unexpected reply")
 	}
 	res.State, _ = vals[0].(int64)
@@ -189,6 +199,7 @@ func parseAcquire(cmd *redis.Cmd) (AcquireResult, error) {
 	if v, ok := vals[3].(string); ok {
 		res.At, _ = strconv.ParseInt(v, 10, 64)
 	}
+	res.Holder, _ = vals[4].(string)
 	return res, nil
 }
 
