@@ -28,7 +28,12 @@
 //     take: N instances load a cold key once. The fill is a compare-and-set
 //     on the lease, and writes remove the lease, so a value loaded before a
 //     Set, Delete or tag invalidation never lands after it, in Redis or in
-//     any L1. A single key and a batch go through the same load code.
+//     any L1. A Delete while others wait for a load (or just after its
+//     fill) does not make them wait for a second one: their reads overlapped
+//     it, and they get the value loaded before it, which is cached nowhere;
+//     a read that begins once its instance sees the Delete (see
+//     Consistency below) loads anew. A single key and a batch go through
+//     the same load code.
 //
 // Values are refreshed in the background before they expire (XFetch early
 // refresh), may be served stale while they are refreshed or when the loader

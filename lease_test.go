@@ -884,17 +884,24 @@ func TestDeleteHandsTheLoadToItsWaiters(t *testing.T) {
 		})
 		t.Run("a read after the Delete loads anew", func(t *testing.T) {
 			ctx := t.Context()
-			_, waiter, writer, obs, release, held := setup(t, 30*time.Second, nil)
-			var calls, late atomic.Int64
+			holder, waiter, writer, obs, release, held := setup(t, 30*time.Second, nil)
+			var calls, late, later atomic.Int64
 			got := read(waiter, "waiter's own load", &calls)
 			waitFor(t, 10*time.Second, "the waiter's first acquire", func() bool { return obs.count("acquire") >= 1 })
 			if err := writer.Delete(ctx, "k"); err != nil {
 				t.Fatal(err)
 			}
-			// The writer's read starts after its Delete, while the holder
-			// still loads: it must not wait for the old value.
-			if v := <-read(writer, "new", &late); v != "new" || late.Load() != 1 {
-				t.Fatalf("a read after the Delete got %q with %d loads; want its own load", v, late.Load())
+			// The holder's instance has seen the Delete: a read there now,
+			// while its own load of the old value goes on, must not join it.
+			waitFor(t, 10*time.Second, "the holder's instance to apply the Delete", func() bool {
+				return holder.Stats().Count(EventInvalidationReceived) >= 1
+			})
+			if v := <-read(holder, "new", &late); v != "new" || late.Load() != 1 {
+				t.Fatalf("a read on the holder's instance after the Delete got %q with %d loads; want its own load", v, late.Load())
+			}
+			// The writer's read, after its Delete: the new value.
+			if v := <-read(writer, "newer", &later); v != "new" || later.Load() != 0 {
+				t.Fatalf("a read after the Delete got %q with %d loads; want the new value", v, later.Load())
 			}
 			release()
 			<-held
