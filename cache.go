@@ -157,7 +157,11 @@ func build[V any](rdb redis.UniversalClient, opts []Option) (*Cache[V], error) {
 		if cfg.lease {
 			c.inv.fills = &fillWaits{}
 		}
-		if c.l1 != nil && cfg.invalidation {
+		if (c.l1 != nil || cfg.lease) && cfg.invalidation {
+			// The others' writes end this instance's flights of their keys,
+			// with L1 or without: a read that begins once a write reached
+			// this instance must not join a load that began before it, nor
+			// be handed what such a load read (see keys.Acquire).
 			c.inv.onKeys = func(keys []string) { c.dropLocal(keys...) }
 			c.inv.onFlush = func() {
 				c.flight.ForgetAll()
@@ -167,7 +171,10 @@ func build[V any](rdb redis.UniversalClient, opts []Option) (*Cache[V], error) {
 				c.flight.ForgetAll()
 				c.l1.observeTags(tags)
 			}
-			c.l1.healthy = c.inv.healthy
+			c.inv.hasL1 = c.l1 != nil
+			if c.l1 != nil {
+				c.l1.healthy = c.inv.healthy
+			}
 		}
 		c.inv.start()
 	}

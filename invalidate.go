@@ -24,8 +24,11 @@ import (
 // applies to its L1 (ignoring its own messages, which it applied locally
 // already). Every instance publishes, L1 or not: a process without L1 (a
 // change-event consumer calling Invalidate, a write-only service) still
-// changes what the others have cached. Only instances with L1 subscribe.
-// The messages' bytes are internal/msg's.
+// changes what the others have cached. Instances with L1 subscribe, and
+// so do those with the lease, which apply the messages to their flights:
+// a read that begins after a write reached the instance must not share a
+// load that began before it, nor be handed what such a load read (see
+// keys.Acquire). The messages' bytes are internal/msg's.
 //
 // Pub/sub delivers at most once, so the subscriber treats any doubt as loss:
 // when its connection fails, or stays silent through a ping, it flushes L1,
@@ -41,10 +44,12 @@ type invalidator struct {
 	rec      *recorder
 	log      *slog.Logger
 
-	// The subscriber's handlers; nil without L1 (no invalidations to apply).
+	// The subscriber's handlers; nil without L1 and without the lease
+	// (no invalidations to apply), or with invalidation off.
 	onKeys  func(keys []string)
 	onFlush func()
 	onTags  func(tags []envelope.Tag)
+	hasL1   bool // onFlush flushes an L1 (counted as EventL1Flush)
 	// publishes is whether this instance publishes its writes (invalidation
 	// on); fills, when the lease is on, wakes the waiters of a lease whose
 	// fill is published on the fill channel.
@@ -113,11 +118,14 @@ func (iv *invalidator) start() {
 // agrees.
 func (iv *invalidator) shardedMode(ctx context.Context) (bool, error) { return iv.st.Sharded(ctx) }
 
-// flush drops L1 (when there is one): invalidations may have been missed.
+// flush drops L1 (when there is one) and forgets the flights:
+// invalidations may have been missed.
 func (iv *invalidator) flush() {
 	if iv.onFlush != nil {
 		iv.onFlush()
-		iv.rec.event(EventL1Flush)
+		if iv.hasL1 {
+			iv.rec.event(EventL1Flush)
+		}
 	}
 }
 

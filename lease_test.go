@@ -770,15 +770,17 @@ func TestDeleteHandsTheLoadToItsWaiters(t *testing.T) {
 	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
 		// holder loads "old" until released; the waiter waits for it; a
 		// third instance, the writer, deletes the key meanwhile.
-		setup := func(t *testing.T, lease time.Duration, holderErr error, hooks ...redis.Hook) (holder, waiter, writer *Cache[string], obs *countingObserver, release func(), held <-chan string) {
+		withL1 := []Option{WithL1(100)}
+		setup := func(t *testing.T, lease time.Duration, holderErr error, opts []Option, hooks ...redis.Hook) (holder, waiter, writer *Cache[string], obs *countingObserver, release func(), held <-chan string) {
 			prefix := testPrefix(t)
-			holder = newCacheOn[string](t, tg.NewClient(t), prefix, WithLease(lease), WithL1(100))
+			opts = append(opts, WithLease(lease))
+			holder = newCacheOn[string](t, tg.NewClient(t), prefix, opts...)
 			obs = &countingObserver{}
 			wc := tg.NewClient(t)
 			for _, h := range hooks {
 				wc.AddHook(h)
 			}
-			waiter = newCacheOn[string](t, wc, prefix, WithLease(lease), WithL1(100), WithObserver(obs))
+			waiter = newCacheOn[string](t, wc, prefix, append(opts, WithObserver(obs))...)
 			writer = newCacheOn[string](t, tg.NewClient(t), prefix, WithLease(lease), WithL1(100))
 			waitSubscribed(t, holder, waiter, writer)
 			loading, proceed := make(chan struct{}), make(chan struct{})
@@ -819,7 +821,7 @@ func TestDeleteHandsTheLoadToItsWaiters(t *testing.T) {
 		}
 		t.Run("handed off", func(t *testing.T) {
 			ctx := t.Context()
-			holder, waiter, writer, obs, release, held := setup(t, 30*time.Second, nil)
+			holder, waiter, writer, obs, release, held := setup(t, 30*time.Second, nil, withL1)
 			var calls atomic.Int64
 			got := read(waiter, "waiter's own load", &calls)
 			waitFor(t, 10*time.Second, "the waiter's first acquire", func() bool { return obs.count("acquire") >= 1 })
@@ -858,7 +860,7 @@ func TestDeleteHandsTheLoadToItsWaiters(t *testing.T) {
 			// next acquire reads the value.
 			ctx := t.Context()
 			gate := &acquireGate{hash: keys.Acquire.Hash(), skip: 1, in: make(chan struct{}), proceed: make(chan struct{})}
-			_, waiter, writer, obs, release, held := setup(t, 30*time.Second, nil, gate)
+			_, waiter, writer, obs, release, held := setup(t, 30*time.Second, nil, withL1, gate)
 			var calls atomic.Int64
 			got := read(waiter, "waiter's own load", &calls)
 			waitFor(t, 10*time.Second, "the waiter's first acquire", func() bool { return obs.count("acquire") >= 1 })
@@ -884,7 +886,7 @@ func TestDeleteHandsTheLoadToItsWaiters(t *testing.T) {
 		})
 		t.Run("a read after the Delete loads anew", func(t *testing.T) {
 			ctx := t.Context()
-			holder, waiter, writer, obs, release, held := setup(t, 30*time.Second, nil)
+			holder, waiter, writer, obs, release, held := setup(t, 30*time.Second, nil, withL1)
 			var calls, late, later atomic.Int64
 			got := read(waiter, "waiter's own load", &calls)
 			waitFor(t, 10*time.Second, "the waiter's first acquire", func() bool { return obs.count("acquire") >= 1 })
@@ -914,9 +916,75 @@ func TestDeleteHandsTheLoadToItsWaiters(t *testing.T) {
 				t.Fatalf("Redis holds %q, want the new value", v)
 			}
 		})
+		t.Run("instances without L1", func(t *testing.T) {
+			// They apply the others' writes to their flights too: a read,
+			// a Refresh or a batch that begins once the Delete reached the
+			// instance neither joins the waiting flight nor is handed the
+			// value loaded before the Delete; nor on the holder's instance.
+			ctx := t.Context()
+			holder, waiter, writer, obs, release, held := setup(t, 30*time.Second, nil, nil)
+			var calls atomic.Int64
+			got := read(waiter, "waiter's own load", &calls)
+			waitFor(t, 10*time.Second, "the waiter's first acquire", func() bool { return obs.count("acquire") >= 1 })
+			if err := writer.Delete(ctx, "k"); err != nil {
+				t.Fatal(err)
+			}
+			for _, c := range []*Cache[string]{holder, waiter} {
+				waitFor(t, 10*time.Second, "the Delete to reach the instance", func() bool {
+					return c.Stats().Count(EventInvalidationReceived) >= 1
+				})
+			}
+			type late struct {
+				what string
+				v    <-chan string
+			}
+			var lates []late
+			for i, c := range []*Cache[string]{holder, waiter} {
+				lates = append(lates, late{fmt.Sprintf("GetOrLoad on instance %d", i), read(c, "new", new(atomic.Int64))})
+				refreshed, batch := make(chan string, 1), make(chan string, 1)
+				go func() {
+					v, err := c.Refresh(context.Background(), "k", constLoad("new", 0))
+					if err != nil {
+						v = err.Error()
+					}
+					refreshed <- v
+				}()
+				go func() {
+					m, err := c.GetOrLoadMany(context.Background(), []string{"k"}, func(context.Context, []string) (map[string]string, error) {
+						return map[string]string{"k": "new"}, nil
+					})
+					v := m["k"]
+					if err != nil {
+						v = err.Error()
+					}
+					batch <- v
+				}()
+				lates = append(lates, late{fmt.Sprintf("Refresh on instance %d", i), refreshed}, late{fmt.Sprintf("GetOrLoadMany on instance %d", i), batch})
+			}
+			for _, l := range lates[:3] {
+				// The holder's instance's reads do not wait for its load
+				// (the waiter's may: their new load may find the waiter's
+				// lease taken, and the handoff only after it).
+				if v := <-l.v; v != "new" {
+					t.Errorf("%s, begun after the instance saw the Delete, got %q", l.what, v)
+				}
+			}
+			release()
+			<-held
+			for _, l := range lates[3:] {
+				if v := <-l.v; v != "new" {
+					t.Errorf("%s, begun after the instance saw the Delete, got %q", l.what, v)
+				}
+			}
+			// The waiter, begun before the Delete: the old value, or the
+			// new one if it was filled before the waiter's next acquire.
+			if v := <-got; (v != "old" && v != "new") || calls.Load() != 0 {
+				t.Fatalf("the waiter, begun before the Delete, got %q after %d loads of its own", v, calls.Load())
+			}
+		})
 		t.Run("holder fails", func(t *testing.T) {
 			ctx := t.Context()
-			_, waiter, writer, obs, release, held := setup(t, 30*time.Second, errors.New("database down"))
+			_, waiter, writer, obs, release, held := setup(t, 30*time.Second, errors.New("database down"), withL1)
 			var calls atomic.Int64
 			got := read(waiter, "waiter's own load", &calls)
 			waitFor(t, 10*time.Second, "the waiter's first acquire", func() bool { return obs.count("acquire") >= 1 })
@@ -933,7 +1001,7 @@ func TestDeleteHandsTheLoadToItsWaiters(t *testing.T) {
 		t.Run("holder never fills", func(t *testing.T) {
 			ctx := t.Context()
 			const lease = time.Second
-			_, waiter, writer, obs, _, _ := setup(t, lease, nil)
+			_, waiter, writer, obs, _, _ := setup(t, lease, nil, withL1)
 			var calls atomic.Int64
 			got := read(waiter, "waiter's own load", &calls)
 			waitFor(t, 10*time.Second, "the waiter's first acquire", func() bool { return obs.count("acquire") >= 1 })

@@ -506,6 +506,12 @@ func (c *Cache[V]) load(ctx context.Context, ks []*keyLoad[V], mode loadMode, no
 		// acquire: a fill between the acquire's reply and the wait wakes it.
 		var woken <-chan struct{}
 		notified := mode != loadBackground && c.inv != nil && c.inv.fills != nil && c.inv.healthy()
+		// A handed-off value (see keys.Acquire) is asked for only by an
+		// instance that applies the others' writes to its flights, and
+		// while it hears them: one that did not could hand the value
+		// loaded before a Delete to a caller that joined the flight after
+		// the Delete.
+		handoff := notified && c.inv.onKeys != nil
 		reqs := make([]store.AcquireReq, len(pending))
 		for i, k := range pending {
 			if k.token == "" {
@@ -513,7 +519,10 @@ func (c *Cache[V]) load(ctx context.Context, ks []*keyLoad[V], mode loadMode, no
 				k.lks = keys.LeaseScript(k.vk) // for every acquire and the fill
 			}
 			k.tok = c.l1.token(k.key)
-			reqs[i] = store.AcquireReq{VK: k.vk, Token: k.token, Keys: k.lks, Force: k.force || mode != loadRead, Wait: notified, Awaited: k.awaited}
+			reqs[i] = store.AcquireReq{VK: k.vk, Token: k.token, Keys: k.lks, Force: k.force || mode != loadRead, Wait: notified}
+			if handoff {
+				reqs[i].Awaited = k.awaited
+			}
 			if !k.force {
 				reqs[i].NotBefore = max(notBefore, k.notBefore)
 			}
