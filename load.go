@@ -81,11 +81,12 @@ func (c *Cache[V]) readThrough(ctx context.Context, key string, load LoadFunc[V]
 		c.rec.event(EventCoalesced)
 		return call.Wait(ctx)
 	}
-	if c.cfg.swr == 0 && c.odds.low() {
+	if c.cfg.lease && c.cfg.swr == 0 && c.odds.low() {
 		// Redis rarely has what this instance reads through: skip the GET,
 		// the load core's Acquire returns the value if it is fresh (see
 		// readOdds). (With stale-while-revalidate on, the GET's stale value
-		// is served at once while it refreshes, which Acquire cannot do.)
+		// is served at once while it refreshes, which Acquire cannot do.
+		// Without the lease there is no Acquire: the GET is the only look.)
 		kl := &keyLoad[V]{key: key, vk: c.st.Layout.Value(key), countL2: true}
 		c.lead(ctx, flightRead, []*keyLoad[V]{kl}, []*flight.Call[entry[V]]{call}, loadRead, 0, single(load))
 		return call.Wait(ctx)

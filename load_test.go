@@ -349,3 +349,30 @@ func TestCoalescedReads(t *testing.T) {
 		}
 	})
 }
+
+// Without the lease a read's GET is its only look at Redis: it is never
+// skipped. (It was skipped when most reads had missed, as after a cold
+// start, on the grounds that the lease's Acquire would read the value
+// instead; without a lease nothing did, and every read went to the loader
+// for good: the demo's "coalesced" scenario hit 18 % where it had hit 68 %.)
+func TestWithoutLeaseReadsRedisAfterMisses(t *testing.T) {
+	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
+		c := newCache[string](t, tg, WithoutLease())
+		var calls atomic.Int64
+		load := func(context.Context) (string, error) {
+			calls.Add(1)
+			return "v", nil
+		}
+		ks := numberedKeys("k", 100)
+		for range 2 {
+			for _, k := range ks {
+				if v, err := c.GetOrLoad(t.Context(), k, load); err != nil || v != "v" {
+					t.Fatalf("GetOrLoad(%s) = %q, %v", k, v, err)
+				}
+			}
+		}
+		if n := calls.Load(); n != int64(len(ks)) {
+			t.Fatalf("%d loader calls for %d keys read twice: the second reads did not look in Redis", n, len(ks))
+		}
+	})
+}
