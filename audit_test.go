@@ -740,10 +740,12 @@ func TestCloseDuringAcquireCallsNoLoader(t *testing.T) {
 }
 
 // acquireGate holds the first Acquire script a client sends after the
-// first skip until proceed is closed, and closes in when it has it.
+// first skip until proceed is closed, and closes in when it has it; with
+// reply, it lets the script run in Redis and holds its reply instead.
 type acquireGate struct {
 	hash        string
 	skip        int64
+	reply       bool
 	sent        atomic.Int64
 	once        sync.Once
 	in, proceed chan struct{}
@@ -762,6 +764,11 @@ func (g *acquireGate) hold(cmd redis.Cmder) {
 
 func (g *acquireGate) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
+		if g.reply {
+			err := next(ctx, cmd)
+			g.hold(cmd)
+			return err
+		}
 		g.hold(cmd)
 		return next(ctx, cmd)
 	}
@@ -769,9 +776,16 @@ func (g *acquireGate) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 
 func (g *acquireGate) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
 	return func(ctx context.Context, cmds []redis.Cmder) error {
+		var err error
+		if g.reply {
+			err = next(ctx, cmds)
+		}
 		for _, cmd := range cmds {
 			g.hold(cmd)
 		}
-		return next(ctx, cmds)
+		if !g.reply {
+			err = next(ctx, cmds)
+		}
+		return err
 	}
 }

@@ -57,9 +57,12 @@ type invalidator struct {
 	fills     *fillWaits
 
 	subs []*subscription // started by start; healthy when all are up
-	reqs chan pubReq
-	done chan struct{}
-	wg   sync.WaitGroup
+	// epoch counts the subscription's ups and downs: odd while it is up
+	// (there is one subscription; see hearing).
+	epoch atomic.Uint64
+	reqs  chan pubReq
+	done  chan struct{}
+	wg    sync.WaitGroup
 	// life bounds the subscriber's network calls; stop cancels it, so that
 	// Close does not wait for a dial to an unreachable Redis.
 	life   context.Context
@@ -165,6 +168,24 @@ func (iv *invalidator) healthy() bool {
 		}
 	}
 	return len(subs) > 0
+}
+
+// hearing returns the subscription's epoch while it is up and this
+// instance applies the others' writes to its flights, 0 otherwise. A flight
+// that began at epoch e has heard every write made since it began, and
+// forgotten itself if one was of its key, only while hearing still returns
+// e: a flight begun while the subscription was down (or that lived through
+// a gap) may hold a caller that joined after a write it never heard of, and
+// must not be handed a value loaded before that write (see keys.Acquire).
+// Nil-safe.
+func (iv *invalidator) hearing() uint64 {
+	if iv == nil || iv.onKeys == nil {
+		return 0
+	}
+	if e := iv.epoch.Load(); e&1 == 1 {
+		return e
+	}
+	return 0
 }
 
 // send publishes keys and tag versions (or, with all, a flush of every
@@ -373,6 +394,9 @@ func (iv *invalidator) keep(sub *subscription) {
 		// after a failover it must learn the new owner before it retries.
 		iv.st.ReloadClusterState(err)
 		wasUp := sub.up.Swap(false)
+		if wasUp {
+			iv.epoch.Add(1) // even: down
+		}
 		iv.flush()
 		// Fill messages may have been missed too: waiters look for
 		// themselves (and poll until the subscription is back).
@@ -491,7 +515,10 @@ func (iv *invalidator) receive(ps *redis.PubSub, sub *subscription) (confirmed b
 			// trust L1 again.
 			_ = iv.st.RefreshGeneration(iv.life)
 			iv.flush()
-			sub.up.Store(true)
+			if !sub.up.Load() {
+				iv.epoch.Add(1) // odd: up
+				sub.up.Store(true)
+			}
 			if !confirmed {
 				confirmed = true
 				nextEcho = time.Now().Add(iv.interval)

@@ -1016,3 +1016,110 @@ func TestDeleteHandsTheLoadToItsWaiters(t *testing.T) {
 		})
 	})
 }
+
+// Only a flight that has heard every write of its key since it began asks
+// for a handoff. One that began while its instance's subscription was down
+// can hold a caller that joined after a Delete the instance never heard of
+// (nothing forgot the flight); once the subscription is back, its next
+// acquire must not be handed the value loaded before that Delete, or the
+// late caller gets it. (Found by a review: the health was checked at each
+// acquire, not over the flight's life.)
+func TestHandoffOnlyToFlightsThatHeardEveryWrite(t *testing.T) {
+	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
+		ctx := t.Context()
+		prefix := testPrefix(t)
+		opts := []Option{WithLease(30 * time.Second)}
+		holder := newCacheOn[string](t, tg.NewClient(t), prefix, opts...)
+		obs := &countingObserver{}
+		other := newCacheOn[string](t, tg.NewClient(t), prefix, append(opts, WithObserver(obs))...)
+		writer := newCacheOn[string](t, tg.NewClient(t), prefix, opts...)
+		// b's second acquire runs in Redis before the Delete; its reply
+		// is held until b's subscription is back.
+		gate := &acquireGate{hash: keys.Acquire.Hash(), skip: 1, reply: true, in: make(chan struct{}), proceed: make(chan struct{})}
+		bc := tg.NewClient(t)
+		bc.AddHook(gate)
+		b := newCacheOn[string](t, bc, prefix, opts...)
+		waitSubscribed(t, holder, other, writer, b)
+		read := func(c *Cache[string], v string, calls *atomic.Int64) <-chan string {
+			got := make(chan string, 1)
+			go func() {
+				v, err := c.GetOrLoad(context.Background(), "k", func(context.Context) (string, error) {
+					calls.Add(1)
+					return v, nil
+				})
+				if err != nil {
+					v = err.Error()
+				}
+				got <- v
+			}()
+			return got
+		}
+
+		// The holder loads "old" until released; another instance waits
+		// for it, so that the lease is waited for (and a Delete leaves a
+		// handoff).
+		loading, proceed := make(chan struct{}), make(chan struct{})
+		var once sync.Once
+		release := func() { once.Do(func() { close(proceed) }) }
+		t.Cleanup(release)
+		held := make(chan string, 1)
+		go func() {
+			v, err := holder.GetOrLoad(context.Background(), "k", func(ctx context.Context) (string, error) {
+				close(loading)
+				<-proceed
+				return "old", nil
+			})
+			if err != nil {
+				v = err.Error()
+			}
+			held <- v
+		}()
+		<-loading
+		var otherCalls, firstCalls, lateCalls atomic.Int64
+		otherGot := read(other, "other's own load", &otherCalls)
+		waitFor(t, 10*time.Second, "the other waiter's acquire", func() bool { return obs.count("acquire") >= 1 })
+
+		// b's subscription goes down and stays down (its connection lock
+		// held, it cannot subscribe again).
+		b.inv.mu.Lock()
+		sub := b.inv.subs[0]
+		b.inv.mu.Unlock()
+		sub.mu.Lock()
+		locked := true
+		unlock := func() {
+			if locked {
+				locked = false
+				sub.mu.Unlock()
+			}
+		}
+		t.Cleanup(unlock)
+		killPubSub(t, tg)
+		waitFor(t, 10*time.Second, "b's subscription down", func() bool { return !b.inv.healthy() })
+		waitSubscribed(t, holder, other, writer)
+
+		first := read(b, "new", &firstCalls) // a waiter of the holder's lease, before the Delete
+		<-gate.in
+		if err := writer.Delete(ctx, "k"); err != nil {
+			t.Fatal(err)
+		}
+		// b never heard of the Delete: a read there joins the flight.
+		coalesced := b.Stats().Count(EventCoalesced)
+		late := read(b, "new", &lateCalls)
+		waitFor(t, 10*time.Second, "the late read to join the flight", func() bool { return b.Stats().Count(EventCoalesced) > coalesced })
+
+		unlock()
+		waitFor(t, 10*time.Second, "b's subscription back", b.inv.healthy)
+		close(gate.proceed)
+		waitFor(t, 10*time.Second, "b's acquire after the subscription is back", func() bool { return gate.sent.Load() >= 3 })
+		release()
+		if v := <-held; v != "old" {
+			t.Fatalf("the holder got %q", v)
+		}
+		if v := <-otherGot; v != "old" && v != "other's own load" {
+			t.Errorf("the other waiter (began before the Delete) got %q", v)
+		}
+		if v := <-late; v == "old" {
+			t.Errorf("a read on b that began after the Delete got %q, loaded before it (the first read got %q)", v, <-first)
+		}
+	})
+}

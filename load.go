@@ -76,6 +76,7 @@ func (c *Cache[V]) GetOrLoad(ctx context.Context, key string, load LoadFunc[V]) 
 // acquire reads Redis again for the others.)
 func (c *Cache[V]) readThrough(ctx context.Context, key string, load LoadFunc[V]) (entry[V], error) {
 	fk := flightKey{flightRead, key}
+	heard := c.inv.hearing() // before the flight can take in callers
 	call, lead := c.flight.Begin(fk)
 	if !lead {
 		c.rec.event(EventCoalesced)
@@ -87,7 +88,7 @@ func (c *Cache[V]) readThrough(ctx context.Context, key string, load LoadFunc[V]
 		// readOdds). (With stale-while-revalidate on, the GET's stale value
 		// is served at once while it refreshes, which Acquire cannot do.
 		// Without the lease there is no Acquire: the GET is the only look.)
-		kl := &keyLoad[V]{key: key, vk: c.st.Layout.Value(key), countL2: true}
+		kl := &keyLoad[V]{key: key, vk: c.st.Layout.Value(key), countL2: true, heard: heard}
 		c.lead(ctx, flightRead, []*keyLoad[V]{kl}, []*flight.Call[entry[V]]{call}, loadRead, 0, single(load))
 		return call.Wait(ctx)
 	}
@@ -116,7 +117,7 @@ func (c *Cache[V]) readThrough(ctx context.Context, key string, load LoadFunc[V]
 			return e, nil
 		}
 	}
-	kl := &keyLoad[V]{key: key, vk: c.st.Layout.Value(key)}
+	kl := &keyLoad[V]{key: key, vk: c.st.Layout.Value(key), heard: heard}
 	if err == nil && found {
 		kl.stale = &e
 	}
@@ -232,7 +233,9 @@ func (c *Cache[V]) GetOrLoadMany(ctx context.Context, keys []string, load BatchL
 	calls := make([]*flight.Call[entry[V]], len(missing))
 	var lead []*keyLoad[V]
 	var leadCalls []*flight.Call[entry[V]]
+	heard := c.inv.hearing()
 	for i, k := range missing {
+		k.heard = heard
 		call, leader := c.flight.Begin(flightKey{flightRead, k.key})
 		if calls[i] = call; leader {
 			lead, leadCalls = append(lead, k), append(leadCalls, call)
@@ -281,9 +284,10 @@ func (c *Cache[V]) Refresh(ctx context.Context, key string, load LoadFunc[V]) (V
 	}
 	started := nowMicro()
 	fk := flightKey{flightRefresh, key}
+	heard := c.inv.hearing()
 	call, lead := c.flight.Begin(fk)
 	if lead {
-		kl := &keyLoad[V]{key: key, vk: c.st.Layout.Value(key)}
+		kl := &keyLoad[V]{key: key, vk: c.st.Layout.Value(key), heard: heard}
 		c.lead(ctx, flightRefresh, []*keyLoad[V]{kl}, []*flight.Call[entry[V]]{call}, loadRefresh, started, single(load))
 	} else {
 		c.rec.event(EventCoalesced)
@@ -405,8 +409,10 @@ type keyLoad[V any] struct {
 	// awaited is the token of the other instance's lease it waits for:
 	// once that lease ends (filled, or ended by a Delete), what its holder
 	// loaded is handed to this read if no fresh value is there (see
-	// keys.Acquire).
+	// keys.Acquire), provided the flight has heard every write since it
+	// began: heard is the subscription's epoch then (see hearing).
 	awaited string
+	heard   uint64
 	force   bool // lease it even if it looks fresh: its bytes do not decode
 	// notBefore, for a background refresh: a value written after it (Unix
 	// µs) was refreshed by someone else already.
@@ -507,12 +513,13 @@ func (c *Cache[V]) load(ctx context.Context, ks []*keyLoad[V], mode loadMode, no
 		// acquire: a fill between the acquire's reply and the wait wakes it.
 		var woken <-chan struct{}
 		notified := mode != loadBackground && c.inv != nil && c.inv.fills != nil && c.inv.healthy()
-		// A handed-off value (see keys.Acquire) is asked for only by an
-		// instance that applies the others' writes to its flights, and
-		// while it hears them: one that did not could hand the value
-		// loaded before a Delete to a caller that joined the flight after
-		// the Delete.
-		handoff := notified && c.inv.onKeys != nil
+		// A handed-off value (see keys.Acquire) is asked for only by a
+		// flight that has heard every write of its key since it began
+		// (its instance applies the others' writes to its flights, and its
+		// subscription has been up all along): one that did not could hold
+		// a caller that joined after a Delete it never heard of, and hand
+		// it the value loaded before the Delete.
+		hearing := c.inv.hearing()
 		reqs := make([]store.AcquireReq, len(pending))
 		for i, k := range pending {
 			if k.token == "" {
@@ -521,7 +528,7 @@ func (c *Cache[V]) load(ctx context.Context, ks []*keyLoad[V], mode loadMode, no
 			}
 			k.tok = c.l1.token(k.key)
 			reqs[i] = store.AcquireReq{VK: k.vk, Token: k.token, Keys: k.lks, Force: k.force || mode != loadRead, Wait: notified}
-			if handoff {
+			if notified && k.heard != 0 && k.heard == hearing {
 				reqs[i].Awaited = k.awaited
 			}
 			if !k.force {
