@@ -389,14 +389,16 @@ func (iv *invalidator) keep(sub *subscription) {
 		if err == nil {
 			confirmed, err = iv.receive(ps, sub)
 		}
-		_ = ps.Close()
-		// A cluster client picks the connection's node from its slot map:
-		// after a failover it must learn the new owner before it retries.
-		iv.st.ReloadClusterState(err)
+		// Down as soon as it is known to be (messages may be lost from
+		// here on), before the round trips below.
 		wasUp := sub.up.Swap(false)
 		if wasUp {
 			iv.epoch.Add(1) // even: down
 		}
+		_ = ps.Close()
+		// A cluster client picks the connection's node from its slot map:
+		// after a failover it must learn the new owner before it retries.
+		iv.st.ReloadClusterState(err)
 		iv.flush()
 		// Fill messages may have been missed too: waiters look for
 		// themselves (and poll until the subscription is back).

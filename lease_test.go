@@ -982,6 +982,52 @@ func TestDeleteHandsTheLoadToItsWaiters(t *testing.T) {
 				t.Fatalf("the waiter, begun before the Delete, got %q after %d loads of its own", v, calls.Load())
 			}
 		})
+		t.Run("a Set during the wait for a handoff wakes the waiter", func(t *testing.T) {
+			// The Delete's wake ends the waiters key; the waiter, waiting
+			// on for the holder's value, marks it again, so that a Set
+			// before the holder's fill publishes a wake too (it waited for
+			// its half-second backstop before).
+			ctx := t.Context()
+			// The holder loads for as long as the test runs: no wake can
+			// come from its end.
+			_, waiter, writer, obs, _, _ := setup(t, 30*time.Second, nil, []Option{WithL1(100), WithLoadTimeout(time.Hour)})
+			sharded, err := waiter.inv.shardedMode(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			admin := tg.NewClient(t)
+			var ps *redis.PubSub
+			if sharded {
+				ps = admin.(*redis.ClusterClient).SSubscribe(ctx, waiter.st.Layout.ShardedFills())
+			} else {
+				ps = admin.Subscribe(ctx, waiter.st.Layout.Fills())
+			}
+			defer ps.Close()
+			if _, err := ps.Receive(ctx); err != nil {
+				t.Fatal(err)
+			}
+			var calls atomic.Int64
+			got := read(waiter, "waiter's own load", &calls)
+			waitFor(t, 10*time.Second, "the waiter's first acquire", func() bool { return obs.count("acquire") >= 1 })
+			if err := writer.Delete(ctx, "k"); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := ps.ReceiveMessage(ctx); err != nil { // the Delete's wake
+				t.Fatal(err)
+			}
+			waitFor(t, 10*time.Second, "the waiter's acquire after the Delete", func() bool { return obs.count("acquire") >= 2 })
+			if err := writer.Set(ctx, "k", "set"); err != nil {
+				t.Fatal(err)
+			}
+			rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			if _, err := ps.ReceiveMessage(rctx); err != nil {
+				t.Fatalf("the Set during the wait for the handoff woke nobody (%v)", err)
+			}
+			if v := <-got; v != "set" || calls.Load() != 0 {
+				t.Fatalf("the waiter got %q after %d loads of its own; want the Set's value", v, calls.Load())
+			}
+		})
 		t.Run("holder fails", func(t *testing.T) {
 			ctx := t.Context()
 			_, waiter, writer, obs, release, held := setup(t, 30*time.Second, errors.New("database down"), withL1)

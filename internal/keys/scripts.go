@@ -50,7 +50,9 @@ import (
 // loaded before is one it may return, and it need not wait for another
 // load. While the holder of a lease a Delete ended still loads (the
 // handoff key holds its token alone), the waiter is answered "busy" and
-// waits on for it rather than take a new lease and load anew. A value
+// waits on for it rather than take a new lease and load anew; it marks the
+// key waited for again, so that a Set or a new lease's fill meanwhile
+// wakes it too. A value
 // written meanwhile is fresh and answered first. Only a caller that saw
 // the lease before it ended knows its token: a read that began after the
 // Delete never gets the value loaded before it.
@@ -71,7 +73,13 @@ end
 if not v then v = '' end
 if ARGV[7] ~= '' then
   local h = redis.call('GET', KEYS[5])
-  if h == ARGV[7] then return {0, v, redis.call('PTTL', KEYS[5]), '0', ARGV[7]} end
+  if h == ARGV[7] then
+    -- Waited for again: whatever ends the wait first (the holder's fill,
+    -- a Set, a new lease's fill) wakes the caller.
+    local left = redis.call('PTTL', KEYS[5])
+    if ARGV[6] == '1' and left > 0 then redis.call('SET', KEYS[3], '1', 'PX', left) end
+    return {0, v, left, '0', ARGV[7]}
+  end
   if h and string.sub(h, 1, #ARGV[7] + 1) == ARGV[7] .. ' ' then
     return {3, string.sub(h, #ARGV[7] + 2), 0, '0', ''}
   end
