@@ -18,6 +18,7 @@ import (
 	"github.com/tiercache/tiercache/internal/flight"
 	"github.com/tiercache/tiercache/internal/ratelog"
 	"github.com/tiercache/tiercache/internal/store"
+	"github.com/tiercache/tiercache/internal/wake"
 )
 
 // Cache is a typed three-tier cache: an optional in-process L1, Redis as
@@ -155,7 +156,7 @@ func build[V any](rdb redis.UniversalClient, opts []Option) (*Cache[V], error) {
 			interval: cfg.healthInterval, rec: c.rec, log: c.log, publishes: cfg.invalidation,
 		}
 		if cfg.lease {
-			c.inv.fills = &fillWaits{}
+			c.inv.fills = &wake.Waits{}
 		}
 		if (c.l1 != nil || cfg.lease) && cfg.invalidation {
 			// The others' writes end this instance's flights of their keys,
@@ -249,7 +250,7 @@ func (c *Cache[V]) Stats() Stats {
 	s := c.rec.snapshot()
 	s.Breakers, s.BreakerState = breakerStates(c.st.Breakers())
 	if c.l1 != nil {
-		s.L1Hits, s.L1Misses = c.l1.hits.load(), c.l1.misses.load()
+		s.L1Hits, s.L1Misses = c.l1.hits.Load(), c.l1.misses.Load()
 		s.L1Entries = c.l1.c.EstimatedSize()
 		if c.l1.bytes {
 			s.L1Weight = c.l1.c.WeightedSize()

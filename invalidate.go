@@ -16,6 +16,7 @@ import (
 	"github.com/tiercache/tiercache/internal/envelope"
 	"github.com/tiercache/tiercache/internal/msg"
 	"github.com/tiercache/tiercache/internal/store"
+	"github.com/tiercache/tiercache/internal/wake"
 )
 
 // invalidator keeps the L1 tiers of all instances coherent through Redis
@@ -54,7 +55,7 @@ type invalidator struct {
 	// on); fills, when the lease is on, wakes the waiters of a lease whose
 	// fill is published on the fill channel.
 	publishes bool
-	fills     *fillWaits
+	fills     *wake.Waits
 
 	subs []*subscription // started by start; healthy when all are up
 	// epoch counts the subscription's ups and downs: odd while it is up
@@ -402,7 +403,7 @@ func (iv *invalidator) keep(sub *subscription) {
 		iv.flush()
 		// Fill messages may have been missed too: waiters look for
 		// themselves (and poll until the subscription is back).
-		iv.fills.wakeAll()
+		iv.fills.WakeAll()
 		select {
 		case <-iv.done:
 			return
@@ -533,7 +534,7 @@ func (iv *invalidator) receive(ps *redis.PubSub, sub *subscription) (confirmed b
 					echo = ""
 				}
 			case iv.fills != nil && (m.Channel == iv.st.Layout.Fills() || m.Channel == iv.st.Layout.ShardedFills()):
-				iv.fills.wake(m.Payload)
+				iv.fills.Wake(m.Payload)
 			default:
 				iv.apply(m.Payload)
 			}
@@ -545,72 +546,3 @@ func (iv *invalidator) receive(ps *redis.PubSub, sub *subscription) (confirmed b
 // echoPrefix starts the echo messages the subscriber sends itself (see
 // receive). Other instances ignore them.
 const echoPrefix = "\x00tiercache-echo:"
-
-// fillWaits wakes this instance's waiters for other instances' leases: the
-// script that ends a waited-for lease (a fill, a release, a write) publishes
-// its value key on the fill channel, and the subscriber calls wake. A
-// waiter watches its keys before its acquire, so that a message that comes
-// between the acquire's reply and the wait is not lost.
-type fillWaits struct {
-	mu sync.Mutex
-	m  map[string]map[chan struct{}]struct{} // by value key
-}
-
-// watch returns a channel that receives when any of vks is woken, and the
-// function that stops watching.
-func (f *fillWaits) watch(vks []string) (<-chan struct{}, func()) {
-	ch := make(chan struct{}, 1)
-	f.mu.Lock()
-	if f.m == nil {
-		f.m = map[string]map[chan struct{}]struct{}{}
-	}
-	for _, vk := range vks {
-		set := f.m[vk]
-		if set == nil {
-			set = map[chan struct{}]struct{}{}
-			f.m[vk] = set
-		}
-		set[ch] = struct{}{}
-	}
-	f.mu.Unlock()
-	return ch, func() {
-		f.mu.Lock()
-		for _, vk := range vks {
-			if set := f.m[vk]; set != nil {
-				delete(set, ch)
-				if len(set) == 0 {
-					delete(f.m, vk)
-				}
-			}
-		}
-		f.mu.Unlock()
-	}
-}
-
-func (f *fillWaits) wake(vk string) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	for ch := range f.m[vk] {
-		select {
-		case ch <- struct{}{}:
-		default:
-		}
-	}
-}
-
-// wakeAll wakes every waiter (nil-safe): messages may have been lost.
-func (f *fillWaits) wakeAll() {
-	if f == nil {
-		return
-	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	for _, set := range f.m {
-		for ch := range set {
-			select {
-			case ch <- struct{}{}:
-			default:
-			}
-		}
-	}
-}

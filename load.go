@@ -508,7 +508,7 @@ func (c *Cache[V]) load(ctx context.Context, ks []*keyLoad[V], mode loadMode, no
 			}
 			return
 		}
-		// A waiter is woken by the holder's fill (see fillWaits) while the
+		// A waiter is woken by the holder's fill (see wake.Waits) while the
 		// subscription is up, and polls otherwise. It watches before its
 		// acquire: a fill between the acquire's reply and the wait wakes it.
 		var woken <-chan struct{}
@@ -540,7 +540,7 @@ func (c *Cache[V]) load(ctx context.Context, ks []*keyLoad[V], mode loadMode, no
 			for i, k := range pending {
 				vks[i] = k.vk
 			}
-			woken, unwatch = c.inv.fills.watch(vks)
+			woken, unwatch = c.inv.fills.Watch(vks)
 		}
 		start := c.rec.Now()
 		res, errs := c.st.Acquire(ctx, reqs)

@@ -9,6 +9,7 @@ import (
 	"github.com/maypok86/otter/v2"
 
 	"github.com/tiercache/tiercache/internal/envelope"
+	"github.com/tiercache/tiercache/internal/stripe"
 )
 
 // local is the L1 tier: decoded values in an otter cache (W-TinyLFU,
@@ -41,8 +42,8 @@ import (
 type local[V any] struct {
 	c      *otter.Cache[string, *entry[V]] // entries are immutable once stored
 	clock  *otter.CoarseClock
-	hits   stripedCounter
-	misses stripedCounter
+	hits   stripe.Counter
+	misses stripe.Counter
 	gens   [1024]atomic.Uint64
 	epoch  atomic.Uint64
 	maxTTL time.Duration
@@ -127,10 +128,10 @@ func (l *local[V]) stripe(k string) *atomic.Uint64 {
 func (l *local[V]) get(k string) (*entry[V], bool) {
 	e, ok := l.c.GetIfPresent(k)
 	if !ok || !l.usable(e) {
-		l.misses.add()
+		l.misses.Add()
 		return nil, false
 	}
-	l.hits.add()
+	l.hits.Add()
 	return e, true
 }
 

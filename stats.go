@@ -4,12 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"math"
-	"math/rand/v2"
 	"sync/atomic"
 	"time"
-	"unsafe"
 
 	"github.com/tiercache/tiercache/internal/store"
+	"github.com/tiercache/tiercache/internal/stripe"
 )
 
 // Tier names where a read was answered.
@@ -257,7 +256,7 @@ func (d *delays) snapshot() DelayHistogram {
 
 // counters are the live counters behind Stats: atomics, no lock.
 type counters struct {
-	l2Hits, l2Misses  stripedCounter // every Redis read counts one
+	l2Hits, l2Misses  stripe.Counter // every Redis read counts one
 	loads, loadErrors atomic.Uint64
 	events            [numEvents]atomic.Uint64
 	delays            delays
@@ -298,9 +297,9 @@ func (r *recorder) Now() time.Time {
 // observer. (L1 lookups are counted by local's striped counters.)
 func (r *recorder) lookupL2(hit bool, start time.Time) {
 	if hit {
-		r.n.l2Hits.add()
+		r.n.l2Hits.Add()
 	} else {
-		r.n.l2Misses.add()
+		r.n.l2Misses.Add()
 	}
 	if r.timed {
 		r.obs.Lookup(TierL2, hit, time.Since(start))
@@ -368,7 +367,7 @@ func (r *recorder) Span(ctx context.Context, op string) (context.Context, func(e
 
 func (r *recorder) snapshot() Stats {
 	s := Stats{
-		L2Hits: r.n.l2Hits.load(), L2Misses: r.n.l2Misses.load(),
+		L2Hits: r.n.l2Hits.Load(), L2Misses: r.n.l2Misses.Load(),
 		Loads: r.n.loads.Load(), LoadErrors: r.n.loadErrors.Load(),
 	}
 	for i := range s.Events {
@@ -376,72 +375,6 @@ func (r *recorder) snapshot() Stats {
 	}
 	s.InvalidationDelay = r.n.delays.snapshot()
 	return s
-}
-
-// stripedCounter is a counter for the hot paths: 16 cache-line-padded
-// stripes, so that concurrent hits rarely write the same cache line. A
-// single atomic would cost more than the L1 lookup under contention.
-//
-// What matters is affinity more than spread: a goroutine that keeps
-// writing one stripe keeps its cache line in its core's cache. A stripe
-// picked at random per add spreads the writes but moves a line between
-// cores on about every other add (at 2 cores, a parallel L1 hit cost 36 ns
-// that way against 16 ns with affinity). So the stripe comes from the
-// goroutine's stack address (goroutines that run at the same time have
-// different stacks; one goroutine keeps its stack until the runtime grows
-// or shrinks it) mixed with a salt. Two running goroutines that map to one
-// stripe would keep fighting over it: the compare-and-swap that fails when
-// they do replaces the salt with a random one, which maps every goroutine
-// anew (the salt is XORed in before the multiply, so a new salt changes the
-// goroutines' distances, not only their offset). When more goroutines run
-// than there are stripes no salt separates them all, so the salt changes
-// at most once a millisecond: its cache line, read by every add, stays
-// quiet.
-type stripedCounter struct {
-	// The padding keeps the stripes off the cache lines of whatever is
-	// next to the counter (L1's read-mostly fields, which every hit reads).
-	_       [64]byte
-	salt    atomic.Uint64 // read on every add
-	remapAt atomic.Int64  // when the salt last changed (ns since remapBase)
-	_       [48]byte
-	s       [16]struct {
-		n atomic.Uint64
-		_ [56]byte
-	}
-	_ [64]byte
-}
-
-func (c *stripedCounter) add() {
-	// Stacks are at least 2 KB, so the bits below 11 mostly tell call
-	// depths apart, not goroutines; the multiply mixes the rest into the
-	// top four.
-	var probe byte
-	a := uint64(uintptr(unsafe.Pointer(&probe)))>>11 ^ c.salt.Load()
-	n := &c.s[(a*0x9e3779b97f4a7c15)>>60].n
-	if v := n.Load(); !n.CompareAndSwap(v, v+1) {
-		n.Add(1)
-		c.remap()
-	}
-}
-
-// remapBase makes remap's clock monotonic: a wall clock stepping back
-// must not stop the remapping.
-var remapBase = time.Now()
-
-// remap gives the stripes a new salt, at most once a millisecond.
-func (c *stripedCounter) remap() {
-	now, last := int64(time.Since(remapBase)), c.remapAt.Load()
-	if now-last >= int64(time.Millisecond) && c.remapAt.CompareAndSwap(last, now) {
-		c.salt.Store(rand.Uint64())
-	}
-}
-
-func (c *stripedCounter) load() uint64 {
-	var n uint64
-	for i := range c.s {
-		n += c.s[i].n.Load()
-	}
-	return n
 }
 
 // MarshalText makes tiers readable in JSON and logs ("l1", "l2", "loader").
