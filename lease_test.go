@@ -805,32 +805,14 @@ func TestDeleteHandsTheLoadToItsWaiters(t *testing.T) {
 			t.Cleanup(release)
 			return holder, waiter, writer, obs, release, out
 		}
-		read := func(c *Cache[string], v string, calls *atomic.Int64) <-chan string {
-			got := make(chan string, 1)
-			go func() {
-				v, err := c.GetOrLoad(context.Background(), "k", func(ctx context.Context) (string, error) {
-					calls.Add(1)
-					return v, nil
-				})
-				if err != nil {
-					v = err.Error()
-				}
-				got <- v
-			}()
-			return got
-		}
 		t.Run("handed off", func(t *testing.T) {
 			ctx := t.Context()
 			holder, waiter, writer, obs, release, held := setup(t, 30*time.Second, nil, withL1)
 			var calls atomic.Int64
-			got := read(waiter, "waiter's own load", &calls)
-			waitFor(t, 10*time.Second, "the waiter's first acquire", func() bool { return obs.count("acquire") >= 1 })
-			if err := writer.Delete(ctx, "k"); err != nil {
-				t.Fatal(err)
-			}
+			got := readK(waiter, "waiter's own load", &calls)
 			// Woken by the Delete, the waiter finds the lease gone, and
 			// waits on for the holder's value.
-			waitFor(t, 10*time.Second, "the waiter's acquire after the Delete", func() bool { return obs.count("acquire") >= 2 })
+			deleteDuringWait(t, obs, writer, true)
 			release()
 			if v := <-held; v != "old" {
 				t.Fatalf("the holder got %q", v)
@@ -851,7 +833,7 @@ func TestDeleteHandsTheLoadToItsWaiters(t *testing.T) {
 			}
 			// A read from now on loads anew, on every instance.
 			var after atomic.Int64
-			if v := <-read(waiter, "new", &after); v != "new" || after.Load() != 1 {
+			if v := <-readK(waiter, "new", &after); v != "new" || after.Load() != 1 {
 				t.Fatalf("a read after the Delete got %q with %d loads", v, after.Load())
 			}
 		})
@@ -862,7 +844,7 @@ func TestDeleteHandsTheLoadToItsWaiters(t *testing.T) {
 			gate := &acquireGate{hash: keys.Acquire.Hash(), skip: 1, in: make(chan struct{}), proceed: make(chan struct{})}
 			_, waiter, writer, obs, release, held := setup(t, 30*time.Second, nil, withL1, gate)
 			var calls atomic.Int64
-			got := read(waiter, "waiter's own load", &calls)
+			got := readK(waiter, "waiter's own load", &calls)
 			waitFor(t, 10*time.Second, "the waiter's first acquire", func() bool { return obs.count("acquire") >= 1 })
 			release()
 			if v := <-held; v != "old" {
@@ -880,29 +862,25 @@ func TestDeleteHandsTheLoadToItsWaiters(t *testing.T) {
 				t.Fatal("the waiter's L1 holds the value deleted since")
 			}
 			var after atomic.Int64
-			if v := <-read(writer, "new", &after); v != "new" || after.Load() != 1 {
+			if v := <-readK(writer, "new", &after); v != "new" || after.Load() != 1 {
 				t.Fatalf("a read after the Delete got %q with %d loads", v, after.Load())
 			}
 		})
 		t.Run("a read after the Delete loads anew", func(t *testing.T) {
-			ctx := t.Context()
 			holder, waiter, writer, obs, release, held := setup(t, 30*time.Second, nil, withL1)
 			var calls, late, later atomic.Int64
-			got := read(waiter, "waiter's own load", &calls)
-			waitFor(t, 10*time.Second, "the waiter's first acquire", func() bool { return obs.count("acquire") >= 1 })
-			if err := writer.Delete(ctx, "k"); err != nil {
-				t.Fatal(err)
-			}
+			got := readK(waiter, "waiter's own load", &calls)
+			deleteDuringWait(t, obs, writer, false)
 			// The holder's instance has seen the Delete: a read there now,
 			// while its own load of the old value goes on, must not join it.
 			waitFor(t, 10*time.Second, "the holder's instance to apply the Delete", func() bool {
 				return holder.Stats().Count(EventInvalidationReceived) >= 1
 			})
-			if v := <-read(holder, "new", &late); v != "new" || late.Load() != 1 {
+			if v := <-readK(holder, "new", &late); v != "new" || late.Load() != 1 {
 				t.Fatalf("a read on the holder's instance after the Delete got %q with %d loads; want its own load", v, late.Load())
 			}
 			// The writer's read, after its Delete: the new value.
-			if v := <-read(writer, "newer", &later); v != "new" || later.Load() != 0 {
+			if v := <-readK(writer, "newer", &later); v != "new" || later.Load() != 0 {
 				t.Fatalf("a read after the Delete got %q with %d loads; want the new value", v, later.Load())
 			}
 			release()
@@ -921,14 +899,10 @@ func TestDeleteHandsTheLoadToItsWaiters(t *testing.T) {
 			// a Refresh or a batch that begins once the Delete reached the
 			// instance neither joins the waiting flight nor is handed the
 			// value loaded before the Delete; nor on the holder's instance.
-			ctx := t.Context()
 			holder, waiter, writer, obs, release, held := setup(t, 30*time.Second, nil, nil)
 			var calls atomic.Int64
-			got := read(waiter, "waiter's own load", &calls)
-			waitFor(t, 10*time.Second, "the waiter's first acquire", func() bool { return obs.count("acquire") >= 1 })
-			if err := writer.Delete(ctx, "k"); err != nil {
-				t.Fatal(err)
-			}
+			got := readK(waiter, "waiter's own load", &calls)
+			deleteDuringWait(t, obs, writer, false)
 			for _, c := range []*Cache[string]{holder, waiter} {
 				waitFor(t, 10*time.Second, "the Delete to reach the instance", func() bool {
 					return c.Stats().Count(EventInvalidationReceived) >= 1
@@ -940,7 +914,7 @@ func TestDeleteHandsTheLoadToItsWaiters(t *testing.T) {
 			}
 			var lates []late
 			for i, c := range []*Cache[string]{holder, waiter} {
-				lates = append(lates, late{fmt.Sprintf("GetOrLoad on instance %d", i), read(c, "new", new(atomic.Int64))})
+				lates = append(lates, late{fmt.Sprintf("GetOrLoad on instance %d", i), readK(c, "new", new(atomic.Int64))})
 				refreshed, batch := make(chan string, 1), make(chan string, 1)
 				go func() {
 					v, err := c.Refresh(context.Background(), "k", constLoad("new", 0))
@@ -1007,11 +981,8 @@ func TestDeleteHandsTheLoadToItsWaiters(t *testing.T) {
 				t.Fatal(err)
 			}
 			var calls atomic.Int64
-			got := read(waiter, "waiter's own load", &calls)
-			waitFor(t, 10*time.Second, "the waiter's first acquire", func() bool { return obs.count("acquire") >= 1 })
-			if err := writer.Delete(ctx, "k"); err != nil {
-				t.Fatal(err)
-			}
+			got := readK(waiter, "waiter's own load", &calls)
+			deleteDuringWait(t, obs, writer, false)
 			if _, err := ps.ReceiveMessage(ctx); err != nil { // the Delete's wake
 				t.Fatal(err)
 			}
@@ -1029,15 +1000,10 @@ func TestDeleteHandsTheLoadToItsWaiters(t *testing.T) {
 			}
 		})
 		t.Run("holder fails", func(t *testing.T) {
-			ctx := t.Context()
 			_, waiter, writer, obs, release, held := setup(t, 30*time.Second, errors.New("database down"), withL1)
 			var calls atomic.Int64
-			got := read(waiter, "waiter's own load", &calls)
-			waitFor(t, 10*time.Second, "the waiter's first acquire", func() bool { return obs.count("acquire") >= 1 })
-			if err := writer.Delete(ctx, "k"); err != nil {
-				t.Fatal(err)
-			}
-			waitFor(t, 10*time.Second, "the waiter's acquire after the Delete", func() bool { return obs.count("acquire") >= 2 })
+			got := readK(waiter, "waiter's own load", &calls)
+			deleteDuringWait(t, obs, writer, true)
 			release()
 			<-held
 			if v := <-got; v != "waiter's own load" || calls.Load() != 1 {
@@ -1045,15 +1011,11 @@ func TestDeleteHandsTheLoadToItsWaiters(t *testing.T) {
 			}
 		})
 		t.Run("holder never fills", func(t *testing.T) {
-			ctx := t.Context()
 			const lease = time.Second
 			_, waiter, writer, obs, _, _ := setup(t, lease, nil, withL1)
 			var calls atomic.Int64
-			got := read(waiter, "waiter's own load", &calls)
-			waitFor(t, 10*time.Second, "the waiter's first acquire", func() bool { return obs.count("acquire") >= 1 })
-			if err := writer.Delete(ctx, "k"); err != nil {
-				t.Fatal(err)
-			}
+			got := readK(waiter, "waiter's own load", &calls)
+			deleteDuringWait(t, obs, writer, false)
 			// The handoff lives as long as the lease had left: then the
 			// waiter takes a lease of its own.
 			if v := <-got; v != "waiter's own load" || calls.Load() != 1 {
@@ -1086,20 +1048,6 @@ func TestHandoffOnlyToFlightsThatHeardEveryWrite(t *testing.T) {
 		bc.AddHook(gate)
 		b := newCacheOn[string](t, bc, prefix, opts...)
 		waitSubscribed(t, holder, other, writer, b)
-		read := func(c *Cache[string], v string, calls *atomic.Int64) <-chan string {
-			got := make(chan string, 1)
-			go func() {
-				v, err := c.GetOrLoad(context.Background(), "k", func(context.Context) (string, error) {
-					calls.Add(1)
-					return v, nil
-				})
-				if err != nil {
-					v = err.Error()
-				}
-				got <- v
-			}()
-			return got
-		}
 
 		// The holder loads "old" until released; another instance waits
 		// for it, so that the lease is waited for (and a Delete leaves a
@@ -1122,7 +1070,7 @@ func TestHandoffOnlyToFlightsThatHeardEveryWrite(t *testing.T) {
 		}()
 		<-loading
 		var otherCalls, firstCalls, lateCalls atomic.Int64
-		otherGot := read(other, "other's own load", &otherCalls)
+		otherGot := readK(other, "other's own load", &otherCalls)
 		waitFor(t, 10*time.Second, "the other waiter's acquire", func() bool { return obs.count("acquire") >= 1 })
 
 		// b's subscription goes down and stays down (its connection lock
@@ -1143,14 +1091,14 @@ func TestHandoffOnlyToFlightsThatHeardEveryWrite(t *testing.T) {
 		waitFor(t, 10*time.Second, "b's subscription down", func() bool { return !b.inv.healthy() })
 		waitSubscribed(t, holder, other, writer)
 
-		first := read(b, "new", &firstCalls) // a waiter of the holder's lease, before the Delete
+		first := readK(b, "new", &firstCalls) // a waiter of the holder's lease, before the Delete
 		<-gate.in
 		if err := writer.Delete(ctx, "k"); err != nil {
 			t.Fatal(err)
 		}
 		// b never heard of the Delete: a read there joins the flight.
 		coalesced := b.Stats().Count(EventCoalesced)
-		late := read(b, "new", &lateCalls)
+		late := readK(b, "new", &lateCalls)
 		waitFor(t, 10*time.Second, "the late read to join the flight", func() bool { return b.Stats().Count(EventCoalesced) > coalesced })
 
 		unlock()
@@ -1168,4 +1116,35 @@ func TestHandoffOnlyToFlightsThatHeardEveryWrite(t *testing.T) {
 			t.Errorf("a read on b that began after the Delete got %q, loaded before it (the first read got %q)", v, <-first)
 		}
 	})
+}
+
+// readK reads "k" from c in the background, loading v (counted in calls)
+// if it must; the channel gets the value or the error's text.
+func readK(c *Cache[string], v string, calls *atomic.Int64) <-chan string {
+	got := make(chan string, 1)
+	go func() {
+		v, err := c.GetOrLoad(context.Background(), "k", func(context.Context) (string, error) {
+			calls.Add(1)
+			return v, nil
+		})
+		if err != nil {
+			v = err.Error()
+		}
+		got <- v
+	}()
+	return got
+}
+
+// deleteDuringWait waits for the waiter's first acquire (it waits for
+// the holder), has writer Delete "k", and, with woken, waits for the
+// waiter's acquire after the Delete's wake.
+func deleteDuringWait(t *testing.T, obs *countingObserver, writer *Cache[string], woken bool) {
+	t.Helper()
+	waitFor(t, 10*time.Second, "the waiter's first acquire", func() bool { return obs.count("acquire") >= 1 })
+	if err := writer.Delete(t.Context(), "k"); err != nil {
+		t.Fatal(err)
+	}
+	if woken {
+		waitFor(t, 10*time.Second, "the waiter's acquire after the Delete", func() bool { return obs.count("acquire") >= 2 })
+	}
 }
