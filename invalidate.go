@@ -57,9 +57,10 @@ type invalidator struct {
 	publishes bool
 	fills     *wake.Waits
 
-	subs []*subscription // started by start; healthy when all are up
-	// epoch counts the subscription's ups and downs: odd while it is up
-	// (there is one subscription; see hearing).
+	subs []*subscription // started by start (one)
+	// epoch counts the subscription's ups and downs, odd while it is up
+	// (confirmed and healthy): the subscriber alone moves it. See healthy
+	// and hearing.
 	epoch atomic.Uint64
 	reqs  chan pubReq
 	done  chan struct{}
@@ -80,7 +81,6 @@ type invalidator struct {
 type subscription struct {
 	channels []string
 	sharded  bool
-	up       atomic.Bool // confirmed and healthy
 
 	mu sync.Mutex
 	ps *redis.PubSub // the current connection, closed by stop
@@ -158,18 +158,8 @@ func (iv *invalidator) stop() {
 }
 
 // healthy reports whether invalidations (and fill messages) can currently
-// arrive: every subscription is up.
-func (iv *invalidator) healthy() bool {
-	iv.mu.Lock()
-	subs := iv.subs
-	iv.mu.Unlock()
-	for _, sub := range subs {
-		if !sub.up.Load() {
-			return false
-		}
-	}
-	return len(subs) > 0
-}
+// arrive: the subscription is up.
+func (iv *invalidator) healthy() bool { return iv.epoch.Load()&1 == 1 }
 
 // hearing returns the subscription's epoch while it is up and this
 // instance applies the others' writes to its flights, 0 otherwise. A flight
@@ -392,7 +382,7 @@ func (iv *invalidator) keep(sub *subscription) {
 		}
 		// Down as soon as it is known to be (messages may be lost from
 		// here on), before the round trips below.
-		wasUp := sub.up.Swap(false)
+		wasUp := iv.healthy()
 		if wasUp {
 			iv.epoch.Add(1) // even: down
 		}
@@ -518,9 +508,8 @@ func (iv *invalidator) receive(ps *redis.PubSub, sub *subscription) (confirmed b
 			// trust L1 again.
 			_ = iv.st.RefreshGeneration(iv.life)
 			iv.flush()
-			if !sub.up.Load() {
+			if !iv.healthy() {
 				iv.epoch.Add(1) // odd: up
-				sub.up.Store(true)
 			}
 			if !confirmed {
 				confirmed = true

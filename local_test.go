@@ -214,7 +214,7 @@ func TestL1OutageTTL(t *testing.T) {
 		ctx := t.Context()
 		c := newCache[string](t, tg, WithL1(100), WithL1OutageTTL(30*time.Millisecond))
 		waitSubscribed(t, c)
-		c.inv.subs[0].up.Store(false) // as if the subscription had just dropped
+		c.inv.epoch.Add(1) // even: as if the subscription had just dropped
 		if err := c.Set(ctx, "k", "v"); err != nil {
 			t.Fatal(err)
 		}

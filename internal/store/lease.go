@@ -34,9 +34,10 @@ const (
 	AcquireBusy  = 0 // another instance holds the lease
 	AcquireOwned = 1 // the lease is ours
 	AcquireFresh = 2 // the value is fresh: no lease taken
-	// AcquireHandedOff: a Delete ended the lease the caller waited for
-	// (AcquireReq.Awaited), and the value is what its holder loaded before
-	// it, for the caller's read only (see keys.Acquire).
+	// AcquireHandedOff: the lease the caller waited for (AcquireReq.Awaited)
+	// ended, filled or ended by a Delete, and no fresh value is there: the
+	// value is what its holder loaded, for the caller's read only (see
+	// keys.Acquire).
 	AcquireHandedOff = 3
 )
 
