@@ -122,7 +122,7 @@ func TestShardedSubscriptionFollowsTheChannelsShard(t *testing.T) {
 	a := newCacheOn[string](t, clusterClient(t, cl, 0, 0), "shard", WithL1(100))
 	b := newCacheOn[string](t, clusterClient(t, cl, 0, 0), "shard", WithL1(100))
 	waitSubscribed(t, a, b)
-	if sharded, err := b.inv.shardedMode(ctx); err != nil || !sharded {
+	if sharded, err := b.inv.st.Sharded(ctx); err != nil || !sharded {
 		t.Fatalf("sharded pub/sub on a Redis 7 cluster: %v, %v", sharded, err)
 	}
 	owner := cl.MasterForKey(ctx, b.st.Layout.Channel())

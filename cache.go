@@ -80,29 +80,23 @@ func New[V any](rdb redis.UniversalClient, opts ...Option) (*Cache[V], error) {
 // processes, and nothing survives the process. L1 must be on ([WithL1] or
 // [WithL1Bytes]); entries live their TTL (the L1 max TTL caps them only if
 // set with [WithL1TTL]). Options about Redis are accepted and ignored.
-func NewLocal[V any](opts ...Option) (*Cache[V], error) {
-	cfg := defaultConfig()
-	for _, o := range opts {
-		if o != nil {
-			o(&cfg)
-		}
-	}
-	if cfg.l1Entries == 0 && cfg.l1Bytes == 0 {
-		return nil, fmt.Errorf("%w: NewLocal needs WithL1 or WithL1Bytes", ErrInvalidOption)
-	}
-	return build[V](nil, append(opts, func(c *config) {
-		c.invalidation = false
-		if !c.l1TTLSet {
-			c.l1TTL = math.MaxInt64
-		}
-	}))
-}
+func NewLocal[V any](opts ...Option) (*Cache[V], error) { return build[V](nil, opts) }
 
+// build makes the cache of New, or of NewLocal when rdb is nil.
 func build[V any](rdb redis.UniversalClient, opts []Option) (*Cache[V], error) {
 	cfg := defaultConfig()
 	for _, o := range opts {
 		if o != nil {
 			o(&cfg)
+		}
+	}
+	if rdb == nil {
+		if cfg.l1Entries == 0 && cfg.l1Bytes == 0 {
+			return nil, fmt.Errorf("%w: NewLocal needs WithL1 or WithL1Bytes", ErrInvalidOption)
+		}
+		cfg.invalidation = false
+		if !cfg.l1TTLSet {
+			cfg.l1TTL = math.MaxInt64
 		}
 	}
 	if err := cfg.validate(); err != nil {
@@ -138,13 +132,7 @@ func build[V any](rdb redis.UniversalClient, opts []Option) (*Cache[V], error) {
 		OnBreaker: func(node string, from, to store.State) {
 			c.breakerChanged(node, BreakerState(from), BreakerState(to))
 		},
-		OnNewGeneration: func() {
-			c.flight.ForgetAll()
-			if c.l1 != nil {
-				c.l1.flush()
-				c.rec.event(EventL1Flush)
-			}
-		},
+		OnNewGeneration: c.forgetLocal,
 	})
 	if c.l1, err = newLocal[V](&cfg); err != nil {
 		c.stop()
@@ -208,14 +196,20 @@ func (c *Cache[V]) breakerChanged(node string, from, to BreakerState) {
 	lvl := slog.LevelWarn
 	if to == BreakerClosed {
 		lvl = slog.LevelInfo
-		c.flight.ForgetAll()
-		if c.l1 != nil {
-			c.l1.flush()
-			c.rec.event(EventL1Flush)
-		}
+		c.forgetLocal()
 	}
 	c.log.Log(context.Background(), lvl, "tiercache: redis circuit breaker "+to.String(), "node", node, "from", from.String())
 	c.rec.obs.BreakerChanged(from, to)
+}
+
+// forgetLocal forgets every flight and flushes L1 (counted): what this
+// instance holds may have missed invalidations.
+func (c *Cache[V]) forgetLocal() {
+	c.flight.ForgetAll()
+	if c.l1 != nil {
+		c.l1.flush()
+		c.rec.event(EventL1Flush)
+	}
 }
 
 // Close stops the cache: background refreshes and loads are cancelled and
@@ -255,8 +249,8 @@ func (c *Cache[V]) Stats() Stats {
 		if c.l1.bytes {
 			s.L1Weight = c.l1.c.WeightedSize()
 		}
-		s.Subscribed = c.inv != nil && c.inv.onKeys != nil && c.inv.healthy()
 	}
+	s.Subscribed = c.inv != nil && c.inv.onKeys != nil && c.inv.healthy()
 	return s
 }
 

@@ -57,7 +57,7 @@ type invalidator struct {
 	publishes bool
 	fills     *wake.Waits
 
-	subs []*subscription // started by start (one)
+	sub *subscription // set by subscribe, closed by stop
 	// epoch counts the subscription's ups and downs, odd while it is up
 	// (confirmed and healthy): the subscriber alone moves it. See healthy
 	// and hearing.
@@ -114,14 +114,6 @@ func (iv *invalidator) start() {
 	}
 }
 
-// shardedMode reports whether invalidations use sharded pub/sub
-// (SPUBLISH, SSUBSCRIBE): on a cluster whose servers have it (Redis 7), so
-// that a message goes to the shard that owns the channel instead of over
-// the cluster bus to every node. The store finds it out once, from the
-// servers, before the first publish or subscribe, so that every instance
-// agrees.
-func (iv *invalidator) shardedMode(ctx context.Context) (bool, error) { return iv.st.Sharded(ctx) }
-
 // flush drops L1 (when there is one) and forgets the flights:
 // invalidations may have been missed.
 func (iv *invalidator) flush() {
@@ -141,13 +133,13 @@ func (iv *invalidator) stop() {
 	}
 	iv.mu.Lock()
 	iv.closed = true
-	subs := iv.subs
+	sub := iv.sub
 	iv.mu.Unlock()
 	// Cancel first: it ends a dial or handshake in progress, which holds the
 	// PubSub's own lock that Close needs; then Close ends a Receive.
 	iv.cancel()
 	close(iv.done)
-	for _, sub := range subs {
+	if sub != nil {
 		sub.mu.Lock()
 		if sub.ps != nil {
 			_ = sub.ps.Close()
@@ -246,7 +238,7 @@ func (iv *invalidator) publishBatch(batch []pubReq) error {
 		keys, tags, all = append(keys, r.keys...), append(tags, r.tags...), all || r.all
 		at = min(at, r.at) // the delay of the batch is its oldest write's
 	}
-	sharded, err := iv.shardedMode(context.Background())
+	sharded, err := iv.st.Sharded(context.Background()) // see subscribe
 	if err != nil {
 		return fmt.Errorf("publishing invalidation: %w", err)
 	}
@@ -296,13 +288,18 @@ func (iv *invalidator) apply(payload string) {
 }
 
 // subscribe finds out the pub/sub mode, then keeps the subscription (one
-// connection for both channels, see subscription).
+// connection for both channels, see subscription). Invalidations use
+// sharded pub/sub (SPUBLISH, SSUBSCRIBE) on a cluster whose servers have it
+// (Redis 7), so that a message goes to the shard that owns the channel
+// instead of over the cluster bus to every node. The store finds the mode
+// out once, from the servers, before the first publish or subscribe, so
+// that every instance agrees.
 func (iv *invalidator) subscribe() {
 	defer iv.wg.Done()
 	var sharded bool
 	for backoff := 10 * time.Millisecond; ; backoff = min(2*backoff, time.Second) {
 		var err error
-		if sharded, err = iv.shardedMode(iv.life); err == nil {
+		if sharded, err = iv.st.Sharded(iv.life); err == nil {
 			break
 		}
 		if !iv.sleep(backoff) {
@@ -318,19 +315,15 @@ func (iv *invalidator) subscribe() {
 	} else if iv.fills != nil {
 		channels = append(channels, iv.st.Layout.Fills())
 	}
-	subs := []*subscription{{channels: channels, sharded: sharded}}
+	sub := &subscription{channels: channels, sharded: sharded}
 	iv.mu.Lock()
 	if iv.closed {
 		iv.mu.Unlock()
 		return
 	}
-	iv.subs = subs
+	iv.sub = sub
 	iv.mu.Unlock()
-	var wg sync.WaitGroup
-	for _, sub := range subs {
-		wg.Go(func() { iv.keep(sub) })
-	}
-	wg.Wait()
+	iv.keep(sub)
 }
 
 // sleep waits d, and reports false if the invalidator stopped meanwhile.
@@ -345,7 +338,7 @@ func (iv *invalidator) sleep(d time.Duration) bool {
 	}
 }
 
-// keep keeps one subscription: it subscribes, reads it until it fails or
+// keep keeps the subscription: it subscribes, reads it until it fails or
 // stalls, flushes L1 (messages may have been lost), and subscribes again
 // with a bounded backoff.
 func (iv *invalidator) keep(sub *subscription) {

@@ -965,7 +965,7 @@ func TestDeleteHandsTheLoadToItsWaiters(t *testing.T) {
 			// The holder loads for as long as the test runs: no wake can
 			// come from its end.
 			_, waiter, writer, obs, _, _ := setup(t, 30*time.Second, nil, []Option{WithL1(100), WithLoadTimeout(time.Hour)})
-			sharded, err := waiter.inv.shardedMode(ctx)
+			sharded, err := waiter.inv.st.Sharded(ctx)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -1076,7 +1076,7 @@ func TestHandoffOnlyToFlightsThatHeardEveryWrite(t *testing.T) {
 		// b's subscription goes down and stays down (its connection lock
 		// held, it cannot subscribe again).
 		b.inv.mu.Lock()
-		sub := b.inv.subs[0]
+		sub := b.inv.sub
 		b.inv.mu.Unlock()
 		sub.mu.Lock()
 		locked := true

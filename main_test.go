@@ -74,7 +74,7 @@ func newCacheOn[V any](t testing.TB, rdb redis.UniversalClient, prefix string, o
 // publishRaw publishes payload on c's invalidation channel as another
 // client of the Redis would, by SPUBLISH where c uses sharded pub/sub.
 func publishRaw[V any](ctx context.Context, c *Cache[V], rdb redis.UniversalClient, payload any) error {
-	sharded, err := c.inv.shardedMode(ctx)
+	sharded, err := c.inv.st.Sharded(ctx)
 	if err != nil {
 		return err
 	}

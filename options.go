@@ -280,9 +280,8 @@ func WithMaxBackgroundRefreshes(n int) Option { return func(c *config) { c.maxRe
 // in flight at a time. A coalesced read or Acquire still waits no longer
 // than WithReadTimeout, and a coalesced fill (its waiters' wake-up
 // included) no longer than WithWriteTimeout, counted from when it was
-// asked for. Turn it off to see one Observer.Redis
-// call and one trace span per read or script, rather than one per shared
-// round trip.
+// asked for. Turn it off to see one Observer.Redis call and one trace
+// span per read or script, rather than one per shared round trip.
 func WithoutReadCoalescing() Option { return func(c *config) { c.coalesceReads = false } }
 
 // SetOption configures one write: [Cache.Set], [Cache.SetMany], or a load

@@ -61,9 +61,7 @@ const (
 	NumEvents
 )
 
-const numEvents = NumEvents
-
-var eventNames = [numEvents]string{
+var eventNames = [NumEvents]string{
 	"coalesced", "lease_wait", "fill_refused", "early_refresh", "stale_served",
 	"stale_on_error", "negative_hit", "corrupt", "redis_error", "redis_timeout",
 	"breaker_reject", "invalidation_sent", "invalidation_received", "l1_flush",
@@ -71,7 +69,7 @@ var eventNames = [numEvents]string{
 }
 
 func (e Event) String() string {
-	if e < numEvents {
+	if e < NumEvents {
 		return eventNames[e]
 	}
 	return "unknown"
@@ -149,7 +147,7 @@ type Stats struct {
 	LoadErrors       uint64 // loader calls that failed (ErrNotFound is not a failure)
 	// Events counts each [Event] by its value: Events[EventCoalesced] is how
 	// many reads shared another caller's load, and so on.
-	Events [numEvents]uint64
+	Events [NumEvents]uint64
 	// BreakerState is the worst state of the breakers; Breakers has each
 	// node's, by address (one entry on a single node, one per master seen
 	// on a cluster; nil with WithoutBreaker).
@@ -163,9 +161,10 @@ type Stats struct {
 	// instance dropped the keys from L1. It includes the clock difference
 	// between the two hosts (none between processes of one host).
 	InvalidationDelay DelayHistogram
-	// Subscribed is whether the L1 invalidation subscription is up: while
-	// it is not, L1 entries live at most the L1 outage TTL. False without
-	// L1 or with WithoutInvalidation.
+	// Subscribed is whether the invalidation subscription is up: while it
+	// is not, L1 entries live at most the L1 outage TTL, and lease waiters
+	// poll. An instance subscribes when it has L1 or the lease; Subscribed
+	// is false without either, or with WithoutInvalidation.
 	Subscribed bool
 }
 
@@ -181,7 +180,7 @@ func (s Stats) HitRatio() float64 {
 
 // Count returns the counter of event e.
 func (s Stats) Count(e Event) uint64 {
-	if e < numEvents {
+	if e < NumEvents {
 		return s.Events[e]
 	}
 	return 0
@@ -258,7 +257,7 @@ func (d *delays) snapshot() DelayHistogram {
 type counters struct {
 	l2Hits, l2Misses  stripe.Counter // every Redis read counts one
 	loads, loadErrors atomic.Uint64
-	events            [numEvents]atomic.Uint64
+	events            [NumEvents]atomic.Uint64
 	delays            delays
 }
 

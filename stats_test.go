@@ -4,6 +4,9 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/tiercache/tiercache/internal/redistest"
 )
 
 func TestStatsJSON(t *testing.T) {
@@ -28,5 +31,24 @@ func TestRedisOpIndex(t *testing.T) {
 	}
 	if RedisOpIndex("load") != -1 {
 		t.Error("load is not a Redis operation")
+	}
+}
+
+// Stats.Subscribed is the invalidation subscription's health, which an
+// instance without L1 keeps too (for its lease flights); with invalidation
+// off there is none, even while the fill channel's subscription is up.
+func TestStatsSubscribed(t *testing.T) {
+	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
+		testStatsSubscribed(t, tg)
+	})
+}
+
+func testStatsSubscribed(t *testing.T, tg redistest.Target) {
+	noL1 := newCache[string](t, tg)
+	waitFor(t, time.Minute, "the subscription of an instance without L1", func() bool { return noL1.Stats().Subscribed })
+	off := newCache[string](t, tg, WithL1(10), WithoutInvalidation())
+	waitFor(t, time.Minute, "the fill channel's subscription", off.inv.healthy)
+	if off.Stats().Subscribed {
+		t.Fatal("Subscribed with invalidation off")
 	}
 }

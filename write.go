@@ -103,7 +103,9 @@ func (c *Cache[V]) set(ctx context.Context, items []item[V], opts []SetOption) e
 	}
 	ws := make([]store.Write, len(items))
 	es := make([]entry[V], len(items))
+	toks := make([]fillToken, len(items)) // taken before the Redis write
 	for i, it := range items {
+		toks[i] = c.l1.token(it.key)
 		vk := c.st.Layout.Value(it.key)
 		es[i] = entry[V]{val: it.val, version: sc.version, writtenAt: now, softExp: softExp[i], tags: tags}
 		b, err := c.frameOf(vk, &es[i], c.st.Generation(ctx))
@@ -112,10 +114,6 @@ func (c *Cache[V]) set(ctx context.Context, items []item[V], opts []SetOption) e
 		}
 		es[i].size = len(b)
 		ws[i] = store.Write{VK: vk, Frame: b, TTL: c.redisTTL(time.Duration(softExp[i]-now) * time.Microsecond), Version: sc.version}
-	}
-	toks := make([]fillToken, len(items))
-	for i, it := range items {
-		toks[i] = c.l1.token(it.key)
 	}
 	written, refused, err := c.st.Set(ctx, ws)
 	ks := make([]string, 0, len(items))
