@@ -97,7 +97,7 @@ func New(opts ...Option) (*Collector, error) {
 		l1Weight: gauge("l1_weight_bytes",
 			"Encoded size of the values in L1, when L1 is bounded by bytes."),
 		subscribed: gauge("subscribed",
-			"Whether the L1 invalidation subscription is up: 1 up, 0 down (or no L1, or invalidation off)."),
+			"Whether the invalidation subscription is up: 1 up, 0 down (or neither L1 nor the lease on, or invalidation off)."),
 		invDelay: gauge("invalidation_delay_seconds",
 			"Delay of the applied invalidation messages, from the sender's acknowledged write to this instance's L1 drop."),
 		follower:  newFollowerMetrics(&cfg),

@@ -282,18 +282,26 @@ func TestWorkload(t *testing.T) {
 	tests := []struct {
 		name      string
 		opts      []tiercache.Option
-		want      map[string]float64
-		l1Entries float64
+		want       map[string]float64
+		l1Entries  float64
+		subscribed float64
 	}{
-		{"l2", nil, l2Only, 0},
+		// Without L1 the instance subscribes all the same (for its lease
+		// flights); the test waits for it.
+		{"l2", nil, l2Only, 0, 1},
 		// Invalidation off: the subscriber flushes L1 when its subscription
 		// comes up, at a moment the test does not control.
-		{"l1", []tiercache.Option{tiercache.WithL1Bytes(1 << 20), tiercache.WithoutInvalidation()}, withL1, 6},
+		{"l1", []tiercache.Option{tiercache.WithL1Bytes(1 << 20), tiercache.WithoutInvalidation()}, withL1, 6, 0},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			col, reg := newCollector(t)
 			c := newCache(t, col, "c", tt.opts...)
+			for deadline := time.Now().Add(time.Minute); tt.subscribed == 1 && !c.Stats().Subscribed; time.Sleep(time.Millisecond) {
+				if time.Now().After(deadline) {
+					t.Fatal("the subscription did not come up")
+				}
+			}
 			workload(t, c)
 			settleL1(t, c)
 
@@ -330,8 +338,8 @@ func TestWorkload(t *testing.T) {
 			}
 
 			// The gauges are read from Stats at the scrape: one breaker, of
-			// the one node; no subscription (no L1, or invalidation off),
-			// so no invalidation delays.
+			// the one node; the subscription as the case says, and no
+			// invalidation delays (no other instance writes).
 			if s.L1Entries != int(tt.l1Entries) {
 				t.Errorf("Stats().L1Entries = %d, want %v", s.L1Entries, tt.l1Entries)
 			}
@@ -341,7 +349,7 @@ func TestWorkload(t *testing.T) {
 				`tiercache_breaker_node_state{cache="c",node="` + node + `"}`: 0,
 				`tiercache_l1_entries{cache="c"}`:                             tt.l1Entries,
 				`tiercache_l1_weight_bytes{cache="c"}`:                        float64(s.L1Weight),
-				`tiercache_subscribed{cache="c"}`:                             0,
+				`tiercache_subscribed{cache="c"}`:                             tt.subscribed,
 				`tiercache_invalidation_delay_seconds_count{cache="c"}`:       0,
 			}); d != "" {
 				t.Errorf("gauges after the workload:\n%s", d)

@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"errors"
+	"maps"
 	"net"
 	"strings"
 	"sync"
@@ -218,8 +219,12 @@ type nodes struct {
 	onChange func(node string, from, to State)
 	one      *breaker // the breaker of a client that is not a cluster client
 
-	mu sync.RWMutex
-	m  map[string]*breaker // by node address
+	// m is by node address, copied on write: a cluster has few nodes and
+	// gains one rarely, while every round trip looks its node up, and a
+	// lock's counter written by every lookup would move between the cores
+	// on every call.
+	mu sync.Mutex // serializes additions
+	m  atomic.Pointer[map[string]*breaker]
 }
 
 // of returns node's breaker ("": the one node of a non-cluster client, or
@@ -235,18 +240,20 @@ func (n *nodes) of(node string) *breaker {
 }
 
 func (n *nodes) get(node string) *breaker {
-	n.mu.RLock()
-	b := n.m[node]
-	n.mu.RUnlock()
-	if b != nil {
+	if b := (*n.m.Load())[node]; b != nil {
 		return b
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if b = n.m[node]; b == nil {
-		b = newBreaker(n.settings, func(from, to State) { n.onChange(node, from, to) })
-		n.m[node] = b
+	cur := *n.m.Load()
+	if b := cur[node]; b != nil {
+		return b
 	}
+	b := newBreaker(n.settings, func(from, to State) { n.onChange(node, from, to) })
+	next := make(map[string]*breaker, len(cur)+1)
+	maps.Copy(next, cur)
+	next[node] = b
+	n.m.Store(&next)
 	return b
 }
 
@@ -255,15 +262,9 @@ func (n *nodes) states() (map[string]State, State) {
 	if n == nil {
 		return nil, Closed
 	}
-	// The breakers are read outside n.mu: a change told here may call the
-	// Observer, which may read the states again, and a second RLock would
-	// wait behind a get's Lock that waits for the first.
-	n.mu.RLock()
-	bs := make(map[string]*breaker, len(n.m))
-	for addr, b := range n.m {
-		bs[addr] = b
-	}
-	n.mu.RUnlock()
+	// A snapshot, never written: a change told here may call the Observer,
+	// which may read the states again.
+	bs := *n.m.Load()
 	out := make(map[string]State, len(bs))
 	worst := Closed
 	for addr, b := range bs {

@@ -8,10 +8,11 @@ import (
 	"time"
 )
 
-// Which node serves a key, asked once per key of every batch on a cluster
-// (each node's breaker judges its own keys). go-redis's MasterForKey reads
-// the clock on every call, which cost a batch of 100 keys about 8 % of its
-// time; so the store keeps the answer per slot for a second.
+// Which node serves a key, asked for every call on a cluster and once per
+// key of every batch (each node's breaker judges its own keys). go-redis's
+// MasterForKey reads the clock on every call, which cost a batch of 100
+// keys about 8 % of its time; so the store keeps the answer per slot for a
+// second.
 //
 // A remembered answer can be stale: the command itself goes where
 // go-redis's own slot map sends it, but its result is judged by the
@@ -67,12 +68,12 @@ const maxMemoNodes = 255
 // node byte.
 func stamp(tick int64, epoch uint64) uint64 { return uint64(tick)<<16 | epoch&0xffff }
 
-// nodeOfSlotted is nodeOf through the memo, for a batch that started at
-// now (memoNow).
+// nodeOfSlotted is nodeOf for a batch that started at now (memoNow): one
+// clock read for all its keys.
 func (s *Store) nodeOfSlotted(ctx context.Context, now int64, key string) string {
 	m := s.slots
 	if m == nil || now < m.voidUntil.Load() {
-		return s.nodeOf(ctx, key)
+		return s.masterOf(ctx, key)
 	}
 	slot, st := keySlot(key), stamp(now/int64(slotMemoTTL), m.epoch.Load())
 	if e := m.slot[slot].Load(); e>>8 == st && e&0xff != 0 {
@@ -80,7 +81,7 @@ func (s *Store) nodeOfSlotted(ctx context.Context, now int64, key string) string
 			return (*ns)[e&0xff-1]
 		}
 	}
-	a := s.nodeOf(ctx, key)
+	a := s.masterOf(ctx, key)
 	if a != "" { // no slot map: ask again next time
 		if i := m.index(a); i >= 0 {
 			m.slot[slot].Store(st<<8 | uint64(i+1))

@@ -49,12 +49,12 @@ func TestSlotMemo(t *testing.T) {
 	now := memoNow()
 	for i := range 200 {
 		k := "memo:" + string(rune('a'+i%26)) + strings.Repeat("x", i)
-		if got, want := s.nodeOfSlotted(ctx, now, k), s.nodeOf(ctx, k); got != want || want == "" {
+		if got, want := s.nodeOfSlotted(ctx, now, k), s.masterOf(ctx, k); got != want || want == "" {
 			t.Fatalf("node of %q: memo %q, go-redis %q", k, got, want)
 		}
 	}
 	const k = "memo:planted"
-	want := s.nodeOf(ctx, k)
+	want := s.masterOf(ctx, k)
 	m := s.slots
 	// plant stores "planted" for k as if stored at the memo time at.
 	plant := func(at int64) {

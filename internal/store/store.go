@@ -158,7 +158,8 @@ func New(rdb redis.UniversalClient, cfg Config) *Store {
 				cfg.OnBreaker(node, from, to)
 			}
 		}
-		s.nodes = &nodes{settings: *cfg.Breaker, onChange: onBreaker, m: map[string]*breaker{}}
+		s.nodes = &nodes{settings: *cfg.Breaker, onChange: onBreaker}
+		s.nodes.m.Store(&map[string]*breaker{})
 		if s.Cluster == nil {
 			s.nodes.one = s.nodes.get(clientAddr(rdb))
 		}
@@ -273,8 +274,18 @@ func (s *Store) WaitReleases() { s.releases.Wait() }
 // Breakers returns each node's breaker state, and the worst of them.
 func (s *Store) Breakers() (map[string]State, State) { return s.nodes.states() }
 
-// nodeOf is the address of the node that serves key ("" on one node).
+// nodeOf is the address of the node that serves key ("" on one node),
+// through the slot memo (see slotMemo): a lone read on a cluster asks it
+// too, as every key of a batch does.
 func (s *Store) nodeOf(ctx context.Context, key string) string {
+	if s.Cluster == nil {
+		return ""
+	}
+	return s.nodeOfSlotted(ctx, memoNow(), key)
+}
+
+// masterOf asks go-redis which node serves key (see nodeOf).
+func (s *Store) masterOf(ctx context.Context, key string) string {
 	if s.Cluster == nil {
 		return ""
 	}
