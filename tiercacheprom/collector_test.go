@@ -280,8 +280,8 @@ func TestWorkload(t *testing.T) {
 		`tiercache_events_total{cache="c",event="negative_hit"}`:         1,
 	}
 	tests := []struct {
-		name      string
-		opts      []tiercache.Option
+		name       string
+		opts       []tiercache.Option
 		want       map[string]float64
 		l1Entries  float64
 		subscribed float64
