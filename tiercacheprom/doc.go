@@ -38,7 +38,7 @@
 //	tiercache_breaker_node_state{node}            gauge (Track): the breaker of each Redis node, by address (host:port)
 //	tiercache_l1_entries                          gauge (Track): entries in L1
 //	tiercache_l1_weight_bytes                     gauge (Track): encoded size of L1's values, when L1 is bounded by bytes
-//	tiercache_subscribed                          gauge (Track): 1 while the L1 invalidation subscription is up, else 0
+//	tiercache_subscribed                          gauge (Track): 1 while the invalidation subscription is up, else 0 (see Stats.Subscribed)
 //	tiercache_invalidation_delay_seconds          histogram (Track): from a write acknowledged on another instance to this one's L1 drop
 //
 // The invalidation delay histogram has tiercache's own buckets
