@@ -121,13 +121,17 @@ const WokeFlag = 2
 // from (ARGV: a 20-digit zero-padded decimal, so that Lua compares them as
 // strings, exactly, beyond the 2^53 its numbers hold; "" for an unversioned
 // write). The row version key (KEYS[4]) keeps the newest version written or
-// deleted, for ARGV ms: a versioned write older than it is refused, and an
-// unversioned write neither checks nor moves it.
+// deleted, for ARGV ms or for what it had left, whichever is longer (a
+// deletion, which has no TTL of its own, must not cut short the protection
+// a longer-lived write left): a versioned write older than it is refused,
+// and an unversioned write neither checks nor moves it. (The TTLs are
+// under 2^53 ms, exact as Lua numbers.)
 const versioned = `
 if ARGV[VER] ~= '' then
   local cur = redis.call('GET', KEYS[4])
   if cur and cur REFUSE ARGV[VER] then REFUSED end
-  redis.call('SET', KEYS[4], ARGV[VER], 'PX', ARGV[VER + 1])
+  local px = math.max(tonumber(ARGV[VER + 1]), redis.call('PTTL', KEYS[4]))
+  redis.call('SET', KEYS[4], ARGV[VER], 'PX', string.format('%.0f', px))
 end
 `
 
@@ -208,10 +212,19 @@ return woke
 //	in ms, ARGV[5] fill channel
 //
 // Returns 1 when written, 0 when refused, plus WokeFlag (see wake).
-var Set = redis.NewScript("local woke = 0\n" + check(3, ">=", "return 0") + `
+var Set = redis.NewScript(setScript(">="))
+
+// SetLoaded is Set for a loaded value written without the lease
+// (WithoutLease): only an older version is refused, since a load as old as
+// the row version key read the current row (as Fill judges it).
+var SetLoaded = redis.NewScript(setScript(">"))
+
+func setScript(refuse string) string {
+	return "local woke = 0\n" + check(3, refuse, "return 0") + `
 redis.call('DEL', KEYS[2])
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])` + wake + `return 1 + woke
-`)
+`
+}
 
 // Del deletes a value and its lease. A versioned Del leaves its version in
 // the row version key, so that a later write older than it is refused; it

@@ -226,12 +226,13 @@ func (s *Store) versionArgs(version uint64, ttl time.Duration) (string, int64) {
 // Fill writes loaded values, in one round trip per node, and reports which
 // were written and which refused (a leased fill whose lease is gone);
 // neither, when its command failed. A cache's fills are all leased or all
-// unleased (WithoutLease: written through as Set writes, all or none). A
+// unleased (WithoutLease: written through as Set writes, all or none, but
+// a version as old as Redis's is written, as a leased fill's is). A
 // lone leased fill shares its round trip with concurrent ones, as
 // acquires do.
 func (s *Store) Fill(ctx context.Context, ws []Write) (written, refused []bool, err error) {
 	if ws[0].Token == "" || s.local != nil {
-		return s.Set(ctx, ws)
+		return s.set(ctx, keys.SetLoaded, ws)
 	}
 	if len(ws) == 1 && s.fills != nil {
 		// Not cancelled with ctx: see Acquire.

@@ -15,6 +15,11 @@ import (
 // which refused (a versioned write older than Redis's); neither, for the
 // keys of a node that failed.
 func (s *Store) Set(ctx context.Context, ws []Write) (written, refused []bool, err error) {
+	return s.set(ctx, keys.Set, ws)
+}
+
+// set is Set with script, keys.Set or keys.SetLoaded (see Fill).
+func (s *Store) set(ctx context.Context, script *redis.Script, ws []Write) (written, refused []bool, err error) {
 	if s.local != nil {
 		written, refused = make([]bool, len(ws)), make([]bool, len(ws))
 		for i := range written {
@@ -31,7 +36,7 @@ func (s *Store) Set(ctx context.Context, ws []Write) (written, refused []bool, e
 		args[i] = []any{w.Frame, ms(w.TTL), ver, verTTL, channel}
 	}
 	written, refused = make([]bool, len(ws)), make([]bool, len(ws))
-	err = s.endLeases(ctx, op("set", len(ws)), s.WriteBy(), keys.Set, vks, nil, args, written, refused, nil)
+	err = s.endLeases(ctx, op("set", len(ws)), s.WriteBy(), script, vks, nil, args, written, refused, nil)
 	return written, refused, err
 }
 
