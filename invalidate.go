@@ -64,7 +64,10 @@ type invalidator struct {
 	epoch atomic.Uint64
 	reqs  chan pubReq
 	done  chan struct{}
-	wg    sync.WaitGroup
+	// published is closed when the publisher has sent what was queued and
+	// returned: a send after that publishes its own message.
+	published chan struct{}
+	wg        sync.WaitGroup
 	// life bounds the subscriber's network calls; stop cancels it, so that
 	// Close does not wait for a dial to an unreachable Redis.
 	life   context.Context
@@ -103,10 +106,13 @@ func newInstanceID() [8]byte {
 func (iv *invalidator) start() {
 	iv.reqs = make(chan pubReq, 1024)
 	iv.done = make(chan struct{})
+	iv.published = make(chan struct{})
 	iv.life, iv.cancel = context.WithCancel(context.Background())
 	if iv.publishes {
 		iv.wg.Add(1)
 		go iv.publish()
+	} else {
+		close(iv.published)
 	}
 	if iv.onKeys != nil || iv.fills != nil {
 		iv.wg.Add(1)
@@ -175,6 +181,11 @@ func (iv *invalidator) hearing() uint64 {
 // L1) and waits until the message has gone to Redis. Concurrent sends are
 // batched into one message without delaying a lone sender: the publisher
 // takes whatever has queued while it was busy. Nil-safe (invalidation off).
+//
+// A write acknowledged by Redis is announced even if Close runs meanwhile:
+// the publisher sends what is queued before it returns, and a sender that
+// comes after it (or whose message it never took) publishes its own, so
+// that no other instance keeps serving what the write replaced.
 func (iv *invalidator) send(ctx context.Context, keys []string, tags []envelope.Tag, all bool) error {
 	if iv == nil || !iv.publishes || (len(keys) == 0 && len(tags) == 0 && !all) {
 		return nil
@@ -182,16 +193,21 @@ func (iv *invalidator) send(ctx context.Context, keys []string, tags []envelope.
 	r := pubReq{at: nowMicro(), keys: keys, tags: tags, all: all, ack: make(chan error, 1)}
 	select {
 	case iv.reqs <- r:
-	case <-iv.done:
-		return ErrClosed
+	case <-iv.published:
+		return iv.publishBatch([]pubReq{r})
 	case <-ctx.Done():
 		return ctx.Err()
 	}
 	select {
 	case err := <-r.ack:
 		return err
-	case <-iv.done:
-		return ErrClosed
+	case <-iv.published:
+		select {
+		case err := <-r.ack: // sent before the publisher returned
+			return err
+		default: // queued after it had drained the queue
+			return iv.publishBatch([]pubReq{r})
+		}
 	case <-ctx.Done():
 		return ctx.Err()
 	}
@@ -199,6 +215,7 @@ func (iv *invalidator) send(ctx context.Context, keys []string, tags []envelope.
 
 func (iv *invalidator) publish() {
 	defer iv.wg.Done()
+	defer close(iv.published)
 	var batch []pubReq
 	for {
 		select {
@@ -218,10 +235,11 @@ func (iv *invalidator) publish() {
 				r.ack <- err
 			}
 		case <-iv.done:
-			for { // whoever queued before the end is told, not left waiting
+			// What was queued before the end still goes out (see send).
+			for {
 				select {
 				case r := <-iv.reqs:
-					r.ack <- ErrClosed
+					r.ack <- iv.publishBatch([]pubReq{r})
 				default:
 					return
 				}
