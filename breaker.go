@@ -19,17 +19,7 @@ const (
 	BreakerOpen
 )
 
-func (s BreakerState) String() string {
-	switch s {
-	case BreakerClosed:
-		return "closed"
-	case BreakerHalfOpen:
-		return "half-open"
-	case BreakerOpen:
-		return "open"
-	}
-	return "unknown"
-}
+func (s BreakerState) String() string { return nameOf(s, "closed", "half-open", "open") }
 
 // BreakerSettings configures the circuit breaker around Redis (see
 // [WithBreaker]). It is github.com/sony/gobreaker/v2 underneath, one

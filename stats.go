@@ -23,14 +23,12 @@ const (
 	TierLoader
 )
 
-func (t Tier) String() string {
-	switch t {
-	case TierL1:
-		return "l1"
-	case TierL2:
-		return "l2"
-	case TierLoader:
-		return "loader"
+func (t Tier) String() string { return nameOf(t, "l1", "l2", "loader") }
+
+// nameOf is names[i], the name of constant i, or "unknown" past them.
+func nameOf[I ~uint8](i I, names ...string) string {
+	if int(i) < len(names) {
+		return names[i]
 	}
 	return "unknown"
 }
@@ -68,12 +66,7 @@ var eventNames = [NumEvents]string{
 	"read_batched", "write_refused",
 }
 
-func (e Event) String() string {
-	if e < NumEvents {
-		return eventNames[e]
-	}
-	return "unknown"
-}
+func (e Event) String() string { return nameOf(e, eventNames[:]...) }
 
 // Observer receives what the cache does, as it does it: the hook for
 // metrics and tracing (see the tiercacheprom and tiercacheotel modules).
