@@ -73,13 +73,19 @@ func New[V any](rdb redis.UniversalClient, opts ...Option) (*Cache[V], error) {
 }
 
 // NewLocal returns an L1-only cache: no Redis, for a single-instance
-// service or for tests of code that uses a Cache. It has the same API and
-// the same semantics within the process (coalesced loads, no stale set,
-// tags, Clear, versioned writes, early refresh, the stale windows,
-// negative caching), minus what needs Redis: nothing is shared with other
-// processes, and nothing survives the process. L1 must be on ([WithL1] or
-// [WithL1Bytes]); entries live their TTL (the L1 max TTL caps them only if
-// set with [WithL1TTL]). Options about Redis are accepted and ignored.
+// service or for tests of code that uses a Cache. It has the same API and,
+// within the process, the same coalesced loads, no stale set, tags, Clear,
+// early refresh and negative caching; a versioned Set older than (or as
+// old as) the value in L1 is refused. What needs Redis is missing: nothing
+// is shared with other processes or survives the process; no row version
+// outlives its value in L1 (a versioned Delete leaves none behind, and a
+// versioned load is not checked against one); the stale windows
+// ([WithStaleWhileRevalidate], [WithStaleIfError]) have no stale copy to
+// serve, as L1 drops a value at its logical expiry; and a load whose L1
+// fill a write refused is not counted as [EventFillRefused]. L1 must be on
+// ([WithL1] or [WithL1Bytes]); entries live their TTL (the L1 max TTL caps
+// them only if set with [WithL1TTL]). Options about Redis are accepted and
+// ignored.
 func NewLocal[V any](opts ...Option) (*Cache[V], error) { return build[V](nil, opts) }
 
 // build makes the cache of New, or of NewLocal when rdb is nil.

@@ -787,7 +787,7 @@ func (c *Cache[V]) loadAndFill(ctx context.Context, ks []*keyLoad[V], mode fillM
 		}
 		// Until it is cached, a value is returned but never reused.
 		es[i] = entry[V]{val: out[i].val, neg: out[i].notFound, version: scs[i].version, writtenAt: nowU, softExp: nowU, delta: micros32(delta)}
-		names, err := checkTags(scs[i].tags)
+		names, err := checkTags(scs[i].tags, envelope.MaxTags)
 		if err != nil {
 			c.log.Warn("tiercache: loaded value not cached", "key", k.key, "err", err)
 		}

@@ -27,6 +27,8 @@ import "errors"
 // tag key vanished (expired, evicted) while the namespace's tag floor says
 // some tag was invalidated since.
 
-// ErrInvalidTag is returned for an empty tag, a tag over 255 bytes, or more
-// than 64 tags on one value.
+// ErrInvalidTag is returned for an empty tag, a tag over 255 bytes or one
+// that starts with '}' (on a Redis Cluster its keys could not share a
+// slot), and for more than 64 tags on one value. [Cache.InvalidateTags]
+// takes any number of tags.
 var ErrInvalidTag = errors.New("tiercache: invalid tag")

@@ -72,7 +72,7 @@ func (c *Cache[V]) set(ctx context.Context, items []item[V], opts []SetOption) e
 	case len(items) == 0:
 		return nil
 	}
-	tagNames, err := checkTags(sc.tags)
+	tagNames, err := checkTags(sc.tags, envelope.MaxTags)
 	if err != nil {
 		return err
 	}
@@ -151,6 +151,9 @@ func (c *Cache[V]) Delete(ctx context.Context, keys ...string) error {
 
 // delete is Delete, with the row version of a versioned Invalidate.
 func (c *Cache[V]) delete(ctx context.Context, version uint64, keys []string) error {
+	if c.closed.Load() {
+		return ErrClosed
+	}
 	for _, k := range keys {
 		if err := c.check(k); err != nil {
 			return err
@@ -205,7 +208,7 @@ func (c *Cache[V]) invalidateTags(ctx context.Context, version uint64, tags []st
 	if c.closed.Load() {
 		return ErrClosed
 	}
-	tags, err := checkTags(tags)
+	tags, err := checkTags(tags, 0) // any number: the bound is per value
 	if err != nil || len(tags) == 0 {
 		return err
 	}
@@ -241,19 +244,24 @@ type Invalidation struct {
 // elsewhere. Like Delete and InvalidateTags it returns Redis errors; a
 // consumer should not acknowledge the event until it returns nil.
 func (c *Cache[V]) Invalidate(ctx context.Context, inv Invalidation) error {
+	if _, err := checkTags(inv.Tags, 0); err != nil {
+		return err // before the keys are deleted: nothing half done
+	}
 	if err := c.delete(ctx, inv.Version, inv.Keys); err != nil {
 		return err
 	}
 	return c.invalidateTags(ctx, inv.Version, inv.Tags)
 }
 
-// Clear drops every value of the namespace, on every instance, at once:
-// one write in Redis (a new generation; values written before it are
-// misses from then on, and expire on their own) and one message that
-// flushes every instance's L1. A load that began before it never lands:
-// its value is stored in the old generation. An instance that misses the message learns
-// the generation when its subscription comes back or at its next health
-// check (WithHealthCheck). Unlike [WithSchemaVersion], it needs no deploy
+// Clear drops every value of the namespace, on every instance: one write
+// in Redis (a new generation; values written before it are misses from
+// then on, and expire on their own) and one message that flushes every
+// instance's L1. This instance's reads miss them as soon as Clear returns;
+// another instance's reads (of L1 and of Redis alike) once the message
+// reaches it, which takes what an invalidation takes. A load that began
+// before it never lands: its value is stored in the old generation. An
+// instance that misses the message learns the generation when its
+// subscription comes back or at its next health check (WithHealthCheck). Unlike [WithSchemaVersion], it needs no deploy
 // and keeps the keys' names. A Redis failure is returned (wrapping
 // [ErrRedis]): retry.
 func (c *Cache[V]) Clear(ctx context.Context) error {
@@ -268,24 +276,28 @@ func (c *Cache[V]) Clear(ctx context.Context) error {
 	return c.inv.send(ctx, nil, nil, true)
 }
 
-// checkTags validates tag names and drops duplicates.
-func checkTags(tags []string) ([]string, error) {
+// checkTags validates tag names and drops duplicates, of which there may
+// be at most most (a value's: envelope.MaxTags; 0 for an invalidation's,
+// any number). A tag must not start with '}': its key would hold an empty
+// hash tag ("{}"), which Redis Cluster ignores, and the tag's two keys
+// would land in different slots.
+func checkTags(tags []string, most int) ([]string, error) {
 	if len(tags) == 0 {
 		return nil, nil
 	}
 	seen := make(map[string]struct{}, len(tags))
 	out := make([]string, 0, len(tags))
 	for _, t := range tags {
-		if t == "" || len(t) > envelope.MaxTagLen {
-			return nil, fmt.Errorf("%w: %q: want 1 to %d bytes", ErrInvalidTag, t, envelope.MaxTagLen)
+		if t == "" || len(t) > envelope.MaxTagLen || t[0] == '}' {
+			return nil, fmt.Errorf("%w: %q: want 1 to %d bytes, not starting with '}'", ErrInvalidTag, t, envelope.MaxTagLen)
 		}
 		if _, dup := seen[t]; !dup {
 			seen[t] = struct{}{}
 			out = append(out, t)
 		}
 	}
-	if len(out) > envelope.MaxTags {
-		return nil, fmt.Errorf("%w: %d tags, at most %d", ErrInvalidTag, len(out), envelope.MaxTags)
+	if most > 0 && len(out) > most {
+		return nil, fmt.Errorf("%w: %d tags, at most %d", ErrInvalidTag, len(out), most)
 	}
 	return out, nil
 }
