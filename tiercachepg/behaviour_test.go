@@ -338,7 +338,8 @@ func TestVersionIgnored(t *testing.T) {
 }
 
 // TestInvalidMappingDeadLettered: an Invalidation that tiercache would
-// refuse (more than 64 tags, an empty tag, a tag over 255 bytes) is an
+// refuse (more than 64 tags, an empty tag, a tag over 255 bytes or one
+// that starts with '}') is an
 // unmapped change: counted and handed to the dead-letter policy, with its
 // valid part applied, and never a call retried for ever.
 func TestInvalidMappingDeadLettered(t *testing.T) {
@@ -346,7 +347,7 @@ func TestInvalidMappingDeadLettered(t *testing.T) {
 	keyMap := productsTable(t, pg, "items", 5)
 	c := newCache(t, redistest.SharedServer(t).Client(t, ctxTimeout), prefix(t))
 	ctx := context.Background()
-	for _, k := range []string{"items:1", "items:2", "items:3", "items:4"} {
+	for _, k := range []string{"items:1", "items:2", "items:3", "items:4", "items:5"} {
 		if err := c.Set(ctx, k, 0, tiercache.WithTags("tag:"+k)); err != nil {
 			t.Fatal(err)
 		}
@@ -363,6 +364,8 @@ func TestInvalidMappingDeadLettered(t *testing.T) {
 			inv.Tags = []string{""}
 		case "3":
 			inv.Tags = []string{strings.Repeat("x", 256)}
+		case "5":
+			inv.Tags = []string{"}x"}
 		}
 		inv.Tags = append(inv.Tags, "tag:items:"+id)
 		return inv, err
@@ -383,19 +386,19 @@ func TestInvalidMappingDeadLettered(t *testing.T) {
 		Map: m, Invalidate: c.Invalidate, DeadLetter: policy, StatusInterval: 20 * time.Millisecond,
 	})
 	waitUntil(t, "streaming", func() bool { return r.f.Stats().Streaming })
-	pg.exec(t, `UPDATE items SET version = 1 WHERE id IN (1, 2, 3, 4)`)
+	pg.exec(t, `UPDATE items SET version = 1 WHERE id IN (1, 2, 3, 4, 5)`)
 	waitConfirmed(t, r.f, pg.lsn(t))
 
 	s := r.f.Stats()
-	if s.Unmapped != 3 || s.Failures != 0 {
-		t.Errorf("unmapped %d, failed calls %d: want 3, 0", s.Unmapped, s.Failures)
+	if s.Unmapped != 4 || s.Failures != 0 {
+		t.Errorf("unmapped %d, failed calls %d: want 4, 0", s.Unmapped, s.Failures)
 	}
 	mu.Lock()
-	if got := strings.Join(dead, ","); got != "1,2,3" {
-		t.Errorf("dead letters %s, want 1,2,3", got)
+	if got := strings.Join(dead, ","); got != "1,2,3,5" {
+		t.Errorf("dead letters %s, want 1,2,3,5", got)
 	}
 	mu.Unlock()
-	for _, k := range []string{"items:1", "items:2", "items:3", "items:4"} {
+	for _, k := range []string{"items:1", "items:2", "items:3", "items:4", "items:5"} {
 		if _, found := cached(t, c, k); found {
 			t.Errorf("%s still cached", k)
 		}

@@ -81,8 +81,8 @@ func KeyPattern(tables ...Table) (MapFunc, error) {
 			tm.tags = append(tm.tags, pp)
 		}
 		for _, tag := range t.TruncateTags {
-			if tag == "" || len(tag) > maxTagLen {
-				return nil, fmt.Errorf("%w: KeyPattern: table %s: truncate tag %q: want 1 to %d bytes", ErrInvalidOption, name, tag, maxTagLen)
+			if !validTag(tag) {
+				return nil, fmt.Errorf("%w: KeyPattern: table %s: truncate tag %q: want 1 to %d bytes, not starting with '}'", ErrInvalidOption, name, tag, maxTagLen)
 			}
 		}
 		byTable[name] = tm

@@ -163,12 +163,17 @@ const (
 	// maxNameLen is PostgreSQL's NAMEDATALEN-1.
 	maxNameLen = 63
 	// maxTagLen is tiercache's longest tag name, and maxTags the most
-	// distinct tags one tiercache call takes (tiercache's
-	// internal/envelope.MaxTags and MaxTagLen, which it does not export).
+	// distinct tags of one tiercache value, to which the follower keeps
+	// each call too (tiercache's internal/envelope.MaxTags and MaxTagLen,
+	// which it does not export).
 	// tiercache has no limit on the keys of a call beyond non-empty.
 	maxTagLen = 255
 	maxTags   = 64
 )
+
+// validTag reports whether tiercache takes tag: 1 to maxTagLen bytes, not
+// starting with '}' (tiercache.ErrInvalidTag).
+func validTag(tag string) bool { return tag != "" && len(tag) <= maxTagLen && tag[0] != '}' }
 
 // table is a followed table's qualified name.
 type table struct{ schema, name string }
@@ -221,7 +226,7 @@ func newConfig(o Options) (*config, error) {
 		// tiercache refuses a call of more tags, and apply retries every
 		// failed call: the stream would stop for good on the first batch
 		// that large.
-		return bad("MaxBatchTags %d is over %d, the most tags tiercache takes in one call", o.MaxBatchTags, maxTags)
+		return bad("MaxBatchTags %d is over %d, the most tags of one tiercache value, to which the follower keeps its calls", o.MaxBatchTags, maxTags)
 	}
 	c.LagInterval = orDefault(o.LagInterval, DefaultLagInterval)
 	c.StatusInterval = orDefault(o.StatusInterval, DefaultStatusInterval)

@@ -451,7 +451,8 @@ func (r *run) dead(t *txn, c Change, err error) {
 
 // add adds inv's keys and tags to the transaction, leaving out and
 // reporting those tiercache would reject (an empty key or tag, a tag over
-// 255 bytes): a batch with one of them would fail on every retry. More
+// 255 bytes or starting with '}'): a batch with one of them would fail on
+// every retry. More
 // than 64 distinct tags, which one tiercache call refuses, are reported
 // too (the change goes to the dead-letter policy) but kept: apply splits
 // them over calls of at most MaxBatchTags, so invalidating them is safe
@@ -469,8 +470,8 @@ func (t *txn) add(inv tiercache.Invalidation) error {
 		t.keys = append(t.keys, k)
 	}
 	for _, tag := range inv.Tags {
-		if tag == "" || len(tag) > maxTagLen {
-			errs = append(errs, fmt.Errorf("%w: tag %q: want 1 to %d bytes", ErrUnmapped, tag, maxTagLen))
+		if !validTag(tag) {
+			errs = append(errs, fmt.Errorf("%w: tag %q: want 1 to %d bytes, not starting with '}'", ErrUnmapped, tag, maxTagLen))
 			continue
 		}
 		t.tags = append(t.tags, tag)
