@@ -223,8 +223,8 @@ func (c *Cache[V]) forgetLocal() {
 // bounded by the write timeout), the invalidation subscriber stops, and
 // later calls return [ErrClosed]. Calls in flight return (with the
 // loader's result, or an error); a write in flight whose Redis write
-// landed still publishes its invalidation before it returns. It does not close the Redis client, which
-// the caller owns. Close is idempotent.
+// landed still publishes its invalidation before it returns. It does not
+// close the Redis client, which the caller owns. Close is idempotent.
 func (c *Cache[V]) Close() error {
 	c.closeMu.Lock()
 	already := c.closed.Swap(true)

@@ -28,8 +28,8 @@ func newLocalT[V any](t *testing.T, opts ...Option) *Cache[V] {
 	return c
 }
 
-// localAndRedis runs f against NewLocal and against a Redis-backed cache with L1
-// on one node: the promise must hold in both.
+// localAndRedis runs f against NewLocal and against a Redis-backed cache
+// with L1, on one node and a cluster: the promise must hold in both.
 func localAndRedis(t *testing.T, opts []Option, f func(t *testing.T, c *Cache[string])) {
 	t.Run("local", func(t *testing.T) {
 		f(t, newLocalT[string](t, opts...))
@@ -37,9 +37,9 @@ func localAndRedis(t *testing.T, opts []Option, f func(t *testing.T, c *Cache[st
 	t.Run("redis", func(t *testing.T) { redisOnly(t, opts, f) })
 }
 
-// redisOnly is the Redis half of localAndRedis, for a promise that NewLocal's doc
-// says it does not keep (the stale windows, versioned loads, the count of
-// refused fills).
+// redisOnly is the Redis half of localAndRedis, for a promise that
+// NewLocal's doc says it does not keep (the stale windows, versioned loads,
+// the count of refused fills).
 func redisOnly(t *testing.T, opts []Option, f func(t *testing.T, c *Cache[string])) {
 	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
 		c := newCache[string](t, tg, append([]Option{WithL1(1000)}, opts...)...)
@@ -48,9 +48,7 @@ func redisOnly(t *testing.T, opts []Option, f func(t *testing.T, c *Cache[string
 	})
 }
 
-// cache.go (NewLocal): "It has the same API and the same semantics within
-// the process (coalesced loads, no stale set, tags, Clear, versioned
-// writes, early refresh, the stale windows, negative caching)".
+// Redis only (NewLocal has no stale copy: see its doc).
 // options.go (WithStaleWhileRevalidate): "keeps a value for d past its
 // logical expiry: a read in that window gets the old value at once while
 // the cache refreshes it in the background."
@@ -96,7 +94,7 @@ func TestRedTeamLoadStaleWhileRevalidate(t *testing.T) {
 	})
 }
 
-// cache.go (NewLocal): same semantics "(... the stale windows ...)".
+// Redis only (NewLocal has no stale copy: see its doc).
 // options.go (WithStaleIfError): "keeps a value for d past its logical
 // expiry to serve when the loader fails: the caller gets the old value,
 // and the loader's error is counted and logged instead."
@@ -120,7 +118,7 @@ func TestRedTeamLoadStaleIfError(t *testing.T) {
 	})
 }
 
-// cache.go (NewLocal): same semantics "(... versioned writes ...)".
+// Redis only (NewLocal checks no versioned load: see its doc).
 // options.go (WithVersion): "Redis keeps the newest version written ...
 // and refuses, atomically, a versioned Set that is not newer, and a
 // versioned load that is older ...: writers whose Sets arrive out of order
@@ -147,9 +145,9 @@ func TestRedTeamLoadVersionedLoadOlderThanSetRefused(t *testing.T) {
 }
 
 // stats.go: "EventFillRefused // a loaded value was not cached: the key
-// changed during the load"; cache.go (NewLocal): same semantics within the
-// process (no stale set). The value of a load that overlapped a Set is
-// returned, not cached, and the refusal is counted.
+// changed during the load". The value of a load that overlapped a Set is
+// returned, not cached, and the refusal is counted. (Redis only: NewLocal
+// does not count it, see its doc.)
 func TestRedTeamLoadFillRefusedCounted(t *testing.T) {
 	redisOnly(t, []Option{WithEarlyRefresh(0)}, func(t *testing.T, c *Cache[string]) {
 		started, release := make(chan struct{}), make(chan struct{})

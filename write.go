@@ -155,8 +155,8 @@ func (c *Cache[V]) delete(ctx context.Context, version uint64, keys []string) er
 		return ErrClosed
 	}
 	for _, k := range keys {
-		if err := c.check(k); err != nil {
-			return err
+		if k == "" {
+			return ErrInvalidKey
 		}
 	}
 	if len(keys) == 0 {
@@ -199,18 +199,21 @@ func (c *Cache[V]) dropLocal(keys ...string) {
 // A Redis failure is returned (wrapping [ErrRedis]): the tags may not be
 // invalidated, so retry.
 func (c *Cache[V]) InvalidateTags(ctx context.Context, tags ...string) error {
+	tags, err := checkTags(tags, 0) // any number: the bound is per value
+	if err != nil {
+		return err
+	}
 	return c.invalidateTags(ctx, 0, tags)
 }
 
-// invalidateTags is InvalidateTags, with the row version of a versioned
-// Invalidate.
+// invalidateTags is InvalidateTags of checked tags, with the row version
+// of a versioned Invalidate.
 func (c *Cache[V]) invalidateTags(ctx context.Context, version uint64, tags []string) error {
 	if c.closed.Load() {
 		return ErrClosed
 	}
-	tags, err := checkTags(tags, 0) // any number: the bound is per value
-	if err != nil || len(tags) == 0 {
-		return err
+	if len(tags) == 0 {
+		return nil
 	}
 	// A tag key must outlive every load that may be in flight.
 	keep := satAdd(satAdd(c.cfg.loadTimeout, c.cfg.loadTimeout), c.cfg.leaseTTL)
@@ -244,13 +247,14 @@ type Invalidation struct {
 // elsewhere. Like Delete and InvalidateTags it returns Redis errors; a
 // consumer should not acknowledge the event until it returns nil.
 func (c *Cache[V]) Invalidate(ctx context.Context, inv Invalidation) error {
-	if _, err := checkTags(inv.Tags, 0); err != nil {
-		return err // before the keys are deleted: nothing half done
+	tags, err := checkTags(inv.Tags, 0) // before a key is deleted: nothing half done
+	if err != nil {
+		return err
 	}
 	if err := c.delete(ctx, inv.Version, inv.Keys); err != nil {
 		return err
 	}
-	return c.invalidateTags(ctx, inv.Version, inv.Tags)
+	return c.invalidateTags(ctx, inv.Version, tags)
 }
 
 // Clear drops every value of the namespace, on every instance: one write
@@ -261,9 +265,9 @@ func (c *Cache[V]) Invalidate(ctx context.Context, inv Invalidation) error {
 // reaches it, which takes what an invalidation takes. A load that began
 // before it never lands: its value is stored in the old generation. An
 // instance that misses the message learns the generation when its
-// subscription comes back or at its next health check (WithHealthCheck). Unlike [WithSchemaVersion], it needs no deploy
-// and keeps the keys' names. A Redis failure is returned (wrapping
-// [ErrRedis]): retry.
+// subscription comes back or at its next health check (WithHealthCheck).
+// Unlike [WithSchemaVersion], it needs no deploy and keeps the keys'
+// names. A Redis failure is returned (wrapping [ErrRedis]): retry.
 func (c *Cache[V]) Clear(ctx context.Context) error {
 	if c.closed.Load() {
 		return ErrClosed
