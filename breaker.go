@@ -7,16 +7,17 @@ import (
 	"github.com/tiercache/tiercache/internal/store"
 )
 
-// BreakerState is the state of the circuit breaker around Redis.
+// BreakerState is the state of a node's circuit breaker: closed (Redis is
+// used), half-open (a few probe calls test whether Redis is back) or open
+// (Redis is bypassed; reads go to L1 and the loader).
 type BreakerState uint8
 
+// The breaker states, in the order of their severity; internal/store's
+// State has the same values (breakerStates converts).
 const (
-	// BreakerClosed: Redis is used.
-	BreakerClosed BreakerState = iota
-	// BreakerHalfOpen: a few probe calls test whether Redis is back.
-	BreakerHalfOpen
-	// BreakerOpen: Redis is bypassed; reads go to L1 and the loader.
-	BreakerOpen
+	BreakerClosed   BreakerState = 0
+	BreakerHalfOpen BreakerState = 1
+	BreakerOpen     BreakerState = 2
 )
 
 func (s BreakerState) String() string { return nameOf(s, "closed", "half-open", "open") }

@@ -14,7 +14,22 @@ import (
 	"time"
 
 	"github.com/tiercache/tiercache/internal/redistest"
+	"github.com/tiercache/tiercache/internal/store"
 )
+
+// breakerStates converts the store's states by value: the two sets of
+// constants must agree, each with its name.
+func TestBreakerStatesAreTheStores(t *testing.T) {
+	for s, want := range map[store.State]BreakerState{store.Closed: BreakerClosed, store.HalfOpen: BreakerHalfOpen, store.Open: BreakerOpen} {
+		all, worst := breakerStates(map[string]store.State{"n": s}, s)
+		if worst != want || all["n"] != want {
+			t.Errorf("store state %d is %v (%v), want %v", s, worst, all["n"], want)
+		}
+	}
+	if got := fmt.Sprint(BreakerClosed, BreakerHalfOpen, BreakerOpen); got != "closed half-open open" {
+		t.Errorf("names: %q", got)
+	}
+}
 
 // One breaker per node: with one master of three dead (no replica), keys on
 // the two live masters keep their Redis hits, no read fails, only the dead

@@ -91,11 +91,7 @@ func NewLocal[V any](opts ...Option) (*Cache[V], error) { return build[V](nil, o
 // build makes the cache of New, or of NewLocal when rdb is nil.
 func build[V any](rdb redis.UniversalClient, opts []Option) (*Cache[V], error) {
 	cfg := defaultConfig()
-	for _, o := range opts {
-		if o != nil {
-			o(&cfg)
-		}
-	}
+	apply(&cfg, opts)
 	if rdb == nil {
 		if cfg.l1Entries == 0 && cfg.l1Bytes == 0 {
 			return nil, fmt.Errorf("%w: NewLocal needs WithL1 or WithL1Bytes", ErrInvalidOption)
@@ -290,22 +286,17 @@ func (c *Cache[V]) goBackground(task func()) bool {
 	// worker takes this task before it can see life end: a task handed
 	// over here always runs.
 	c.bg.Add(1)
-	task = c.done(task)
-	select {
-	case c.idle <- task:
-	default:
-		c.workers.Add(1)
-		go c.worker(task)
-	}
-	return true
-}
-
-// done wraps task to tell bg when it returns (or calls runtime.Goexit).
-func (c *Cache[V]) done(task func()) func() {
-	return func() {
-		defer c.bg.Done()
+	run := func() {
+		defer c.bg.Done() // also when task calls runtime.Goexit
 		task()
 	}
+	select {
+	case c.idle <- run:
+	default:
+		c.workers.Add(1)
+		go c.worker(run)
+	}
+	return true
 }
 
 // idleWorker is how long a worker waits for its next task.

@@ -132,7 +132,6 @@ func (iv *invalidator) flush() {
 }
 
 // stop ends the goroutines and waits for them; nil-safe.
-
 func (iv *invalidator) stop() {
 	if iv == nil {
 		return

@@ -103,19 +103,14 @@ func (c *Cache[V]) readThrough(ctx context.Context, key string, load LoadFunc[V]
 	if err == nil {
 		c.odds.observe(found && e.fresh(now))
 	}
-	if err == nil && found {
-		switch {
-		case e.fresh(now):
-			ended = true
-			c.flight.End(fk, call, e, nil)
-			return e, nil
-		case c.withinSWR(&e, now):
+	if err == nil && found && (e.fresh(now) || within(&e, now, c.cfg.swr)) {
+		if !e.fresh(now) {
 			c.rec.event(EventStaleServed)
 			c.refreshAsync([]due{{key, e.writtenAt, false}}, single(load))
-			ended = true
-			c.flight.End(fk, call, e, nil)
-			return e, nil
 		}
+		ended = true
+		c.flight.End(fk, call, e, nil)
+		return e, nil
 	}
 	kl := &keyLoad[V]{key: key, vk: c.st.Layout.Value(key), heard: heard}
 	if err == nil && found {
@@ -200,7 +195,7 @@ func (c *Cache[V]) GetOrLoadMany(ctx context.Context, keys []string, load BatchL
 		if !failed && found[i] {
 			e := &es[i]
 			fresh := e.fresh(now)
-			if fresh || c.withinSWR(e, now) {
+			if fresh || within(e, now, c.cfg.swr) {
 				if !e.neg {
 					out[k] = e.val
 				}
@@ -432,6 +427,13 @@ func (k *keyLoad[V]) settle(e entry[V], err error) {
 	k.e, k.err, k.settled = e, err, true
 }
 
+// fail settles each of ks with err.
+func fail[V any](ks []*keyLoad[V], err error) {
+	for _, k := range ks {
+		k.settle(entry[V]{}, err)
+	}
+}
+
 // loadMode is what a load is for.
 type loadMode uint8
 
@@ -503,9 +505,7 @@ func (c *Cache[V]) load(ctx context.Context, ks []*keyLoad[V], mode loadMode, no
 			// Closed (before this round's acquire): ask Redis for nothing
 			// more. (Leases of earlier rounds are given back by the
 			// deferred release.)
-			for _, k := range pending {
-				k.settle(entry[V]{}, err)
-			}
+			fail(pending, err)
 			return
 		}
 		// A waiter is woken by the holder's fill (see wake.Waits) while the
@@ -657,7 +657,7 @@ func (c *Cache[V]) load(ctx context.Context, ks []*keyLoad[V], mode loadMode, no
 					since = r.At
 				}
 				owned = append(owned, k)
-			case found[i] && mode == loadRead && c.withinSWR(&es[i], now):
+			case found[i] && mode == loadRead && within(&es[i], now, c.cfg.swr):
 				// Someone else is refreshing it; the stale value will do.
 				c.rec.event(EventStaleServed)
 				k.settle(es[i], nil)
@@ -682,9 +682,7 @@ func (c *Cache[V]) load(ctx context.Context, ks []*keyLoad[V], mode loadMode, no
 		}
 		switch {
 		case mode == loadBackground:
-			for _, k := range busy {
-				k.settle(entry[V]{}, errLeaseBusy)
-			}
+			fail(busy, errLeaseBusy)
 			return
 		case !wait.more():
 			// Holders have had a lease TTL and a load timeout and not
@@ -697,9 +695,7 @@ func (c *Cache[V]) load(ctx context.Context, ks []*keyLoad[V], mode loadMode, no
 		err := wait.sleep(ctx, leaseLeft, woken)
 		unwatch()
 		if err != nil {
-			for _, k := range busy {
-				k.settle(entry[V]{}, err)
-			}
+			fail(busy, err)
 			return
 		}
 		pending = busy
@@ -756,7 +752,7 @@ func (c *Cache[V]) loadAndFill(ctx context.Context, ks []*keyLoad[V], mode fillM
 	if err != nil {
 		now := nowMicro()
 		for _, k := range ks {
-			if k.stale != nil && c.withinSIE(k.stale, now) {
+			if k.stale != nil && within(k.stale, now, c.cfg.sie) {
 				c.rec.event(EventStaleOnError)
 				k.settle(*k.stale, nil)
 				continue
@@ -997,9 +993,7 @@ func (m *loadMeta) forKey(key string) setConfig {
 	defer m.mu.Unlock()
 	sc := m.cfg
 	sc.tags = slices.Clone(sc.tags)
-	for _, o := range m.keyOpts[key] {
-		o(&sc)
-	}
+	apply(&sc, m.keyOpts[key])
 	return sc
 }
 
@@ -1009,16 +1003,10 @@ func (m *loadMeta) forKey(key string) setConfig {
 // apply to every value of the call (see [LoadKeyOptions] for one key's).
 // Call it with the ctx the loader was given; elsewhere it does nothing.
 func LoadOptions(ctx context.Context, opts ...SetOption) {
-	m, ok := ctx.Value(loadMetaKey{}).(*loadMeta)
-	if !ok {
-		return
-	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	for _, o := range opts {
-		if o != nil {
-			o(&m.cfg)
-		}
+	if m, ok := ctx.Value(loadMetaKey{}).(*loadMeta); ok {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		apply(&m.cfg, opts)
 	}
 }
 
@@ -1028,19 +1016,13 @@ func LoadOptions(ctx context.Context, opts ...SetOption) {
 // not return is its "not found".) Call it with the ctx the loader was
 // given; elsewhere it does nothing.
 func LoadKeyOptions(ctx context.Context, key string, opts ...SetOption) {
-	m, ok := ctx.Value(loadMetaKey{}).(*loadMeta)
-	if !ok {
-		return
-	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.keyOpts == nil {
-		m.keyOpts = map[string][]SetOption{}
-	}
-	for _, o := range opts {
-		if o != nil {
-			m.keyOpts[key] = append(m.keyOpts[key], o)
+	if m, ok := ctx.Value(loadMetaKey{}).(*loadMeta); ok {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		if m.keyOpts == nil {
+			m.keyOpts = map[string][]SetOption{}
 		}
+		m.keyOpts[key] = append(m.keyOpts[key], opts...) // nil ones are skipped by forKey
 	}
 }
 
@@ -1085,12 +1067,10 @@ func (w *leaseWait) sleep(ctx context.Context, leaseLeft time.Duration, woken <-
 	}
 }
 
-func (c *Cache[V]) withinSWR(e *entry[V], now int64) bool {
-	return c.cfg.swr > 0 && now < satAddMicros(e.softExp, c.cfg.swr)
-}
-
-func (c *Cache[V]) withinSIE(e *entry[V], now int64) bool {
-	return c.cfg.sie > 0 && now < satAddMicros(e.softExp, c.cfg.sie)
+// within reports now (Unix µs) inside the stale window (stale-while-
+// revalidate or stale-if-error) past e's logical expiry.
+func within[V any](e *entry[V], now int64, window time.Duration) bool {
+	return window > 0 && now < satAddMicros(e.softExp, window)
 }
 
 // jitter stretches ttl by a random fraction in [0, cfg.jitter), without

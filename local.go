@@ -91,7 +91,9 @@ func newLocal[V any](cfg *config) (*local[V], error) {
 		return nil, err
 	}
 	l.c = c
-	if l.tags, err = newTagVersions(100_000); err != nil {
+	l.tags = &tagVersions{}
+	if l.tags.m, err = otter.New(&otter.Options[string, uint64]{MaximumSize: 100_000}); err != nil {
+		l.tags = nil
 		l.close()
 		return nil, err
 	}
@@ -270,14 +272,6 @@ func (l *local[V]) close() {
 // entries L1 misses, which is safe.
 type tagVersions struct {
 	m *otter.Cache[string, uint64]
-}
-
-func newTagVersions(size int) (*tagVersions, error) {
-	m, err := otter.New(&otter.Options[string, uint64]{MaximumSize: size})
-	if err != nil {
-		return nil, err
-	}
-	return &tagVersions{m: m}, nil
 }
 
 func (tv *tagVersions) observe(tags []envelope.Tag) {

@@ -13,6 +13,15 @@ import (
 // of silently replacing it.
 type Option func(*config)
 
+// apply applies the options of opts to t, skipping nil ones.
+func apply[T any, O ~func(*T)](t *T, opts []O) {
+	for _, o := range opts {
+		if o != nil {
+			o(t)
+		}
+	}
+}
+
 // Compression selects how large values are compressed before they go to Redis.
 type Compression uint8
 

@@ -59,11 +59,7 @@ type item[V any] struct {
 // set is the one write-through, for one item or many.
 func (c *Cache[V]) set(ctx context.Context, items []item[V], opts []SetOption) error {
 	sc := setConfig{ttl: c.cfg.ttl}
-	for _, o := range opts {
-		if o != nil {
-			o(&sc)
-		}
-	}
+	apply(&sc, opts)
 	switch {
 	case sc.ttl <= 0:
 		return fmt.Errorf("%w: TTL %v must be positive", ErrInvalidOption, sc.ttl)
