@@ -18,7 +18,6 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/tiercache/tiercache/internal/keys"
 	"github.com/tiercache/tiercache/internal/redistest"
 	"github.com/tiercache/tiercache/internal/store"
 )
@@ -706,7 +705,7 @@ func TestOutageL1AbsorbsLoads(t *testing.T) {
 func TestCloseDuringAcquireCallsNoLoader(t *testing.T) {
 	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
 		rdb := tg.NewClient(t)
-		hook := &acquireGate{hash: keys.Acquire.Hash(), in: make(chan struct{}), proceed: make(chan struct{})}
+		hook := newAcquireGate(0, false)
 		rdb.AddHook(hook)
 		c := newCacheOn[string](t, rdb, testPrefix(t), WithLease(time.Minute))
 		admin := tg.NewClient(t)
@@ -737,55 +736,4 @@ func TestCloseDuringAcquireCallsNoLoader(t *testing.T) {
 			t.Error("Close returned with the acquire's lease still held")
 		}
 	})
-}
-
-// acquireGate holds the first Acquire script a client sends after the
-// first skip until proceed is closed, and closes in when it has it; with
-// reply, it lets the script run in Redis and holds its reply instead.
-type acquireGate struct {
-	hash        string
-	skip        int64
-	reply       bool
-	sent        atomic.Int64
-	once        sync.Once
-	in, proceed chan struct{}
-}
-
-func (*acquireGate) DialHook(next redis.DialHook) redis.DialHook { return next }
-
-func (g *acquireGate) hold(cmd redis.Cmder) {
-	if a := cmd.Args(); len(a) > 1 && cmd.Name() == "evalsha" && a[1] == g.hash && g.sent.Add(1) > g.skip {
-		g.once.Do(func() {
-			close(g.in)
-			<-g.proceed
-		})
-	}
-}
-
-func (g *acquireGate) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error {
-		if g.reply {
-			err := next(ctx, cmd)
-			g.hold(cmd)
-			return err
-		}
-		g.hold(cmd)
-		return next(ctx, cmd)
-	}
-}
-
-func (g *acquireGate) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return func(ctx context.Context, cmds []redis.Cmder) error {
-		var err error
-		if g.reply {
-			err = next(ctx, cmds)
-		}
-		for _, cmd := range cmds {
-			g.hold(cmd)
-		}
-		if !g.reply {
-			err = next(ctx, cmds)
-		}
-		return err
-	}
 }

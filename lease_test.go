@@ -14,7 +14,6 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/tiercache/tiercache/internal/keys"
 	"github.com/tiercache/tiercache/internal/redistest"
 )
 
@@ -127,19 +126,14 @@ func TestStaleSetRefused(t *testing.T) {
 				row.Store("old")
 				loaded := make(chan struct{})
 				proceed := make(chan struct{})
-				done := make(chan string, 1)
-				go func() {
-					v, err := a.GetOrLoad(ctx, "row", func(context.Context) (string, error) {
+				done := async(func() (string, error) {
+					return a.GetOrLoad(ctx, "row", func(context.Context) (string, error) {
 						v := row.Load().(string) // reads the old row
 						close(loaded)
 						<-proceed // ... and is slow to return it
 						return v, nil
 					})
-					if err != nil {
-						v = err.Error()
-					}
-					done <- v
-				}()
+				})
 				<-loaded
 				row.Store("new")
 				switch write {
@@ -197,8 +191,7 @@ func TestDeadLeaseHolder(t *testing.T) {
 			cs := instances[string](t, tg, 1, WithLease(leaseTTL))
 			c := cs[0]
 			// A holder that took the lease and was killed before it filled.
-			vk := c.st.Layout.Value("k")
-			if err := c.st.RDB.Set(ctx, keys.Lease(vk), "dead-holder", leaseTTL).Err(); err != nil {
+			if err := c.st.RDB.Set(ctx, leaseKey(c, "k"), "dead-holder", leaseTTL).Err(); err != nil {
 				t.Fatal(err)
 			}
 			start := time.Now()
@@ -408,17 +401,12 @@ func TestLeaseWaiterWokenByFill(t *testing.T) {
 			})
 		}()
 		<-loading
-		got := make(chan string, 1)
-		go func() {
-			v, err := waiter.GetOrLoad(context.Background(), "k", func(ctx context.Context) (string, error) {
+		got := async(func() (string, error) {
+			return waiter.GetOrLoad(context.Background(), "k", func(ctx context.Context) (string, error) {
 				calls.Add(1)
 				return "waiter", nil
 			})
-			if err != nil {
-				v = err.Error()
-			}
-			got <- v
-		}()
+		})
 		waitFor(t, 10*time.Second, "the waiter's first acquire", func() bool { return obs.count("acquire") >= 1 })
 		time.Sleep(200 * time.Millisecond) // polling would acquire about 20 times meanwhile
 		if n := obs.count("acquire"); n > 1 {
@@ -465,14 +453,9 @@ func TestFillWakesOnTheWaitersChannel(t *testing.T) {
 
 		held := startGatedLoad(context.Background(), holder, "k", "held", "")
 		<-held.started
-		got := make(chan string, 1)
-		go func() {
-			v, err := waiter.GetOrLoad(context.Background(), "k", func(context.Context) (string, error) { return "waiter", nil })
-			if err != nil {
-				v = err.Error()
-			}
-			got <- v
-		}()
+		got := async(func() (string, error) {
+			return waiter.GetOrLoad(context.Background(), "k", func(context.Context) (string, error) { return "waiter", nil })
+		})
 		waitFor(t, 10*time.Second, "the waiter's acquire", func() bool { return obs.count("acquire") >= 1 })
 		close(held.proceed)
 
@@ -602,7 +585,7 @@ func TestConcurrentMissesShareLeaseRoundTrips(t *testing.T) {
 	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
 		ctx := t.Context()
 		rdb := tg.NewClient(t)
-		fills := &scriptTrips{hash: keys.Fill.Hash()}
+		fills := &scriptTrips{hash: fillHash}
 		rdb.AddHook(fills)
 		c := newCacheOn[string](t, rdb, testPrefix(t), WithDefaultTTL(time.Minute), WithL1(1000))
 		admin := tg.NewClient(t)
@@ -659,41 +642,6 @@ func TestConcurrentMissesShareLeaseRoundTrips(t *testing.T) {
 			}
 		}
 	})
-}
-
-// scriptTrips counts the round trips (a command, or a pipeline) in which a
-// client sends the script of the given hash.
-type scriptTrips struct {
-	hash string
-	n    atomic.Int64
-}
-
-func (*scriptTrips) DialHook(next redis.DialHook) redis.DialHook { return next }
-
-func (h *scriptTrips) is(cmd redis.Cmder) bool {
-	a := cmd.Args()
-	return len(a) > 1 && (cmd.Name() == "evalsha" && a[1] == h.hash || cmd.Name() == "eval")
-}
-
-func (h *scriptTrips) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error {
-		if h.is(cmd) {
-			h.n.Add(1)
-		}
-		return next(ctx, cmd)
-	}
-}
-
-func (h *scriptTrips) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return func(ctx context.Context, cmds []redis.Cmder) error {
-		for _, cmd := range cmds {
-			if h.is(cmd) {
-				h.n.Add(1)
-				break
-			}
-		}
-		return next(ctx, cmds)
-	}
 }
 
 // Bytes that look like a fresh frame by their header (version 1, reserved
@@ -784,9 +732,8 @@ func TestDeleteHandsTheLoadToItsWaiters(t *testing.T) {
 			writer = newCacheOn[string](t, tg.NewClient(t), prefix, WithLease(lease), WithL1(100))
 			waitSubscribed(t, holder, waiter, writer)
 			loading, proceed := make(chan struct{}), make(chan struct{})
-			out := make(chan string, 1)
-			go func() {
-				v, err := holder.GetOrLoad(context.Background(), "k", func(ctx context.Context) (string, error) {
+			out := async(func() (string, error) {
+				return holder.GetOrLoad(context.Background(), "k", func(ctx context.Context) (string, error) {
 					close(loading)
 					select {
 					case <-proceed:
@@ -794,11 +741,7 @@ func TestDeleteHandsTheLoadToItsWaiters(t *testing.T) {
 					}
 					return "old", holderErr
 				})
-				if err != nil {
-					v = err.Error()
-				}
-				out <- v
-			}()
+			})
 			<-loading
 			var once sync.Once
 			release = func() { once.Do(func() { close(proceed) }) }
@@ -841,7 +784,7 @@ func TestDeleteHandsTheLoadToItsWaiters(t *testing.T) {
 			// The fill wakes the waiter; a Delete lands before the waiter's
 			// next acquire reads the value.
 			ctx := t.Context()
-			gate := &acquireGate{hash: keys.Acquire.Hash(), skip: 1, in: make(chan struct{}), proceed: make(chan struct{})}
+			gate := newAcquireGate(1, false)
 			_, waiter, writer, obs, release, held := setup(t, 30*time.Second, nil, withL1, gate)
 			var calls atomic.Int64
 			got := readK(waiter, "waiter's own load", &calls)
@@ -1043,7 +986,7 @@ func TestHandoffOnlyToFlightsThatHeardEveryWrite(t *testing.T) {
 		writer := newCacheOn[string](t, tg.NewClient(t), prefix, opts...)
 		// b's second acquire runs in Redis before the Delete; its reply
 		// is held until b's subscription is back.
-		gate := &acquireGate{hash: keys.Acquire.Hash(), skip: 1, reply: true, in: make(chan struct{}), proceed: make(chan struct{})}
+		gate := newAcquireGate(1, true)
 		bc := tg.NewClient(t)
 		bc.AddHook(gate)
 		b := newCacheOn[string](t, bc, prefix, opts...)
@@ -1052,23 +995,9 @@ func TestHandoffOnlyToFlightsThatHeardEveryWrite(t *testing.T) {
 		// The holder loads "old" until released; another instance waits
 		// for it, so that the lease is waited for (and a Delete leaves a
 		// handoff).
-		loading, proceed := make(chan struct{}), make(chan struct{})
-		var once sync.Once
-		release := func() { once.Do(func() { close(proceed) }) }
-		t.Cleanup(release)
-		held := make(chan string, 1)
-		go func() {
-			v, err := holder.GetOrLoad(context.Background(), "k", func(ctx context.Context) (string, error) {
-				close(loading)
-				<-proceed
-				return "old", nil
-			})
-			if err != nil {
-				v = err.Error()
-			}
-			held <- v
-		}()
-		<-loading
+		held := startGatedLoad(context.Background(), holder, "k", "old", "")
+		t.Cleanup(held.release)
+		<-held.started
 		var otherCalls, firstCalls, lateCalls atomic.Int64
 		otherGot := readK(other, "other's own load", &otherCalls)
 		waitFor(t, 10*time.Second, "the other waiter's acquire", func() bool { return obs.count("acquire") >= 1 })
@@ -1105,8 +1034,8 @@ func TestHandoffOnlyToFlightsThatHeardEveryWrite(t *testing.T) {
 		waitFor(t, 10*time.Second, "b's subscription back", b.inv.healthy)
 		close(gate.proceed)
 		waitFor(t, 10*time.Second, "b's acquire after the subscription is back", func() bool { return gate.sent.Load() >= 3 })
-		release()
-		if v := <-held; v != "old" {
+		held.release()
+		if v := <-held.done; v != "old" {
 			t.Fatalf("the holder got %q", v)
 		}
 		if v := <-otherGot; v != "old" && v != "other's own load" {
@@ -1121,18 +1050,12 @@ func TestHandoffOnlyToFlightsThatHeardEveryWrite(t *testing.T) {
 // readK reads "k" from c in the background, loading v (counted in calls)
 // if it must; the channel gets the value or the error's text.
 func readK(c *Cache[string], v string, calls *atomic.Int64) <-chan string {
-	got := make(chan string, 1)
-	go func() {
-		v, err := c.GetOrLoad(context.Background(), "k", func(context.Context) (string, error) {
+	return async(func() (string, error) {
+		return c.GetOrLoad(context.Background(), "k", func(context.Context) (string, error) {
 			calls.Add(1)
 			return v, nil
 		})
-		if err != nil {
-			v = err.Error()
-		}
-		got <- v
-	}()
-	return got
+	})
 }
 
 // deleteDuringWait waits for the waiter's first acquire (it waits for

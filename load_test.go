@@ -116,13 +116,8 @@ func TestLeaderCancelDoesNotFailOthers(t *testing.T) {
 			})
 		}
 		cancel()
-		select {
-		case err := <-leaderErr:
-			if !errors.Is(err, context.Canceled) {
-				t.Fatalf("cancelled leader got %v, want context.Canceled", err)
-			}
-		case <-time.After(time.Second):
-			t.Fatal("cancelled leader did not return at once")
+		if err := receive(t, leaderErr, 20*time.Second, "the cancelled leader did not return while the load went on"); !errors.Is(err, context.Canceled) {
+			t.Fatalf("cancelled leader got %v, want context.Canceled", err)
 		}
 		close(release)
 		wg.Wait()
@@ -132,11 +127,8 @@ func TestLeaderCancelDoesNotFailOthers(t *testing.T) {
 				t.Fatalf("a waiter got %q after the leader left, want the value", v)
 			}
 		}
-		if calls.Load() != 1 {
-			t.Fatalf("loader called %d times", calls.Load())
-		}
-		if v, err := c.Get(t.Context(), "k"); err != nil || v != "value" {
-			t.Fatalf("value not cached after the leader left: %q, %v", v, err)
+		if v, err := c.Get(t.Context(), "k"); err != nil || v != "value" || calls.Load() != 1 {
+			t.Fatalf("after the leader left: Get = %q, %v after %d loader calls; want the value, cached by one load", v, err, calls.Load())
 		}
 	})
 }
@@ -228,13 +220,8 @@ func TestCloseDuringLoad(t *testing.T) {
 		if err := c.Close(); err != nil {
 			t.Fatal(err)
 		}
-		select {
-		case err := <-done:
-			if err == nil {
-				t.Fatal("a load cancelled by Close returned no error")
-			}
-		case <-time.After(2 * time.Second):
-			t.Fatal("GetOrLoad did not return after Close")
+		if err := receive(t, done, 20*time.Second, "GetOrLoad did not return after Close"); err == nil {
+			t.Fatal("a load cancelled by Close returned no error")
 		}
 	})
 }

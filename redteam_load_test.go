@@ -13,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tiercache/tiercache/internal/keys"
 	"github.com/tiercache/tiercache/internal/redistest"
 )
 
@@ -65,9 +64,8 @@ func TestRedTeamLoadStaleWhileRevalidate(t *testing.T) {
 		release := make(chan struct{})
 		defer close(release)
 		refreshing := make(chan struct{}, 1)
-		got := make(chan string, 1)
-		go func() {
-			v, err := c.GetOrLoad(context.Background(), "k", func(ctx context.Context) (string, error) {
+		got := async(func() (string, error) {
+			return c.GetOrLoad(context.Background(), "k", func(ctx context.Context) (string, error) {
 				select {
 				case refreshing <- struct{}{}:
 				default:
@@ -78,18 +76,9 @@ func TestRedTeamLoadStaleWhileRevalidate(t *testing.T) {
 				}
 				return "new", nil
 			})
-			if err != nil {
-				v = "error: " + err.Error()
-			}
-			got <- v
-		}()
-		select {
-		case v := <-got:
-			if v != "old" {
-				t.Fatalf("read in the stale window got %q, want the old value", v)
-			}
-		case <-time.After(20 * time.Second):
-			t.Fatal("a read in the stale-while-revalidate window waited for the loader instead of getting the old value at once")
+		})
+		if v := receive(t, got, 20*time.Second, "a read in the stale-while-revalidate window waited for the loader instead of getting the old value at once"); v != "old" {
+			t.Fatalf("read in the stale window got %q, want the old value", v)
 		}
 	})
 }
@@ -150,25 +139,13 @@ func TestRedTeamLoadVersionedLoadOlderThanSetRefused(t *testing.T) {
 // does not count it, see its doc.)
 func TestRedTeamLoadFillRefusedCounted(t *testing.T) {
 	redisOnly(t, []Option{WithEarlyRefresh(0)}, func(t *testing.T, c *Cache[string]) {
-		started, release := make(chan struct{}), make(chan struct{})
-		done := make(chan string, 1)
-		go func() {
-			v, err := c.GetOrLoad(context.Background(), "k", func(ctx context.Context) (string, error) {
-				close(started)
-				<-release
-				return "before-set", nil
-			})
-			if err != nil {
-				v = err.Error()
-			}
-			done <- v
-		}()
-		<-started
+		g := startGatedLoad(context.Background(), c, "k", "before-set", "")
+		<-g.started
 		if err := c.Set(t.Context(), "k", "set"); err != nil {
 			t.Fatal(err)
 		}
-		close(release)
-		if v := <-done; v != "before-set" {
+		g.release()
+		if v := <-g.done; v != "before-set" {
 			t.Fatalf("the overlapping read got %q", v)
 		}
 		if got, err := c.Get(t.Context(), "k"); err != nil || got != "set" {
@@ -185,50 +162,46 @@ func TestRedTeamLoadFillRefusedCounted(t *testing.T) {
 // found for the negative TTL and GetOrLoad returns ErrNotFound";
 // options.go: "WithNegativeTTL ... 0 turns negative caching off."
 func TestRedTeamLoadNegativeCaching(t *testing.T) {
-	t.Run("on", func(t *testing.T) {
-		localAndRedis(t, nil, func(t *testing.T, c *Cache[string]) {
-			var calls atomic.Int64
-			nf := func(ctx context.Context) (string, error) { calls.Add(1); return "", ErrNotFound }
-			for range 3 {
-				if _, err := c.GetOrLoad(t.Context(), "k", nf); !errors.Is(err, ErrNotFound) {
-					t.Fatalf("got %v, want ErrNotFound", err)
+	for _, tc := range []struct {
+		name  string
+		opts  []Option
+		calls int64 // the loader's calls for three reads
+		get   error // what Get returns then
+	}{
+		{"on", nil, 1, ErrNotFound},
+		{"off", []Option{WithNegativeTTL(0)}, 3, ErrMiss},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			localAndRedis(t, tc.opts, func(t *testing.T, c *Cache[string]) {
+				var calls atomic.Int64
+				nf := func(ctx context.Context) (string, error) { calls.Add(1); return "", ErrNotFound }
+				for range 3 {
+					if _, err := c.GetOrLoad(t.Context(), "k", nf); !errors.Is(err, ErrNotFound) {
+						t.Fatalf("got %v, want ErrNotFound", err)
+					}
 				}
-			}
-			if calls.Load() != 1 {
-				t.Fatalf("loader called %d times, want 1 (cached as not found)", calls.Load())
-			}
-			if _, err := c.Get(t.Context(), "k"); !errors.Is(err, ErrNotFound) {
-				t.Fatalf("Get = %v, want ErrNotFound", err)
-			}
-			m, err := c.GetOrLoadMany(t.Context(), []string{"k"}, func(ctx context.Context, ks []string) (map[string]string, error) {
-				t.Errorf("batch loader called for %v, which is cached as not found", ks)
-				return nil, nil
+				if calls.Load() != tc.calls {
+					t.Fatalf("loader called %d times, want %d (negative caching %s)", calls.Load(), tc.calls, tc.name)
+				}
+				if _, err := c.Get(t.Context(), "k"); !errors.Is(err, tc.get) {
+					t.Fatalf("Get = %v, want %v", err, tc.get)
+				}
+				if tc.calls != 1 {
+					return
+				}
+				m, err := c.GetOrLoadMany(t.Context(), []string{"k"}, func(ctx context.Context, ks []string) (map[string]string, error) {
+					t.Errorf("batch loader called for %v, which is cached as not found", ks)
+					return nil, nil
+				})
+				if err != nil || len(m) != 0 {
+					t.Fatalf("GetOrLoadMany = %v, %v", m, err)
+				}
+				if s := c.Stats(); s.LoadErrors != 0 || s.Loads != 1 {
+					t.Fatalf("Loads %d LoadErrors %d; want 1, 0 (ErrNotFound is not a failure)", s.Loads, s.LoadErrors)
+				}
 			})
-			if err != nil || len(m) != 0 {
-				t.Fatalf("GetOrLoadMany = %v, %v", m, err)
-			}
-			if s := c.Stats(); s.LoadErrors != 0 || s.Loads != 1 {
-				t.Fatalf("Loads %d LoadErrors %d; want 1, 0 (ErrNotFound is not a failure)", s.Loads, s.LoadErrors)
-			}
 		})
-	})
-	t.Run("off", func(t *testing.T) {
-		localAndRedis(t, []Option{WithNegativeTTL(0)}, func(t *testing.T, c *Cache[string]) {
-			var calls atomic.Int64
-			nf := func(ctx context.Context) (string, error) { calls.Add(1); return "", ErrNotFound }
-			for range 3 {
-				if _, err := c.GetOrLoad(t.Context(), "k", nf); !errors.Is(err, ErrNotFound) {
-					t.Fatalf("got %v, want ErrNotFound", err)
-				}
-			}
-			if calls.Load() != 3 {
-				t.Fatalf("loader called %d times, want 3 (negative caching off)", calls.Load())
-			}
-			if _, err := c.Get(t.Context(), "k"); !errors.Is(err, ErrMiss) {
-				t.Fatalf("Get = %v, want ErrMiss", err)
-			}
-		})
-	})
+	}
 }
 
 // load.go (GetOrLoadMany): "then from one call of load with only the keys
@@ -360,9 +333,7 @@ func TestRedTeamLoadPanicAndGoexitAcrossInstances(t *testing.T) {
 	for _, how := range []string{"panic", "goexit"} {
 		t.Run(how, func(t *testing.T) {
 			redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
-				cs := instances[string](t, tg, 2, WithLease(time.Minute), WithL1(100))
-				waitSubscribed(t, cs...)
-				a, b := cs[0], cs[1]
+				a, b := subscribedPair[string](t, tg, WithLease(time.Minute), WithL1(100))
 				started, release := make(chan struct{}), make(chan struct{})
 				bad := func(ctx context.Context) (string, error) {
 					close(started)
@@ -383,14 +354,9 @@ func TestRedTeamLoadPanicAndGoexitAcrossInstances(t *testing.T) {
 				}
 				waitFor(t, 20*time.Second, "waiters joined", func() bool { return a.Stats().Count(EventCoalesced) >= n-1 })
 				// Another instance waits for a's lease.
-				bGot := make(chan string, 1)
-				go func() {
-					v, err := b.GetOrLoad(context.Background(), "k", constLoad("from-b", 0))
-					if err != nil {
-						v = "error: " + err.Error()
-					}
-					bGot <- v
-				}()
+				bGot := async(func() (string, error) {
+					return b.GetOrLoad(context.Background(), "k", constLoad("from-b", 0))
+				})
 				waitFor(t, 20*time.Second, "b waits for the lease", func() bool { return b.Stats().L2Misses+b.Stats().L2Hits >= 1 })
 				close(release)
 				for range n {
@@ -405,13 +371,8 @@ func TestRedTeamLoadPanicAndGoexitAcrossInstances(t *testing.T) {
 					}
 				}
 				wg.Wait()
-				select {
-				case v := <-bGot:
-					if v != "from-b" {
-						t.Fatalf("the other instance got %q, want its own load", v)
-					}
-				case <-time.After(20 * time.Second):
-					t.Fatal("the other instance waited on: the panicking holder's lease stayed locked")
+				if v := receive(t, bGot, 20*time.Second, "the other instance waited on: the panicking holder's lease stayed locked"); v != "from-b" {
+					t.Fatalf("the other instance got %q, want its own load", v)
 				}
 				ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
 				defer cancel()
@@ -434,9 +395,7 @@ func TestRedTeamLoadPanicAndGoexitAcrossInstances(t *testing.T) {
 // waiting for the lease loads promptly, not after the lease TTL.
 func TestRedTeamLoadCloseWakesOtherInstancesWaiters(t *testing.T) {
 	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
-		cs := instances[string](t, tg, 2, WithLease(time.Minute))
-		waitSubscribed(t, cs...)
-		a, b := cs[0], cs[1]
+		a, b := subscribedPair[string](t, tg, WithLease(time.Minute))
 		started := make(chan struct{})
 		go func() {
 			_, _ = a.GetOrLoad(context.Background(), "k", func(ctx context.Context) (string, error) {
@@ -446,26 +405,16 @@ func TestRedTeamLoadCloseWakesOtherInstancesWaiters(t *testing.T) {
 			})
 		}()
 		<-started
-		bGot := make(chan string, 1)
-		go func() {
-			v, err := b.GetOrLoad(context.Background(), "k", constLoad("b", 0))
-			if err != nil {
-				v = "error: " + err.Error()
-			}
-			bGot <- v
-		}()
+		bGot := async(func() (string, error) {
+			return b.GetOrLoad(context.Background(), "k", constLoad("b", 0))
+		})
 		waitFor(t, 20*time.Second, "b asked for the lease", func() bool { s := b.Stats(); return s.L2Misses+s.L2Hits >= 1 })
 		time.Sleep(50 * time.Millisecond)
 		if err := a.Close(); err != nil {
 			t.Fatal(err)
 		}
-		select {
-		case v := <-bGot:
-			if v != "b" {
-				t.Fatalf("b got %q", v)
-			}
-		case <-time.After(20 * time.Second):
-			t.Fatal("b still waits 20s after the holder closed (lease TTL 1m): its lease was not given back")
+		if v := receive(t, bGot, 20*time.Second, "b still waits 20s after the holder closed (lease TTL 1m): its lease was not given back"); v != "b" {
+			t.Fatalf("b got %q", v)
 		}
 	})
 }
@@ -506,9 +455,7 @@ func TestRedTeamLoadEarlyRefresh(t *testing.T) {
 // "Loads ... // loader calls".
 func TestRedTeamLoadRefreshWaitsForOtherInstancesLoad(t *testing.T) {
 	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
-		cs := instances[string](t, tg, 2, WithLease(time.Minute))
-		waitSubscribed(t, cs...)
-		a, b := cs[0], cs[1]
+		a, b := subscribedPair[string](t, tg, WithLease(time.Minute))
 		started, release := make(chan struct{}), make(chan struct{})
 		aGot := make(chan string, 1)
 		go func() {
@@ -521,30 +468,20 @@ func TestRedTeamLoadRefreshWaitsForOtherInstancesLoad(t *testing.T) {
 		}()
 		<-started
 		var bCalls atomic.Int64
-		bGot := make(chan string, 1)
-		go func() {
-			v, err := b.Refresh(context.Background(), "k", func(ctx context.Context) (string, error) {
+		bGot := async(func() (string, error) {
+			return b.Refresh(context.Background(), "k", func(ctx context.Context) (string, error) {
 				bCalls.Add(1)
 				return "from-b", nil
 			})
-			if err != nil {
-				v = "error: " + err.Error()
-			}
-			bGot <- v
-		}()
+		})
 		// b's acquire finds a's lease and marks it waited for.
 		waitWaited(t, tg, b, "k")
 		close(release)
 		if v := <-aGot; v != "from-a" {
 			t.Fatalf("a got %q", v)
 		}
-		select {
-		case v := <-bGot:
-			if v != "from-a" || bCalls.Load() != 0 {
-				t.Fatalf("Refresh got %q (its loader called %d times), want a's value", v, bCalls.Load())
-			}
-		case <-time.After(20 * time.Second):
-			t.Fatal("Refresh never returned")
+		if v := receive(t, bGot, 20*time.Second, "Refresh never returned"); v != "from-a" || bCalls.Load() != 0 {
+			t.Fatalf("Refresh got %q (its loader called %d times), want a's value", v, bCalls.Load())
 		}
 		if s := b.Stats(); s.Loads != 0 || s.Count(EventLeaseWait) != 1 {
 			t.Fatalf("b: Loads %d LeaseWait %d, want 0 and 1", s.Loads, s.Count(EventLeaseWait))
@@ -557,7 +494,7 @@ func TestRedTeamLoadRefreshWaitsForOtherInstancesLoad(t *testing.T) {
 func waitWaited(t *testing.T, tg redistest.Target, c *Cache[string], key string) {
 	t.Helper()
 	admin := tg.NewClient(t)
-	wk := keys.Waiters(c.st.Layout.Value(key))
+	wk := waitersKey(c, key)
 	waitFor(t, 20*time.Second, "the lease marked waited for", func() bool {
 		n, err := admin.Exists(context.Background(), wk).Result()
 		return err == nil && n == 1
@@ -571,9 +508,7 @@ func waitWaited(t *testing.T, tg redistest.Target, c *Cache[string], key string)
 // process" (stats.go).
 func TestRedTeamLoadStatsAcrossInstances(t *testing.T) {
 	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
-		cs := instances[string](t, tg, 2, WithLease(time.Minute), WithL1(100), WithEarlyRefresh(0))
-		waitSubscribed(t, cs...)
-		a, b := cs[0], cs[1]
+		a, b := subscribedPair[string](t, tg, WithLease(time.Minute), WithL1(100), WithEarlyRefresh(0))
 		started, release := make(chan struct{}), make(chan struct{})
 		aGot := make(chan string, 2)
 		slow := func(ctx context.Context) (string, error) {
@@ -631,14 +566,9 @@ func TestRedTeamLoadBatchLeaderCancelled(t *testing.T) {
 			leadErr <- err
 		}()
 		<-started
-		got := make(chan string, 1)
-		go func() {
-			v, err := c.GetOrLoad(context.Background(), "y", constLoad("other", 0))
-			if err != nil {
-				v = err.Error()
-			}
-			got <- v
-		}()
+		got := async(func() (string, error) {
+			return c.GetOrLoad(context.Background(), "y", constLoad("other", 0))
+		})
 		waitFor(t, 20*time.Second, "joined", func() bool {
 			select {
 			case v := <-got:
@@ -690,9 +620,7 @@ func TestRedTeamLoadBatchLoaderGoexit(t *testing.T) {
 // "the leases they held are given back" (cache.go, Close).
 func TestRedTeamLoadCloseDuringBatchGivesBackEveryLease(t *testing.T) {
 	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
-		cs := instances[string](t, tg, 2, WithLease(time.Minute))
-		waitSubscribed(t, cs...)
-		a, b := cs[0], cs[1]
+		a, b := subscribedPair[string](t, tg, WithLease(time.Minute))
 		ks := numberedKeys("k", 12)
 		started := make(chan struct{})
 		go func() {

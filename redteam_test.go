@@ -18,7 +18,6 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tiercache/tiercache/internal/envelope"
-	"github.com/tiercache/tiercache/internal/keys"
 	"github.com/tiercache/tiercache/internal/msg"
 	"github.com/tiercache/tiercache/internal/redistest"
 )
@@ -28,12 +27,22 @@ import (
 type gatedLoad struct {
 	started, proceed chan struct{}
 	done             chan string
+	once             sync.Once
 }
 
+// release closes proceed, once however often it is called.
+func (g *gatedLoad) release() { g.once.Do(func() { close(g.proceed) }) }
+
 func startGatedLoad(ctx context.Context, c *Cache[string], key, val, tag string) *gatedLoad {
+	return startGated(func(load LoadFunc[string]) (string, error) { return c.GetOrLoad(ctx, key, load) }, val, tag)
+}
+
+// startGated is startGatedLoad for any read that calls load: GetOrLoad,
+// Refresh, ...
+func startGated(read func(load LoadFunc[string]) (string, error), val, tag string) *gatedLoad {
 	g := &gatedLoad{started: make(chan struct{}), proceed: make(chan struct{}), done: make(chan string, 1)}
 	go func() {
-		v, err := c.GetOrLoad(ctx, key, func(ctx context.Context) (string, error) {
+		v, err := read(func(ctx context.Context) (string, error) {
 			if tag != "" {
 				LoadOptions(ctx, WithTags(tag))
 			}
@@ -134,7 +143,7 @@ func TestRedTeamLeaseGivenBackOnEveryUnfilledEnd(t *testing.T) {
 				if v, err := a.GetOrLoad(ctx, key, tc.load); !tc.want(v, err) {
 					t.Fatalf("GetOrLoad = %q, %v", v, err)
 				}
-				lk := keys.Lease(a.st.Layout.Value(key))
+				lk := leaseKey(a, key)
 				waitFor(t, 10*time.Second, "lease given back", func() bool { return raw.Exists(ctx, lk).Val() == 0 })
 				if v, err := b.GetOrLoad(ctx, key, constLoad("b", 0)); err != nil || v != "b" {
 					t.Fatalf("other instance = %q, %v", v, err)
@@ -313,20 +322,8 @@ func TestRedTeamRefreshAfterSetDoesNotJoin(t *testing.T) {
 	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
 		ctx := t.Context()
 		c := newCache[string](t, tg, WithL1(100))
-		started, proceed := make(chan struct{}), make(chan struct{})
-		done := make(chan string, 1)
-		go func() {
-			v, err := c.Refresh(ctx, "k", func(context.Context) (string, error) {
-				close(started)
-				<-proceed
-				return "old", nil
-			})
-			if err != nil {
-				v = err.Error()
-			}
-			done <- v
-		}()
-		<-started
+		first := startGated(func(load LoadFunc[string]) (string, error) { return c.Refresh(ctx, "k", load) }, "old", "")
+		<-first.started
 		if err := c.Set(ctx, "k", "new"); err != nil {
 			t.Fatal(err)
 		}
@@ -336,8 +333,8 @@ func TestRedTeamRefreshAfterSetDoesNotJoin(t *testing.T) {
 		if v, err := c.Refresh(ctx, "k", constLoad("new2", 0)); err != nil || v != "new2" {
 			t.Fatalf("Refresh after Set = %q, %v: it joined the Refresh that began before", v, err)
 		}
-		close(proceed)
-		if v := <-done; v != "old" {
+		first.release()
+		if v := <-first.done; v != "old" {
 			t.Fatalf("first Refresh = %q", v)
 		}
 		raw := tg.NewClient(t)
@@ -418,13 +415,8 @@ func TestReadAfterWriteDoesNotJoinOlderLoad(t *testing.T) {
 			v, _ := c.GetOrLoad(ctx, "k", func(context.Context) (string, error) { return row.Load().(string), nil })
 			got <- v
 		}()
-		select {
-		case v := <-got:
-			if v != "new" {
-				t.Fatalf("read after Delete = %q, want new", v)
-			}
-		case <-time.After(2 * time.Second):
-			t.Fatal("the read after Delete waited for the load that began before it")
+		if v := receive(t, got, 20*time.Second, "the read after Delete waited for the load that began before it"); v != "new" {
+			t.Fatalf("read after Delete = %q, want new", v)
 		}
 	})
 }

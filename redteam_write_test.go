@@ -15,9 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
-	"github.com/tiercache/tiercache/internal/keys"
 	"github.com/tiercache/tiercache/internal/redistest"
 )
 
@@ -75,9 +72,7 @@ func TestRedTeamWriteInvalidateTagsMoreThan64(t *testing.T) {
 		tags := make([]string, 65)
 		for i := range tags {
 			tags[i] = fmt.Sprint("tag", i)
-			if err := c.Set(ctx, tags[i], "v", WithTags(tags[i])); err != nil {
-				t.Fatal(err)
-			}
+			mustSet(t, c, tags[i], "v", WithTags(tags[i]))
 		}
 		if err := c.InvalidateTags(ctx, tags...); err != nil {
 			t.Fatalf("InvalidateTags of 65 tags (one per value): %v", err)
@@ -86,54 +81,6 @@ func TestRedTeamWriteInvalidateTagsMoreThan64(t *testing.T) {
 			if _, err := c.Get(ctx, k); !errors.Is(err, ErrMiss) {
 				t.Fatalf("%s survived: %v", k, err)
 			}
-		}
-	})
-}
-
-// WithVersion (options.go): "Redis keeps the newest version written (or
-// deleted, see [Invalidation].Version) with the key, and refuses,
-// atomically, a versioned Set that is not newer, and a versioned load that
-// is older (one as old is the current row)". WithoutLease only gives up the
-// protection against a concurrent Delete. A versioned load as old as the
-// stored version must be cached, with or without the lease.
-func TestRedTeamWriteWithoutLeaseVersionedLoadAsOldIsCached(t *testing.T) {
-	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
-		ctx := t.Context()
-		c := newCache[int](t, tg, WithoutLease())
-		if err := c.Set(ctx, "row", 7, WithVersion(7)); err != nil {
-			t.Fatal(err)
-		}
-		if err := c.Delete(ctx, "row"); err != nil {
-			t.Fatal(err)
-		}
-		var loads atomic.Int64
-		load := func(ctx context.Context) (int, error) {
-			loads.Add(1)
-			LoadOptions(ctx, WithVersion(7))
-			return 7, nil
-		}
-		for range 5 {
-			if v, err := c.GetOrLoad(ctx, "row", load); err != nil || v != 7 {
-				t.Fatalf("GetOrLoad = %d, %v", v, err)
-			}
-		}
-		// Control: a newer versioned load is cached.
-		var newer atomic.Int64
-		for range 3 {
-			if _, err := c.GetOrLoad(ctx, "row8", func(ctx context.Context) (int, error) {
-				newer.Add(1)
-				LoadOptions(ctx, WithVersion(8))
-				return 8, nil
-			}); err != nil {
-				t.Fatal(err)
-			}
-		}
-		if newer.Load() != 1 {
-			t.Fatalf("control: a versioned load on a fresh key was loaded %d times for 3 reads", newer.Load())
-		}
-		if n := loads.Load(); n != 1 {
-			t.Fatalf("WithoutLease: %d loads for 5 reads of the current row (version 7, as old as Redis's), want 1; fills refused: %d",
-				n, c.Stats().Count(EventFillRefused))
 		}
 	})
 }
@@ -149,20 +96,14 @@ func TestRedTeamWriteLocalVersionedSets(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	if err := c.Set(ctx, "row", 5, WithVersion(5)); err != nil {
-		t.Fatal(err)
-	}
+	mustSet(t, c, "row", 5, WithVersion(5))
 	for _, v := range []uint64{4, 5} {
-		if err := c.Set(ctx, "row", int(v), WithVersion(v)); err != nil {
-			t.Fatal(err)
-		}
+		mustSet(t, c, "row", int(v), WithVersion(v))
 		if got, err := c.Get(ctx, "row"); err != nil || got != 5 {
 			t.Fatalf("NewLocal: after a Set of version %d over version 5: Get = %d, %v; want 5", v, got, err)
 		}
 	}
-	if err := c.Set(ctx, "row", 6, WithVersion(6)); err != nil {
-		t.Fatal(err)
-	}
+	mustSet(t, c, "row", 6, WithVersion(6))
 	if got, err := c.Get(ctx, "row"); err != nil || got != 6 {
 		t.Fatalf("NewLocal: a newer Set was not kept: Get = %d, %v", got, err)
 	}
@@ -171,9 +112,7 @@ func TestRedTeamWriteLocalVersionedSets(t *testing.T) {
 	if err := c.Invalidate(ctx, Invalidation{Keys: []string{"row"}, Version: 7}); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.Set(ctx, "row", 4, WithVersion(4)); err != nil {
-		t.Fatal(err)
-	}
+	mustSet(t, c, "row", 4, WithVersion(4))
 	if got, err := c.Get(ctx, "row"); err != nil || got != 4 {
 		t.Fatalf("NewLocal: after a versioned Delete, a Set is checked against nothing: Get = %d, %v", got, err)
 	}
@@ -190,20 +129,14 @@ func TestRedTeamWriteVersionedDeleteKeepsTheProtection(t *testing.T) {
 		c := newCache[int](t, tg, WithDefaultTTL(200*time.Millisecond), WithJitter(0))
 		// Control: without the delete, a late Set of version 4 is refused
 		// (the version key lives as long as the 1h value).
-		if err := c.Set(ctx, "ctl", 5, WithVersion(5), WithTTL(time.Hour)); err != nil {
-			t.Fatal(err)
-		}
-		if err := c.Set(ctx, "row", 5, WithVersion(5), WithTTL(time.Hour)); err != nil {
-			t.Fatal(err)
-		}
+		mustSet(t, c, "ctl", 5, WithVersion(5), WithTTL(time.Hour))
+		mustSet(t, c, "row", 5, WithVersion(5), WithTTL(time.Hour))
 		if err := c.Invalidate(ctx, Invalidation{Keys: []string{"row"}, Version: 6}); err != nil {
 			t.Fatal(err)
 		}
 		time.Sleep(time.Second) // past the default TTL (a lower bound, not a deadline)
 		for _, k := range []string{"ctl", "row"} {
-			if err := c.Set(ctx, k, 4, WithVersion(4), WithTTL(time.Hour)); err != nil {
-				t.Fatal(err)
-			}
+			mustSet(t, c, k, 4, WithVersion(4), WithTTL(time.Hour))
 		}
 		if v, err := c.Get(ctx, "ctl"); err != nil || v != 5 {
 			t.Fatalf("control: %d, %v (a late Set of 4 after a Set of 5 with a 1h TTL)", v, err)
@@ -245,9 +178,7 @@ func TestRedTeamWriteCloseDuringSet(t *testing.T) {
 		plain := plainInstance(t, tg, prefix)
 		waitSubscribed(t, a, b, c)
 		b0 := b.Stats().Count(EventInvalidationReceived)
-		if err := c.Set(ctx, "k", "old"); err != nil {
-			t.Fatal(err)
-		}
+		mustSet(t, c, "k", "old")
 		// c's own message must be in at b before b fills its L1.
 		waitFor(t, 10*time.Second, "c's Set at b", func() bool { return b.Stats().Count(EventInvalidationReceived) > b0 })
 		if v, err := b.Get(ctx, "k"); err != nil || v != "old" {
@@ -403,17 +334,8 @@ func TestRedTeamWriteDeleteDuringWaitNewReadLoadsAnew(t *testing.T) {
 		writer := newCacheOn[string](t, tg.NewClient(t), prefix, WithL1(100))
 		plain := plainInstance(t, tg, prefix)
 		waitSubscribed(t, holder, waiter, writer)
-		inLoad, release := make(chan struct{}), make(chan struct{})
-		hdone := make(chan error, 1)
-		go func() {
-			_, err := holder.GetOrLoad(ctx, "k", func(context.Context) (string, error) {
-				close(inLoad)
-				<-release
-				return "old", nil
-			})
-			hdone <- err
-		}()
-		<-inLoad
+		held := startGatedLoad(ctx, holder, "k", "old", "")
+		<-held.started
 		wdone := make(chan string, 1)
 		go func() {
 			v, _ := waiter.GetOrLoad(ctx, "k", func(context.Context) (string, error) { return "waiter-load", nil })
@@ -422,7 +344,7 @@ func TestRedTeamWriteDeleteDuringWaitNewReadLoadsAnew(t *testing.T) {
 		// Let the waiter find the lease held (it takes the lease only if the
 		// holder's is gone, which it is not).
 		admin := tg.NewClient(t)
-		wk := keys.Waiters(waiter.st.Layout.Value("k"))
+		wk := waitersKey(waiter, "k")
 		waitFor(t, 10*time.Second, "the waiter marks the lease waited for", func() bool {
 			n, err := admin.Exists(ctx, wk).Result()
 			return err == nil && n == 1
@@ -440,9 +362,9 @@ func TestRedTeamWriteDeleteDuringWaitNewReadLoadsAnew(t *testing.T) {
 			late <- v
 		}()
 		time.Sleep(50 * time.Millisecond)
-		close(release)
-		if err := <-hdone; err != nil {
-			t.Fatal(err)
+		held.release()
+		if v := <-held.done; v != "old" {
+			t.Fatalf("the holder got %q", v)
 		}
 		<-wdone
 		if v := <-late; v == "old" {
@@ -477,9 +399,7 @@ func TestRedTeamWriteOddKeys(t *testing.T) {
 			}
 		}
 		for i, k := range keysList {
-			if err := a.Set(ctx, k, fmt.Sprint("v2-", i)); err != nil {
-				t.Fatal(err)
-			}
+			mustSet(t, a, k, fmt.Sprint("v2-", i))
 		}
 		for i, k := range keysList {
 			want := fmt.Sprint("v2-", i)
@@ -578,15 +498,11 @@ func TestRedTeamWriteBigValue(t *testing.T) {
 		ctx := t.Context()
 		a, b := subscribedPair[string](t, tg, WithL1Bytes(64<<20))
 		old, nw := strings.Repeat("o", 1<<20), strings.Repeat("n", 1<<20)
-		if err := a.Set(ctx, "big", old); err != nil {
-			t.Fatal(err)
-		}
+		mustSet(t, a, "big", old)
 		if v, err := b.Get(ctx, "big"); err != nil || v != old {
 			t.Fatalf("b: %d bytes, %v", len(v), err)
 		}
-		if err := a.Set(ctx, "big", nw); err != nil {
-			t.Fatal(err)
-		}
+		mustSet(t, a, "big", nw)
 		if v, err := a.Get(ctx, "big"); err != nil || v != nw {
 			t.Fatalf("a reads its own write: %d bytes, %v", len(v), err)
 		}
@@ -606,9 +522,7 @@ func TestRedTeamWriteTTLs(t *testing.T) {
 		a, b := subscribedPair[string](t, tg, WithL1(100))
 		for _, d := range []time.Duration{time.Nanosecond, time.Microsecond, 999 * time.Microsecond} {
 			k := fmt.Sprint("tiny", d)
-			if err := a.Set(ctx, k, "old"); err != nil {
-				t.Fatal(err)
-			}
+			mustSet(t, a, k, "old")
 			if v, err := b.Get(ctx, k); err != nil || v != "old" {
 				t.Fatal(v, err)
 			}
@@ -654,10 +568,7 @@ func TestRedTeamWriteTTLs(t *testing.T) {
 func TestRedTeamWriteConcurrentVersionedSets(t *testing.T) {
 	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
 		ctx := t.Context()
-		prefix := testPrefix(t)
-		a := newCacheOn[int](t, tg.NewClient(t), prefix, WithL1(100))
-		b := newCacheOn[int](t, tg.NewClient(t), prefix, WithL1(100))
-		waitSubscribed(t, a, b)
+		a, b := subscribedPair[int](t, tg, WithL1(100))
 		for round := range 20 {
 			k := fmt.Sprint("c", round)
 			var wg sync.WaitGroup
@@ -697,9 +608,7 @@ func TestRedTeamWriteClearAtOnceForOtherInstancesRedisReads(t *testing.T) {
 		waitSubscribed(t, a, b)
 		for i := range 30 {
 			k := fmt.Sprint("c", i)
-			if err := a.Set(ctx, k, "old"); err != nil {
-				t.Fatal(err)
-			}
+			mustSet(t, a, k, "old")
 			if v, err := b.Get(ctx, k); err != nil || v != "old" {
 				t.Fatal(v, err)
 			}
@@ -721,5 +630,3 @@ func TestRedTeamWriteClearAtOnceForOtherInstancesRedisReads(t *testing.T) {
 		}
 	})
 }
-
-var _ = redis.Nil

@@ -3,7 +3,6 @@ package tiercache
 import (
 	"context"
 	"errors"
-	"fmt"
 	"math/rand/v2"
 	"sync"
 	"sync/atomic"
@@ -21,9 +20,7 @@ func TestTwoTypesOnOnePrefixMiss(t *testing.T) {
 	prefix := testPrefix(t)
 	ints := newCacheOn[int](t, srv.Client(t), prefix)
 	strs := newCacheOn[string](t, srv.Client(t), prefix)
-	if err := ints.Set(ctx, "k", 42); err != nil {
-		t.Fatal(err)
-	}
+	mustSet(t, ints, "k", 42)
 	if v, err := strs.Get(ctx, "k"); !errors.Is(err, ErrMiss) {
 		t.Fatalf("a string cache read an int's bytes: %q, %v", v, err)
 	}
@@ -76,9 +73,7 @@ func TestVersionedWritesKeepTheNewest(t *testing.T) {
 			t.Fatal(err)
 		}
 		waitFor(t, 10*time.Second, "the Delete at b", func() bool { return b.Stats().Count(EventInvalidationReceived) > recv })
-		if err := b.Set(ctx, "row", 999, WithVersion(999)); err != nil {
-			t.Fatal(err)
-		}
+		mustSet(t, b, "row", 999, WithVersion(999))
 		for name, c := range map[string]*Cache[int]{"a": a, "b": b} {
 			if v, err := c.Get(ctx, "row"); !errors.Is(err, ErrMiss) {
 				t.Fatalf("%s reads %d, %v after a late write of 999; want a miss", name, v, err)
@@ -95,24 +90,18 @@ func TestVersionedWritesKeepTheNewest(t *testing.T) {
 		if _, err := b.Get(ctx, "row"); !errors.Is(err, ErrMiss) {
 			t.Fatalf("a load of version 998 was cached after a Delete at 1000: %v", err)
 		}
-		if err := b.Set(ctx, "row", 1001, WithVersion(1001)); err != nil {
-			t.Fatal(err)
-		}
+		mustSet(t, b, "row", 1001, WithVersion(1001))
 		if v, err := a.Get(ctx, "row"); err != nil || v != 1001 {
 			t.Fatalf("after a write of 1001: %d, %v", v, err)
 		}
 		// An unversioned write neither checks nor moves the version.
 		recv = b.Stats().Count(EventInvalidationReceived)
-		if err := a.Set(ctx, "row", 5); err != nil {
-			t.Fatal(err)
-		}
+		mustSet(t, a, "row", 5)
 		waitFor(t, 10*time.Second, "a's Set at b", func() bool { return b.Stats().Count(EventInvalidationReceived) > recv })
 		if v, _ := b.Get(ctx, "row"); v != 5 {
 			t.Fatalf("an unversioned write: %d", v)
 		}
-		if err := a.Set(ctx, "row", 1000, WithVersion(1000)); err != nil {
-			t.Fatal(err)
-		}
+		mustSet(t, a, "row", 1000, WithVersion(1000))
 		if v, _ := b.Get(ctx, "row"); v != 5 {
 			t.Fatalf("a versioned write older than the last versioned one landed: %d", v)
 		}
@@ -129,9 +118,7 @@ func TestVersionedTagInvalidation(t *testing.T) {
 		if err := c.Invalidate(ctx, Invalidation{Tags: []string{"shelf"}, Version: 500}); err != nil {
 			t.Fatal(err)
 		}
-		if err := c.Set(ctx, "a", 499, WithVersion(499), WithTags("shelf")); err != nil {
-			t.Fatal(err)
-		}
+		mustSet(t, c, "a", 499, WithVersion(499), WithTags("shelf"))
 		if _, err := c.Get(ctx, "a"); !errors.Is(err, ErrMiss) || c.Stats().Count(EventWriteRefused) != 1 {
 			t.Fatalf("a write of 499 after the tag's invalidation at 500: %v, %d refused", err, c.Stats().Count(EventWriteRefused))
 		}
@@ -150,15 +137,11 @@ func TestVersionedTagInvalidation(t *testing.T) {
 		if got, err := c.Get(ctx, "d"); v != 500 || err != nil || got != 500 {
 			t.Fatalf("a load of 500 after the tag's invalidation at 500: %d, %v", got, err)
 		}
-		if err := c.Set(ctx, "a", 501, WithVersion(501), WithTags("shelf")); err != nil {
-			t.Fatal(err)
-		}
+		mustSet(t, c, "a", 501, WithVersion(501), WithTags("shelf"))
 		if v, err := c.Get(ctx, "a"); err != nil || v != 501 {
 			t.Fatalf("a newer write: %d, %v", v, err)
 		}
-		if err := c.Set(ctx, "c", 1, WithTags("shelf")); err != nil {
-			t.Fatal(err)
-		}
+		mustSet(t, c, "c", 1, WithTags("shelf"))
 		if v, err := c.Get(ctx, "c"); err != nil || v != 1 {
 			t.Fatalf("an unversioned write: %d, %v", v, err)
 		}
@@ -172,26 +155,14 @@ func TestLoadDuringClearNeverLands(t *testing.T) {
 	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
 		ctx := t.Context()
 		c := newCache[string](t, tg)
-		inLoad, release := make(chan struct{}), make(chan struct{})
-		done := make(chan error, 1)
-		go func() {
-			v, err := c.GetOrLoad(ctx, "k", func(context.Context) (string, error) {
-				close(inLoad)
-				<-release
-				return "read before the Clear", nil
-			})
-			if err == nil && v != "read before the Clear" {
-				err = fmt.Errorf("the load's caller got %q", v)
-			}
-			done <- err
-		}()
-		<-inLoad
+		g := startGatedLoad(ctx, c, "k", "read before the Clear", "")
+		<-g.started
 		if err := c.Clear(ctx); err != nil {
 			t.Fatal(err)
 		}
-		close(release)
-		if err := <-done; err != nil {
-			t.Fatal(err)
+		g.release()
+		if v := <-g.done; v != "read before the Clear" {
+			t.Fatalf("the load's caller got %q", v)
 		}
 		if v, err := c.Get(ctx, "k"); !errors.Is(err, ErrMiss) {
 			t.Fatalf("after a load that began before Clear: Get = %q, %v; want a miss", v, err)
@@ -216,9 +187,7 @@ func TestClearHidesEverythingEverywhere(t *testing.T) {
 		waitSubscribed(t, a, b)
 		ks := []string{"x", "y", "z"}
 		for _, k := range ks {
-			if err := a.Set(ctx, k, "old"); err != nil {
-				t.Fatal(err)
-			}
+			mustSet(t, a, k, "old")
 			for _, c := range []*Cache[string]{b, plain} {
 				if v, err := c.Get(ctx, k); err != nil || v != "old" {
 					t.Fatalf("before Clear: %q, %v", v, err)
@@ -239,9 +208,7 @@ func TestClearHidesEverythingEverywhere(t *testing.T) {
 			waitMiss(t, b, k, 10*time.Second, "the Clear at b")
 		}
 		waitMiss(t, plain, "x", 10*time.Second, "the Clear at the instance without L1")
-		if err := b.Set(ctx, "x", "new"); err != nil {
-			t.Fatal(err)
-		}
+		mustSet(t, b, "x", "new")
 		for name, c := range map[string]*Cache[string]{"a": a, "b": b, "plain": plain} {
 			if v, err := c.Get(ctx, "x"); err != nil || v != "new" {
 				t.Fatalf("%s reads %q, %v after a write following the Clear", name, v, err)
@@ -267,46 +234,65 @@ func TestClearHidesEverythingEverywhere(t *testing.T) {
 // that same change (the commit-log follower's, versioned or not), the next
 // read loads the row once and the reads after it hit. Before, such a fill
 // was refused until the version key expired, and every read went to the
-// loader.
+// loader. WithoutLease gives up only the protection against a concurrent
+// Delete (WithVersion: Redis "refuses, atomically, ... a versioned load that
+// is older (one as old is the current row)"), so the same holds without it.
 func TestVersionedLoadAsOldAsTheStoredVersionIsCached(t *testing.T) {
 	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
-		ctx := t.Context()
-		c := newCache[int](t, tg)
-		for _, inv := range []Invalidation{{Keys: []string{"row"}}, {Keys: []string{"row"}, Version: 7}} {
-			if err := c.Set(ctx, "row", 7, WithVersion(7)); err != nil {
-				t.Fatal(err)
-			}
-			if err := c.Invalidate(ctx, inv); err != nil {
-				t.Fatal(err)
-			}
-			var loads atomic.Int64
-			load := func(ctx context.Context) (int, error) {
-				loads.Add(1)
-				LoadOptions(ctx, WithVersion(7))
-				return 7, nil
-			}
-			for range 5 {
-				if v, err := c.GetOrLoad(ctx, "row", load); err != nil || v != 7 {
-					t.Fatalf("GetOrLoad = %d, %v", v, err)
-				}
-			}
-			if n := loads.Load(); n != 1 {
-				t.Fatalf("after %+v: %d loads for 5 reads of the current row, want 1 (refused fills: %d)",
-					inv, n, c.Stats().Count(EventFillRefused))
-			}
-		}
-		// One older is still refused.
-		if err := c.Invalidate(ctx, Invalidation{Keys: []string{"row"}, Version: 8}); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := c.GetOrLoad(ctx, "row", func(ctx context.Context) (int, error) {
-			LoadOptions(ctx, WithVersion(7))
-			return 7, nil
+		t.Run("lease", func(t *testing.T) { versionedLoadAsOldIsCached(t, tg) })
+		t.Run("without-lease", func(t *testing.T) { versionedLoadAsOldIsCached(t, tg, WithoutLease()) })
+	})
+}
+
+func versionedLoadAsOldIsCached(t *testing.T, tg redistest.Target, opts ...Option) {
+	ctx := t.Context()
+	c := newCache[int](t, tg, opts...)
+	// Control: a newer versioned load of a fresh key is cached.
+	var newer atomic.Int64
+	for range 3 {
+		if _, err := c.GetOrLoad(ctx, "row8", func(ctx context.Context) (int, error) {
+			newer.Add(1)
+			LoadOptions(ctx, WithVersion(8))
+			return 8, nil
 		}); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := c.Get(ctx, "row"); !errors.Is(err, ErrMiss) {
-			t.Fatalf("a load of version 7 was cached after an invalidation at 8: %v", err)
+	}
+	if newer.Load() != 1 {
+		t.Fatalf("control: a versioned load on a fresh key was loaded %d times for 3 reads", newer.Load())
+	}
+	for _, inv := range []Invalidation{{Keys: []string{"row"}}, {Keys: []string{"row"}, Version: 7}} {
+		mustSet(t, c, "row", 7, WithVersion(7))
+		if err := c.Invalidate(ctx, inv); err != nil {
+			t.Fatal(err)
 		}
-	})
+		var loads atomic.Int64
+		load := func(ctx context.Context) (int, error) {
+			loads.Add(1)
+			LoadOptions(ctx, WithVersion(7))
+			return 7, nil
+		}
+		for range 5 {
+			if v, err := c.GetOrLoad(ctx, "row", load); err != nil || v != 7 {
+				t.Fatalf("GetOrLoad = %d, %v", v, err)
+			}
+		}
+		if n := loads.Load(); n != 1 {
+			t.Fatalf("after %+v: %d loads for 5 reads of the current row, want 1 (refused fills: %d)",
+				inv, n, c.Stats().Count(EventFillRefused))
+		}
+	}
+	// One older is still refused.
+	if err := c.Invalidate(ctx, Invalidation{Keys: []string{"row"}, Version: 8}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.GetOrLoad(ctx, "row", func(ctx context.Context) (int, error) {
+		LoadOptions(ctx, WithVersion(7))
+		return 7, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Get(ctx, "row"); !errors.Is(err, ErrMiss) {
+		t.Fatalf("a load of version 7 was cached after an invalidation at 8: %v", err)
+	}
 }
