@@ -205,7 +205,8 @@ func TestLoadTimeout(t *testing.T) {
 // Close while a load is in flight: the caller returns, goroutines stop.
 func TestCloseDuringLoad(t *testing.T) {
 	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
-		c := newCache[int](t, tg, WithL1(100))
+		// No load timeout: only Close can end the load.
+		c := newCache[int](t, tg, WithL1(100), WithLoadTimeout(time.Hour))
 		started := make(chan struct{})
 		done := make(chan error, 1)
 		go func() {
@@ -217,7 +218,9 @@ func TestCloseDuringLoad(t *testing.T) {
 			done <- err
 		}()
 		<-started
-		if err := c.Close(); err != nil {
+		closed := make(chan error, 1)
+		go func() { closed <- c.Close() }()
+		if err := receive(t, closed, 20*time.Second, "Close did not cancel the load in flight"); err != nil {
 			t.Fatal(err)
 		}
 		if err := receive(t, done, 20*time.Second, "GetOrLoad did not return after Close"); err == nil {

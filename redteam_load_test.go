@@ -408,8 +408,7 @@ func TestRedTeamLoadCloseWakesOtherInstancesWaiters(t *testing.T) {
 		bGot := async(func() (string, error) {
 			return b.GetOrLoad(context.Background(), "k", constLoad("b", 0))
 		})
-		waitFor(t, 20*time.Second, "b asked for the lease", func() bool { s := b.Stats(); return s.L2Misses+s.L2Hits >= 1 })
-		time.Sleep(50 * time.Millisecond)
+		waitWaited(t, tg, b, "k") // b waits for a's lease
 		if err := a.Close(); err != nil {
 			t.Fatal(err)
 		}

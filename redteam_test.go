@@ -388,7 +388,9 @@ func TestDeleteRacingReadsLeavesNoOldValueInL1(t *testing.T) {
 func TestReadAfterWriteDoesNotJoinOlderLoad(t *testing.T) {
 	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
 		ctx := t.Context()
-		c := newCache[string](t, tg)
+		// No load timeout to end the older load: a read that joins it (or
+		// waits for its lease) waits until the test lets it go.
+		c := newCache[string](t, tg, WithLoadTimeout(time.Hour))
 		var row atomic.Value
 		row.Store("old")
 		loaded, proceed := make(chan struct{}), make(chan struct{})
