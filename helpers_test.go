@@ -12,13 +12,11 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/tiercache/tiercache/internal/keys"
 	"github.com/tiercache/tiercache/internal/redistest"
 )
 
@@ -164,12 +162,6 @@ func clusterClient(t testing.TB, cl *redistest.Cluster, retries int, dial time.D
 	})
 }
 
-// leaseKey is the Redis key of the lease on c's key.
-func leaseKey[V any](c *Cache[V], key string) string { return keys.Lease(c.st.Layout.Value(key)) }
-
-// waitersKey is the key that counts the waiters of key's lease.
-func waitersKey[V any](c *Cache[V], key string) string { return keys.Waiters(c.st.Layout.Value(key)) }
-
 // numberedKeys returns prefix+"0", prefix+"1", ... up to n keys.
 func numberedKeys(prefix string, n int) []string {
 	ks := make([]string, n)
@@ -215,124 +207,3 @@ func waitDone(t testing.TB, wg *sync.WaitGroup, d time.Duration) bool {
 func waitGoroutinesGone(t testing.TB, fn string, d time.Duration) {
 	redistest.WaitGoroutinesGone(t, fn, d)
 }
-
-// acquireGate holds the first Acquire script a client sends after the
-// first skip until proceed is closed, and closes in when it has it; with
-// reply, it lets the script run in Redis and holds its reply instead.
-type acquireGate struct {
-	hash        string
-	skip        int64
-	reply       bool
-	sent        atomic.Int64
-	once        sync.Once
-	in, proceed chan struct{}
-}
-
-func (*acquireGate) DialHook(next redis.DialHook) redis.DialHook { return next }
-
-func (g *acquireGate) hold(cmd redis.Cmder) {
-	if a := cmd.Args(); len(a) > 1 && cmd.Name() == "evalsha" && a[1] == g.hash && g.sent.Add(1) > g.skip {
-		g.once.Do(func() {
-			close(g.in)
-			<-g.proceed
-		})
-	}
-}
-
-func (g *acquireGate) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error {
-		if g.reply {
-			err := next(ctx, cmd)
-			g.hold(cmd)
-			return err
-		}
-		g.hold(cmd)
-		return next(ctx, cmd)
-	}
-}
-
-func (g *acquireGate) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return func(ctx context.Context, cmds []redis.Cmder) error {
-		var err error
-		if g.reply {
-			err = next(ctx, cmds)
-		}
-		for _, cmd := range cmds {
-			g.hold(cmd)
-		}
-		if !g.reply {
-			err = next(ctx, cmds)
-		}
-		return err
-	}
-}
-
-func newAcquireGate(skip int64, reply bool) *acquireGate {
-	return &acquireGate{hash: keys.Acquire.Hash(), skip: skip, reply: reply, in: make(chan struct{}), proceed: make(chan struct{})}
-}
-
-// receive returns what ch delivers within d; if nothing comes, the test
-// fails with what, which says what did not happen.
-func receive[T any](t testing.TB, ch <-chan T, d time.Duration, what string) T {
-	t.Helper()
-	select {
-	case v := <-ch:
-		return v
-	case <-time.After(d):
-		t.Fatal(what)
-	}
-	var zero T
-	return zero
-}
-
-// async runs read in a goroutine; the channel delivers what it returned,
-// or "error: " and its error.
-func async(read func() (string, error)) <-chan string {
-	ch := make(chan string, 1)
-	go func() {
-		v, err := read()
-		if err != nil {
-			v = "error: " + err.Error()
-		}
-		ch <- v
-	}()
-	return ch
-}
-
-// scriptTrips counts the round trips (a command, or a pipeline) in which a
-// client sends the script of the given hash.
-type scriptTrips struct {
-	hash string
-	n    atomic.Int64
-}
-
-func (*scriptTrips) DialHook(next redis.DialHook) redis.DialHook { return next }
-
-func (h *scriptTrips) is(cmd redis.Cmder) bool {
-	a := cmd.Args()
-	return len(a) > 1 && (cmd.Name() == "evalsha" && a[1] == h.hash || cmd.Name() == "eval")
-}
-
-func (h *scriptTrips) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error {
-		if h.is(cmd) {
-			h.n.Add(1)
-		}
-		return next(ctx, cmd)
-	}
-}
-
-func (h *scriptTrips) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return func(ctx context.Context, cmds []redis.Cmder) error {
-		for _, cmd := range cmds {
-			if h.is(cmd) {
-				h.n.Add(1)
-				break
-			}
-		}
-		return next(ctx, cmds)
-	}
-}
-
-// fillHash is the hash of the Fill script, for scriptTrips.
-var fillHash = keys.Fill.Hash()
