@@ -359,6 +359,10 @@ func TestBreaker(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { _ = reg.Unregister() }()
+	// The subscription's first confirmation reads the generation, a Redis
+	// call under the same breaker: let it land before Redis stops, or on a
+	// loaded machine it fails after the Stop and counts as a fourth failure.
+	waitUntil(t, "the subscription up", func() bool { return c.Stats().Subscribed })
 
 	srv.Stop()
 	for i := range 5 {

@@ -427,6 +427,10 @@ func TestBreaker(t *testing.T) {
 	if err := c.Set(ctx, "k", "v"); err != nil {
 		t.Fatal(err)
 	}
+	// The subscription's first confirmation reads the generation, a Redis
+	// call under the same breaker: let it land before Redis stops, or on a
+	// loaded machine it fails after the Stop and counts as a fourth failure.
+	waitUntil(t, "the subscription up", func() bool { return c.Stats().Subscribed })
 
 	srv.Stop()
 	// Three failures open the breaker; the next two Gets are not sent.
