@@ -217,7 +217,7 @@ func TestGetOrLoadManyCancel(t *testing.T) {
 			_, err := c.GetOrLoadMany(ctx, []string{"a", "b"}, l)
 			done <- err
 		}()
-		if err := receive(t, done, 20*time.Second, "a cancelled batch did not return while its load went on"); !errors.Is(err, context.Canceled) {
+		if err := redistest.Receive(t, done, 20*time.Second, "a cancelled batch did not return while its load went on"); !errors.Is(err, context.Canceled) {
 			t.Fatalf("err = %v, want context.Canceled", err)
 		}
 		close(release)

@@ -207,3 +207,17 @@ func waitDone(t testing.TB, wg *sync.WaitGroup, d time.Duration) bool {
 func waitGoroutinesGone(t testing.TB, fn string, d time.Duration) {
 	redistest.WaitGoroutinesGone(t, fn, d)
 }
+
+// async runs read in a goroutine; the channel delivers what it returned,
+// or "error: " and its error.
+func async(read func() (string, error)) <-chan string {
+	ch := make(chan string, 1)
+	go func() {
+		v, err := read()
+		if err != nil {
+			v = "error: " + err.Error()
+		}
+		ch <- v
+	}()
+	return ch
+}

@@ -1134,34 +1134,6 @@ func newAcquireGate(skip int64, reply bool) *acquireGate {
 	return &acquireGate{hash: keys.Acquire.Hash(), skip: skip, reply: reply, in: make(chan struct{}), proceed: make(chan struct{})}
 }
 
-// receive returns what ch delivers within d; if nothing comes, the test
-// fails with what, which says what did not happen.
-func receive[T any](t testing.TB, ch <-chan T, d time.Duration, what string) T {
-	t.Helper()
-	select {
-	case v := <-ch:
-		return v
-	case <-time.After(d):
-		t.Fatal(what)
-	}
-	var zero T
-	return zero
-}
-
-// async runs read in a goroutine; the channel delivers what it returned,
-// or "error: " and its error.
-func async(read func() (string, error)) <-chan string {
-	ch := make(chan string, 1)
-	go func() {
-		v, err := read()
-		if err != nil {
-			v = "error: " + err.Error()
-		}
-		ch <- v
-	}()
-	return ch
-}
-
 // scriptTrips counts the round trips (a command, or a pipeline) in which a
 // client sends the script of the given hash.
 type scriptTrips struct {

@@ -116,7 +116,7 @@ func TestLeaderCancelDoesNotFailOthers(t *testing.T) {
 			})
 		}
 		cancel()
-		if err := receive(t, leaderErr, 20*time.Second, "the cancelled leader did not return while the load went on"); !errors.Is(err, context.Canceled) {
+		if err := redistest.Receive(t, leaderErr, 20*time.Second, "the cancelled leader did not return while the load went on"); !errors.Is(err, context.Canceled) {
 			t.Fatalf("cancelled leader got %v, want context.Canceled", err)
 		}
 		close(release)
@@ -220,10 +220,10 @@ func TestCloseDuringLoad(t *testing.T) {
 		<-started
 		closed := make(chan error, 1)
 		go func() { closed <- c.Close() }()
-		if err := receive(t, closed, 20*time.Second, "Close did not cancel the load in flight"); err != nil {
+		if err := redistest.Receive(t, closed, 20*time.Second, "Close did not cancel the load in flight"); err != nil {
 			t.Fatal(err)
 		}
-		if err := receive(t, done, 20*time.Second, "GetOrLoad did not return after Close"); err == nil {
+		if err := redistest.Receive(t, done, 20*time.Second, "GetOrLoad did not return after Close"); err == nil {
 			t.Fatal("a load cancelled by Close returned no error")
 		}
 	})

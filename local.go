@@ -91,12 +91,12 @@ func newLocal[V any](cfg *config) (*local[V], error) {
 		return nil, err
 	}
 	l.c = c
-	l.tags = &tagVersions{}
-	if l.tags.m, err = otter.New(&otter.Options[string, uint64]{MaximumSize: 100_000}); err != nil {
-		l.tags = nil
-		l.close()
+	tags, err := otter.New(&otter.Options[string, uint64]{MaximumSize: 100_000})
+	if err != nil {
+		l.close() // l.tags is still nil: close skips it
 		return nil, err
 	}
+	l.tags = &tagVersions{m: tags}
 	return l, nil
 }
 

@@ -77,7 +77,7 @@ func TestRedTeamLoadStaleWhileRevalidate(t *testing.T) {
 				return "new", nil
 			})
 		})
-		if v := receive(t, got, 20*time.Second, "a read in the stale-while-revalidate window waited for the loader instead of getting the old value at once"); v != "old" {
+		if v := redistest.Receive(t, got, 20*time.Second, "a read in the stale-while-revalidate window waited for the loader instead of getting the old value at once"); v != "old" {
 			t.Fatalf("read in the stale window got %q, want the old value", v)
 		}
 	})
@@ -371,7 +371,7 @@ func TestRedTeamLoadPanicAndGoexitAcrossInstances(t *testing.T) {
 					}
 				}
 				wg.Wait()
-				if v := receive(t, bGot, 20*time.Second, "the other instance waited on: the panicking holder's lease stayed locked"); v != "from-b" {
+				if v := redistest.Receive(t, bGot, 20*time.Second, "the other instance waited on: the panicking holder's lease stayed locked"); v != "from-b" {
 					t.Fatalf("the other instance got %q, want its own load", v)
 				}
 				ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
@@ -412,7 +412,7 @@ func TestRedTeamLoadCloseWakesOtherInstancesWaiters(t *testing.T) {
 		if err := a.Close(); err != nil {
 			t.Fatal(err)
 		}
-		if v := receive(t, bGot, 20*time.Second, "b still waits 20s after the holder closed (lease TTL 1m): its lease was not given back"); v != "b" {
+		if v := redistest.Receive(t, bGot, 20*time.Second, "b still waits 20s after the holder closed (lease TTL 1m): its lease was not given back"); v != "b" {
 			t.Fatalf("b got %q", v)
 		}
 	})
@@ -479,7 +479,7 @@ func TestRedTeamLoadRefreshWaitsForOtherInstancesLoad(t *testing.T) {
 		if v := <-aGot; v != "from-a" {
 			t.Fatalf("a got %q", v)
 		}
-		if v := receive(t, bGot, 20*time.Second, "Refresh never returned"); v != "from-a" || bCalls.Load() != 0 {
+		if v := redistest.Receive(t, bGot, 20*time.Second, "Refresh never returned"); v != "from-a" || bCalls.Load() != 0 {
 			t.Fatalf("Refresh got %q (its loader called %d times), want a's value", v, bCalls.Load())
 		}
 		if s := b.Stats(); s.Loads != 0 || s.Count(EventLeaseWait) != 1 {

@@ -417,7 +417,7 @@ func TestReadAfterWriteDoesNotJoinOlderLoad(t *testing.T) {
 			v, _ := c.GetOrLoad(ctx, "k", func(context.Context) (string, error) { return row.Load().(string), nil })
 			got <- v
 		}()
-		if v := receive(t, got, 20*time.Second, "the read after Delete waited for the load that began before it"); v != "new" {
+		if v := redistest.Receive(t, got, 20*time.Second, "the read after Delete waited for the load that began before it"); v != "new" {
 			t.Fatalf("read after Delete = %q, want new", v)
 		}
 	})

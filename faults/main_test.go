@@ -143,19 +143,6 @@ func (l *latencies) String() string {
 		l.q(.99).Round(100*time.Microsecond), l.max().Round(100*time.Microsecond))
 }
 
-// within receives from ch, failing the test if nothing comes within d: a
-// test that waits on a load must not hang the binary when the load is lost.
-func within[T any](t testing.TB, ch <-chan T, d time.Duration, what string) T {
-	t.Helper()
-	select {
-	case v := <-ch:
-		return v
-	case <-time.After(d):
-		t.Fatalf("%s: not within %v", what, d)
-		panic("unreachable")
-	}
-}
-
 func waitDone(t testing.TB, wg *sync.WaitGroup, d time.Duration) bool {
 	return redistest.WaitDone(t, wg, d)
 }

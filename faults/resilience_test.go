@@ -163,7 +163,7 @@ func TestFaultConnectionResetMidLoad(t *testing.T) {
 				})
 				done <- result{v, err}
 			}()
-			within(t, started, 5*time.Second, "the loader started")
+			redistest.Receive(t, started, 5*time.Second, "the loader started")
 			heal := tc.fault(t, px)
 			close(gate)
 			select {
@@ -419,11 +419,11 @@ func TestFaultClusterMasterKilled(t *testing.T) {
 		}
 		loaded <- err
 	}()
-	within(t, started, 5*time.Second, "the loader started")
+	redistest.Receive(t, started, 5*time.Second, "the loader started")
 	victim.Stop()
 	killed := time.Now()
 	close(gate)
-	if err := within(t, loaded, 10*time.Second, "the read whose master died"); err != nil {
+	if err := redistest.Receive(t, loaded, 10*time.Second, "the read whose master died"); err != nil {
 		t.Fatalf("the read whose master died during its load: %v", err)
 	}
 
@@ -536,7 +536,7 @@ func TestFaultFlushAll(t *testing.T) {
 		}
 		aDone <- v
 	}()
-	within(t, started, 5*time.Second, "a's loader started")
+	redistest.Receive(t, started, 5*time.Second, "a's loader started")
 	if n, _ := admin.Exists(ctx, lease).Result(); n != 1 {
 		t.Fatal("a holds no lease while it loads")
 	}
@@ -570,7 +570,7 @@ func TestFaultFlushAll(t *testing.T) {
 		t.Fatal("b still waits on a lease that FLUSHALL removed")
 	}
 	close(gate)
-	if v := within(t, aDone, 5*time.Second, "a's read"); v != "from a" {
+	if v := redistest.Receive(t, aDone, 5*time.Second, "a's read"); v != "from a" {
 		t.Fatalf("a = %q", v)
 	}
 	if n := a.Stats().Count(tiercache.EventFillRefused); n != 1 {

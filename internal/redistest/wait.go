@@ -63,3 +63,19 @@ func WaitUntil(t *testing.T, what string, cond func() bool) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// Receive returns what ch delivers, failing the test with what (what did
+// not happen) if nothing comes within d. Like WaitUntil, d is a hang guard
+// for something that never comes if the code is wrong, not a bound on how
+// long the code may take.
+func Receive[T any](tb testing.TB, ch <-chan T, d time.Duration, what string) T {
+	tb.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(d):
+		tb.Fatalf("%s: not within %v", what, d)
+	}
+	var zero T
+	return zero
+}
