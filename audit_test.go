@@ -538,14 +538,10 @@ func (t touchy) MarshalJSON() ([]byte, error) { return []byte(strconv.Quote(t.V)
 
 type panickyObserver struct {
 	NopObserver
-	armed atomic.Bool
+	oneShot
 }
 
-func (o *panickyObserver) Lookup(Tier, bool, time.Duration) {
-	if o.armed.Swap(false) {
-		panic("observer panicked")
-	}
-}
+func (o *panickyObserver) Lookup(Tier, bool, time.Duration) { o.fire() }
 
 func TestAuditPanicsInUserCodeLeaveNoFlightOpen(t *testing.T) {
 	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
@@ -558,7 +554,7 @@ func TestAuditPanicsInUserCodeLeaveNoFlightOpen(t *testing.T) {
 		if _, err := c.Get(ctx, "k"); !errors.Is(err, ErrMiss) || c.Stats().Count(EventCorrupt) == 0 {
 			t.Fatalf("Get of bytes whose decoder panics: %v, %d corrupt", err, c.Stats().Count(EventCorrupt))
 		}
-		obs.armed.Store(true)
+		obs.arm(func() { panic("observer panicked") })
 		func() {
 			defer func() { _ = recover() }()
 			_, _ = c.GetOrLoad(ctx, "obs", func(ctx context.Context) (touchy, error) { return touchy{V: "v"}, nil })

@@ -112,6 +112,29 @@ func (o *countingObserver) count(op string) int {
 	return o.ops[op]
 }
 
+// oneShot runs the func it was armed with once, at the first fire after
+// arm: an Observer's hook into one chosen call of the cache.
+type oneShot struct {
+	mu sync.Mutex
+	fn func() // nil: not armed
+}
+
+func (o *oneShot) arm(fn func()) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.fn = fn
+}
+
+func (o *oneShot) fire() {
+	o.mu.Lock()
+	fn := o.fn
+	o.fn = nil
+	o.mu.Unlock()
+	if fn != nil {
+		fn()
+	}
+}
+
 // decodedValue is what Redis holds for key, decoded.
 func decodedValue[V any](t *testing.T, c *Cache[V], admin redis.UniversalClient, key string) V {
 	t.Helper()

@@ -58,7 +58,9 @@ func startGated(read func(load LoadFunc[string]) (string, error), val, tag strin
 	return g
 }
 
-// FAILS. Two loads of keys tagged "t" are in flight (L began before L');
+// Failed while TagRead recreated a vanished tag key at the load's start
+// (now it takes the server's time, newer than every load in flight). Two
+// loads of keys tagged "t" are in flight (L began before L');
 // the tag is invalidated and its key then vanishes (evicted). L returns
 // first: its TagRead recreates the tag key at L's start, sees the floor and
 // is refused, but leaves the tag key holding L's start time. L' returns: its

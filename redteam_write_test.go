@@ -11,7 +11,6 @@ import (
 	"math"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -147,16 +146,15 @@ func TestRedTeamWriteVersionedDeleteKeepsTheProtection(t *testing.T) {
 	})
 }
 
-// closeOnSet closes its cache at the first "set" round trip once armed.
-type closeOnSet struct {
+// onSet runs what it is armed with at the first "set" round trip after.
+type onSet struct {
 	NopObserver
-	armed atomic.Bool
-	c     atomic.Pointer[Cache[string]]
+	oneShot
 }
 
-func (o *closeOnSet) Redis(op string, _ time.Duration, _ error) {
-	if op == "set" && o.armed.CompareAndSwap(true, false) {
-		_ = o.c.Load().Close()
+func (o *onSet) Redis(op string, _ time.Duration, _ error) {
+	if op == "set" {
+		o.fire()
 	}
 }
 
@@ -170,9 +168,8 @@ func TestRedTeamWriteCloseDuringSet(t *testing.T) {
 	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
 		ctx := t.Context()
 		prefix := testPrefix(t)
-		obs := &closeOnSet{}
+		obs := &onSet{}
 		a := newCacheOn[string](t, tg.NewClient(t), prefix, WithL1(100), WithObserver(obs))
-		obs.c.Store(a)
 		b := newCacheOn[string](t, tg.NewClient(t), prefix, WithL1(100))
 		c := newCacheOn[string](t, tg.NewClient(t), prefix, WithL1(100))
 		plain := plainInstance(t, tg, prefix)
@@ -184,7 +181,7 @@ func TestRedTeamWriteCloseDuringSet(t *testing.T) {
 		if v, err := b.Get(ctx, "k"); err != nil || v != "old" {
 			t.Fatalf("b: %q, %v", v, err)
 		}
-		obs.armed.Store(true)
+		obs.arm(func() { _ = a.Close() })
 		setErr := a.Set(ctx, "k", "new")
 		if v, err := plain.Get(ctx, "k"); err != nil || v != "new" {
 			t.Skipf("the Set did not land in Redis (%q, %v; Set: %v)", v, err, setErr)

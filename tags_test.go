@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -308,7 +307,7 @@ func TestTagHugeInvalidation(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 		close(stop)
 		wg.Wait()
-		sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+		slices.Sort(lat)
 		p99 := lat[len(lat)*99/100]
 		t.Logf("invalidated a %d-key tag in %v; other client's p99 %v over %d pings", n, took, p99, len(lat))
 		// The figure itself is BenchmarkTagDesigns'; here, a bound that
