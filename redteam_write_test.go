@@ -226,6 +226,11 @@ func TestRedTeamWriteCallsAfterCloseReturnErrClosed(t *testing.T) {
 			"InvalidateTags(t)": c.InvalidateTags(ctx, "t"),
 			"Invalidate(k)":     c.Invalidate(ctx, Invalidation{Keys: []string{"k"}}),
 			"SetMany(one)":      c.SetMany(ctx, map[string]string{"k": "v"}),
+			// Bad input after Close is still a call after Close.
+			"InvalidateTags(\"\")": c.InvalidateTags(ctx, ""),
+			"Invalidate(bad tag)":  c.Invalidate(ctx, Invalidation{Keys: []string{"k"}, Tags: []string{"}t"}}),
+			"Delete(\"\")":         c.Delete(ctx, ""),
+			"Set(\"\")":            c.Set(ctx, "", "v"),
 		}
 		for name, err := range checks {
 			if !errors.Is(err, ErrClosed) {

@@ -135,7 +135,7 @@ func (NopObserver) BreakerChanged(from, to BreakerState) {}
 // Stats is a snapshot of a cache's counters since [New].
 type Stats struct {
 	L1Hits, L1Misses uint64 // L1 lookups (zero when L1 is off)
-	L2Hits, L2Misses uint64 // Redis lookups
+	L2Hits, L2Misses uint64 // Redis lookups (NewLocal, no Redis: each L1 miss is an L2 miss, for HitRatio)
 	Loads            uint64 // loader calls
 	LoadErrors       uint64 // loader calls that failed (ErrNotFound is not a failure)
 	// Events counts each [Event] by its value: Events[EventCoalesced] is how

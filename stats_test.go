@@ -23,6 +23,28 @@ func TestStatsJSON(t *testing.T) {
 	}
 }
 
+// Stats (stats.go): without Redis (NewLocal) each L1 miss is counted as an
+// L2 miss too, so that HitRatio is hits over reads there as well.
+func TestStatsLocalCountsL1MissesAsL2Misses(t *testing.T) {
+	c := newLocalT[string](t, WithL1(10))
+	if _, err := c.Get(t.Context(), "k"); err == nil {
+		t.Fatal("hit on an empty cache")
+	}
+	if _, err := c.GetOrLoad(t.Context(), "k", constLoad("v", 0)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Get(t.Context(), "k"); err != nil {
+		t.Fatal(err)
+	}
+	s := c.Stats()
+	if s.L1Hits != 1 || s.L1Misses != 2 || s.L2Hits != 0 || s.L2Misses != 2 || s.Loads != 1 {
+		t.Fatalf("L1 %d/%d, L2 %d/%d, loads %d; want L1 1/2, L2 0/2, loads 1", s.L1Hits, s.L1Misses, s.L2Hits, s.L2Misses, s.Loads)
+	}
+	if got := s.HitRatio(); got < 0.33 || got > 0.34 {
+		t.Fatalf("HitRatio = %v, want 1/3", got)
+	}
+}
+
 func TestRedisOpIndex(t *testing.T) {
 	for i := range NumRedisOps {
 		if got := RedisOpIndex(RedisOpName(i)); got != i {

@@ -195,11 +195,7 @@ func (c *Cache[V]) dropLocal(keys ...string) {
 // A Redis failure is returned (wrapping [ErrRedis]): the tags may not be
 // invalidated, so retry.
 func (c *Cache[V]) InvalidateTags(ctx context.Context, tags ...string) error {
-	tags, err := checkTags(tags, 0) // any number: the bound is per value
-	if err != nil {
-		return err
-	}
-	return c.invalidateTags(ctx, 0, tags)
+	return c.Invalidate(ctx, Invalidation{Tags: tags})
 }
 
 // invalidateTags is InvalidateTags of checked tags, with the row version
@@ -243,7 +239,12 @@ type Invalidation struct {
 // elsewhere. Like Delete and InvalidateTags it returns Redis errors; a
 // consumer should not acknowledge the event until it returns nil.
 func (c *Cache[V]) Invalidate(ctx context.Context, inv Invalidation) error {
-	tags, err := checkTags(inv.Tags, 0) // before a key is deleted: nothing half done
+	if c.closed.Load() { // before the tags are checked: ErrClosed for every call after Close
+		return ErrClosed
+	}
+	// Any number of tags (the bound is per value), checked before a key is
+	// deleted: nothing half done.
+	tags, err := checkTags(inv.Tags, 0)
 	if err != nil {
 		return err
 	}
