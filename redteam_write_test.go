@@ -204,6 +204,43 @@ func TestRedTeamWriteCloseDuringSet(t *testing.T) {
 	})
 }
 
+// Clear (write.go): "values written before it are misses from then on";
+// doc.go: no L1 holds a value Redis does not. A Set whose Redis write lands
+// just before another instance's Clear, which reaches the writer before the
+// Set fills its own L1, must not leave the cleared value in that L1 (the
+// write's L1 token is taken before the write, so the Clear's flush voids
+// it).
+func TestRedTeamWriteClearDuringSetLeavesNoL1Copy(t *testing.T) {
+	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
+		ctx := t.Context()
+		prefix := testPrefix(t)
+		obs := &onSet{}
+		a := newCacheOn[string](t, tg.NewClient(t), prefix, WithL1(100), WithObserver(obs))
+		b := newCacheOn[string](t, tg.NewClient(t), prefix, WithL1(100))
+		waitSubscribed(t, a, b)
+		cleared := false
+		obs.arm(func() { // between a's Redis write and its L1 fill
+			before := a.Stats().Count(EventInvalidationReceived)
+			if err := b.Clear(ctx); err != nil {
+				t.Error(err)
+				return
+			}
+			waitFor(t, 20*time.Second, "b's Clear at a", func() bool { return a.Stats().Count(EventInvalidationReceived) > before })
+			cleared = true
+		})
+		mustSet(t, a, "k", "v")
+		if !cleared {
+			t.Fatal("the Clear did not run during the Set")
+		}
+		if v, err := plainInstance(t, tg, prefix).Get(ctx, "k"); !errors.Is(err, ErrMiss) {
+			t.Fatalf("Redis after the Clear: %q, %v; want a miss", v, err)
+		}
+		if v, err := a.Get(ctx, "k"); !errors.Is(err, ErrMiss) {
+			t.Fatalf("the writer's L1 kept a value written before the Clear: %q, %v", v, err)
+		}
+	})
+}
+
 // Close (cache.go): "later calls return [ErrClosed]".
 func TestRedTeamWriteCallsAfterCloseReturnErrClosed(t *testing.T) {
 	tg := redistest.Target{}
