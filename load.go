@@ -44,7 +44,9 @@ type BatchLoadFunc[V any] func(ctx context.Context, keys []string) (map[string]V
 // When load returns [ErrNotFound], the key is cached as not found for the
 // negative TTL and GetOrLoad returns ErrNotFound. A loader that panics (or
 // calls runtime.Goexit) makes every waiter get a *[PanicError] (errors.Is
-// [ErrLoaderPanic]); nothing is cached and nothing stays locked.
+// [ErrLoaderPanic]); nothing is cached and nothing stays locked. A value
+// that cannot be cached (too large, an invalid tag) is returned, logged
+// and counted as [EventNotCached].
 func (c *Cache[V]) GetOrLoad(ctx context.Context, key string, load LoadFunc[V]) (V, error) {
 	var zero V
 	if err := c.checkLoad(key, load); err != nil {
@@ -785,6 +787,7 @@ func (c *Cache[V]) loadAndFill(ctx context.Context, ks []*keyLoad[V], mode fillM
 		es[i] = entry[V]{val: out[i].val, neg: out[i].notFound, version: scs[i].version, writtenAt: nowU, softExp: nowU, delta: micros32(delta)}
 		names, err := checkTags(scs[i].tags, envelope.MaxTags)
 		if err != nil {
+			c.rec.event(EventNotCached)
 			c.log.Warn("tiercache: loaded value not cached", "key", k.key, "err", err)
 		}
 		if keep[i] = mode != fillNone && !scs[i].noCache && ttl > 0 && err == nil; keep[i] {
@@ -853,6 +856,7 @@ func (c *Cache[V]) loadAndFill(ctx context.Context, ks []*keyLoad[V], mode fillM
 		b, err := c.frameOf(k.vk, &es[i], gen)
 		if err != nil {
 			// Too large or not encodable: the caller still gets the value.
+			c.rec.event(EventNotCached)
 			c.log.Warn("tiercache: loaded value not cached", "key", k.key, "err", err)
 			keep[i], es[i].softExp = false, nowU
 			continue

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"math"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -55,6 +56,7 @@ const (
 	EventL1Flush                           // L1 was flushed (subscription lost or regained)
 	EventReadBatched                       // a single-key read shared its Redis round trip with other reads
 	EventWriteRefused                      // a versioned write was refused: Redis holds a newer version
+	EventNotCached                         // a loaded value was returned but not cached: too large, not encodable or an invalid tag (logged)
 	// NumEvents is the number of events: Stats.Events has one counter each.
 	NumEvents
 )
@@ -63,7 +65,7 @@ var eventNames = [NumEvents]string{
 	"coalesced", "lease_wait", "fill_refused", "early_refresh", "stale_served",
 	"stale_on_error", "negative_hit", "corrupt", "redis_error", "redis_timeout",
 	"breaker_reject", "invalidation_sent", "invalidation_received", "l1_flush",
-	"read_batched", "write_refused",
+	"read_batched", "write_refused", "not_cached",
 }
 
 func (e Event) String() string { return nameOf(e, eventNames[:]...) }
@@ -425,17 +427,4 @@ func RedisOpName(i int) string { return redisOpNames[i] }
 
 // RedisOpIndex returns the index of the Redis operation named op, or -1 for
 // a name the cache does not report.
-func RedisOpIndex(op string) int {
-	if i, ok := redisOpIndex[op]; ok {
-		return i
-	}
-	return -1
-}
-
-var redisOpIndex = func() map[string]int {
-	m := make(map[string]int, len(redisOpNames))
-	for i, n := range redisOpNames {
-		m[n] = i
-	}
-	return m
-}()
+func RedisOpIndex(op string) int { return slices.Index(redisOpNames[:], op) }

@@ -1,6 +1,7 @@
 package tiercache
 
 import (
+	"context"
 	"encoding/json"
 	"strings"
 	"testing"
@@ -43,6 +44,49 @@ func TestStatsLocalCountsL1MissesAsL2Misses(t *testing.T) {
 	if got := s.HitRatio(); got < 0.33 || got > 0.34 {
 		t.Fatalf("HitRatio = %v, want 1/3", got)
 	}
+}
+
+// EventNotCached (stats.go): a loaded value that cannot be cached (too
+// large, or tagged with an invalid tag) is returned, counted, and loaded
+// again by the next read, alone or in a batch; a value that can be cached
+// is not counted.
+func TestEventNotCached(t *testing.T) {
+	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
+		ctx := t.Context()
+		c := newCache[string](t, tg, WithL1(100), WithMaxValueSize(1024))
+		bad := map[string]LoadFunc[string]{
+			"too-large": constLoad(strings.Repeat("x", 4096), 0),
+			"brace-tag": func(ctx context.Context) (string, error) { LoadOptions(ctx, WithTags("}t")); return "v", nil },
+			"empty-tag": func(ctx context.Context) (string, error) { LoadOptions(ctx, WithTags("")); return "v", nil },
+		}
+		for name, load := range bad {
+			before, loads := c.Stats().Count(EventNotCached), c.Stats().Loads
+			for range 2 {
+				if _, err := c.GetOrLoad(ctx, name, load); err != nil {
+					t.Fatalf("%s: %v", name, err)
+				}
+			}
+			if got := c.Stats().Count(EventNotCached) - before; got != 2 {
+				t.Errorf("%s: %d not_cached events, want 2", name, got)
+			}
+			if got := c.Stats().Loads - loads; got != 2 {
+				t.Errorf("%s: %d loads, want 2 (nothing cached)", name, got)
+			}
+		}
+		before := c.Stats().Count(EventNotCached)
+		m, err := c.GetOrLoadMany(ctx, []string{"b-big", "b-ok"}, func(ctx context.Context, ks []string) (map[string]string, error) {
+			return map[string]string{"b-big": strings.Repeat("x", 4096), "b-ok": "v"}, nil
+		})
+		if err != nil || len(m) != 2 {
+			t.Fatalf("batch: %d values, %v", len(m), err)
+		}
+		if got := c.Stats().Count(EventNotCached) - before; got != 1 {
+			t.Errorf("batch: %d not_cached events, want 1 (the big value only)", got)
+		}
+		if v, err := c.Get(ctx, "b-ok"); err != nil || v != "v" {
+			t.Errorf("the batch's good value: %q, %v", v, err)
+		}
+	})
 }
 
 func TestRedisOpIndex(t *testing.T) {
