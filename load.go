@@ -5,6 +5,7 @@ import (
 	"errors"
 	"math"
 	"math/rand/v2"
+	"runtime/pprof"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -347,6 +348,9 @@ func (c *Cache[V]) lead(parent context.Context, kind flightKind, ks []*keyLoad[V
 // is recovered by the inner one, a Goexit runs both without returning.
 func (c *Cache[V]) runLoad(parent context.Context, kind flightKind, ks []*keyLoad[V], calls []*flight.Call[entry[V]], mode loadMode, notBefore int64, fn loader[V]) {
 	ctx, cancel := c.detached(parent)
+	// The worker may come from an earlier load: take the leader's profiler
+	// labels (pprof.Do), not that load's.
+	pprof.SetGoroutineLabels(ctx)
 	var abort error = &PanicError{Value: errGoexit}
 	defer func() {
 		cancel()

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime/pprof"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -365,4 +367,68 @@ func TestWithoutLeaseReadsRedisAfterMisses(t *testing.T) {
 			t.Fatalf("%d loader calls for %d keys read twice: the second reads did not look in Redis", n, len(ks))
 		}
 	})
+}
+
+// labelProbe is a loader's body that blocks until release closes, so that a
+// goroutine profile finds it on the stack by this function's name.
+//
+//go:noinline
+func labelProbe(started chan<- struct{}, release <-chan struct{}) {
+	close(started)
+	<-release
+}
+
+// probeLabels returns the profiler labels of the goroutine blocked in
+// labelProbe ("" for none), from a goroutine profile.
+func probeLabels(t *testing.T) string {
+	t.Helper()
+	var b strings.Builder
+	if err := pprof.Lookup("goroutine").WriteTo(&b, 1); err != nil {
+		t.Fatal(err)
+	}
+	for _, rec := range strings.Split(b.String(), "\n\n") {
+		if !strings.Contains(rec, "tiercache.labelProbe") {
+			continue
+		}
+		for _, line := range strings.Split(rec, "\n") {
+			if l, ok := strings.CutPrefix(line, "# labels: "); ok {
+				return l
+			}
+		}
+		return ""
+	}
+	t.Fatal("no goroutine in labelProbe")
+	return ""
+}
+
+// A load runs under the profiler labels (pprof.Do) of the read that leads
+// it, as a goroutine that read started would, although the goroutines that
+// run loads are reused: a load is never profiled under the labels of an
+// earlier load's reader.
+func TestLoadRunsUnderItsLeadersProfilerLabels(t *testing.T) {
+	c := newLocalT[string](t, WithL1(100))
+	for i, who := range []string{"first", "second", ""} {
+		started, release := make(chan struct{}), make(chan struct{})
+		load := func(context.Context) (string, error) { labelProbe(started, release); return "v", nil }
+		done := make(chan error, 1)
+		read := func(ctx context.Context) { _, err := c.GetOrLoad(ctx, fmt.Sprint("k", i), load); done <- err }
+		if who == "" {
+			go read(context.Background())
+		} else {
+			go pprof.Do(context.Background(), pprof.Labels("who", who), read)
+		}
+		<-started
+		want := ""
+		if who != "" {
+			want = fmt.Sprintf(`{"who":%q}`, who)
+		}
+		got := probeLabels(t)
+		close(release)
+		if err := redistest.Receive(t, done, 20*time.Second, "the load"); err != nil {
+			t.Fatal(err)
+		}
+		if got != want {
+			t.Fatalf("load %d ran under labels %s, want %s (its reader's)", i, got, want)
+		}
+	}
 }
