@@ -158,6 +158,13 @@ func (o *onSet) Redis(op string, _ time.Duration, _ error) {
 	}
 }
 
+// setHooked is an instance with L1 under prefix whose first "set" round
+// trip after the hook's arm runs what it was armed with.
+func setHooked(t *testing.T, tg redistest.Target, prefix string) (*Cache[string], *onSet) {
+	obs := &onSet{}
+	return newCacheOn[string](t, tg.NewClient(t), prefix, WithL1(100), WithObserver(obs)), obs
+}
+
 // Set (write.go): "Set writes v under key, in Redis and in this instance's
 // L1, and tells the other instances to drop their L1 copies." ErrClosed
 // (errors.go): "returned by calls made after [Cache.Close]". Close
@@ -168,8 +175,7 @@ func TestRedTeamWriteCloseDuringSet(t *testing.T) {
 	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
 		ctx := t.Context()
 		prefix := testPrefix(t)
-		obs := &onSet{}
-		a := newCacheOn[string](t, tg.NewClient(t), prefix, WithL1(100), WithObserver(obs))
+		a, obs := setHooked(t, tg, prefix)
 		b := newCacheOn[string](t, tg.NewClient(t), prefix, WithL1(100))
 		c := newCacheOn[string](t, tg.NewClient(t), prefix, WithL1(100))
 		plain := plainInstance(t, tg, prefix)
@@ -214,8 +220,7 @@ func TestRedTeamWriteClearDuringSetLeavesNoL1Copy(t *testing.T) {
 	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
 		ctx := t.Context()
 		prefix := testPrefix(t)
-		obs := &onSet{}
-		a := newCacheOn[string](t, tg.NewClient(t), prefix, WithL1(100), WithObserver(obs))
+		a, obs := setHooked(t, tg, prefix)
 		b := newCacheOn[string](t, tg.NewClient(t), prefix, WithL1(100))
 		waitSubscribed(t, a, b)
 		cleared := false
