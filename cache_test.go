@@ -212,6 +212,42 @@ func TestValueTooLarge(t *testing.T) {
 	})
 }
 
+// WithMaxValueSize (options.go) bounds an encoded value "before and after
+// compression": a value that compresses under the bound but is over it
+// before is refused on write (a reader would not decompress it), where it
+// used to be written and then missed on every read; a value of the bound
+// itself, compressed, is written and read back.
+func TestValueTooLargeBeforeCompression(t *testing.T) {
+	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
+		for _, alg := range []Compression{S2, Zstd} {
+			ctx := t.Context()
+			const limit = 64 << 10
+			c := newCache[string](t, tg, WithMaxValueSize(limit), WithCompression(alg, 1024))
+			big := strings.Repeat("0123456789", 2*limit/10) // compresses to a few hundred bytes
+			if err := c.Set(ctx, "big", big); !errors.Is(err, ErrValueTooLarge) {
+				t.Fatalf("compression %v: Set of %d bytes that compress under the limit = %v, want ErrValueTooLarge", alg, len(big), err)
+			}
+			loads := 0
+			for range 2 {
+				v, err := c.GetOrLoad(ctx, "loaded", func(context.Context) (string, error) { loads++; return big, nil })
+				if err != nil || v != big {
+					t.Fatalf("compression %v: GetOrLoad = %d bytes, %v", alg, len(v), err)
+				}
+			}
+			if loads != 2 || c.Stats().Count(EventNotCached) != 2 || c.Stats().Count(EventCorrupt) != 0 {
+				t.Fatalf("compression %v: %d loads, %d not cached, %d corrupt; want 2, 2, 0", alg, loads,
+					c.Stats().Count(EventNotCached), c.Stats().Count(EventCorrupt))
+			}
+			// At the bound: the JSON string's quotes count, so limit-2 characters.
+			edge := strings.Repeat("x", limit-2)
+			mustSet(t, c, "edge", edge)
+			if v, err := c.Get(ctx, "edge"); err != nil || v != edge {
+				t.Fatalf("compression %v: a value of the limit itself read back as %d bytes, %v (%d corrupt)", alg, len(v), err, c.Stats().Count(EventCorrupt))
+			}
+		}
+	})
+}
+
 // Corrupt, truncated or foreign bytes are a counted miss, and the next load
 // overwrites them.
 func TestCorruptIsMiss(t *testing.T) {

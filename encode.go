@@ -65,6 +65,9 @@ func (vc *valueCodec) encode(v any, env envelope.Envelope) ([]byte, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%w: %w", ErrCodec, err)
 		}
+		if len(payload) > vc.maxSize { // a reader would not decompress it: see decode
+			return nil, fmt.Errorf("%w: %d bytes before compression, limit %d", ErrValueTooLarge, len(payload), vc.maxSize)
+		}
 		if vc.compression != NoCompression && len(payload) > vc.above {
 			switch vc.compression {
 			case S2:

@@ -193,9 +193,11 @@ func WithJitter(f float64) Option { return func(c *config) { c.jitter = f } }
 // (default 1 minute). 0 turns negative caching off.
 func WithNegativeTTL(d time.Duration) Option { return func(c *config) { c.negativeTTL = d } }
 
-// WithMaxValueSize bounds the size of an encoded value, after compression
-// (default 4 MiB). Writes over it fail with [ErrValueTooLarge]; stored
-// values over it are a miss and are never decoded.
+// WithMaxValueSize bounds the size of an encoded value, before and after
+// compression (default 4 MiB): compression saves Redis memory, it does not
+// raise the bound, which also caps what a reader decompresses. Writes over
+// it fail with [ErrValueTooLarge]; stored values over it are a miss and are
+// never decoded.
 func WithMaxValueSize(n int) Option { return func(c *config) { c.maxValueSize = n } }
 
 // WithLogger sets the logger for what an operator must know: corrupt
