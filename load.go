@@ -25,8 +25,10 @@ type LoadFunc[V any] func(ctx context.Context) (V, error)
 
 // BatchLoadFunc loads the values of keys from the source of truth, in one
 // call. It returns the values it found; a key it does not return is cached
-// as not found (for the negative TTL). Keys it returns that were not asked
-// for are ignored. Like [LoadFunc], it runs on a context detached from the
+// as not found (for the negative TTL), also when it returns [ErrNotFound]
+// (wrapped or not: none of the keys it did not return exists, which is a
+// result, not an error). Keys it returns that were not asked for are
+// ignored. Like [LoadFunc], it runs on a context detached from the
 // callers, bounded by the load timeout, and may call [LoadOptions].
 type BatchLoadFunc[V any] func(ctx context.Context, keys []string) (map[string]V, error)
 
@@ -939,7 +941,7 @@ func single[V any](load LoadFunc[V]) loader[V] {
 func batch[V any](load BatchLoadFunc[V]) loader[V] {
 	return loader[V]{op: "load_many", fn: func(ctx context.Context, ks []string, out []loaded[V]) error {
 		m, err := load(ctx, ks)
-		if err != nil {
+		if err != nil && !errors.Is(err, ErrNotFound) { // ErrNotFound: none of the rest exists
 			return err
 		}
 		for i, k := range ks {

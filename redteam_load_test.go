@@ -6,6 +6,7 @@ package tiercache
 import (
 	"context"
 	"errors"
+	"fmt"
 	"runtime"
 	"slices"
 	"sync/atomic"
@@ -252,6 +253,36 @@ func TestRedTeamLoadBatchLoaderError(t *testing.T) {
 		}
 		if _, err := c.Get(t.Context(), "b"); !errors.Is(err, ErrMiss) {
 			t.Fatalf("b cached from a failed load: %v", err)
+		}
+	})
+}
+
+// load.go (BatchLoadFunc): a batch loader's ErrNotFound, wrapped or not, is
+// "none of the keys it did not return exists": they are cached as not
+// found, the values it did return are cached and returned, and it is not a
+// load error (errors.go, ErrNotFound; stats.go, LoadErrors). It used to be
+// neither: no error, nothing cached, a load error counted on every call.
+func TestRedTeamLoadBatchLoaderNotFound(t *testing.T) {
+	localAndRedis(t, []Option{WithEarlyRefresh(0)}, func(t *testing.T, c *Cache[string]) {
+		var calls atomic.Int64
+		load := func(ctx context.Context, ks []string) (map[string]string, error) {
+			calls.Add(1)
+			return map[string]string{"found": "F"}, fmt.Errorf("rows %v: %w", ks, ErrNotFound)
+		}
+		for range 3 {
+			m, err := c.GetOrLoadMany(t.Context(), []string{"found", "a", "b"}, load)
+			if err != nil || len(m) != 1 || m["found"] != "F" {
+				t.Fatalf("GetOrLoadMany = %v, %v; want {found:F}, nil", m, err)
+			}
+		}
+		if n := calls.Load(); n != 1 {
+			t.Fatalf("loader called %d times for 3 batches, want 1 (the rest cached as not found)", n)
+		}
+		if _, err := c.Get(t.Context(), "a"); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("Get(a) = %v, want ErrNotFound", err)
+		}
+		if s := c.Stats(); s.Loads != 1 || s.LoadErrors != 0 {
+			t.Fatalf("Loads %d, LoadErrors %d; want 1, 0", s.Loads, s.LoadErrors)
 		}
 	})
 }
