@@ -597,7 +597,7 @@ func (c *Cache[V]) load(ctx context.Context, ks []*keyLoad[V], mode loadMode, no
 		}
 		es, found := make([]entry[V], len(pending)), make([]bool, len(pending))
 		now := nowMicro()
-		c.decodeChecked(ctx, now, names, vks, raw, es, found)
+		_ = c.decodeChecked(ctx, now, names, vks, raw, es, found, nil) // a tag read failed: not found, loaded
 		for i, k := range pending {
 			if k.countL2 {
 				k.countL2 = false

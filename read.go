@@ -139,8 +139,12 @@ func (c *Cache[V]) getL2(ctx context.Context, key string) (e entry[V], found boo
 	var es [1]entry[V]
 	var fs [1]bool
 	now := nowMicro()
-	c.decodeChecked(ctx, now, ks[:], vks[:], raws[:], es[:], fs[:])
+	var errs []error
+	c.decodeChecked(ctx, now, ks[:], vks[:], raws[:], es[:], fs[:], &errs)
 	c.countL2(start, now, key, tok, &es[0], fs[0])
+	if errs != nil { // its tags could not be read
+		return es[0], false, errs[0]
+	}
 	return es[0], fs[0], nil
 }
 
@@ -158,7 +162,9 @@ func (c *Cache[V]) getManyL2(ctx context.Context, ks []string) (es []entry[V], f
 	raw, errs, err := c.st.GetMany(ctx, vks)
 	es, found = make([]entry[V], len(ks)), make([]bool, len(ks))
 	now := nowMicro()
-	c.decodeChecked(ctx, now, ks, vks, raw, es, found)
+	if terr := c.decodeChecked(ctx, now, ks, vks, raw, es, found, &errs); err == nil {
+		err = terr
+	}
 	for i, k := range ks {
 		if errs != nil && errs[i] != nil {
 			if !notAsked(errs[i]) {
@@ -194,11 +200,13 @@ func (c *Cache[V]) countL2(start time.Time, now int64, k string, tok fillToken, 
 // ks[i], into es[i], and sets found[i] when it holds a usable entry: one
 // that decodes and whose tags still have the versions it was written with,
 // read from Redis in one round trip per node for all the tagged entries.
-// On a Redis failure tagged entries are not found: the read goes on to the
-// loader. Every read of stored bytes, by Get, GetMany or a lease acquire,
-// comes through here. now is the read's time (Unix µs), which also tells
-// whether the generation is due to be read again.
-func (c *Cache[V]) decodeChecked(ctx context.Context, now int64, ks, vks []string, raw [][]byte, es []entry[V], found []bool) {
+// When that read fails, tagged entries are not found, its error is
+// returned, and with errs (made if nil) it is set as theirs: Get and
+// GetMany report a Redis failure, a read through goes to the loader as in
+// an outage. Every read of stored bytes, by Get, GetMany or a lease
+// acquire, comes through here. now is the read's time (Unix µs), which also
+// tells whether the generation is due to be read again.
+func (c *Cache[V]) decodeChecked(ctx context.Context, now int64, ks, vks []string, raw [][]byte, es []entry[V], found []bool, errs *[]error) error {
 	tagged := 0
 	gen := c.st.GenerationAt(ctx, now)
 	for i, b := range raw {
@@ -220,13 +228,14 @@ func (c *Cache[V]) decodeChecked(ctx context.Context, now int64, ks, vks []strin
 		}
 	}
 	if tagged > 0 {
-		c.checkTags(ctx, es, found)
+		return c.checkTags(ctx, es, found, errs)
 	}
+	return nil
 }
 
 // checkTags clears found[i] for each found entry whose tags are no longer
 // at the versions it was written with.
-func (c *Cache[V]) checkTags(ctx context.Context, es []entry[V], found []bool) {
+func (c *Cache[V]) checkTags(ctx context.Context, es []entry[V], found []bool, errs *[]error) error {
 	var names []string
 	index := map[string]int{}
 	for i := range es {
@@ -242,8 +251,14 @@ func (c *Cache[V]) checkTags(ctx context.Context, es []entry[V], found []bool) {
 	}
 	cur, have, err := c.st.TagGet(ctx, names)
 	for i := range es {
-		if !found[i] {
+		if !found[i] || len(es[i].tags) == 0 {
 			continue
+		}
+		if err != nil && errs != nil {
+			if *errs == nil {
+				*errs = make([]error, len(es))
+			}
+			(*errs)[i] = err
 		}
 		for _, t := range es[i].tags {
 			if j := index[t.Name]; err != nil || !have[j] || cur[j] != t.Version {
@@ -260,4 +275,5 @@ func (c *Cache[V]) checkTags(ctx context.Context, es []entry[V], found []bool) {
 		}
 		c.l1.observeTags(seen)
 	}
+	return err
 }

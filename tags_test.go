@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/tiercache/tiercache/internal/redistest"
 )
 
@@ -396,6 +398,85 @@ func TestTagsSetInvalidateRace(t *testing.T) {
 				t.Fatalf("iteration %d: the value survived an invalidation that began after the Set: %v", i, err)
 			}
 			waitMiss(t, a, "k", 100*time.Millisecond, "a's L1 drops it too")
+		}
+	})
+}
+
+// failTagReads fails, while armed, every command that names a tag key, as
+// a dead or timing-out node that holds the tags would.
+type failTagReads struct{ armed atomic.Bool }
+
+var errTagNodeDown = errors.New("injected: tag node down")
+
+func (h *failTagReads) hit(cmds ...redis.Cmder) bool {
+	for _, cmd := range cmds {
+		for _, a := range cmd.Args() {
+			if s, ok := a.(string); ok && h.armed.Load() && strings.Contains(s, ":__tag:") {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func (*failTagReads) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h *failTagReads) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if h.hit(cmd) {
+			cmd.SetErr(errTagNodeDown)
+			return errTagNodeDown
+		}
+		return next(ctx, cmd)
+	}
+}
+
+func (h *failTagReads) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		if h.hit(cmds...) {
+			for _, c := range cmds {
+				c.SetErr(errTagNodeDown)
+			}
+			return errTagNodeDown
+		}
+		return next(ctx, cmds)
+	}
+}
+
+// Get (read.go): "A Redis failure is an error that wraps both [ErrMiss] and
+// [ErrRedis]"; GetMany likewise. A tagged value whose tags cannot be read
+// (on a cluster the tag key lives in another slot, so its node can be down
+// while the value's is up) is such a failure, not a plain miss; GetOrLoad
+// and GetOrLoadMany go to the loader, as in an outage, and return its value.
+func TestTagReadFailureIsARedisFailure(t *testing.T) {
+	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
+		ctx := t.Context()
+		rdb := tg.NewClient(t)
+		h := &failTagReads{}
+		rdb.AddHook(h)
+		c := newCacheOn[string](t, rdb, testPrefix(t))
+		mustSet(t, c, "plain", "v")
+		mustSet(t, c, "tagged", "v", WithTags("t"))
+		if v, err := c.Get(ctx, "tagged"); err != nil || v != "v" {
+			t.Fatalf("control: Get(tagged) = %q, %v", v, err)
+		}
+		h.armed.Store(true)
+		defer h.armed.Store(false)
+		if _, err := c.Get(ctx, "tagged"); !errors.Is(err, ErrRedis) || !errors.Is(err, ErrMiss) {
+			t.Fatalf("Get with its tags unreadable = %v, want ErrMiss and ErrRedis", err)
+		}
+		m, err := c.GetMany(ctx, []string{"plain", "tagged"})
+		if !errors.Is(err, ErrRedis) || !errors.Is(err, ErrMiss) || len(m) != 1 || m["plain"] != "v" {
+			t.Fatalf("GetMany with one value's tags unreadable = %v, %v; want {plain:v} and ErrMiss, ErrRedis", m, err)
+		}
+		if v, err := c.GetOrLoad(ctx, "tagged", constLoad("loaded", 0)); err != nil || v != "loaded" {
+			t.Fatalf("GetOrLoad with its tags unreadable = %q, %v; want the loader's value", v, err)
+		}
+		m, err = c.GetOrLoadMany(ctx, []string{"plain", "tagged"}, func(ctx context.Context, ks []string) (map[string]string, error) {
+			return map[string]string{"tagged": "loaded"}, nil
+		})
+		if err != nil || m["plain"] != "v" || m["tagged"] != "loaded" {
+			t.Fatalf("GetOrLoadMany with one value's tags unreadable = %v, %v", m, err)
 		}
 	})
 }
