@@ -246,7 +246,7 @@ func TestAuditWriterL1FollowsRedis(t *testing.T) {
 			t.Fatal(err)
 		}
 		waitFor(t, 10*time.Second, "b's message at a", func() bool { return a.Stats().Count(EventInvalidationReceived) > recv })
-		a.l1.store("k", tok, entry[string]{val: "a-old", softExp: nowMicro() + 60e6})
+		a.l1.store("k", tok, entry[string]{val: "a-old", softExp: nowMicro() + 60e6}, false)
 		if v, err := a.Get(ctx, "k"); err != nil || v != "b-new" {
 			t.Fatalf("a reads %q, %v; Redis and b hold b-new", v, err)
 		}

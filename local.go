@@ -205,9 +205,12 @@ func (l *local[V]) fill(k string, tok fillToken, e entry[V], limit time.Duration
 // Whichever of A and B stores second finds the generation moved and drops
 // k, so L1 never keeps the write that Redis did not keep: after both return
 // (and B's message arrives), L1 holds nothing older than Redis.
-func (l *local[V]) store(k string, tok fillToken, e entry[V]) {
+//
+// With only (NewLocal: L1 is the only copy), store judges a versioned write
+// as Redis would: one not newer than L1's is refused, and reported.
+func (l *local[V]) store(k string, tok fillToken, e entry[V], only bool) (refused bool) {
 	if l == nil {
-		return
+		return false
 	}
 	now := l.now()
 	e.l1Until = l.deadline(&e, now, l.limit())
@@ -216,7 +219,8 @@ func (l *local[V]) store(k string, tok fillToken, e entry[V]) {
 	p := new(entry[V]) // see fill
 	*p = e
 	l.c.Compute(k, func(old *entry[V], found bool) (*entry[V], otter.ComputeOp) {
-		if found && p.version > 0 && old.version > p.version {
+		if found && p.version > 0 && (old.version > p.version || only && old.version == p.version) {
+			refused = only
 			return old, otter.CancelOp // a newer row version is here already
 		}
 		if !g.CompareAndSwap(tok.gen, tok.gen+1) || l.epoch.Load() != tok.epoch || p.l1Until <= now {
@@ -225,6 +229,7 @@ func (l *local[V]) store(k string, tok fillToken, e entry[V]) {
 		}
 		return p, otter.WriteOp
 	})
+	return refused
 }
 
 // invalidate drops k and refuses fills of reads that started before.

@@ -96,10 +96,13 @@ func TestRedTeamWriteLocalVersionedSets(t *testing.T) {
 	}
 	defer c.Close()
 	mustSet(t, c, "row", 5, WithVersion(5))
-	for _, v := range []uint64{4, 5} {
-		mustSet(t, c, "row", int(v), WithVersion(v))
+	for n, v := range []uint64{4, 5} { // older, then as old (another value: the row itself is judged by its version)
+		mustSet(t, c, "row", 10*int(v), WithVersion(v))
 		if got, err := c.Get(ctx, "row"); err != nil || got != 5 {
 			t.Fatalf("NewLocal: after a Set of version %d over version 5: Get = %d, %v; want 5", v, got, err)
+		}
+		if got := c.Stats().Count(EventWriteRefused); got != uint64(n+1) {
+			t.Fatalf("NewLocal: %d writes refused, want %d (WithVersion: counted as EventWriteRefused)", got, n+1)
 		}
 	}
 	mustSet(t, c, "row", 6, WithVersion(6))

@@ -117,7 +117,9 @@ func (c *Cache[V]) set(ctx context.Context, items []item[V], opts []SetOption) e
 		switch {
 		case written[i]:
 			c.forget(it.key)
-			c.l1.store(it.key, toks[i], es[i])
+			if c.l1.store(it.key, toks[i], es[i], c.st.Local()) {
+				c.rec.event(EventWriteRefused) // NewLocal: L1 holds this row version or a newer one
+			}
 			ks = append(ks, it.key)
 		case refused[i]:
 			// Redis holds a newer version (or deleted a newer one): this

@@ -271,6 +271,9 @@ func absentIsNil(err error) error {
 // Release).
 func (s *Store) WaitReleases() { s.releases.Wait() }
 
+// Local reports a store without Redis (NewLocal): L1 is the only copy.
+func (s *Store) Local() bool { return s.local != nil }
+
 // Breakers returns each node's breaker state, and the worst of them.
 func (s *Store) Breakers() (map[string]State, State) { return s.nodes.states() }
 
