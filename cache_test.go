@@ -430,6 +430,8 @@ func TestOptionsValidation(t *testing.T) {
 		{"negative L1", WithL1(-1)},
 		{"zero L1 TTL", WithL1TTL(0)},
 		{"zero health check", WithHealthCheck(0)},
+		{"no background refreshes", WithMaxBackgroundRefreshes(0)},
+		{"negative background refreshes", WithMaxBackgroundRefreshes(-1)},
 		{"breaker with zero failures", WithBreaker(BreakerSettings{OpenFor: time.Second, Probes: 1})},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

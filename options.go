@@ -136,8 +136,8 @@ func (c *config) validate() error {
 		return bad("L1 TTLs must be positive (max %v, outage %v)", c.l1TTL, c.l1OutageTTL)
 	case c.healthInterval <= 0:
 		return bad("invalidation health check interval %v must be positive", c.healthInterval)
-	case c.maxRefreshes < 0:
-		return bad("max background refreshes %d is negative", c.maxRefreshes)
+	case c.maxRefreshes <= 0: // 0 would serve stale values unrefreshed: turn the windows off instead
+		return bad("max background refreshes %d must be positive", c.maxRefreshes)
 	}
 	if c.breakerOn {
 		return c.breaker.validate()
@@ -277,8 +277,10 @@ func WithHealthCheck(d time.Duration) Option { return func(c *config) { c.health
 func WithObserver(o Observer) Option { return func(c *config) { c.observer = o } }
 
 // WithMaxBackgroundRefreshes bounds the early and stale refreshes that run
-// at once (default 256); a refresh that finds no room is skipped, and the
-// value is refreshed on a later hit or when it expires.
+// at once (default 256, at least 1); a refresh that finds no room is
+// skipped, and the value is refreshed on a later hit or when it expires. To
+// have no background refreshes, turn off [WithEarlyRefresh] and
+// [WithStaleWhileRevalidate].
 func WithMaxBackgroundRefreshes(n int) Option { return func(c *config) { c.maxRefreshes = n } }
 
 // WithoutReadCoalescing sends every single-key Redis read as its own GET,
