@@ -363,24 +363,36 @@ func TestStaleIfError(t *testing.T) {
 	})
 }
 
-// Refresh reloads a fresh value through the lease.
+// Refresh reloads a fresh value through the lease, and tells the other
+// instances to drop their L1 copies, as a Set does (load.go, Refresh): once
+// its message arrives, no L1 holds the value Redis no longer does.
 func TestRefresh(t *testing.T) {
 	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
 		ctx := t.Context()
-		cs := instances[int](t, tg, 2, WithL1(10))
+		a, b := subscribedPair[int](t, tg, WithL1(10))
 		var n atomic.Int64
 		load := func(context.Context) (int, error) { return int(n.Add(1)), nil }
-		if v, _ := cs[0].GetOrLoad(ctx, "k", load); v != 1 {
+		if v, _ := a.GetOrLoad(ctx, "k", load); v != 1 {
 			t.Fatalf("first load %d", v)
 		}
-		if v, err := cs[0].Refresh(ctx, "k", load); err != nil || v != 2 {
+		if v, _ := b.GetOrLoad(ctx, "k", load); v != 1 { // now in b's L1
+			t.Fatalf("other instance's first read %d", v)
+		}
+		before := b.Stats().Count(EventInvalidationReceived)
+		if v, err := a.Refresh(ctx, "k", load); err != nil || v != 2 {
 			t.Fatalf("Refresh = %d, %v; want 2", v, err)
 		}
-		if v, _ := cs[0].GetOrLoad(ctx, "k", load); v != 2 {
+		if v, _ := a.GetOrLoad(ctx, "k", load); v != 2 {
 			t.Fatalf("after Refresh, read %d", v)
 		}
-		if v, _ := cs[1].GetOrLoad(ctx, "k", load); v != 2 {
+		waitFor(t, 20*time.Second, "the Refresh's message at the other instance", func() bool {
+			return b.Stats().Count(EventInvalidationReceived) > before
+		})
+		if v, _ := b.GetOrLoad(ctx, "k", load); v != 2 {
 			t.Fatalf("other instance reads %d after Refresh", v)
+		}
+		if n.Load() != 2 {
+			t.Fatalf("%d loads, want 2", n.Load())
 		}
 	})
 }

@@ -274,9 +274,11 @@ func (c *Cache[V]) GetOrLoadMany(ctx context.Context, keys []string, load BatchL
 }
 
 // Refresh reloads key now, through the lease, whether or not it is cached
-// and fresh, and returns the new value. When another instance is already
-// loading the key, Refresh waits for that load's value instead. A Refresh
-// that starts after a write of key never joins one that started before.
+// and fresh, and returns the new value, once it is in Redis and the other
+// instances have been told to drop their L1 copies (as by a Set). When
+// another instance is already loading the key, Refresh waits for that
+// load's value instead. A Refresh that starts after a write of key never
+// joins one that started before.
 func (c *Cache[V]) Refresh(ctx context.Context, key string, load LoadFunc[V]) (V, error) {
 	var zero V
 	if err := c.checkLoad(key, load); err != nil {
@@ -287,7 +289,7 @@ func (c *Cache[V]) Refresh(ctx context.Context, key string, load LoadFunc[V]) (V
 	heard := c.inv.hearing()
 	call, lead := c.flight.Begin(fk)
 	if lead {
-		kl := &keyLoad[V]{key: key, vk: c.st.Layout.Value(key), heard: heard}
+		kl := &keyLoad[V]{key: key, vk: c.st.Layout.Value(key), heard: heard, announce: true}
 		c.lead(ctx, flightRefresh, []*keyLoad[V]{kl}, []*flight.Call[entry[V]]{call}, loadRefresh, started, single(load))
 	} else {
 		c.rec.event(EventCoalesced)
@@ -425,6 +427,9 @@ type keyLoad[V any] struct {
 	// countL2: no GET was sent for it (see readOdds), so its acquire is
 	// its Redis lookup, counted as one.
 	countL2 bool
+	// announce: a Refresh, which replaces a value other L1s may hold: once
+	// filled, it tells them to drop it, as a Set does.
+	announce bool
 
 	e       entry[V]
 	err     error
@@ -879,6 +884,7 @@ func (c *Cache[V]) loadAndFill(ctx context.Context, ks []*keyLoad[V], mode fillM
 	if len(ws) > 0 {
 		written, refused, err := c.st.Fill(ctx, ws)
 		outage = err != nil
+		var announced []string
 		for j, i := range wk {
 			k := ks[i]
 			switch {
@@ -886,6 +892,9 @@ func (c *Cache[V]) loadAndFill(ctx context.Context, ks []*keyLoad[V], mode fillM
 				k.owned = false // Fill used the lease up
 				c.l1.fill(k.key, k.tok, es[i], c.l1.limit())
 				keep[i] = false // done
+				if k.announce {
+					announced = append(announced, k.key)
+				}
 			case refused[j]:
 				// Refused: the lease is gone (a write or an invalidation
 				// since it was taken), so the value may predate the change.
@@ -894,6 +903,7 @@ func (c *Cache[V]) loadAndFill(ctx context.Context, ks []*keyLoad[V], mode fillM
 				keep[i], es[i].softExp = false, nowU
 			}
 		}
+		_ = c.inv.send(ctx, announced, nil, false) // before the Refresh returns, as a Set's
 	}
 	if outage {
 		// Redis did not take the values: L1 keeps them for the outage TTL,
