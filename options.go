@@ -248,7 +248,8 @@ func WithStaleIfError(d time.Duration) Option { return func(c *config) { c.sie =
 func WithL1(n int) Option { return func(c *config) { c.l1Entries, c.l1Bytes = n, 0 } }
 
 // WithL1Bytes turns on the in-process tier, bounded by the encoded size of
-// its values (an estimate of their memory).
+// its values, plus each key and a fixed overhead per entry (an estimate of
+// their memory).
 func WithL1Bytes(n int64) Option { return func(c *config) { c.l1Bytes, c.l1Entries = n, 0 } }
 
 // WithL1TTL caps how long a value stays in L1 (default 30s), so that a

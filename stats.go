@@ -20,7 +20,8 @@ const (
 	TierL1 Tier = iota
 	// TierL2 is Redis.
 	TierL2
-	// TierLoader is the user's loader (the database).
+	// TierLoader is the user's loader (the database), for an observer's own
+	// labels: the cache reports loads through Observer.Load, never Lookup.
 	TierLoader
 )
 
@@ -149,7 +150,7 @@ type Stats struct {
 	BreakerState BreakerState
 	Breakers     map[string]BreakerState
 	L1Entries    int    // entries in L1 now
-	L1Weight     uint64 // sum of the encoded sizes of L1's values, when L1 is bounded by bytes
+	L1Weight     uint64 // L1's weight as WithL1Bytes bounds it (0 with WithL1); it may lag writes a little
 	// InvalidationDelay is the distribution of the delays of the
 	// invalidation messages this instance applied, from the moment the
 	// sending instance's write was acknowledged by Redis to the moment this
