@@ -72,10 +72,11 @@
 // backstops hold whatever the delay: if that message is lost, the other
 // instance sees the write no later than the L1 max TTL, and if its
 // subscription is known to be down, no later than the L1 outage TTL (1s),
-// after which L1 is flushed. After concurrent writes of a key have returned and their
-// messages arrived, no L1 holds a value Redis does not. Redis itself is
-// never left holding a value loaded before the last Set, Delete or tag
-// invalidation of its key.
+// after which L1 is flushed. After concurrent writes of a key (Refresh
+// included: it publishes as a Set does) have returned and their messages
+// arrived, no L1 holds a value Redis does not. Redis itself is never left
+// holding a value loaded before the last Set, Delete or tag invalidation of
+// its key.
 //
 // # Concurrency and lifetime
 //
