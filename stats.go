@@ -189,10 +189,10 @@ const DelayBuckets = 24
 // Buckets[i] counts the durations below [DelayBucketBound](i) and at least
 // the bound before; the last bucket has no upper bound.
 type DelayHistogram struct {
-	Buckets [DelayBuckets]uint64
-	Count   uint64
-	Sum     time.Duration
-	Max     time.Duration
+	Buckets [DelayBuckets]uint64 `json:"buckets"`
+	Count   uint64               `json:"count"`
+	Sum     time.Duration        `json:"sum_ns"`
+	Max     time.Duration        `json:"max_ns"`
 }
 
 // DelayBucketBound is the upper bound of bucket i: 16µs * 2^i (the last
@@ -391,7 +391,8 @@ func (s Stats) EventCounts() map[string]uint64 {
 }
 
 // MarshalJSON writes the counters with names: events as an object keyed by
-// event name, the breaker state as text, and the hit ratio.
+// event name, the breaker state as text, the hit ratio, and the
+// invalidation delay's histogram (durations in nanoseconds).
 func (s Stats) MarshalJSON() ([]byte, error) {
 	return json.Marshal(struct {
 		L1Hits       uint64                  `json:"l1_hits"`
@@ -407,7 +408,8 @@ func (s Stats) MarshalJSON() ([]byte, error) {
 		L1Entries    int                     `json:"l1_entries"`
 		L1Weight     uint64                  `json:"l1_weight"`
 		Subscribed   bool                    `json:"subscribed"`
-	}{s.L1Hits, s.L1Misses, s.L2Hits, s.L2Misses, s.Loads, s.LoadErrors, s.HitRatio(), s.EventCounts(), s.BreakerState, s.Breakers, s.L1Entries, s.L1Weight, s.Subscribed})
+		Delay        DelayHistogram          `json:"invalidation_delay"`
+	}{s.L1Hits, s.L1Misses, s.L2Hits, s.L2Misses, s.Loads, s.LoadErrors, s.HitRatio(), s.EventCounts(), s.BreakerState, s.Breakers, s.L1Entries, s.L1Weight, s.Subscribed, s.InvalidationDelay})
 }
 
 // redisOpNames are the Redis operations the cache reports to

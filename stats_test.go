@@ -13,11 +13,12 @@ import (
 func TestStatsJSON(t *testing.T) {
 	s := Stats{L1Hits: 3, L2Hits: 1, L2Misses: 1, BreakerState: BreakerOpen}
 	s.Events[EventCoalesced] = 7
+	s.InvalidationDelay.Count, s.InvalidationDelay.Max = 2, 1500*time.Microsecond
 	b, err := json.Marshal(s)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{`"coalesced":7`, `"breaker_state":"open"`, `"hit_ratio":0.8`, `"l1_hits":3`} {
+	for _, want := range []string{`"coalesced":7`, `"breaker_state":"open"`, `"hit_ratio":0.8`, `"l1_hits":3`, `"invalidation_delay":{"buckets":[`, `"count":2,"sum_ns":0,"max_ns":1500000}`} {
 		if !strings.Contains(string(b), want) {
 			t.Fatalf("%s lacks %s", b, want)
 		}
