@@ -245,6 +245,27 @@ func TestValueTooLargeBeforeCompression(t *testing.T) {
 				t.Fatalf("compression %v: a value of the limit itself read back as %d bytes, %v (%d corrupt)", alg, len(v), err, c.Stats().Count(EventCorrupt))
 			}
 		}
+		// Small limits: zstd gives a payload of up to 1 KiB a window of up
+		// to 2 KiB, which the reader's bound must allow; a payload over the
+		// limit (written by a cache with a larger one) is still refused.
+		for _, limit := range []int{900, 1024, 1500, 2047} {
+			c, rdb := newCacheAndClient[string](t, tg, WithMaxValueSize(limit), WithCompression(Zstd, 100))
+			larger := newCacheOn[string](t, rdb, c.cfg.prefix, WithMaxValueSize(4096), WithCompression(Zstd, 100))
+			mustSet(t, larger, "over", strings.Repeat("z", limit))
+			if _, err := c.Get(t.Context(), "over"); !errors.Is(err, ErrMiss) {
+				t.Fatalf("zstd, limit %d: a stored payload over the limit = %v, want ErrMiss", limit, err)
+			}
+			for _, n := range []int{200, 798, 1022, limit - 2} { // JSON adds two quotes
+				if n+2 > limit {
+					continue
+				}
+				v := strings.Repeat("ab", n/2) + strings.Repeat("c", n%2)
+				mustSet(t, c, "k", v)
+				if got, err := c.Get(t.Context(), "k"); err != nil || got != v {
+					t.Fatalf("zstd, limit %d: a %d-byte payload read back as %d bytes, %v (%d corrupt)", limit, n+2, len(got), err, c.Stats().Count(EventCorrupt))
+				}
+			}
+		}
 	})
 }
 

@@ -46,9 +46,12 @@ func newValueCodec(cfg *config) (*valueCodec, error) {
 			return nil, fmt.Errorf("%w: zstd: %w", ErrInvalidOption, err)
 		}
 		// A bounded decoder: a frame that declares more than the value limit
-		// is refused before its memory is allocated.
+		// is refused before its memory is allocated. Not under 2 KiB: the
+		// encoder gives a payload of up to 1 KiB a window of up to 2 KiB,
+		// which a smaller bound refuses (decode checks the length itself).
+		bound := uint64(max(cfg.maxValueSize, 2<<10))
 		vc.zdec, err = zstd.NewReader(nil, zstd.WithDecoderConcurrency(0),
-			zstd.WithDecoderMaxMemory(uint64(cfg.maxValueSize)), zstd.WithDecoderMaxWindow(uint64(max(cfg.maxValueSize, zstd.MinWindowSize))))
+			zstd.WithDecoderMaxMemory(bound), zstd.WithDecoderMaxWindow(bound))
 		if err != nil {
 			return nil, fmt.Errorf("%w: zstd: %w", ErrInvalidOption, err)
 		}
@@ -126,6 +129,9 @@ func decode[V any](vc *valueCodec, b []byte, keyHash uint64, e *entry[V]) error 
 		var err error
 		if payload, err = vc.zdec.DecodeAll(payload, nil); err != nil {
 			return fmt.Errorf("%w: zstd: %w", envelope.ErrCorrupt, err)
+		}
+		if len(payload) > vc.maxSize {
+			return fmt.Errorf("%w: zstd payload of %d bytes", envelope.ErrTooLarge, len(payload))
 		}
 	}
 	if err := unmarshal(vc.codec, payload, &e.val); err != nil {
