@@ -162,7 +162,8 @@ func (c *Cache[V]) getManyL2(ctx context.Context, ks []string) (es []entry[V], f
 	raw, errs, err := c.st.GetMany(ctx, vks)
 	es, found = make([]entry[V], len(ks)), make([]bool, len(ks))
 	now := nowMicro()
-	if terr := c.decodeChecked(ctx, now, ks, vks, raw, es, found, &errs); err == nil {
+	var terrs []error // of the keys whose tags could not be read (read, and counted, all the same)
+	if terr := c.decodeChecked(ctx, now, ks, vks, raw, es, found, &terrs); err == nil {
 		err = terr
 	}
 	for i, k := range ks {
@@ -173,6 +174,12 @@ func (c *Cache[V]) getManyL2(ctx context.Context, ks []string) (es []entry[V], f
 			continue
 		}
 		c.countL2(start, now, k, toks[i], &es[i], found[i])
+		if terrs != nil && terrs[i] != nil {
+			if errs == nil {
+				errs = make([]error, len(ks))
+			}
+			errs[i] = terrs[i]
+		}
 	}
 	return es, found, errs, err
 }

@@ -446,8 +446,9 @@ func (h *failTagReads) ProcessPipelineHook(next redis.ProcessPipelineHook) redis
 // Get (read.go): "A Redis failure is an error that wraps both [ErrMiss] and
 // [ErrRedis]"; GetMany likewise. A tagged value whose tags cannot be read
 // (on a cluster the tag key lives in another slot, so its node can be down
-// while the value's is up) is such a failure, not a plain miss; GetOrLoad
-// and GetOrLoadMany go to the loader, as in an outage, and return its value.
+// while the value's is up) is such a failure, not a plain miss (the Get and
+// GetMany checks failed before). GetOrLoad and GetOrLoadMany go to the
+// loader, as in an outage, and return its value.
 func TestTagReadFailureIsARedisFailure(t *testing.T) {
 	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
 		ctx := t.Context()
@@ -462,12 +463,17 @@ func TestTagReadFailureIsARedisFailure(t *testing.T) {
 		}
 		h.armed.Store(true)
 		defer h.armed.Store(false)
+		s0 := c.Stats()
 		if _, err := c.Get(ctx, "tagged"); !errors.Is(err, ErrRedis) || !errors.Is(err, ErrMiss) {
 			t.Fatalf("Get with its tags unreadable = %v, want ErrMiss and ErrRedis", err)
 		}
 		m, err := c.GetMany(ctx, []string{"plain", "tagged"})
 		if !errors.Is(err, ErrRedis) || !errors.Is(err, ErrMiss) || len(m) != 1 || m["plain"] != "v" {
 			t.Fatalf("GetMany with one value's tags unreadable = %v, %v; want {plain:v} and ErrMiss, ErrRedis", m, err)
+		}
+		// The value's own read was made: one Redis lookup each, a miss.
+		if s := c.Stats(); s.L2Misses-s0.L2Misses != 2 || s.L2Hits-s0.L2Hits != 1 {
+			t.Fatalf("L2 misses %d, hits %d; want 2 (tagged, by Get and GetMany) and 1 (plain)", s.L2Misses-s0.L2Misses, s.L2Hits-s0.L2Hits)
 		}
 		if v, err := c.GetOrLoad(ctx, "tagged", constLoad("loaded", 0)); err != nil || v != "loaded" {
 			t.Fatalf("GetOrLoad with its tags unreadable = %q, %v; want the loader's value", v, err)
