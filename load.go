@@ -274,11 +274,13 @@ func (c *Cache[V]) GetOrLoadMany(ctx context.Context, keys []string, load BatchL
 }
 
 // Refresh reloads key now, through the lease, whether or not it is cached
-// and fresh, and returns the new value, once it is in Redis and the other
-// instances have been told to drop their L1 copies (as by a Set). When
-// another instance is already loading the key, Refresh waits for that
-// load's value instead. A Refresh that starts after a write of key never
-// joins one that started before.
+// and fresh, and returns the new value. When the value is written to Redis,
+// the other instances are told to drop their L1 copies, as by a Set,
+// before Refresh returns; a value that cannot be cached, or one kept in L1
+// only while Redis fails, leaves them as they are. When another instance
+// is already loading the key, Refresh waits for that load's value instead
+// (whose fill tells no one). A Refresh that starts after a write of key
+// never joins one that started before.
 func (c *Cache[V]) Refresh(ctx context.Context, key string, load LoadFunc[V]) (V, error) {
 	var zero V
 	if err := c.checkLoad(key, load); err != nil {
@@ -903,7 +905,9 @@ func (c *Cache[V]) loadAndFill(ctx context.Context, ks []*keyLoad[V], mode fillM
 				keep[i], es[i].softExp = false, nowU
 			}
 		}
-		_ = c.inv.send(ctx, announced, nil, false) // before the Refresh returns, as a Set's
+		// Before the Refresh returns, as a Set's; not cut short by Close
+		// (ctx is the load's): the value is in Redis, the message must go.
+		_ = c.inv.send(context.WithoutCancel(ctx), announced, nil, false)
 	}
 	if outage {
 		// Redis did not take the values: L1 keeps them for the outage TTL,

@@ -149,23 +149,24 @@ func TestRedTeamWriteVersionedDeleteKeepsTheProtection(t *testing.T) {
 	})
 }
 
-// onSet runs what it is armed with at the first "set" round trip after.
-type onSet struct {
+// onOp runs what it is armed with at the first round trip of op after.
+type onOp struct {
 	NopObserver
 	oneShot
+	op string
 }
 
-func (o *onSet) Redis(op string, _ time.Duration, _ error) {
-	if op == "set" {
+func (o *onOp) Redis(op string, _ time.Duration, _ error) {
+	if op == o.op {
 		o.fire()
 	}
 }
 
-// setHooked is an instance with L1 under prefix whose first "set" round
+// hooked is an instance of V with L1 under prefix whose first op round
 // trip after the hook's arm runs what it was armed with.
-func setHooked(t *testing.T, tg redistest.Target, prefix string) (*Cache[string], *onSet) {
-	obs := &onSet{}
-	return newCacheOn[string](t, tg.NewClient(t), prefix, WithL1(100), WithObserver(obs)), obs
+func hooked[V any](t *testing.T, tg redistest.Target, prefix, op string) (*Cache[V], *onOp) {
+	obs := &onOp{op: op}
+	return newCacheOn[V](t, tg.NewClient(t), prefix, WithL1(100), WithObserver(obs)), obs
 }
 
 // Set (write.go): "Set writes v under key, in Redis and in this instance's
@@ -178,7 +179,7 @@ func TestRedTeamWriteCloseDuringSet(t *testing.T) {
 	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
 		ctx := t.Context()
 		prefix := testPrefix(t)
-		a, obs := setHooked(t, tg, prefix)
+		a, obs := hooked[string](t, tg, prefix, "set")
 		b := newCacheOn[string](t, tg.NewClient(t), prefix, WithL1(100))
 		c := newCacheOn[string](t, tg.NewClient(t), prefix, WithL1(100))
 		plain := plainInstance(t, tg, prefix)
@@ -223,7 +224,7 @@ func TestRedTeamWriteClearDuringSetLeavesNoL1Copy(t *testing.T) {
 	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
 		ctx := t.Context()
 		prefix := testPrefix(t)
-		a, obs := setHooked(t, tg, prefix)
+		a, obs := hooked[string](t, tg, prefix, "set")
 		b := newCacheOn[string](t, tg.NewClient(t), prefix, WithL1(100))
 		waitSubscribed(t, a, b)
 		cleared := false
