@@ -34,7 +34,9 @@
 //     lost in a failover) ends Run with [ErrSlotNotFound]. Publications
 //     that would hide changes are refused ([ErrPublication]): a followed
 //     partitioned table without publish_via_partition_root (Create sets
-//     it), a row filter.
+//     it), a row filter; so is a publication dropped under the live slot.
+//     Two cases are not yet refused (docs/COMMITLOG.md, "Known gaps"): a
+//     TRUNCATE of one partition, and rows of INHERITS children.
 //   - Lag is observable: the commit-to-invalidation delay and the slot's
 //     lag in bytes, with an alarm past [Options.MaxLag], in
 //     [Follower.Stats] and, as they happen, through [Options.Observer] to

@@ -246,6 +246,56 @@ func TestSlotDroppedWhileFollowing(t *testing.T) {
 	}
 }
 
+// Run "returns an error only when it cannot go on: ... the publication is
+// missing" (follower.go). A publication dropped under a live slot and then
+// re-created, as ErrPublication's message tells the operator, is still
+// missing for the changes written while it was gone: the walsender fails
+// with 42704 on every attempt. Run used to retry for ever (never returning,
+// confirming nothing, the WAL piling up); it now returns ErrPublication.
+func TestPublicationRecreatedUnderTheSlot(t *testing.T) {
+	pg := newPG(t)
+	m := productsTable(t, pg, "items", 3)
+	pg.exec(t, `CREATE PUBLICATION pub FOR TABLE items`)
+	pg.exec(t, `SELECT pg_create_logical_replication_slot('slot', 'pgoutput')`)
+	opts := tiercachepg.Options{
+		Slot: "slot", Publication: "pub", Tables: []string{"items"},
+		Map: m, Invalidate: func(context.Context, tiercache.Invalidation) error { return nil },
+		StatusInterval: 20 * time.Millisecond, MaxBackoff: 50 * time.Millisecond,
+	}
+	r := startFollower(t, pg.dsn, opts)
+	waitUntilStreaming(t, r)
+	pg.exec(t, `DROP PUBLICATION pub`)
+	pg.exec(t, `UPDATE items SET version = 1 WHERE id = 2`)
+	select {
+	case err := <-r.errc:
+		r.errc = nil
+		if !errors.Is(err, tiercachepg.ErrPublication) {
+			t.Fatalf("first follower: Run = %v, want ErrPublication", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("first follower still running 30s after its publication was dropped")
+	}
+	pg.exec(t, `CREATE PUBLICATION pub FOR TABLE items`)
+	pg.exec(t, `UPDATE items SET version = 1 WHERE id = 3`)
+	r2 := startFollower(t, pg.dsn, opts)
+	var err error
+	waitUntil(t, "Run to return, or 20 failed streams", func() bool {
+		select {
+		case err = <-r2.errc:
+			r2.errc = nil
+			return true
+		default:
+			return r2.f.Stats().StreamErrors >= 20
+		}
+	})
+	if r2.errc != nil {
+		t.Fatalf("Run retried %d failed streams for a publication the slot cannot see, instead of returning", r2.f.Stats().StreamErrors)
+	}
+	if !errors.Is(err, tiercachepg.ErrPublication) {
+		t.Fatalf("second follower: Run = %v, want ErrPublication", err)
+	}
+}
+
 // waitUntilStreaming waits until r streams, failing the test if Run
 // returns first.
 func waitUntilStreaming(t testing.TB, r *running) {

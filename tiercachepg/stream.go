@@ -660,6 +660,11 @@ func fatal(err error) error {
 		return fmt.Errorf("%w: %w", ErrSlotUnusable, err)
 	case pgErr.Code == "3D000": // invalid_catalog_name: no such database
 		return fmt.Errorf("%w: %w", ErrInvalidOption, err)
+	case pgErr.Code == "42704" && strings.Contains(pgErr.Message, "publication"):
+		// Mid-stream: the slot decodes its changes under the catalog as it
+		// was when they were written, so a publication dropped under it
+		// stays missing for them even once re-created: no retry helps.
+		return fmt.Errorf("%w: %w (a publication dropped under a live slot: create a new slot and Clear the cache)", ErrPublication, err)
 	}
 	return nil
 }
