@@ -244,3 +244,55 @@ func async(read func() (string, error)) <-chan string {
 	}()
 	return ch
 }
+
+// failTagReads fails, while armed, every command that names a tag key, as
+// a dead or timing-out node that holds the tags would.
+type failTagReads struct {
+	mu    sync.Mutex
+	armed bool
+}
+
+func (h *failTagReads) arm(on bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.armed = on
+}
+
+var errTagNodeDown = errors.New("injected: tag node down")
+
+func (h *failTagReads) hit(cmds ...redis.Cmder) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, cmd := range cmds {
+		for _, a := range cmd.Args() {
+			if s, ok := a.(string); ok && h.armed && strings.Contains(s, ":__tag:") {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func (*failTagReads) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h *failTagReads) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if h.hit(cmd) {
+			cmd.SetErr(errTagNodeDown)
+			return errTagNodeDown
+		}
+		return next(ctx, cmd)
+	}
+}
+
+func (h *failTagReads) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		if h.hit(cmds...) {
+			for _, c := range cmds {
+				c.SetErr(errTagNodeDown)
+			}
+			return errTagNodeDown
+		}
+		return next(ctx, cmds)
+	}
+}

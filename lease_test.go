@@ -405,10 +405,7 @@ func TestRefresh(t *testing.T) {
 func TestRefreshDuringCloseStillTellsTheOthers(t *testing.T) {
 	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
 		ctx := t.Context()
-		prefix := testPrefix(t)
-		a, obs := hooked[int](t, tg, prefix, "fill")
-		b := newCacheOn[int](t, tg.NewClient(t), prefix, WithL1(100))
-		waitSubscribed(t, a, b)
+		a, b, obs := hookedPair[int](t, tg, "fill")
 		mustSet(t, a, "k", 1)
 		if v, err := b.Get(ctx, "k"); err != nil || v != 1 { // now in b's L1
 			t.Fatalf("b: %d, %v", v, err)

@@ -1,11 +1,11 @@
 package tiercache
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"runtime/pprof"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -382,17 +382,17 @@ func labelProbe(started chan<- struct{}, release <-chan struct{}) {
 // labelProbe ("" for none), from a goroutine profile.
 func probeLabels(t *testing.T) string {
 	t.Helper()
-	var b strings.Builder
+	var b bytes.Buffer
 	if err := pprof.Lookup("goroutine").WriteTo(&b, 1); err != nil {
 		t.Fatal(err)
 	}
-	for _, rec := range strings.Split(b.String(), "\n\n") {
-		if !strings.Contains(rec, "tiercache.labelProbe") {
+	for rec := range bytes.SplitSeq(b.Bytes(), []byte("\n\n")) {
+		if !bytes.Contains(rec, []byte("tiercache.labelProbe")) {
 			continue
 		}
-		for _, line := range strings.Split(rec, "\n") {
-			if l, ok := strings.CutPrefix(line, "# labels: "); ok {
-				return l
+		for line := range bytes.SplitSeq(rec, []byte("\n")) {
+			if l, ok := bytes.CutPrefix(line, []byte("# labels: ")); ok {
+				return string(l)
 			}
 		}
 		return ""

@@ -162,11 +162,15 @@ func (o *onOp) Redis(op string, _ time.Duration, _ error) {
 	}
 }
 
-// hooked is an instance of V with L1 under prefix whose first op round
-// trip after the hook's arm runs what it was armed with.
-func hooked[V any](t *testing.T, tg redistest.Target, prefix, op string) (*Cache[V], *onOp) {
-	obs := &onOp{op: op}
-	return newCacheOn[V](t, tg.NewClient(t), prefix, WithL1(100), WithObserver(obs)), obs
+// hookedPair is two subscribed instances of V with L1 under one prefix;
+// the first one's first op round trip after the hook's arm runs what it
+// was armed with.
+func hookedPair[V any](t *testing.T, tg redistest.Target, op string) (a, b *Cache[V], obs *onOp) {
+	obs, prefix := &onOp{op: op}, testPrefix(t)
+	a = newCacheOn[V](t, tg.NewClient(t), prefix, WithL1(100), WithObserver(obs))
+	b = newCacheOn[V](t, tg.NewClient(t), prefix, WithL1(100))
+	waitSubscribed(t, a, b)
+	return a, b, obs
 }
 
 // Set (write.go): "Set writes v under key, in Redis and in this instance's
@@ -178,12 +182,10 @@ func hooked[V any](t *testing.T, tg redistest.Target, prefix, op string) (*Cache
 func TestRedTeamWriteCloseDuringSet(t *testing.T) {
 	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
 		ctx := t.Context()
-		prefix := testPrefix(t)
-		a, obs := hooked[string](t, tg, prefix, "set")
-		b := newCacheOn[string](t, tg.NewClient(t), prefix, WithL1(100))
-		c := newCacheOn[string](t, tg.NewClient(t), prefix, WithL1(100))
-		plain := plainInstance(t, tg, prefix)
-		waitSubscribed(t, a, b, c)
+		a, b, obs := hookedPair[string](t, tg, "set")
+		c := newCacheOn[string](t, tg.NewClient(t), a.cfg.prefix, WithL1(100))
+		plain := plainInstance(t, tg, a.cfg.prefix)
+		waitSubscribed(t, c)
 		b0 := b.Stats().Count(EventInvalidationReceived)
 		mustSet(t, c, "k", "old")
 		// c's own message must be in at b before b fills its L1.
@@ -223,10 +225,7 @@ func TestRedTeamWriteCloseDuringSet(t *testing.T) {
 func TestRedTeamWriteClearDuringSetLeavesNoL1Copy(t *testing.T) {
 	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
 		ctx := t.Context()
-		prefix := testPrefix(t)
-		a, obs := hooked[string](t, tg, prefix, "set")
-		b := newCacheOn[string](t, tg.NewClient(t), prefix, WithL1(100))
-		waitSubscribed(t, a, b)
+		a, b, obs := hookedPair[string](t, tg, "set")
 		cleared := false
 		obs.arm(func() { // between a's Redis write and its L1 fill
 			before := a.Stats().Count(EventInvalidationReceived)
@@ -241,7 +240,7 @@ func TestRedTeamWriteClearDuringSetLeavesNoL1Copy(t *testing.T) {
 		if !cleared {
 			t.Fatal("the Clear did not run during the Set")
 		}
-		if v, err := plainInstance(t, tg, prefix).Get(ctx, "k"); !errors.Is(err, ErrMiss) {
+		if v, err := plainInstance(t, tg, a.cfg.prefix).Get(ctx, "k"); !errors.Is(err, ErrMiss) {
 			t.Fatalf("Redis after the Clear: %q, %v; want a miss", v, err)
 		}
 		if v, err := a.Get(ctx, "k"); !errors.Is(err, ErrMiss) {

@@ -11,8 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/tiercache/tiercache/internal/redistest"
 )
 
@@ -402,47 +400,6 @@ func TestTagsSetInvalidateRace(t *testing.T) {
 	})
 }
 
-// failTagReads fails, while armed, every command that names a tag key, as
-// a dead or timing-out node that holds the tags would.
-type failTagReads struct{ armed atomic.Bool }
-
-var errTagNodeDown = errors.New("injected: tag node down")
-
-func (h *failTagReads) hit(cmds ...redis.Cmder) bool {
-	for _, cmd := range cmds {
-		for _, a := range cmd.Args() {
-			if s, ok := a.(string); ok && h.armed.Load() && strings.Contains(s, ":__tag:") {
-				return true
-			}
-		}
-	}
-	return false
-}
-
-func (*failTagReads) DialHook(next redis.DialHook) redis.DialHook { return next }
-
-func (h *failTagReads) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error {
-		if h.hit(cmd) {
-			cmd.SetErr(errTagNodeDown)
-			return errTagNodeDown
-		}
-		return next(ctx, cmd)
-	}
-}
-
-func (h *failTagReads) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return func(ctx context.Context, cmds []redis.Cmder) error {
-		if h.hit(cmds...) {
-			for _, c := range cmds {
-				c.SetErr(errTagNodeDown)
-			}
-			return errTagNodeDown
-		}
-		return next(ctx, cmds)
-	}
-}
-
 // Get (read.go): "A Redis failure is an error that wraps both [ErrMiss] and
 // [ErrRedis]"; GetMany likewise. A tagged value whose tags cannot be read
 // (on a cluster the tag key lives in another slot, so its node can be down
@@ -461,8 +418,8 @@ func TestTagReadFailureIsARedisFailure(t *testing.T) {
 		if v, err := c.Get(ctx, "tagged"); err != nil || v != "v" {
 			t.Fatalf("control: Get(tagged) = %q, %v", v, err)
 		}
-		h.armed.Store(true)
-		defer h.armed.Store(false)
+		h.arm(true)
+		defer h.arm(false)
 		s0 := c.Stats()
 		if _, err := c.Get(ctx, "tagged"); !errors.Is(err, ErrRedis) || !errors.Is(err, ErrMiss) {
 			t.Fatalf("Get with its tags unreadable = %v, want ErrMiss and ErrRedis", err)
