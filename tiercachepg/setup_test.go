@@ -266,29 +266,16 @@ func TestPublicationRecreatedUnderTheSlot(t *testing.T) {
 	waitUntilStreaming(t, r)
 	pg.exec(t, `DROP PUBLICATION pub`)
 	pg.exec(t, `UPDATE items SET version = 1 WHERE id = 2`)
-	select {
-	case err := <-r.errc:
-		r.errc = nil
-		if !errors.Is(err, tiercachepg.ErrPublication) {
-			t.Fatalf("first follower: Run = %v, want ErrPublication", err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("first follower still running 30s after its publication was dropped")
+	err := redistest.Receive(t, r.errc, 30*time.Second, "the first follower's Run to return after its publication was dropped")
+	r.errc = nil
+	if !errors.Is(err, tiercachepg.ErrPublication) {
+		t.Fatalf("first follower: Run = %v, want ErrPublication", err)
 	}
 	pg.exec(t, `CREATE PUBLICATION pub FOR TABLE items`)
 	pg.exec(t, `UPDATE items SET version = 1 WHERE id = 3`)
 	r2 := startFollower(t, pg.dsn, opts)
-	var err error
-	waitUntil(t, "Run to return, or 20 failed streams", func() bool {
-		select {
-		case err = <-r2.errc:
-			r2.errc = nil
-			return true
-		default:
-			return r2.f.Stats().StreamErrors >= 20
-		}
-	})
-	if r2.errc != nil {
+	returned, err := returnedOr(t, r2, "Run to return, or 20 failed streams", func() bool { return r2.f.Stats().StreamErrors >= 20 })
+	if !returned {
 		t.Fatalf("Run retried %d failed streams for a publication the slot cannot see, instead of returning", r2.f.Stats().StreamErrors)
 	}
 	if !errors.Is(err, tiercachepg.ErrPublication) {
@@ -300,19 +287,25 @@ func TestPublicationRecreatedUnderTheSlot(t *testing.T) {
 // returns first.
 func waitUntilStreaming(t testing.TB, r *running) {
 	t.Helper()
-	var err error
-	waitUntil(t, "streaming", func() bool {
-		select {
-		case err = <-r.errc:
-			r.errc = nil
-			return true
-		default:
-			return r.f.Stats().Streaming
-		}
-	})
-	if r.errc == nil {
+	if returned, err := returnedOr(t, r, "streaming", func() bool { return r.f.Stats().Streaming }); returned {
 		t.Fatalf("Run = %v before streaming", err)
 	}
+}
+
+// returnedOr waits until r's Run returns (true, and its error) or cond
+// holds (false).
+func returnedOr(t testing.TB, r *running, what string, cond func() bool) (returned bool, err error) {
+	t.Helper()
+	waitUntil(t, what, func() bool {
+		select {
+		case err = <-r.errc:
+			r.errc, returned = nil, true
+			return true
+		default:
+			return cond()
+		}
+	})
+	return returned, err
 }
 
 func slotExists(t testing.TB, pg *pgEnv, slot string) bool {
