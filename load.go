@@ -905,9 +905,11 @@ func (c *Cache[V]) loadAndFill(ctx context.Context, ks []*keyLoad[V], mode fillM
 				keep[i], es[i].softExp = false, nowU
 			}
 		}
-		// Before the Refresh returns, as a Set's; not cut short by Close
-		// (ctx is the load's): the value is in Redis, the message must go.
-		_ = c.inv.send(context.WithoutCancel(ctx), announced, nil, false)
+		if len(announced) > 0 {
+			// Before the Refresh returns, as a Set's; not cut short by Close
+			// (ctx is the load's): the value is in Redis, the message must go.
+			_ = c.inv.send(context.WithoutCancel(ctx), announced, nil, false)
+		}
 	}
 	if outage {
 		// Redis did not take the values: L1 keeps them for the outage TTL,
