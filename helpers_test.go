@@ -17,6 +17,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/tiercache/tiercache/internal/pubsub"
 	"github.com/tiercache/tiercache/internal/redistest"
 )
 
@@ -221,7 +222,7 @@ func leaseHolderAndWaiter(t *testing.T, tg redistest.Target) (holder, waiter *Ca
 
 // isEcho reports whether payload is one of the messages an invalidation
 // subscriber sends itself to check its subscription.
-func isEcho(payload string) bool { return strings.HasPrefix(payload, echoPrefix) }
+func isEcho(payload string) bool { return strings.HasPrefix(payload, pubsub.EchoPrefix) }
 
 func waitDone(t testing.TB, wg *sync.WaitGroup, d time.Duration) bool {
 	return redistest.WaitDone(t, wg, d)

@@ -3,10 +3,8 @@ package tiercache
 import (
 	"context"
 	"crypto/rand"
-	"errors"
 	"fmt"
 	"log/slog"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -15,6 +13,7 @@ import (
 
 	"github.com/tiercache/tiercache/internal/envelope"
 	"github.com/tiercache/tiercache/internal/msg"
+	"github.com/tiercache/tiercache/internal/pubsub"
 	"github.com/tiercache/tiercache/internal/store"
 	"github.com/tiercache/tiercache/internal/wake"
 )
@@ -388,7 +387,7 @@ func (iv *invalidator) keep(sub *subscription) {
 			err = ps.Subscribe(iv.life, sub.channels...)
 		}
 		if err == nil {
-			confirmed, err = iv.receive(ps, sub)
+			confirmed, err = iv.receiver(sub).Receive(iv.life, ps)
 		}
 		// Down as soon as it is known to be (messages may be lost from
 		// here on), before the round trips below.
@@ -422,97 +421,12 @@ func (iv *invalidator) keep(sub *subscription) {
 	}
 }
 
-// receive reads the subscription until it fails or stalls. It reports
-// whether the subscription had been confirmed.
-//
-// Two checks, once per health interval each. Silence is answered with a
-// ping: a dead connection fails it, a stalled one stays silent. And an
-// echo: the instance publishes a message to itself through the client its
-// writes use, and must hear it back within an interval. That catches what
-// a ping cannot: a live connection to a server the writes no longer reach,
-// as after a Sentinel failover (go-redis moves its command connections to
-// the new master but not a subscription) or a split brain.
-func (iv *invalidator) receive(ps *redis.PubSub, sub *subscription) (confirmed bool, err error) {
-	subscribed := 0
-	lastHeard, pingAt := time.Now(), time.Time{}
-	var echo string              // the echo in flight, "" for none
-	var echoAt time.Time         // when it was sent
-	nextEcho := time.Time{}      // when the next one goes (zero until confirmed)
-	var echoFailed chan struct{} // closed when the echo in flight could not be sent
-	for seq := 0; ; {
-		now := time.Now()
-		if echo != "" {
-			select {
-			case <-echoFailed:
-				echo = ""
-			default:
-			}
-		}
-		if echo != "" && now.Sub(echoAt) > iv.interval {
-			return confirmed, errors.New("own echo not heard back: subscribed to a server the writes no longer reach")
-		}
-		if echo == "" && confirmed && now.After(nextEcho) {
-			seq++
-			echo = fmt.Sprintf("%s%x:%d", echoPrefix, iv.id, seq)
-			echoAt, nextEcho = now, now.Add(iv.interval)
-			// Sent aside, so that a slow Redis does not hold up the reads
-			// that notice a stall. If it cannot be sent, writes fail too:
-			// the breaker and the outage rules handle that, and the echo is
-			// not waited for.
-			failed := make(chan struct{})
-			iv.wg.Add(1)
-			go func(echo string) {
-				defer iv.wg.Done()
-				if err := iv.st.Publish(iv.life, sub.channels[0], []byte(echo), sub.sharded); err != nil {
-					close(failed)
-				}
-			}(echo)
-			echoFailed = failed
-		}
-		// Wake for the next echo, or for the deadline of the one in flight;
-		// never for less than 50ms: a read deadline that cuts a message
-		// short would break the connection.
-		wait := iv.interval
-		if confirmed && echo == "" {
-			wait = min(wait, time.Until(nextEcho))
-		} else if echo != "" {
-			wait = min(wait, time.Until(echoAt.Add(iv.interval)))
-		}
-		wait = max(wait, 50*time.Millisecond)
-		m, err := ps.ReceiveTimeout(iv.life, wait)
-		if err != nil {
-			if !store.IsTimeout(err) {
-				return confirmed, err
-			}
-			switch since := time.Since(lastHeard); {
-			case !pingAt.IsZero() && time.Since(pingAt) > iv.interval:
-				return confirmed, errors.New("no answer to ping: subscription stalled")
-			case pingAt.IsZero() && since > iv.interval:
-				// Silence: make the server say something.
-				pingAt = time.Now()
-				if err := ps.Ping(iv.life); err != nil {
-					return confirmed, err
-				}
-				// Quiet is when a lost Clear message is caught up with.
-				_ = iv.st.RefreshGeneration(iv.life)
-			}
-			continue
-		}
-		lastHeard, pingAt = time.Now(), time.Time{}
-		switch m := m.(type) {
-		case *redis.Subscription:
-			switch m.Kind {
-			case "subscribe", "ssubscribe":
-			case "sunsubscribe", "unsubscribe":
-				// The server ended it: the channel's slot moved (a failover,
-				// a resharding). Subscribe again, to the new owner.
-				return confirmed, fmt.Errorf("%s of %s by the server", m.Kind, m.Channel)
-			default:
-				continue
-			}
-			if subscribed++; subscribed < len(sub.channels) {
-				continue
-			}
+// receiver reads sub's connection (see pubsub.Receiver) and acts on what
+// it hears: invalidations are applied, fills wake their waiters.
+func (iv *invalidator) receiver(sub *subscription) *pubsub.Receiver {
+	return &pubsub.Receiver{
+		Channels: len(sub.channels), Interval: iv.interval, ID: fmt.Sprintf("%x", iv.id),
+		Confirmed: func(first bool) {
 			// Anything filled before this point may have missed an
 			// invalidation (or a Clear): learn the generation, flush, then
 			// trust L1 again.
@@ -521,27 +435,28 @@ func (iv *invalidator) receive(ps *redis.PubSub, sub *subscription) (confirmed b
 			if !iv.healthy() {
 				iv.epoch.Add(1) // odd: up
 			}
-			if !confirmed {
-				confirmed = true
-				nextEcho = time.Now().Add(iv.interval)
+			if first {
 				iv.log.Info("tiercache: invalidation subscription up", "channels", sub.channels, "sharded", sub.sharded)
 			}
-		case *redis.Message:
-			switch {
-			case strings.HasPrefix(m.Payload, echoPrefix):
-				if m.Payload == echo {
-					echo = ""
-				}
-			case iv.fills != nil && (m.Channel == iv.st.Layout.Fills() || m.Channel == iv.st.Layout.ShardedFills()):
-				iv.fills.Wake(m.Payload)
-			default:
-				iv.apply(m.Payload)
+		},
+		Message: func(channel, payload string) {
+			if iv.fills != nil && (channel == iv.st.Layout.Fills() || channel == iv.st.Layout.ShardedFills()) {
+				iv.fills.Wake(payload)
+			} else {
+				iv.apply(payload)
 			}
-		case *redis.Pong:
-		}
+		},
+		// Quiet is when a lost Clear message is caught up with.
+		Quiet: func() { _ = iv.st.RefreshGeneration(iv.life) },
+		Echo: func(ctx context.Context, payload []byte) error {
+			return iv.st.Publish(ctx, sub.channels[0], payload, sub.sharded)
+		},
+		Go: func(f func()) {
+			iv.wg.Add(1)
+			go func() {
+				defer iv.wg.Done()
+				f()
+			}()
+		},
 	}
 }
-
-// echoPrefix starts the echo messages the subscriber sends itself (see
-// receive). Other instances ignore them.
-const echoPrefix = "\x00tiercache-echo:"
