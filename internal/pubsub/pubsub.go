@@ -102,7 +102,7 @@ func (r *Receiver) Receive(ctx context.Context, ps *redis.PubSub) (confirmed boo
 		wait = max(wait, 50*time.Millisecond)
 		m, err := ps.ReceiveTimeout(ctx, wait)
 		if err != nil {
-			if !store.IsTimeout(err) { // a timeout: nothing came
+			if !store.IsTimeout(err) { // not a timeout: the connection failed
 				return confirmed, err
 			}
 			switch since := time.Since(lastHeard); {

@@ -23,12 +23,14 @@ func run(t *testing.T, rdb *redis.Client, r *Receiver, channels ...string) <-cha
 	ps := rdb.Subscribe(ctx, channels...)
 	var wg sync.WaitGroup
 	r.Channels = len(channels)
-	r.Go = func(f func()) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			f()
-		}()
+	if r.Go == nil {
+		r.Go = func(f func()) {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				f()
+			}()
+		}
 	}
 	done, returned := make(chan error, 1), make(chan struct{})
 	go func() {
@@ -86,13 +88,34 @@ func TestReceiveDeliversMessagesAndKeepsTheEchoToItself(t *testing.T) {
 			t.Fatalf("got %q, want %q", m, want)
 		}
 	}
-	echoes.Wait() // two echoes sent, so the first was heard back
+	// Two echoes sent, so the first was heard back.
+	within(t, "a second echo", func() { echoes.Wait() })
 	select {
 	case err := <-done:
 		t.Fatalf("Receive returned while its echoes came back: %v", err)
 	case m := <-got:
 		t.Fatalf("an echo reached Message: %q", m)
 	case <-time.After(2 * r.Interval):
+	}
+	// Confirmed once both channels were, not once per channel.
+	if n := len(confirmed); n != 0 {
+		t.Fatalf("confirmed %d more times", n)
+	}
+}
+
+// within runs wait, and fails the test if it has not returned in a minute:
+// a bound for a broken behaviour, not for a slow machine.
+func within(t *testing.T, what string, wait func()) {
+	t.Helper()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		wait()
+	}()
+	select {
+	case <-done:
+	case <-time.After(time.Minute):
+		t.Fatalf("no %s in a minute", what)
 	}
 }
 
@@ -112,17 +135,21 @@ func TestReceiveEndsWhenItsEchoIsNotHeard(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := &Receiver{
-				Interval: 50 * time.Millisecond, ID: "me",
+				// Long enough that a ping is answered in time on a busy
+				// machine: a late pong would end Receive as a stall.
+				Interval: time.Second, ID: "me",
 				Confirmed: func(bool) {}, Message: func(string, string) {}, Quiet: func() {},
-				// Published nowhere: as if to another server.
+				// Published nowhere: as if to another server. Sent inline, so
+				// that a failed send is seen at once.
 				Echo: func(context.Context, []byte) error { return tc.sendErr },
+				Go:   func(f func()) { f() },
 			}
 			done := run(t, rdb, r, ch)
 			if !tc.ends {
 				select {
 				case err := <-done:
 					t.Fatalf("Receive returned over an echo it could not send: %v", err)
-				case <-time.After(10 * r.Interval):
+				case <-time.After(4 * r.Interval):
 				}
 				return
 			}
@@ -158,11 +185,13 @@ func TestReceiveEndsWhenTheServerUnsubscribes(t *testing.T) {
 		_, err := r.Receive(ctx, ps)
 		done <- err
 	}()
-	<-confirmed
+	within(t, "confirmation", func() { <-confirmed })
 	if err := ps.Unsubscribe(ctx, ch); err != nil {
 		t.Fatal(err)
 	}
-	if err := <-done; err == nil || !strings.Contains(err.Error(), "unsubscribe of "+ch) {
+	var err error
+	within(t, "return from Receive after the unsubscribe", func() { err = <-done })
+	if err == nil || !strings.Contains(err.Error(), "unsubscribe of "+ch) {
 		t.Fatalf("Receive returned %v, want the unsubscribe", err)
 	}
 }
