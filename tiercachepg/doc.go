@@ -34,9 +34,14 @@
 //     lost in a failover) ends Run with [ErrSlotNotFound]. Publications
 //     that would hide changes are refused ([ErrPublication]): a followed
 //     partitioned table without publish_via_partition_root (Create sets
-//     it), a row filter; so is a publication dropped under the live slot.
-//     Two cases are not yet refused (docs/COMMITLOG.md, "Known gaps"): a
-//     TRUNCATE of one partition, and rows of INHERITS children.
+//     it), a row filter, a followed table whose INHERITS children are not
+//     followed too (their rows come under their own names); so is a
+//     publication dropped under the live slot, and, checked again every
+//     [Options.LagInterval] while streaming, a publication changed under
+//     the stream so that it hides changes. One case cannot be refused
+//     and is warned of at start (docs/COMMITLOG.md, "Known gaps"): under
+//     publish_via_partition_root, PostgreSQL does not send a TRUNCATE of
+//     one partition of a followed partitioned table.
 //   - Lag is observable: the commit-to-invalidation delay and the slot's
 //     lag in bytes, with an alarm past [Options.MaxLag], in
 //     [Follower.Stats] and, as they happen, through [Options.Observer] to

@@ -37,7 +37,8 @@ var (
 	// (and [Options.Create] is off), does not include every table of
 	// [Options.Tables], or does not publish inserts, updates and deletes,
 	// or would hide changes of a followed table: a partitioned table
-	// published without publish_via_partition_root, a row filter; and when
+	// published without publish_via_partition_root, a row filter, INHERITS
+	// children not in Options.Tables (with Create too); and when
 	// the stream finds the publication missing for changes written while
 	// it was dropped (re-creating it does not help those: see fatal).
 	ErrPublication = errors.New("tiercachepg: publication missing or incomplete")

@@ -96,7 +96,9 @@ func copyParams(m map[string]string) map[string]string {
 //
 // Run returns an error only when it cannot go on: the slot or the
 // publication is missing or wrong ([ErrSlotNotFound], [ErrSlotUnusable],
-// [ErrPublication]), PostgreSQL refuses the role ([ErrPermission]),
+// [ErrPublication], also for a publication changed while Run streams so
+// that it hides changes, checked every Options.LagInterval),
+// PostgreSQL refuses the role ([ErrPermission]),
 // Invalidate reports a closed cache (tiercache.ErrClosed), Run is already
 // running ([ErrRunning]) or the follower is closed ([ErrClosed]). Redis
 // and network errors are retried, never returned. Run may be called again
@@ -127,8 +129,8 @@ func (f *Follower) Run(ctx context.Context) error {
 	}()
 
 	// Three goroutines: stream (this one), apply and the lag poll. The
-	// first of stream and apply to fail ends the run with its error as
-	// the cause; every one of them returns when ctx ends.
+	// first of them to fail ends the run with its error as the cause;
+	// every one of them returns when ctx ends.
 	r := newRun(f)
 	var wg sync.WaitGroup
 	wg.Go(func() {
@@ -136,7 +138,11 @@ func (f *Follower) Run(ctx context.Context) error {
 			stop(err)
 		}
 	})
-	wg.Go(func() { r.pollLag(ctx) })
+	wg.Go(func() {
+		if err := r.pollLag(ctx); err != nil {
+			stop(err)
+		}
+	})
 	if err := r.stream(ctx); err != nil {
 		stop(err)
 	}

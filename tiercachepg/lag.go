@@ -11,8 +11,10 @@ import (
 // pollLag reads the slot's lag every LagInterval, on a plain session of
 // its own (the replication connection is busy streaming, and may be down
 // or blocked while the cache is unreachable, which is when the lag
-// matters), and reports a lag above MaxLag.
-func (r *run) pollLag(ctx context.Context) {
+// matters), and reports a lag above MaxLag. While the follower streams it
+// also checks again what could change under the stream and hide changes
+// (see recheck), and returns that ErrPublication.
+func (r *run) pollLag(ctx context.Context) error {
 	var conn *pgconn.PgConn
 	defer func() {
 		if conn != nil {
@@ -25,9 +27,15 @@ func (r *run) pollLag(ctx context.Context) {
 	defer tick.Stop()
 	for {
 		conn = r.pollLagOnce(ctx, conn)
+		if conn != nil && r.f.c.streaming.Load() {
+			if err := r.recheck(ctx, conn); err != nil {
+				r.log.Error("tiercachepg: cannot follow the slot", "slot", r.cfg.Slot, "err", err)
+				return err
+			}
+		}
 		select {
 		case <-ctx.Done():
-			return
+			return nil
 		case <-tick.C:
 		}
 	}

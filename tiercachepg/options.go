@@ -116,7 +116,8 @@ type Options struct {
 	// when it comes back under it, from the follower's lag goroutine.
 	OnLag func(Lag)
 	// LagInterval is how often the slot's lag is read from
-	// pg_replication_slots (on a connection of its own); 10s by default.
+	// pg_replication_slots (on a connection of its own), and the
+	// publication checked again (see Run); 10s by default.
 	LagInterval time.Duration
 	// StatusInterval is how often the follower reports its position to the
 	// server (and asks for the server's); 1s by default, and at most a

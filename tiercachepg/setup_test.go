@@ -1,8 +1,11 @@
 package tiercachepg_test
 
 import (
+	"cmp"
 	"context"
 	"errors"
+	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -28,6 +31,12 @@ func TestSetupErrors(t *testing.T) {
 	pg.exec(t, `CREATE TABLE parted_1 PARTITION OF parted FOR VALUES FROM (0) TO (1000)`)
 	pg.exec(t, `CREATE PUBLICATION byleaf FOR TABLE parted`)
 	pg.exec(t, `CREATE PUBLICATION filtered FOR TABLE items WHERE (id < 5)`)
+	pg.exec(t, `CREATE TABLE base (id int PRIMARY KEY)`)
+	pg.exec(t, `CREATE TABLE derived (extra int) INHERITS (base)`)
+	pg.exec(t, `CREATE TABLE derived2 () INHERITS (derived)`)
+	pg.exec(t, `CREATE PUBLICATION inherited FOR TABLE base`)
+	pg.exec(t, `CREATE TABLE ubase (id int PRIMARY KEY)`)
+	pg.exec(t, `CREATE UNLOGGED TABLE uchild () INHERITS (ubase)`)
 	noop := func(context.Context, tiercache.Invalidation) error { return nil }
 
 	for _, tc := range []struct {
@@ -55,6 +64,16 @@ func TestSetupErrors(t *testing.T) {
 			tiercachepg.ErrPublication, "ALTER PUBLICATION byleaf SET (publish_via_partition_root = true)"},
 		{"row filter", pg.dsn, tiercachepg.Options{Slot: "slot", Publication: "filtered", Tables: []string{"items"}},
 			tiercachepg.ErrPublication, "row filter"},
+		// The rows of INHERITS children come under the children's names.
+		{"an INHERITS child not followed", pg.dsn, tiercachepg.Options{Slot: "slot", Publication: "inherited", Tables: []string{"base"}},
+			tiercachepg.ErrPublication, `"public"."derived" INHERITS from the followed "public"."base"`},
+		{"an INHERITS grandchild not followed", pg.dsn, tiercachepg.Options{Slot: "slot", Publication: "inherited", Tables: []string{"base", "derived"}},
+			tiercachepg.ErrPublication, `"public"."derived2" INHERITS`},
+		{"an INHERITS child not followed, with Create", pg.dsn,
+			tiercachepg.Options{Slot: "slot", Publication: "inhfresh", Tables: []string{"base"}, Create: true},
+			tiercachepg.ErrPublication, `"public"."derived" INHERITS`},
+		{"an unlogged INHERITS child, followed or not", pg.dsn, tiercachepg.Options{Slot: "slot", Publication: "pub", Tables: []string{"ubase", "uchild"}},
+			tiercachepg.ErrPublication, `"public"."uchild" INHERITS from the followed "public"."ubase" and is unlogged`},
 		{"a setting the server does not know in the DSN", pg.dsn + "&no_such_setting=1",
 			tiercachepg.Options{Slot: "slot", Publication: "pub", Tables: []string{"items"}},
 			tiercachepg.ErrInvalidOption, "no_such_setting"},
@@ -201,15 +220,72 @@ func TestPartitionedTable(t *testing.T) {
 	if err := c.Set(context.Background(), "items:1", 0); err != nil {
 		t.Fatal(err)
 	}
+	// A TRUNCATE of one partition is not sent under
+	// publish_via_partition_root: the follower says so when it starts.
+	log, warned := countLogs(t, "TRUNCATE of one partition")
 	r := startFollower(t, pg.dsn, tiercachepg.Options{
 		Slot: "slot", Publication: "pub", Tables: []string{"items"}, Create: true,
-		Map: m, Invalidate: c.Invalidate, StatusInterval: 20 * time.Millisecond,
+		Map: m, Invalidate: c.Invalidate, StatusInterval: 20 * time.Millisecond, Logger: log,
 	})
 	waitUntilStreaming(t, r)
 	pg.exec(t, `UPDATE items SET version = 1 WHERE id = 1`)
 	waitConfirmed(t, r.f, pg.lsn(t))
 	if _, found := cached(t, c, "items:1"); found {
 		t.Errorf("items:1 still cached (ignored changes %d)", r.f.Stats().Ignored)
+	}
+	if warned.Load() == 0 {
+		t.Error("no warning that a partition's TRUNCATE is not sent")
+	}
+}
+
+// TestInheritedTables: a followed table's INHERITS children, followed too,
+// have their rows' changes invalidated under their own names (a follower
+// of the parent alone is refused: TestSetupErrors).
+func TestInheritedTables(t *testing.T) {
+	pg := newPG(t)
+	pg.exec(t, `CREATE TABLE base (id int PRIMARY KEY, version int NOT NULL)`)
+	pg.exec(t, `CREATE TABLE derived (extra int, PRIMARY KEY (id)) INHERITS (base)`) // a child does not inherit the key
+	pg.exec(t, `INSERT INTO base VALUES (1, 0)`)
+	pg.exec(t, `INSERT INTO derived VALUES (2, 0, 0)`)
+	m, err := tiercachepg.KeyPattern(
+		tiercachepg.Table{Name: "base", Key: "items:{id}"},
+		tiercachepg.Table{Name: "derived", Key: "items:{id}"},
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := newCache(t, redistest.SharedServer(t).Client(t, ctxTimeout), prefix(t))
+	for _, k := range []string{"items:1", "items:2"} {
+		if err := c.Set(context.Background(), k, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := startFollower(t, pg.dsn, tiercachepg.Options{
+		Slot: "slot", Publication: "pub", Tables: []string{"base", "derived"}, Create: true,
+		Map: m, Invalidate: c.Invalidate, StatusInterval: 20 * time.Millisecond, LagInterval: 20 * time.Millisecond,
+	})
+	waitUntilStreaming(t, r)
+	// Another session's temporary child (which would have made CREATE
+	// PUBLICATION fail): never decoded, not to be followed. Polled
+	// meanwhile, it ends nothing.
+	temp, err := pg.pool.Acquire(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer temp.Release()
+	if _, err := temp.Exec(context.Background(), `CREATE TEMP TABLE scratch () INHERITS (base)`); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond)        // a few polls (fewer on a busy machine: a weaker test, never a false failure)
+	pg.exec(t, `UPDATE base SET version = 1`) // both rows: the child's through its parent
+	waitConfirmed(t, r.f, pg.lsn(t))
+	for _, k := range []string{"items:1", "items:2"} {
+		if _, found := cached(t, c, k); found {
+			t.Errorf("%s still cached (ignored changes %d)", k, r.f.Stats().Ignored)
+		}
+	}
+	if n := r.f.Stats().Ignored; n != 0 {
+		t.Errorf("%d changes ignored", n)
 	}
 }
 
@@ -334,5 +410,53 @@ func TestColumnListWarns(t *testing.T) {
 	waitUntilStreaming(t, r)
 	if warnings.Load() == 0 {
 		t.Error("no warning about the column list")
+	}
+}
+
+// What the setup check refuses, done while the follower streams, ends Run
+// with ErrPublication within a poll (LagInterval): the setup check runs
+// only at each (re)connect, and the server stops sending the changes the
+// publication no longer covers, so the follower would go on confirming a
+// gap. A table taken out and put back between two polls is caught too, by
+// its new membership row.
+func TestPublicationChangedWhileStreaming(t *testing.T) {
+	pg := newPG(t)
+	for i, tc := range []struct {
+		name  string
+		sql   []string      // %[1]s is the table, %[2]s the publication; one statement each
+		lag   time.Duration // the LagInterval
+		words []string      // the error mentions one of them
+	}{
+		{"table taken out", []string{`ALTER PUBLICATION %[2]s DROP TABLE %[1]s`}, 0, []string{"lacks"}},
+		// Within one poll, almost always (a poll between the statements
+		// sees the table missing).
+		{"table taken out and put back", []string{
+			`ALTER PUBLICATION %[2]s DROP TABLE %[1]s`, `UPDATE %[1]s SET version = 1 WHERE id = 2`, `ALTER PUBLICATION %[2]s ADD TABLE %[1]s`,
+		}, time.Second, []string{"was replaced", "lacks"}},
+		{"updates no longer published", []string{`ALTER PUBLICATION %[2]s SET (publish = 'insert')`}, 0, []string{"does not publish inserts, updates and deletes"}},
+		{"a row filter added", []string{`ALTER PUBLICATION %[2]s SET TABLE %[1]s WHERE (id < 2)`}, 0, []string{"row filter"}},
+		{"a new INHERITS child", []string{`CREATE TABLE %[1]s_child () INHERITS (%[1]s)`}, 0, []string{"_child\" INHERITS"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tbl, pub := fmt.Sprintf("items%d", i), fmt.Sprintf("pub%d", i)
+			m := productsTable(t, pg, tbl, 3)
+			r := startFollower(t, pg.dsn, tiercachepg.Options{
+				Slot: fmt.Sprintf("slot%d", i), Publication: pub, Tables: []string{tbl}, Create: true,
+				Map: m, Invalidate: func(context.Context, tiercache.Invalidation) error { return nil },
+				StatusInterval: 20 * time.Millisecond, LagInterval: cmp.Or(tc.lag, 50*time.Millisecond),
+			})
+			waitUntilStreaming(t, r)
+			for _, q := range tc.sql {
+				pg.exec(t, fmt.Sprintf(q, tbl, pub))
+			}
+			deadline := time.Now().Add(time.Minute) // a generous bound: it is seen within a LagInterval
+			returned, err := returnedOr(t, r, "Run to return", func() bool { return time.Now().After(deadline) })
+			if !returned {
+				t.Fatal("Run still streaming a minute after the publication stopped covering the table")
+			}
+			if !errors.Is(err, tiercachepg.ErrPublication) || !slices.ContainsFunc(tc.words, func(w string) bool { return strings.Contains(err.Error(), w) }) {
+				t.Fatalf("Run = %v, want ErrPublication mentioning one of %q", err, tc.words)
+			}
+		})
 	}
 }

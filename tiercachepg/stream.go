@@ -37,6 +37,13 @@ type run struct {
 	cfg *config
 	log *slog.Logger
 
+	// pgVersion is the server's version number, read by the first setup
+	// check; pub is the publication's state at its last check (see
+	// pubState), which the lag poll's recheck compares with.
+	pgVersion int
+	pubMu     sync.Mutex
+	pub       *pubState
+
 	q    chan *txn     // committed transactions, in commit order
 	kick chan struct{} // tells apply that idle moved
 
