@@ -246,11 +246,13 @@ func async(read func() (string, error)) <-chan string {
 	return ch
 }
 
-// failTagReads fails, while armed, every command that names a tag key, as
-// a dead or timing-out node that holds the tags would.
+// failTagReads fails, while armed, every command that names a tag key (or,
+// with only set, a tag key containing only), as a dead or timing-out node
+// that holds the tags would.
 type failTagReads struct {
 	mu    sync.Mutex
 	armed bool
+	only  string
 }
 
 func (h *failTagReads) arm(on bool) {
@@ -266,7 +268,7 @@ func (h *failTagReads) hit(cmds ...redis.Cmder) bool {
 	defer h.mu.Unlock()
 	for _, cmd := range cmds {
 		for _, a := range cmd.Args() {
-			if s, ok := a.(string); ok && h.armed && strings.Contains(s, ":__tag:") {
+			if s, ok := a.(string); ok && h.armed && strings.Contains(s, ":__tag:") && strings.Contains(s, h.only) {
 				return true
 			}
 		}
@@ -288,12 +290,20 @@ func (h *failTagReads) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 
 func (h *failTagReads) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
 	return func(ctx context.Context, cmds []redis.Cmder) error {
-		if h.hit(cmds...) {
-			for _, c := range cmds {
-				c.SetErr(errTagNodeDown)
-			}
-			return errTagNodeDown
+		if !h.hit(cmds...) {
+			return next(ctx, cmds)
 		}
-		return next(ctx, cmds)
+		var rest []redis.Cmder // the commands of the nodes that are up
+		for _, c := range cmds {
+			if h.hit(c) {
+				c.SetErr(errTagNodeDown)
+			} else {
+				rest = append(rest, c)
+			}
+		}
+		if len(rest) > 0 {
+			_ = next(ctx, rest)
+		}
+		return errTagNodeDown
 	}
 }

@@ -1,6 +1,7 @@
 package tiercache
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -256,24 +257,27 @@ func (c *Cache[V]) checkTags(ctx context.Context, es []entry[V], found []bool, e
 			}
 		}
 	}
-	cur, have, err := c.st.TagGet(ctx, names)
+	cur, have, tagErrs, err := c.st.TagGet(ctx, names)
 	for i := range es {
 		if !found[i] || len(es[i].tags) == 0 {
 			continue
 		}
-		if err != nil && errs != nil {
-			if *errs == nil {
-				*errs = make([]error, len(es))
-			}
-			(*errs)[i] = err
-		}
 		for _, t := range es[i].tags {
-			if j := index[t.Name]; err != nil || !have[j] || cur[j] != t.Version {
+			j := index[t.Name]
+			if !have[j] || cur[j] != t.Version {
 				found[i] = false
+			}
+			// Only a key whose own tags failed is failed: on a cluster the
+			// others' tag nodes answered.
+			if tagErrs != nil && tagErrs[j] != nil && errs != nil {
+				if *errs == nil {
+					*errs = make([]error, len(es))
+				}
+				(*errs)[i] = cmp.Or((*errs)[i], tagErrs[j])
 			}
 		}
 	}
-	if err == nil && c.l1 != nil {
+	if c.l1 != nil { // the versions read are current, whatever failed
 		seen := make([]envelope.Tag, 0, len(names))
 		for j, n := range names {
 			if have[j] {

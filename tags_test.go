@@ -443,3 +443,33 @@ func TestTagReadFailureIsARedisFailure(t *testing.T) {
 		}
 	})
 }
+
+// A key whose own tags could be read is not failed by another key's tag
+// node: on a cluster the tags of a batch live on several nodes, and one
+// that is down fails only the keys tagged on it (which GetOrLoadMany then
+// loads as in an outage, while the others are served from Redis).
+func TestTagReadFailureFailsOnlyItsKeys(t *testing.T) {
+	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
+		ctx := t.Context()
+		rdb := tg.NewClient(t)
+		h := &failTagReads{only: "down"}
+		rdb.AddHook(h)
+		c := newCacheOn[string](t, rdb, testPrefix(t))
+		mustSet(t, c, "a", "v", WithTags("up"))
+		mustSet(t, c, "b", "v", WithTags("down"))
+		h.arm(true)
+		defer h.arm(false)
+		m, err := c.GetMany(ctx, []string{"a", "b"})
+		if !errors.Is(err, ErrRedis) || len(m) != 1 || m["a"] != "v" {
+			t.Fatalf("GetMany with b's tag node down = %v, %v; want {a:v} and ErrRedis", m, err)
+		}
+		var asked []string
+		m, err = c.GetOrLoadMany(ctx, []string{"a", "b"}, func(ctx context.Context, ks []string) (map[string]string, error) {
+			asked = append(asked, ks...)
+			return map[string]string{"b": "loaded"}, nil
+		})
+		if err != nil || m["a"] != "v" || m["b"] != "loaded" || !slices.Equal(asked, []string{"b"}) {
+			t.Fatalf("GetOrLoadMany with b's tag node down = %v, %v, loader asked for %q; want a from Redis, b loaded", m, err, asked)
+		}
+	})
+}

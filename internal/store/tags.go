@@ -135,21 +135,24 @@ func (s *Store) TagBump(ctx context.Context, tags []string, keep time.Duration, 
 }
 
 // TagGet reads the current versions of tags (have[i] false: absent, or its
-// node failed; err is the first failure).
-func (s *Store) TagGet(ctx context.Context, tags []string) (cur []uint64, have []bool, err error) {
+// node failed). errs[i] is the error of tags[i] when its node failed (errs
+// is nil when none did), err the first: on a cluster the tags of one key
+// may live on other nodes than the key, and one node's failure is only its
+// tags'.
+func (s *Store) TagGet(ctx context.Context, tags []string) (cur []uint64, have []bool, errs []error, err error) {
 	cur, have = make([]uint64, len(tags)), make([]bool, len(tags))
 	if s.local != nil {
 		out, _, _ := s.local.read(tags, 0)
 		for i, t := range out {
 			cur[i], have[i] = t.Version, true
 		}
-		return cur, have, nil
+		return cur, have, nil, nil
 	}
 	tks := make([]string, len(tags))
 	for i, t := range tags {
 		tks[i] = s.Layout.Tag(t)
 	}
-	_, err = s.callKeys(ctx, "tag_get", s.readBy(), tks, func(ctx context.Context, idx []int, errs []error) error {
+	errs, err = s.callKeys(ctx, "tag_get", s.readBy(), tks, func(ctx context.Context, idx []int, errs []error) error {
 		for n, cmd := range s.getEach(ctx, tks, idx, errs) {
 			if errs[n] != nil || cmd.Err() != nil {
 				continue
@@ -162,7 +165,7 @@ func (s *Store) TagGet(ctx context.Context, tags []string) (cur []uint64, have [
 		}
 		return nil
 	})
-	return cur, have, err
+	return cur, have, errs, err
 }
 
 func parseVersion(v any) (uint64, error) {
