@@ -81,8 +81,9 @@ type Options struct {
 	// Slot).
 	Publication string
 	// Tables are the tables followed, "name" (in schema public) or
-	// "schema.name", as PostgreSQL stores the names. Changes of other
-	// tables in the publication are passed over (Stats.Ignored).
+	// "schema.name", as PostgreSQL stores the names (a name with a dot in
+	// it cannot be followed). Changes of other tables in the publication
+	// are passed over (Stats.Ignored).
 	Tables []string
 	// Create creates the publication (FOR TABLE Tables WITH
 	// (publish_via_partition_root = true), so that a partitioned table's
