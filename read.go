@@ -208,10 +208,10 @@ func (c *Cache[V]) countL2(start time.Time, now int64, k string, tok fillToken, 
 // ks[i], into es[i], and sets found[i] when it holds a usable entry: one
 // that decodes and whose tags still have the versions it was written with,
 // read from Redis in one round trip per node for all the tagged entries.
-// When that read fails, tagged entries are not found, its error is
-// returned, and with errs (made if nil) it is set as theirs: Get and
-// GetMany report a Redis failure, a read through goes to the loader as in
-// an outage. Every read of stored bytes, by Get, GetMany or a lease
+// An entry whose own tags could not be read (their node failed) is not
+// found, and with errs (made if nil) that tag's error is set as its own;
+// the first error is returned: Get and GetMany report a Redis failure for
+// it, and GetOrLoad(Many) load it as in an outage. Every read of stored bytes, by Get, GetMany or a lease
 // acquire, comes through here. now is the read's time (Unix µs), which also
 // tells whether the generation is due to be read again.
 func (c *Cache[V]) decodeChecked(ctx context.Context, now int64, ks, vks []string, raw [][]byte, es []entry[V], found []bool, errs *[]error) error {
