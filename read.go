@@ -211,8 +211,8 @@ func (c *Cache[V]) countL2(start time.Time, now int64, k string, tok fillToken, 
 // An entry whose own tags could not be read (their node failed) is not
 // found, and with errs (made if nil) that tag's error is set as its own;
 // the first error is returned: Get and GetMany report a Redis failure for
-// it, and GetOrLoad(Many) load it as in an outage. Every read of stored bytes, by Get, GetMany or a lease
-// acquire, comes through here. now is the read's time (Unix µs), which also
+// it, and GetOrLoad(Many) load it as in an outage. Every read of stored
+// bytes, by Get, GetMany or a lease acquire, comes through here. now is the read's time (Unix µs), which also
 // tells whether the generation is due to be read again.
 func (c *Cache[V]) decodeChecked(ctx context.Context, now int64, ks, vks []string, raw [][]byte, es []entry[V], found []bool, errs *[]error) error {
 	tagged := 0

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"strconv"
 	"strings"
 	"time"
@@ -149,15 +150,7 @@ type pubState struct {
 }
 
 func (a *pubState) equal(b *pubState) bool {
-	if a.xmin != b.xmin || len(a.members) != len(b.members) {
-		return false
-	}
-	for k, v := range a.members {
-		if b.members[k] != v {
-			return false
-		}
-	}
-	return true
+	return a.xmin == b.xmin && maps.Equal(a.members, b.members)
 }
 
 // reAdded reports whether a member of old has a new membership row in st.
