@@ -291,7 +291,10 @@ func WithMaxBackgroundRefreshes(n int) Option { return func(c *config) { c.maxRe
 // read throughput under concurrency and never makes a lone read wait (see
 // the README for the measured figures); so do the lease scripts (Acquire,
 // Fill) of concurrent misses of different keys, with one round trip of them
-// in flight at a time. A coalesced read or Acquire still waits no longer
+// in flight at a time. Under heavy load (16 reads or more on the wire and
+// queued) reads narrow to one round trip at a time as well, and a read
+// queued behind a late one goes out beside it after a quarter of
+// WithReadTimeout. A coalesced read or Acquire still waits no longer
 // than WithReadTimeout, and a coalesced fill (its waiters' wake-up
 // included) no longer than WithWriteTimeout, counted from when it was
 // asked for. Turn it off to see one Observer.Redis call and one trace

@@ -5,6 +5,7 @@ package coalesce
 import (
 	"context"
 	"errors"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -14,11 +15,15 @@ import (
 // arrive while earlier ones are on the wire together, as one round trip (for
 // reads an MGET on one node, a pipeline of GETs grouped by node on a
 // cluster; for scripts a pipeline), instead of one command each. There is
-// no timer: a call that finds a round trip slot free goes out at once, alone
-// if nobody else is waiting, so a lone caller never waits. Only when every
-// slot is busy do calls queue, and the queue goes out whole when a slot
-// frees. Under load that is what turns 64 concurrent Gets into a few deep
-// round trips.
+// no timer on the way out: a call that finds a round trip slot free goes out
+// at once, alone if nobody else is waiting, so a lone caller never waits.
+// Only when every slot is busy do calls queue, and the queue goes out whole
+// when a slot frees. Under load that is what turns 64 concurrent Gets into a
+// few deep round trips. Under heavy load (see narrowAt) it narrows to one
+// round trip at a time: calls queue behind the one in flight even with slots
+// free, and the queue goes out when it ends, or on a free slot once it has
+// waited a quarter of the timeout (a reply stuck on one connection, a TCP
+// retransmit, must not hold every read up).
 //
 // It is ours rather than go-redis's auto-pipeliner because the pipeliner
 // runs commands on its own context (a read's deadline would not cut a slow
@@ -37,6 +42,26 @@ type Coalescer[Q, R any] struct {
 	queue    []*req[Q, R]
 	since    time.Time // when the oldest queued call was queued
 	inFlight int
+	// sent counts the calls in the round trips in flight (those whose
+	// callers left included). narrow is set when a round trip ends with at
+	// least narrowAt calls on the wire and queued, and judged again at the
+	// end of each: then no call goes out alone while a round trip is in
+	// flight, and a round trip that ends while a younger one is in flight
+	// frees its slot rather than take the queue, which waits for that one.
+	sent     int
+	narrow   bool
+	narrowAt int
+	// trips holds the numbers of the round trips in flight (0 for a free
+	// slot), from seq, which numbers them in the order they went out: what
+	// tells an ending round trip whether a younger one is in flight.
+	trips []uint64
+	seq   uint64
+	// patience is how long a queue waits, narrowed, for the round trip in
+	// flight before unstick sends it on a free slot; unsticker is its
+	// timer, made on first use and armed when a queue forms behind a round
+	// trip that left slots free.
+	patience  time.Duration
+	unsticker *time.Timer
 
 	reqs    sync.Pool // *req[Q, R], for calls that were not abandoned
 	scratch sync.Pool // *scratch[Q, R]
@@ -53,6 +78,21 @@ type Coalescer[Q, R any] struct {
 // use fewer: see store.New.)
 const Slots = 4
 
+// narrowAt is, per slot, how many calls on the wire and queued make a
+// Coalescer send one round trip at a time (see Coalescer.narrow). Under
+// that many, the slots are what keeps a few readers from waiting on each
+// other (with 1 slot, 2 to 8 readers measured 1.2x to 2x slower than plain
+// go-redis); past it every call waits about one round trip either way, and
+// one deep round trip costs Redis and the client less than several shallow
+// ones (64 readers on one node: 3.1x plain go-redis with 4 slots, 4.5x
+// this way; narrowing at 2 per slot slowed 8 readers by 1.3x).
+// BenchmarkGetConcurrency measures it; docs/DESIGN.md has the figures.
+const narrowAt = 4
+
+// patienceOf is how much of a call's timeout it may spend queued, narrowed,
+// behind a round trip that has not come back while slots are free.
+func patienceOf(timeout time.Duration) time.Duration { return timeout / 4 }
+
 // The states of a req.
 const (
 	reqWaiting   int32 = iota
@@ -68,9 +108,11 @@ type req[Q, R any] struct {
 	state atomic.Int32
 	done  chan struct{} // one signal: the result is in, or lead
 	// batch and since are what a call made leader is to run (itself among
-	// them), and when the oldest of them was queued.
+	// them), and when the oldest of them was queued; seq numbers the round
+	// trip it leads.
 	batch []*req[Q, R]
 	since time.Time
+	seq   uint64
 	// Room for a lone call's round trip, kept with the pooled request so
 	// that a call nobody shares allocates nothing here.
 	alone [1]*req[Q, R]
@@ -94,7 +136,13 @@ const maxPooledBatch = 1024
 // New returns a Coalescer that lets slots round trips run at once, bounds
 // each call's wait by timeout and runs round trips with fetch.
 func New[Q, R any](timeout time.Duration, slots int, fetch func(context.Context, time.Time, []Q, []R, []error)) *Coalescer[Q, R] {
-	return &Coalescer[Q, R]{fetch: fetch, timeout: timeout, slots: max(slots, 1)}
+	slots = max(slots, 1)
+	co := &Coalescer[Q, R]{fetch: fetch, timeout: timeout, slots: slots, narrowAt: narrowAt * slots,
+		trips: make([]uint64, slots), patience: patienceOf(timeout)}
+	if slots == 1 || co.patience <= 0 {
+		co.narrowAt = math.MaxInt // one slot is narrow already; no timeout, no patience
+	}
+	return co
 }
 
 // Do returns q's answer. If ctx ends first it returns ctx's error; the call
@@ -108,9 +156,11 @@ func (co *Coalescer[Q, R]) Do(ctx context.Context, q Q) (R, error) {
 	r.state.Store(reqWaiting)
 
 	co.mu.Lock()
-	if co.inFlight < co.slots && len(co.queue) == 0 {
-		// A free slot and nobody waiting: go out alone, now.
-		co.inFlight++
+	if co.inFlight < co.slots && len(co.queue) == 0 && (co.inFlight == 0 || !co.narrow) {
+		// A free slot, nobody waiting and no reason to wait for the round
+		// trip in flight: go out alone, now.
+		r.seq = co.startTrip()
+		co.sent++
 		co.mu.Unlock()
 		r.alone[0] = r
 		co.run(r, r.alone[:], time.Now())
@@ -118,6 +168,15 @@ func (co *Coalescer[Q, R]) Do(ctx context.Context, q Q) (R, error) {
 	}
 	if len(co.queue) == 0 {
 		co.since = time.Now()
+		if co.inFlight < co.slots {
+			// Queued for narrowing with slots free: should the round trip in
+			// flight not come back, unstick sends the queue on one.
+			if co.unsticker == nil {
+				co.unsticker = time.AfterFunc(co.patience, co.unstick)
+			} else {
+				co.unsticker.Reset(co.patience)
+			}
+		}
 	}
 	co.queue = append(co.queue, r)
 	co.mu.Unlock()
@@ -193,7 +252,7 @@ func (co *Coalescer[Q, R]) run(lead *req[Q, R], batch []*req[Q, R], since time.T
 				r.done <- struct{}{}
 			}
 		}
-		co.handOff()
+		co.handOff(len(batch), lead.seq)
 	}()
 	co.fetch(ctx, since.Add(co.timeout), qs, rs, errs)
 	returned = true
@@ -203,34 +262,111 @@ func (co *Coalescer[Q, R]) run(lead *req[Q, R], batch []*req[Q, R], since time.T
 			r.done <- struct{}{}
 		}
 	}
-	co.handOff()
+	co.handOff(len(batch), lead.seq)
 }
 
 // ErrAborted is the answer of the calls whose shared round trip ended in
 // a panic of its leader.
 var ErrAborted = errors.New("coalesce: the round trip's leader panicked")
 
-// handOff passes a round trip slot, with the whole queue as its batch, to
-// the oldest call still waiting in it, or frees it. Calls that left are
-// sent anyway (their results are dropped); a queue of nothing but those is
-// dropped.
-func (co *Coalescer[Q, R]) handOff() {
+// handOff ends round trip seq, of n calls: it passes the slot, with the
+// whole queue as its batch, to the oldest call still waiting in it, or frees
+// it.
+//
+// Narrowed, a round trip that ends while a younger one is in flight frees
+// its slot and leaves the queue to that one: the queue never waits without
+// a round trip in flight that will take it, since the youngest always does.
+// Left to an older one, it could wait for one whose reply is stuck.
+func (co *Coalescer[Q, R]) handOff(n int, seq uint64) {
+	co.mu.Lock()
+	co.narrow = co.sent+len(co.queue) >= co.narrowAt
+	co.sent -= n
+	co.endTrip(seq)
+	if co.narrow && co.youngerInFlight(seq) {
+		co.mu.Unlock()
+		return
+	}
+	co.sendQueue()
+}
+
+// unstick sends the queue on a free slot if it has waited, narrowed, for
+// patience; a queue that formed since it was armed gets it armed again.
+func (co *Coalescer[Q, R]) unstick() {
+	co.mu.Lock()
+	if len(co.queue) == 0 || co.inFlight >= co.slots {
+		// Taken already, or queued because every slot is busy: a slot that
+		// frees takes it.
+		co.mu.Unlock()
+		return
+	}
+	if wait := co.patience - time.Since(co.since); wait > 0 {
+		co.unsticker.Reset(wait)
+		co.mu.Unlock()
+		return
+	}
+	co.sendQueue()
+}
+
+// sendQueue, with mu held and a slot free, sends the whole queue as one
+// round trip, led by the oldest call still waiting in it, and unlocks.
+// Calls that left are sent anyway (their results are dropped); a queue of
+// nothing but those is dropped.
+func (co *Coalescer[Q, R]) sendQueue() {
 	for {
-		co.mu.Lock()
 		next, since := co.queue, co.since
-		co.queue = nil
 		if len(next) == 0 {
-			co.inFlight--
 			co.mu.Unlock()
 			return
 		}
+		co.queue = nil
+		co.sent += len(next)
+		seq := co.startTrip()
 		co.mu.Unlock()
 		for _, r := range next {
 			if r.state.CompareAndSwap(reqWaiting, reqLeading) {
-				r.batch, r.since = next, since
+				r.batch, r.since, r.seq = next, since, seq
 				r.done <- struct{}{}
 				return
 			}
 		}
+		co.mu.Lock()
+		co.sent -= len(next) // every one of them left: not sent
+		co.endTrip(seq)
 	}
+}
+
+// startTrip, with mu held and a slot free, takes the slot for a new round
+// trip and returns its number.
+func (co *Coalescer[Q, R]) startTrip() uint64 {
+	co.inFlight++
+	co.seq++
+	for i, t := range co.trips {
+		if t == 0 {
+			co.trips[i] = co.seq
+			break
+		}
+	}
+	return co.seq
+}
+
+// endTrip, with mu held, frees round trip seq's slot.
+func (co *Coalescer[Q, R]) endTrip(seq uint64) {
+	co.inFlight--
+	for i, t := range co.trips {
+		if t == seq {
+			co.trips[i] = 0
+			return
+		}
+	}
+}
+
+// youngerInFlight reports, with mu held, whether a round trip that went out
+// after seq is in flight.
+func (co *Coalescer[Q, R]) youngerInFlight(seq uint64) bool {
+	for _, t := range co.trips {
+		if t > seq {
+			return true
+		}
+	}
+	return false
 }

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"github.com/tiercache/tiercache/internal/redistest"
+	"math"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -88,12 +90,13 @@ func testHandOffs(t *testing.T, slots int) {
 		t.Fatal("reads still waiting: a hand-off was lost")
 	}
 	co.mu.Lock()
-	held, queued := co.inFlight, len(co.queue)
+	held, queued, sent := co.inFlight, len(co.queue), co.sent
+	busy := slices.ContainsFunc(co.trips, func(t uint64) bool { return t != 0 })
 	co.mu.Unlock()
 	t.Logf("%d reads (%d canceled) in %d round trips; %d reads shared one; at most %d in flight",
 		reads.Load(), canceled.Load(), trips.Load(), batched.Load(), maxInFlight.Load())
-	if held != 0 || queued != 0 {
-		t.Errorf("after every read returned: %d slots held, %d reads queued", held, queued)
+	if held != 0 || queued != 0 || sent != 0 || busy {
+		t.Errorf("after every read returned: %d slots held, %d reads queued, %d counted as sent, a round trip still numbered in flight: %v", held, queued, sent, busy)
 	}
 	if m := maxInFlight.Load(); m > int64(slots) {
 		t.Errorf("%d round trips in flight at once, want at most %d", m, slots)
@@ -176,5 +179,280 @@ func TestCoalescerPanicInFetch(t *testing.T) {
 	case <-done:
 	case <-time.After(time.Minute):
 		t.Fatal("a call after the panic waits for a slot that was never given back")
+	}
+}
+
+// tripHarness drives a Coalescer of strings with a fetch that holds each
+// round trip until the test releases it.
+type tripHarness struct {
+	t     *testing.T
+	co    *Coalescer[string, string]
+	trips chan trip
+	wg    sync.WaitGroup
+}
+
+// trip is one round trip, held until release is closed.
+type trip struct {
+	qs      []string
+	release chan struct{}
+}
+
+// newTripHarness returns a harness over a Coalescer with a minute's timeout
+// and the given patience (how long a narrowed queue waits for a round trip
+// that left slots free).
+func newTripHarness(t *testing.T, patience time.Duration) *tripHarness {
+	h := &tripHarness{t: t, trips: make(chan trip, 100)}
+	h.co = New(time.Minute, Slots, func(_ context.Context, _ time.Time, qs []string, rs []string, _ []error) {
+		tr := trip{append([]string(nil), qs...), make(chan struct{})}
+		h.trips <- tr
+		<-tr.release
+		for i, q := range qs {
+			rs[i] = "v:" + q
+		}
+	})
+	h.co.patience = patience
+	return h
+}
+
+// call starts Do(k) and returns what is done when it has returned (with
+// "v:"+k, or the test fails).
+func (h *tripHarness) call(k string) *sync.WaitGroup {
+	var one sync.WaitGroup
+	one.Add(1)
+	h.wg.Go(func() {
+		defer one.Done()
+		if v, err := h.co.Do(h.t.Context(), k); v != "v:"+k || err != nil {
+			h.t.Errorf("%s = %q, %v", k, v, err)
+		}
+	})
+	return &one
+}
+
+// next returns the next round trip to go out.
+func (h *tripHarness) next(what string) trip {
+	h.t.Helper()
+	select {
+	case tr := <-h.trips:
+		return tr
+	case <-time.After(time.Minute):
+		h.t.Fatalf("no round trip: %s", what)
+		return trip{}
+	}
+}
+
+func (h *tripHarness) state() (inFlight, queued int) {
+	h.co.mu.Lock()
+	defer h.co.mu.Unlock()
+	return h.co.inFlight, len(h.co.queue)
+}
+
+// waitQueued waits for n calls to be queued.
+func (h *tripHarness) waitQueued(n int) {
+	h.t.Helper()
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(time.Millisecond) {
+		if _, q := h.state(); q == n {
+			return
+		}
+		if time.Now().After(deadline) {
+			_, q := h.state()
+			h.t.Fatalf("%d calls queued, want %d", q, n)
+		}
+	}
+}
+
+// done waits for a call started by call to return.
+func (h *tripHarness) done(one *sync.WaitGroup, what string) {
+	h.t.Helper()
+	if !redistest.WaitDone(h.t, one, time.Minute) {
+		h.t.Fatalf("%s did not return", what)
+	}
+}
+
+// finish waits for every call and checks that nothing is held.
+func (h *tripHarness) finish() {
+	h.t.Helper()
+	if !redistest.WaitDone(h.t, &h.wg, time.Minute) {
+		h.t.Fatal("calls still waiting")
+	}
+	h.co.mu.Lock()
+	defer h.co.mu.Unlock()
+	if h.co.inFlight != 0 || len(h.co.queue) != 0 || h.co.sent != 0 || slices.ContainsFunc(h.co.trips, func(t uint64) bool { return t != 0 }) {
+		h.t.Errorf("after every call returned: %d slots held, %d queued, %d counted as sent, round trips %v in flight",
+			h.co.inFlight, len(h.co.queue), h.co.sent, h.co.trips)
+	}
+}
+
+// lone starts Slots calls named prefix0.. and returns their round trips,
+// oldest first, each its call's own.
+func (h *tripHarness) lone(prefix string) ([]trip, []*sync.WaitGroup) {
+	var trips []trip
+	var calls []*sync.WaitGroup
+	for i := range Slots {
+		calls = append(calls, h.call(fmt.Sprint(prefix, i)))
+		trips = append(trips, h.next("a lone call with a slot free"))
+	}
+	return trips, calls
+}
+
+// How the slots are used as the number of callers changes. Few callers go
+// out at once, each alone, and a round trip that ends takes the queue at
+// once (the other slots busy or not). Once a round trip ends with narrowAt
+// per slot on the wire and queued, one round trip at a time carries them
+// all: a round trip that ends while a younger one is in flight frees its
+// slot, a new call queues behind the one in flight though slots are free,
+// and the youngest round trip takes the queue whole. A round trip that ends
+// with few callers widens it again. Without narrowing, the new call goes
+// out alone and the first round trip to end takes the queue.
+func TestCoalescerNarrowsUnderLoad(t *testing.T) {
+	h := newTripHarness(t, time.Hour) // a queue is never sent for waiting too long here
+
+	// Few callers: each goes out alone, the fifth queues, and the first
+	// round trip to end takes it.
+	lone, loneCalls := h.lone("a")
+	h.call("b")
+	h.waitQueued(1)
+	close(lone[0].release)
+	h.done(loneCalls[0], "a0")
+	if tr := h.next("the queue, when a slot frees"); len(tr.qs) != 1 || tr.qs[0] != "b" {
+		t.Fatalf("round trip %q, want [b]", tr.qs)
+	} else {
+		lone[0] = tr // now the youngest in flight
+	}
+
+	// Many callers: the round trips that end while a younger one is in
+	// flight leave the queue where it is.
+	many := narrowAt * Slots
+	for i := range many {
+		h.call(fmt.Sprint("c", i))
+	}
+	h.waitQueued(many)
+	for i := 1; i < Slots; i++ {
+		close(lone[i].release)
+		h.done(loneCalls[i], fmt.Sprint("a", i))
+		if in, q := h.state(); in != Slots-i || q != many {
+			t.Fatalf("after %d of %d round trips ended under load: %d in flight and %d queued, want %d and %d (a freed slot took the queue)", i, Slots, in, q, Slots-i, many)
+		}
+	}
+	close(lone[0].release) // the last one in flight takes the queue whole
+	tr := h.next("the queue, from the last round trip in flight")
+	if len(tr.qs) != many {
+		t.Fatalf("round trip of %d calls, want the %d queued", len(tr.qs), many)
+	}
+	// Slots are free and nobody waits, but a round trip is in flight: a new
+	// call queues behind it.
+	late := h.call("late")
+	h.waitQueued(1)
+	if in, _ := h.state(); in != 1 {
+		t.Fatalf("%d round trips in flight, want 1", in)
+	}
+	close(tr.release)
+	if tr := h.next("the late call"); len(tr.qs) != 1 || tr.qs[0] != "late" {
+		t.Fatalf("round trip %q, want [late]", tr.qs)
+	} else {
+		close(tr.release)
+	}
+	h.done(late, "late")
+
+	// Few callers again: the round trip that ended with one call widened
+	// it, and two calls go out at once.
+	x, y := h.call("x"), h.call("y")
+	t1, t2 := h.next("x or y"), h.next("the other of x and y, at once: slots are free")
+	close(t1.release)
+	close(t2.release)
+	h.done(x, "x")
+	h.done(y, "y")
+	h.finish()
+}
+
+// Narrowed, a round trip whose reply does not come back (stuck on its
+// connection: a lost packet's retransmit) holds up no other call. A round
+// trip that ends while only an older one is in flight takes the queue
+// rather than leave it to that one (without which the 16 would wait for
+// the stuck round trip, here for good). With no round trip to end, a call
+// queued behind the stuck one goes out on a free slot once it has waited
+// the patience (without which "x" would wait for good).
+func TestCoalescerNarrowedQueueDoesNotWaitForAStuckRoundTrip(t *testing.T) {
+	t.Run("a younger round trip takes the queue", func(t *testing.T) {
+		h := newTripHarness(t, time.Hour)
+		lone, loneCalls := h.lone("a") // a0, the oldest, is stuck
+		many := narrowAt * Slots
+		for i := range many {
+			h.call(fmt.Sprint("c", i))
+		}
+		h.waitQueued(many)
+		for i := 1; i < Slots; i++ {
+			close(lone[i].release)
+			h.done(loneCalls[i], fmt.Sprint("a", i))
+		}
+		tr := h.next("the queue, from the youngest round trip, a0 stuck")
+		if len(tr.qs) != many {
+			t.Fatalf("round trip of %d calls, want the %d queued", len(tr.qs), many)
+		}
+		late := h.call("late") // narrowed: it queues behind the 16
+		h.waitQueued(1)
+		close(tr.release)
+		if tr := h.next("the late call, from the 16's round trip, a0 stuck"); len(tr.qs) != 1 || tr.qs[0] != "late" {
+			t.Fatalf("round trip %q, want [late]", tr.qs)
+		} else {
+			close(tr.release)
+		}
+		h.done(late, "late")
+		close(lone[0].release)
+		h.finish()
+	})
+	t.Run("a queue that waited the patience goes out on a free slot", func(t *testing.T) {
+		h := newTripHarness(t, time.Millisecond)
+		lone, loneCalls := h.lone("a") // a0, the oldest, is stuck
+		many := narrowAt * Slots
+		for i := range many {
+			h.call(fmt.Sprint("c", i))
+		}
+		h.waitQueued(many)
+		for i := 1; i < Slots; i++ {
+			close(lone[i].release)
+			h.done(loneCalls[i], fmt.Sprint("a", i))
+		}
+		tr := h.next("the 16, by the youngest round trip or the patience")
+		if len(tr.qs) != many {
+			t.Fatalf("round trip of %d calls, want the %d queued", len(tr.qs), many)
+		}
+		close(tr.release) // it ends with nobody queued; a0 still stuck
+		for deadline := time.Now().Add(time.Minute); ; time.Sleep(time.Millisecond) {
+			if in, _ := h.state(); in == 1 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("the 16's round trip did not end")
+			}
+		}
+		h.co.mu.Lock()
+		narrow := h.co.narrow
+		h.co.mu.Unlock()
+		if !narrow {
+			t.Fatal("not narrowed after a round trip ended with 17 on the wire")
+		}
+		x := h.call("x") // narrowed: it queues behind a0, with 3 slots free
+		if tr := h.next("x, queued behind the stuck a0, on a free slot"); len(tr.qs) != 1 || tr.qs[0] != "x" {
+			t.Fatalf("round trip %q, want [x]", tr.qs)
+		} else {
+			close(tr.release)
+		}
+		h.done(x, "x")
+		close(lone[0].release)
+		h.finish()
+	})
+}
+
+// The figures WithoutReadCoalescing's doc gives: the reads' coalescer
+// narrows at 16 calls on the wire and queued and is patient for a quarter
+// of the timeout; one slot never narrows.
+func TestCoalescerNarrowingFigures(t *testing.T) {
+	fetch := func(context.Context, time.Time, []int, []int, []error) {}
+	co := New(100*time.Millisecond, Slots, fetch)
+	if co.narrowAt != 16 || co.patience != 25*time.Millisecond {
+		t.Errorf("reads narrow at %d with patience %v, want 16 and 25ms", co.narrowAt, co.patience)
+	}
+	if one := New(100*time.Millisecond, 1, fetch); one.narrowAt != math.MaxInt {
+		t.Errorf("one slot narrows at %d", one.narrowAt)
 	}
 }
