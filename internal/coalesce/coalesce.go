@@ -58,8 +58,9 @@ type Coalescer[Q, R any] struct {
 	seq   uint64
 	// patience is how long a queue waits, narrowed, for the round trip in
 	// flight before unstick sends it on a free slot; unsticker is its
-	// timer, made on first use and armed when a queue forms behind a round
-	// trip that left slots free.
+	// timer, made on first use and armed whenever a queue is left waiting
+	// with a slot free: when it forms behind a round trip that left slots
+	// free, and when a round trip that ends leaves it to a younger one.
 	patience  time.Duration
 	unsticker *time.Timer
 
@@ -171,11 +172,7 @@ func (co *Coalescer[Q, R]) Do(ctx context.Context, q Q) (R, error) {
 		if co.inFlight < co.slots {
 			// Queued for narrowing with slots free: should the round trip in
 			// flight not come back, unstick sends the queue on one.
-			if co.unsticker == nil {
-				co.unsticker = time.AfterFunc(co.patience, co.unstick)
-			} else {
-				co.unsticker.Reset(co.patience)
-			}
+			co.armUnstick(co.patience)
 		}
 	}
 	co.queue = append(co.queue, r)
@@ -283,10 +280,26 @@ func (co *Coalescer[Q, R]) handOff(n int, seq uint64) {
 	co.sent -= n
 	co.endTrip(seq)
 	if co.narrow && co.youngerInFlight(seq) {
+		if len(co.queue) > 0 {
+			// The queue may have formed while every slot was busy, with no
+			// timer armed; now a slot is free, and the younger round trip
+			// it waits for may be the one that is stuck.
+			co.armUnstick(co.patience - time.Since(co.since))
+		}
 		co.mu.Unlock()
 		return
 	}
 	co.sendQueue()
+}
+
+// armUnstick, with mu held, has unstick run in wait (at once if wait is not
+// positive).
+func (co *Coalescer[Q, R]) armUnstick(wait time.Duration) {
+	if co.unsticker == nil {
+		co.unsticker = time.AfterFunc(wait, co.unstick)
+	} else {
+		co.unsticker.Reset(wait)
+	}
 }
 
 // unstick sends the queue on a free slot if it has waited, narrowed, for
@@ -300,7 +313,7 @@ func (co *Coalescer[Q, R]) unstick() {
 		return
 	}
 	if wait := co.patience - time.Since(co.since); wait > 0 {
-		co.unsticker.Reset(wait)
+		co.armUnstick(wait)
 		co.mu.Unlock()
 		return
 	}

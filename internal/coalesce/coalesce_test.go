@@ -443,6 +443,31 @@ func TestCoalescerNarrowedQueueDoesNotWaitForAStuckRoundTrip(t *testing.T) {
 	})
 }
 
+// A queue that formed while every slot was busy (no timer armed then) and
+// that the older round trips leave to the youngest, which is stuck, goes
+// out on a freed slot once it has waited the patience. Without the timer
+// armed when a round trip leaves the queue, the 16 would wait for a3.
+func TestCoalescerQueueLeftToAStuckYoungerRoundTrip(t *testing.T) {
+	h := newTripHarness(t, time.Millisecond)
+	lone, loneCalls := h.lone("a") // a3, the youngest, is stuck
+	many := narrowAt * Slots
+	for i := range many {
+		h.call(fmt.Sprint("c", i))
+	}
+	h.waitQueued(many) // every slot busy: queued without a timer
+	for i := range Slots - 1 {
+		close(lone[i].release)
+		h.done(loneCalls[i], fmt.Sprint("a", i))
+	}
+	tr := h.next("the 16, on a freed slot, a3 stuck")
+	if len(tr.qs) != many {
+		t.Fatalf("round trip of %d calls, want the %d queued", len(tr.qs), many)
+	}
+	close(tr.release)
+	close(lone[Slots-1].release)
+	h.finish()
+}
+
 // The figures WithoutReadCoalescing's doc gives: the reads' coalescer
 // narrows at 16 calls on the wire and queued and is patient for a quarter
 // of the timeout; one slot never narrows.
