@@ -307,8 +307,9 @@ func (co *Coalescer[Q, R]) armUnstick(wait time.Duration) {
 func (co *Coalescer[Q, R]) unstick() {
 	co.mu.Lock()
 	if len(co.queue) == 0 || co.inFlight >= co.slots {
-		// Taken already, or queued because every slot is busy: a slot that
-		// frees takes it.
+		// Taken already, or every slot is busy: the round trip that frees
+		// one either takes the queue or, leaving it to a younger one, arms
+		// this timer again (handOff).
 		co.mu.Unlock()
 		return
 	}
