@@ -21,9 +21,9 @@ import (
 // when a slot frees. Under load that is what turns 64 concurrent Gets into a
 // few deep round trips. Under heavy load (see narrowAt) it narrows to one
 // round trip at a time: calls queue behind the one in flight even with slots
-// free, and the queue goes out when it ends, or on a free slot once it has
-// waited a quarter of the timeout (a reply stuck on one connection, a TCP
-// retransmit, must not hold every read up).
+// free, and the queue goes out when the youngest in flight ends, or on a
+// free slot once it has waited a quarter of the timeout (a reply stuck on
+// one connection, a TCP retransmit, must not hold every read up).
 //
 // It is ours rather than go-redis's auto-pipeliner because the pipeliner
 // runs commands on its own context (a read's deadline would not cut a slow

@@ -294,6 +294,60 @@ func (h *tripHarness) lone(prefix string) ([]trip, []*sync.WaitGroup) {
 	return trips, calls
 }
 
+// queueMany starts narrowAt per slot calls named c0.., waits for them to be
+// queued and returns how many.
+func (h *tripHarness) queueMany() int {
+	h.t.Helper()
+	many := narrowAt * Slots
+	for i := range many {
+		h.call(fmt.Sprint("c", i))
+	}
+	h.waitQueued(many)
+	return many
+}
+
+// end releases round trip tr and waits for call (one of its calls) to
+// return.
+func (h *tripHarness) end(tr trip, call *sync.WaitGroup, what string) {
+	h.t.Helper()
+	close(tr.release)
+	h.done(call, what)
+}
+
+// nextOf returns the next round trip, which must carry n calls.
+func (h *tripHarness) nextOf(n int, what string) trip {
+	h.t.Helper()
+	tr := h.next(what)
+	if len(tr.qs) != n {
+		h.t.Fatalf("round trip of %d calls, want %d: %s", len(tr.qs), n, what)
+	}
+	return tr
+}
+
+// nextAlone returns the next round trip, which must carry k alone.
+func (h *tripHarness) nextAlone(k, what string) trip {
+	h.t.Helper()
+	tr := h.next(what)
+	if len(tr.qs) != 1 || tr.qs[0] != k {
+		h.t.Fatalf("round trip %q, want [%s]: %s", tr.qs, k, what)
+	}
+	return tr
+}
+
+// waitInFlight waits for n round trips to be in flight.
+func (h *tripHarness) waitInFlight(n int) {
+	h.t.Helper()
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(time.Millisecond) {
+		if in, _ := h.state(); in == n {
+			return
+		}
+		if time.Now().After(deadline) {
+			in, _ := h.state()
+			h.t.Fatalf("%d round trips in flight, want %d", in, n)
+		}
+	}
+}
+
 // How the slots are used as the number of callers changes. Few callers go
 // out at once, each alone, and a round trip that ends takes the queue at
 // once (the other slots busy or not). Once a round trip ends with narrowAt
@@ -311,33 +365,20 @@ func TestCoalescerNarrowsUnderLoad(t *testing.T) {
 	lone, loneCalls := h.lone("a")
 	h.call("b")
 	h.waitQueued(1)
-	close(lone[0].release)
-	h.done(loneCalls[0], "a0")
-	if tr := h.next("the queue, when a slot frees"); len(tr.qs) != 1 || tr.qs[0] != "b" {
-		t.Fatalf("round trip %q, want [b]", tr.qs)
-	} else {
-		lone[0] = tr // now the youngest in flight
-	}
+	h.end(lone[0], loneCalls[0], "a0")
+	lone[0] = h.nextAlone("b", "the queue, when a slot frees") // now the youngest in flight
 
 	// Many callers: the round trips that end while a younger one is in
 	// flight leave the queue where it is.
-	many := narrowAt * Slots
-	for i := range many {
-		h.call(fmt.Sprint("c", i))
-	}
-	h.waitQueued(many)
+	many := h.queueMany()
 	for i := 1; i < Slots; i++ {
-		close(lone[i].release)
-		h.done(loneCalls[i], fmt.Sprint("a", i))
+		h.end(lone[i], loneCalls[i], fmt.Sprint("a", i))
 		if in, q := h.state(); in != Slots-i || q != many {
 			t.Fatalf("after %d of %d round trips ended under load: %d in flight and %d queued, want %d and %d (a freed slot took the queue)", i, Slots, in, q, Slots-i, many)
 		}
 	}
 	close(lone[0].release) // the last one in flight takes the queue whole
-	tr := h.next("the queue, from the last round trip in flight")
-	if len(tr.qs) != many {
-		t.Fatalf("round trip of %d calls, want the %d queued", len(tr.qs), many)
-	}
+	tr := h.nextOf(many, "the queue, from the last round trip in flight")
 	// Slots are free and nobody waits, but a round trip is in flight: a new
 	// call queues behind it.
 	late := h.call("late")
@@ -346,12 +387,7 @@ func TestCoalescerNarrowsUnderLoad(t *testing.T) {
 		t.Fatalf("%d round trips in flight, want 1", in)
 	}
 	close(tr.release)
-	if tr := h.next("the late call"); len(tr.qs) != 1 || tr.qs[0] != "late" {
-		t.Fatalf("round trip %q, want [late]", tr.qs)
-	} else {
-		close(tr.release)
-	}
-	h.done(late, "late")
+	h.end(h.nextAlone("late", "the late call"), late, "late")
 
 	// Few callers again: the round trip that ended with one call widened
 	// it, and two calls go out at once.
@@ -372,59 +408,33 @@ func TestCoalescerNarrowsUnderLoad(t *testing.T) {
 // queued behind the stuck one goes out on a free slot once it has waited
 // the patience (without which "x" would wait for good).
 func TestCoalescerNarrowedQueueDoesNotWaitForAStuckRoundTrip(t *testing.T) {
+	// stuckOldest sends a0..a3 alone, queues the 16 and ends a1..a3, a0
+	// (the oldest) held as if stuck. It returns the 16's round trip and
+	// a0's, and the lone calls (a0's first).
+	stuckOldest := func(h *tripHarness) ([]trip, []*sync.WaitGroup) {
+		lone, loneCalls := h.lone("a")
+		many := h.queueMany()
+		for i := 1; i < Slots; i++ {
+			h.end(lone[i], loneCalls[i], fmt.Sprint("a", i))
+		}
+		return []trip{h.nextOf(many, "the 16, from the youngest round trip or the patience, a0 stuck"), lone[0]}, loneCalls
+	}
+
 	t.Run("a younger round trip takes the queue", func(t *testing.T) {
 		h := newTripHarness(t, time.Hour)
-		lone, loneCalls := h.lone("a") // a0, the oldest, is stuck
-		many := narrowAt * Slots
-		for i := range many {
-			h.call(fmt.Sprint("c", i))
-		}
-		h.waitQueued(many)
-		for i := 1; i < Slots; i++ {
-			close(lone[i].release)
-			h.done(loneCalls[i], fmt.Sprint("a", i))
-		}
-		tr := h.next("the queue, from the youngest round trip, a0 stuck")
-		if len(tr.qs) != many {
-			t.Fatalf("round trip of %d calls, want the %d queued", len(tr.qs), many)
-		}
+		lone, loneCalls := stuckOldest(h)
 		late := h.call("late") // narrowed: it queues behind the 16
 		h.waitQueued(1)
-		close(tr.release)
-		if tr := h.next("the late call, from the 16's round trip, a0 stuck"); len(tr.qs) != 1 || tr.qs[0] != "late" {
-			t.Fatalf("round trip %q, want [late]", tr.qs)
-		} else {
-			close(tr.release)
-		}
-		h.done(late, "late")
-		close(lone[0].release)
+		close(lone[0].release) // the 16's round trip
+		h.end(h.nextAlone("late", "the late call, from the 16's round trip, a0 stuck"), late, "late")
+		h.end(lone[1], loneCalls[0], "a0")
 		h.finish()
 	})
 	t.Run("a queue that waited the patience goes out on a free slot", func(t *testing.T) {
 		h := newTripHarness(t, time.Millisecond)
-		lone, loneCalls := h.lone("a") // a0, the oldest, is stuck
-		many := narrowAt * Slots
-		for i := range many {
-			h.call(fmt.Sprint("c", i))
-		}
-		h.waitQueued(many)
-		for i := 1; i < Slots; i++ {
-			close(lone[i].release)
-			h.done(loneCalls[i], fmt.Sprint("a", i))
-		}
-		tr := h.next("the 16, by the youngest round trip or the patience")
-		if len(tr.qs) != many {
-			t.Fatalf("round trip of %d calls, want the %d queued", len(tr.qs), many)
-		}
-		close(tr.release) // it ends with nobody queued; a0 still stuck
-		for deadline := time.Now().Add(time.Minute); ; time.Sleep(time.Millisecond) {
-			if in, _ := h.state(); in == 1 {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatal("the 16's round trip did not end")
-			}
-		}
+		lone, loneCalls := stuckOldest(h)
+		close(lone[0].release) // the 16's round trip ends with nobody queued; a0 still stuck
+		h.waitInFlight(1)
 		h.co.mu.Lock()
 		narrow := h.co.narrow
 		h.co.mu.Unlock()
@@ -432,13 +442,8 @@ func TestCoalescerNarrowedQueueDoesNotWaitForAStuckRoundTrip(t *testing.T) {
 			t.Fatal("not narrowed after a round trip ended with 17 on the wire")
 		}
 		x := h.call("x") // narrowed: it queues behind a0, with 3 slots free
-		if tr := h.next("x, queued behind the stuck a0, on a free slot"); len(tr.qs) != 1 || tr.qs[0] != "x" {
-			t.Fatalf("round trip %q, want [x]", tr.qs)
-		} else {
-			close(tr.release)
-		}
-		h.done(x, "x")
-		close(lone[0].release)
+		h.end(h.nextAlone("x", "x, queued behind the stuck a0, on a free slot"), x, "x")
+		h.end(lone[1], loneCalls[0], "a0")
 		h.finish()
 	})
 }
@@ -450,20 +455,11 @@ func TestCoalescerNarrowedQueueDoesNotWaitForAStuckRoundTrip(t *testing.T) {
 func TestCoalescerQueueLeftToAStuckYoungerRoundTrip(t *testing.T) {
 	h := newTripHarness(t, time.Millisecond)
 	lone, loneCalls := h.lone("a") // a3, the youngest, is stuck
-	many := narrowAt * Slots
-	for i := range many {
-		h.call(fmt.Sprint("c", i))
-	}
-	h.waitQueued(many) // every slot busy: queued without a timer
+	many := h.queueMany()          // every slot busy: queued without a timer
 	for i := range Slots - 1 {
-		close(lone[i].release)
-		h.done(loneCalls[i], fmt.Sprint("a", i))
+		h.end(lone[i], loneCalls[i], fmt.Sprint("a", i))
 	}
-	tr := h.next("the 16, on a freed slot, a3 stuck")
-	if len(tr.qs) != many {
-		t.Fatalf("round trip of %d calls, want the %d queued", len(tr.qs), many)
-	}
-	close(tr.release)
+	close(h.nextOf(many, "the 16, on a freed slot, a3 stuck").release)
 	close(lone[Slots-1].release)
 	h.finish()
 }
