@@ -257,9 +257,23 @@ func (c *Cache[V]) Stats() Stats {
 	return s
 }
 
-func (c *Cache[V]) check(key string) error {
+// open reports why no call can be made with ctx: the cache is closed, or
+// ctx is nil. (A nil ctx would panic deep in a round trip or, for a load,
+// on the background goroutine that runs it, where no caller could recover.)
+func (c *Cache[V]) open(ctx context.Context) error {
 	if c.closed.Load() {
 		return ErrClosed
+	}
+	if ctx == nil {
+		return ErrNilContext
+	}
+	return nil
+}
+
+// check is open, and an empty key is invalid.
+func (c *Cache[V]) check(ctx context.Context, key string) error {
+	if err := c.open(ctx); err != nil {
+		return err
 	}
 	if key == "" {
 		return ErrInvalidKey

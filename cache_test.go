@@ -424,6 +424,55 @@ func TestBadInput(t *testing.T) {
 	})
 }
 
+// A nil context is refused by every call with ErrNilContext, before
+// anything is done: no panic (a load's would be on a background goroutine,
+// out of the caller's reach), no loader call, nothing deleted or cleared,
+// even for a key that L1 could answer.
+func TestNilContext(t *testing.T) {
+	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
+		c := newCache[string](t, tg, WithL1(100))
+		mustSet(t, c, "k", "v")
+		var nilCtx context.Context
+		loads := 0
+		load := func(context.Context) (string, error) { loads++; return "loaded", nil }
+		loadMany := func(context.Context, []string) (map[string]string, error) { loads++; return nil, nil }
+		for _, call := range []struct {
+			what string
+			do   func() error
+		}{
+			{"Get", func() error { _, err := c.Get(nilCtx, "k"); return err }},
+			{"GetMany", func() error { _, err := c.GetMany(nilCtx, []string{"k"}); return err }},
+			{"GetOrLoad", func() error { _, err := c.GetOrLoad(nilCtx, "cold", load); return err }},
+			{"GetOrLoadMany", func() error { _, err := c.GetOrLoadMany(nilCtx, []string{"cold"}, loadMany); return err }},
+			{"Refresh", func() error { _, err := c.Refresh(nilCtx, "k", load); return err }},
+			{"Set", func() error { return c.Set(nilCtx, "k", "other") }},
+			{"SetMany", func() error { return c.SetMany(nilCtx, map[string]string{"k": "other"}) }},
+			{"Delete", func() error { return c.Delete(nilCtx, "k") }},
+			{"Delete of no keys", func() error { return c.Delete(nilCtx) }},
+			{"InvalidateTags", func() error { return c.InvalidateTags(nilCtx, "t") }},
+			{"Invalidate", func() error { return c.Invalidate(nilCtx, Invalidation{Keys: []string{"k"}}) }},
+			{"Clear", func() error { return c.Clear(nilCtx) }},
+		} {
+			if err := call.do(); !errors.Is(err, ErrNilContext) {
+				t.Errorf("%s(nil ctx) = %v, want ErrNilContext", call.what, err)
+			}
+		}
+		LoadOptions(nilCtx, WithTTL(time.Second))         // does nothing, does not panic
+		LoadKeyOptions(nilCtx, "k", WithTTL(time.Second)) // likewise
+		if loads != 0 {
+			t.Errorf("the loader ran %d times for nil contexts", loads)
+		}
+		c.l1.flush() // the value must come from Redis: neither deleted nor cleared nor replaced
+		if v, err := c.Get(t.Context(), "k"); err != nil || v != "v" {
+			t.Errorf(`Get("k") after the refused calls = %q, %v; want "v"`, v, err)
+		}
+		c.Close()
+		if _, err := c.Get(nilCtx, "k"); !errors.Is(err, ErrClosed) {
+			t.Errorf("Get(nil ctx) after Close = %v, want ErrClosed", err)
+		}
+	})
+}
+
 func TestOptionsValidation(t *testing.T) {
 	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"}) // never dialled
 	defer rdb.Close()

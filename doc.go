@@ -52,6 +52,9 @@
 // invalidation would leave stale data, and drop the key from this
 // instance's L1; retry them. Every error is a sentinel value of this
 // package (see errors.go), wrapped with detail: test with [errors.Is].
+// Bad input is an error too, never a panic: an empty key
+// ([ErrInvalidKey]), a nil loader ([ErrNilLoader]), a nil context
+// ([ErrNilContext]).
 // (go-redis reports failed dials through its own global logger, which this
 // package leaves alone: redirect or silence it with redis.SetLogger.) A
 // panic in a value's codec is an error; a loader's panic or

@@ -51,6 +51,10 @@ var (
 
 	// ErrNilLoader is returned when a load function is nil.
 	ErrNilLoader = errors.New("tiercache: nil loader")
+
+	// ErrNilContext is returned by every call given a nil context (pass
+	// context.Background() or context.TODO() instead); nothing is done.
+	ErrNilContext = errors.New("tiercache: nil context")
 )
 
 // PanicError is the error of a load whose loader panicked or called

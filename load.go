@@ -52,7 +52,7 @@ type BatchLoadFunc[V any] func(ctx context.Context, keys []string) (map[string]V
 // and counted as [EventNotCached].
 func (c *Cache[V]) GetOrLoad(ctx context.Context, key string, load LoadFunc[V]) (V, error) {
 	var zero V
-	if err := c.checkLoad(key, load); err != nil {
+	if err := c.checkLoad(ctx, key, load); err != nil {
 		return zero, err
 	}
 	if e, ok := c.getL1(key); ok {
@@ -183,7 +183,7 @@ func (c *Cache[V]) GetOrLoadMany(ctx context.Context, keys []string, load BatchL
 			c.refreshAsync(refresh, batch(load))
 		}
 	}()
-	out, rest, err := c.manyFromL1(keys, &refresh)
+	out, rest, err := c.manyFromL1(ctx, keys, &refresh)
 	if err != nil || len(rest) == 0 {
 		return out, err
 	}
@@ -283,7 +283,7 @@ func (c *Cache[V]) GetOrLoadMany(ctx context.Context, keys []string, load BatchL
 // never joins one that started before.
 func (c *Cache[V]) Refresh(ctx context.Context, key string, load LoadFunc[V]) (V, error) {
 	var zero V
-	if err := c.checkLoad(key, load); err != nil {
+	if err := c.checkLoad(ctx, key, load); err != nil {
 		return zero, err
 	}
 	started := nowMicro()
@@ -303,11 +303,11 @@ func (c *Cache[V]) Refresh(ctx context.Context, key string, load LoadFunc[V]) (V
 	return e.result()
 }
 
-func (c *Cache[V]) checkLoad(key string, load LoadFunc[V]) error {
+func (c *Cache[V]) checkLoad(ctx context.Context, key string, load LoadFunc[V]) error {
 	if load == nil {
 		return ErrNilLoader
 	}
-	return c.check(key)
+	return c.check(ctx, key)
 }
 
 // --- Flights ---
@@ -1029,6 +1029,9 @@ func (m *loadMeta) forKey(key string) setConfig {
 // apply to every value of the call (see [LoadKeyOptions] for one key's).
 // Call it with the ctx the loader was given; elsewhere it does nothing.
 func LoadOptions(ctx context.Context, opts ...SetOption) {
+	if ctx == nil {
+		return
+	}
 	if m, ok := ctx.Value(loadMetaKey{}).(*loadMeta); ok {
 		m.mu.Lock()
 		defer m.mu.Unlock()
@@ -1042,6 +1045,9 @@ func LoadOptions(ctx context.Context, opts ...SetOption) {
 // not return is its "not found".) Call it with the ctx the loader was
 // given; elsewhere it does nothing.
 func LoadKeyOptions(ctx context.Context, key string, opts ...SetOption) {
+	if ctx == nil {
+		return
+	}
 	if m, ok := ctx.Value(loadMetaKey{}).(*loadMeta); ok {
 		m.mu.Lock()
 		defer m.mu.Unlock()

@@ -22,7 +22,7 @@ import (
 // a miss as "go to the database" keeps working while Redis is down.
 func (c *Cache[V]) Get(ctx context.Context, key string) (V, error) {
 	var zero V
-	if err := c.check(key); err != nil {
+	if err := c.check(ctx, key); err != nil {
 		return zero, err
 	}
 	if e, ok := c.getL1(key); ok {
@@ -45,7 +45,7 @@ func (c *Cache[V]) Get(ctx context.Context, key string) (V, error) {
 // duplicates are read once. A Redis failure returns the values found in L1
 // and an error wrapping [ErrMiss] and [ErrRedis].
 func (c *Cache[V]) GetMany(ctx context.Context, keys []string) (map[string]V, error) {
-	out, rest, err := c.manyFromL1(keys, nil)
+	out, rest, err := c.manyFromL1(ctx, keys, nil)
 	if err != nil || len(rest) == 0 {
 		return out, err
 	}
@@ -91,9 +91,9 @@ func (c *Cache[V]) getL1(key string) (*entry[V], bool) {
 // manyFromL1 validates keys, drops duplicates (keeping the first order),
 // puts their L1 hits in out and returns the keys left. With refresh (a
 // loader's read), hits that XFetch says to refresh early are added to it.
-func (c *Cache[V]) manyFromL1(keys []string, refresh *[]due) (out map[string]V, rest []string, err error) {
-	if c.closed.Load() {
-		return nil, nil, ErrClosed
+func (c *Cache[V]) manyFromL1(ctx context.Context, keys []string, refresh *[]due) (out map[string]V, rest []string, err error) {
+	if err := c.open(ctx); err != nil {
+		return nil, nil, err
 	}
 	out = make(map[string]V, len(keys))
 	seen := make(map[string]struct{}, len(keys))

@@ -25,7 +25,7 @@ import (
 // dropped: the caller should treat the cache as not updated, and either
 // retry or Delete the key once Redis is back.
 func (c *Cache[V]) Set(ctx context.Context, key string, v V, opts ...SetOption) error {
-	if err := c.check(key); err != nil {
+	if err := c.check(ctx, key); err != nil {
 		return err
 	}
 	items := [1]item[V]{{key, v}}
@@ -38,8 +38,8 @@ func (c *Cache[V]) Set(ctx context.Context, key string, v V, opts ...SetOption) 
 // [ErrRedis]) returned; some items may have been written: retry, or Delete
 // them.
 func (c *Cache[V]) SetMany(ctx context.Context, items map[string]V, opts ...SetOption) error {
-	if c.closed.Load() {
-		return ErrClosed
+	if err := c.open(ctx); err != nil {
+		return err
 	}
 	list := make([]item[V], 0, len(items))
 	for k, v := range items {
@@ -149,8 +149,8 @@ func (c *Cache[V]) Delete(ctx context.Context, keys ...string) error {
 
 // delete is Delete, with the row version of a versioned Invalidate.
 func (c *Cache[V]) delete(ctx context.Context, version uint64, keys []string) error {
-	if c.closed.Load() {
-		return ErrClosed
+	if err := c.open(ctx); err != nil {
+		return err
 	}
 	for _, k := range keys {
 		if k == "" {
@@ -241,8 +241,8 @@ type Invalidation struct {
 // elsewhere. Like Delete and InvalidateTags it returns Redis errors; a
 // consumer should not acknowledge the event until it returns nil.
 func (c *Cache[V]) Invalidate(ctx context.Context, inv Invalidation) error {
-	if c.closed.Load() { // before the tags are checked: ErrClosed for every call after Close
-		return ErrClosed
+	if err := c.open(ctx); err != nil { // before the tags are checked: ErrClosed for every call after Close
+		return err
 	}
 	// Any number of tags (the bound is per value), checked before a key is
 	// deleted: nothing half done.
@@ -268,8 +268,8 @@ func (c *Cache[V]) Invalidate(ctx context.Context, inv Invalidation) error {
 // Unlike [WithSchemaVersion], it needs no deploy and keeps the keys'
 // names. A Redis failure is returned (wrapping [ErrRedis]): retry.
 func (c *Cache[V]) Clear(ctx context.Context) error {
-	if c.closed.Load() {
-		return ErrClosed
+	if err := c.open(ctx); err != nil {
+		return err
 	}
 	if _, err := c.st.Clear(ctx); err != nil {
 		return err

@@ -10,6 +10,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/tiercache/tiercache"
 )
 
 // Follower tails a PostgreSQL logical replication slot and invalidates
@@ -98,12 +100,16 @@ func copyParams(m map[string]string) map[string]string {
 // publication is missing or wrong ([ErrSlotNotFound], [ErrSlotUnusable],
 // [ErrPublication], also for a publication changed while Run streams so
 // that it hides changes, checked every Options.LagInterval),
-// PostgreSQL refuses the role ([ErrPermission]),
-// Invalidate reports a closed cache (tiercache.ErrClosed), Run is already
-// running ([ErrRunning]) or the follower is closed ([ErrClosed]). Redis
-// and network errors are retried, never returned. Run may be called again
-// after it returned; it resumes from the slot.
+// PostgreSQL refuses the role ([ErrPermission]), Invalidate reports a
+// closed cache (tiercache.ErrClosed), Run is already running
+// ([ErrRunning]), the follower is closed ([ErrClosed]) or ctx is nil
+// (tiercache.ErrNilContext). Redis and network errors are retried, never
+// returned. Run may be called again after it returned; it resumes from the
+// slot.
 func (f *Follower) Run(ctx context.Context) error {
+	if ctx == nil {
+		return tiercache.ErrNilContext
+	}
 	f.mu.Lock()
 	switch {
 	case f.closed:

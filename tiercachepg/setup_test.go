@@ -124,8 +124,8 @@ func TestMinimalRole(t *testing.T) {
 	waitUntil(t, "the slot's lag read", func() bool { return r.f.Stats().SlotLagBytes >= 0 })
 }
 
-// TestLifecycle: Run twice at once, Run after Close, Close twice, and a
-// Run stopped by its context, with a database that cannot be reached
+// TestLifecycle: Run with a nil context, Run twice at once, Run after
+// Close, Close twice, and a Run stopped by its context, with a database that cannot be reached
 // (Run retries the connection until stopped).
 func TestLifecycle(t *testing.T) {
 	m, err := tiercachepg.KeyPattern(tiercachepg.Table{Name: "items", Key: "items:{id}"})
@@ -142,6 +142,10 @@ func TestLifecycle(t *testing.T) {
 	f, err := tiercachepg.New(dsn, opts)
 	if err != nil {
 		t.Fatal(err)
+	}
+	var nilCtx context.Context
+	if err := f.Run(nilCtx); !errors.Is(err, tiercache.ErrNilContext) {
+		t.Errorf("Run(nil ctx) = %v, want tiercache.ErrNilContext", err)
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- f.Run(context.Background()) }()
