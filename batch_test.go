@@ -149,6 +149,41 @@ func TestGetOrLoadMany(t *testing.T) {
 	})
 }
 
+// The keys are the batch loader's own: one that sorts them in place (or
+// overwrites them once done) gets each value cached under its own key.
+func TestBatchLoaderMayChangeItsKeys(t *testing.T) {
+	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
+		ctx := t.Context()
+		c := newCache[string](t, tg, WithL1(100))
+		input := []string{"c", "a", "d", "b"}
+		got, err := c.GetOrLoadMany(ctx, input, func(_ context.Context, ks []string) (map[string]string, error) {
+			slices.Sort(ks)
+			m := make(map[string]string, len(ks))
+			for i, k := range ks {
+				m[k] = "v:" + k
+				ks[i] = "overwritten"
+			}
+			return m, nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := map[string]string{"a": "v:a", "b": "v:b", "c": "v:c", "d": "v:d"}
+		if !maps.Equal(got, want) {
+			t.Fatalf("GetOrLoadMany = %v, want %v", got, want)
+		}
+		if !slices.Equal(input, []string{"c", "a", "d", "b"}) {
+			t.Fatalf("the caller's keys were changed: %v", input)
+		}
+		c.l1.flush() // what Redis holds, too
+		for k, v := range want {
+			if g, err := c.Get(ctx, k); err != nil || g != v {
+				t.Errorf("Get(%q) = %q, %v; want %q", k, g, err, v)
+			}
+		}
+	})
+}
+
 func missingKeys(want, got map[string]string) []string {
 	var m []string
 	for k := range want {

@@ -28,8 +28,9 @@ type LoadFunc[V any] func(ctx context.Context) (V, error)
 // as not found (for the negative TTL), also when it returns [ErrNotFound]
 // (wrapped or not: none of the keys it did not return exists, which is a
 // result, not an error). Keys it returns that were not asked for are
-// ignored. Like [LoadFunc], it runs on a context detached from the
-// callers, bounded by the load timeout, and may call [LoadOptions].
+// ignored. keys is the loader's own: it may sort it, change it or keep it.
+// Like [LoadFunc], it runs on a context detached from the callers, bounded
+// by the load timeout, and may call [LoadOptions].
 type BatchLoadFunc[V any] func(ctx context.Context, keys []string) (map[string]V, error)
 
 // GetOrLoad returns the value of key from L1, Redis, or, when neither has a
@@ -956,7 +957,9 @@ func single[V any](load LoadFunc[V]) loader[V] {
 // batch adapts a BatchLoadFunc: a key it does not return is not found.
 func batch[V any](load BatchLoadFunc[V]) loader[V] {
 	return loader[V]{op: "load_many", fn: func(ctx context.Context, ks []string, out []loaded[V]) error {
-		m, err := load(ctx, ks)
+		// A copy: the loader may sort its keys, or reuse the slice, and the
+		// results are matched to ks by position.
+		m, err := load(ctx, slices.Clone(ks))
 		if err != nil && !errors.Is(err, ErrNotFound) { // ErrNotFound: none of the rest exists
 			return err
 		}
