@@ -722,8 +722,8 @@ func TestCloseDuringAcquireCallsNoLoader(t *testing.T) {
 		if err := <-closed; err != nil {
 			t.Fatal(err)
 		}
-		if err := <-read; err == nil {
-			t.Error("the read whose load Close cancelled returned no error")
+		if err := <-read; !errors.Is(err, ErrClosed) {
+			t.Errorf("the read whose load Close cancelled returned %v, want ErrClosed", err)
 		}
 		if n := loads.Load(); n != 0 {
 			t.Errorf("the loader was called %d times after Close", n)

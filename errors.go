@@ -33,7 +33,9 @@ var (
 	// sense (a negative TTL, a jitter above 1, a prefix with braces, ...).
 	ErrInvalidOption = errors.New("tiercache: invalid option")
 
-	// ErrClosed is returned by calls made after [Cache.Close].
+	// ErrClosed is returned by calls made after [Cache.Close], and by reads
+	// whose load Close cut short (wrapping the loader's error, if it
+	// returned one).
 	ErrClosed = errors.New("tiercache: cache closed")
 
 	// ErrLoaderPanic is wrapped by the error every waiter of a load gets when

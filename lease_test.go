@@ -470,6 +470,36 @@ func TestLeaseWaiterWokenByFill(t *testing.T) {
 	})
 }
 
+// Close ends a read that waits for another instance's lease with
+// ErrClosed, not a bare context.Canceled the caller could take for its own.
+func TestCloseEndsALeaseWaitWithErrClosed(t *testing.T) {
+	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
+		holder, waiter, obs := leaseHolderAndWaiter(t, tg)
+		loading, release := make(chan struct{}), make(chan struct{})
+		defer close(release)
+		go func() {
+			_, _ = holder.GetOrLoad(context.Background(), "k", func(ctx context.Context) (string, error) {
+				close(loading)
+				<-release
+				return "held", nil
+			})
+		}()
+		<-loading
+		read := make(chan error, 1)
+		go func() {
+			_, err := waiter.GetOrLoad(t.Context(), "k", constLoad("waiter", 0))
+			read <- err
+		}()
+		waitFor(t, 10*time.Second, "the waiter's acquire", func() bool { return obs.count("acquire") >= 1 })
+		if err := waiter.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if err := redistest.Receive(t, read, 20*time.Second, "the waiting read did not return after Close"); !errors.Is(err, ErrClosed) {
+			t.Fatalf("the waiting read returned %v, want ErrClosed", err)
+		}
+	})
+}
+
 // A fill wakes the waiters of its lease on the channel the waiters listen
 // to: the classic fill channel on one node, the sharded one on a Redis 7
 // cluster. Before, the fill script PUBLISHed classically on a cluster too,

@@ -3,6 +3,7 @@ package tiercache
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"runtime/pprof"
@@ -381,16 +382,22 @@ func (c *Cache[V]) runLoad(parent context.Context, kind flightKind, ks []*keyLoa
 
 // detached returns the context a load runs on: the values of parent (the
 // leading caller's trace, say) without its cancellation, and cancelled by
-// Close. The loader's call gets its own timeout (see callLoader); the wait
-// for another instance's lease has its own bound (see leaseWait).
+// Close, with ErrClosed as the cause: what the load's waiters get (see
+// closing). The loader's call gets its own timeout (see callLoader); the
+// wait for another instance's lease has its own bound (see leaseWait).
 func (c *Cache[V]) detached(parent context.Context) (context.Context, context.CancelFunc) {
-	ctx, cancel := context.WithCancel(context.WithoutCancel(parent))
-	stop := context.AfterFunc(c.life, cancel)
+	ctx, cancel := context.WithCancelCause(context.WithoutCancel(parent))
+	stop := context.AfterFunc(c.life, func() { cancel(ErrClosed) })
 	return ctx, func() {
 		stop()
-		cancel()
+		cancel(nil)
 	}
 }
+
+// closing returns the error of a load that ctx's end cut short: ErrClosed,
+// the cause Close gave it, rather than a bare context.Canceled that a
+// caller could not tell from its own.
+func closing(ctx context.Context) error { return context.Cause(ctx) }
 
 var (
 	// errGoexit is the Value of the PanicError of a loader that called
@@ -517,11 +524,11 @@ func (c *Cache[V]) load(ctx context.Context, ks []*keyLoad[V], mode loadMode, no
 	defer func() { unwatch() }()
 	pending := ks
 	for len(pending) > 0 {
-		if err := ctx.Err(); err != nil {
+		if ctx.Err() != nil {
 			// Closed (before this round's acquire): ask Redis for nothing
 			// more. (Leases of earlier rounds are given back by the
 			// deferred release.)
-			fail(pending, err)
+			fail(pending, closing(ctx))
 			return
 		}
 		// A waiter is woken by the holder's fill (see wake.Waits) while the
@@ -570,7 +577,7 @@ func (c *Cache[V]) load(ctx context.Context, ks []*keyLoad[V], mode loadMode, no
 				if (errs != nil && errs[i] != nil) || res[i].State == store.AcquireOwned {
 					k.owned = true
 				}
-				k.settle(entry[V]{}, ctx.Err())
+				k.settle(entry[V]{}, closing(ctx))
 			}
 			return
 		}
@@ -766,6 +773,10 @@ func (c *Cache[V]) loadAndFill(ctx context.Context, ks []*keyLoad[V], mode fillM
 	}
 	delta, err := c.callLoader(ctx, meta, fn, names, out)
 	if err != nil {
+		if ctx.Err() != nil && !errors.Is(err, ErrClosed) {
+			// Close cut the load short; the loader's error says how.
+			err = fmt.Errorf("%w: %w", closing(ctx), err)
+		}
 		now := nowMicro()
 		for _, k := range ks {
 			if k.stale != nil && within(k.stale, now, c.cfg.sie) {
@@ -1098,7 +1109,7 @@ func (w *leaseWait) sleep(ctx context.Context, leaseLeft time.Duration, woken <-
 	case <-woken:
 		return nil
 	case <-ctx.Done():
-		return ctx.Err()
+		return closing(ctx)
 	}
 }
 

@@ -204,7 +204,8 @@ func TestLoadTimeout(t *testing.T) {
 	})
 }
 
-// Close while a load is in flight: the caller returns, goroutines stop.
+// Close while a load is in flight: the caller returns ErrClosed (wrapping
+// the loader's own error), goroutines stop.
 func TestCloseDuringLoad(t *testing.T) {
 	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
 		// No load timeout: only Close can end the load.
@@ -225,8 +226,8 @@ func TestCloseDuringLoad(t *testing.T) {
 		if err := redistest.Receive(t, closed, 20*time.Second, "Close did not cancel the load in flight"); err != nil {
 			t.Fatal(err)
 		}
-		if err := redistest.Receive(t, done, 20*time.Second, "GetOrLoad did not return after Close"); err == nil {
-			t.Fatal("a load cancelled by Close returned no error")
+		if err := redistest.Receive(t, done, 20*time.Second, "GetOrLoad did not return after Close"); !errors.Is(err, ErrClosed) || !errors.Is(err, context.Canceled) {
+			t.Fatalf("a load cancelled by Close returned %v, want ErrClosed wrapping the loader's context.Canceled", err)
 		}
 	})
 }
