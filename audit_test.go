@@ -566,6 +566,126 @@ func TestAuditPanicsInUserCodeLeaveNoFlightOpen(t *testing.T) {
 	})
 }
 
+// blockingLookup is an Observer whose first L2 lookup, once armed, tells
+// in and waits for proceed, then runs then (a panic, a Goexit).
+type blockingLookup struct {
+	NopObserver
+	armed       atomic.Bool
+	in, proceed chan struct{}
+	then        func()
+}
+
+func (o *blockingLookup) Lookup(tier Tier, _ bool, _ time.Duration) {
+	if tier == TierL2 && o.armed.CompareAndSwap(true, false) {
+		close(o.in)
+		<-o.proceed
+		o.then()
+	}
+}
+
+// The read that leads a flight panics (here in its Observer) or calls
+// runtime.Goexit while another caller waits on the flight: the panic goes
+// on up the leader's stack, and the waiter gets it as a *PanicError
+// (errors.Is ErrLoaderPanic), as the Observer's doc says.
+func TestAuditWaitersOfAReadThatPanicsGetAPanicError(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		then  func()
+		value func(any) bool
+	}{
+		{"panic", func() { panic("observer boom") }, func(v any) bool { return v == "observer boom" }},
+		{"Goexit", runtime.Goexit, func(v any) bool { return v == errReadAborted }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			obs := &blockingLookup{in: make(chan struct{}), proceed: make(chan struct{}), then: tc.then}
+			c := newCacheOn[string](t, directClient(t, redistest.SharedServer(t)), testPrefix(t), WithObserver(obs))
+			waitSubscribed(t, c)    // (its subscription coming up would forget the leader's flight)
+			c.odds.v.Store(oddsOne) // the read sends its GET (see readOdds)
+			obs.armed.Store(true)
+			leader := make(chan any, 1)
+			go func() {
+				defer func() { leader <- recover() }()
+				_, _ = c.GetOrLoad(context.Background(), "k", constLoad("v", 0))
+			}()
+			<-obs.in // the leader's GET is back; its Observer holds it
+			waiter := make(chan error, 1)
+			go func() {
+				_, err := c.GetOrLoad(context.Background(), "k", constLoad("v", 0))
+				waiter <- err
+			}()
+			waitFor(t, 10*time.Second, "the waiter to join the flight", func() bool { return c.Stats().Count(EventCoalesced) == 1 })
+			close(obs.proceed)
+			p := <-leader
+			if tc.name == "panic" && p != "observer boom" {
+				t.Errorf("the leader's panic = %v, want it to go on up its stack", p)
+			}
+			err := redistest.Receive(t, waiter, 10*time.Second, "the waiter did not return")
+			var perr *PanicError
+			if !errors.As(err, &perr) || !errors.Is(err, ErrLoaderPanic) || !tc.value(perr.Value) {
+				t.Fatalf("the waiter got %v, want a *PanicError of the leader's %s", err, tc.name)
+			}
+		})
+	}
+}
+
+// panicOnCoalesced is an Observer that runs its armed func at the first
+// EventCoalesced.
+type panicOnCoalesced struct {
+	NopObserver
+	oneShot
+}
+
+func (o *panicOnCoalesced) Event(e Event) {
+	if e == EventCoalesced {
+		o.fire()
+	}
+}
+
+// A batch whose Observer panics when told that one of its keys joined
+// another caller's load leaves none of its other keys' flights open: a
+// later read of them loads instead of waiting for good.
+func TestAuditBatchObserverPanicLeavesNoFlightOpen(t *testing.T) {
+	obs := &panicOnCoalesced{}
+	c := newCacheOn[string](t, directClient(t, redistest.SharedServer(t)), testPrefix(t), WithObserver(obs))
+	waitSubscribed(t, c) // (its subscription coming up would forget the flight of "a")
+	loading, release := make(chan struct{}), make(chan struct{})
+	held := make(chan error, 1)
+	go func() {
+		_, err := c.GetOrLoad(context.Background(), "a", func(context.Context) (string, error) {
+			close(loading)
+			<-release
+			return "a", nil
+		})
+		held <- err
+	}()
+	<-loading
+	obs.arm(func() { panic("observer boom") })
+	func() {
+		defer func() {
+			if p := recover(); p != "observer boom" {
+				t.Errorf("GetOrLoadMany's panic = %v, want the Observer's", p)
+			}
+		}()
+		// "b" first: claimed and led before "a" is found in flight.
+		_, _ = c.GetOrLoadMany(context.Background(), []string{"b", "a"}, func(_ context.Context, ks []string) (map[string]string, error) {
+			m := map[string]string{}
+			for _, k := range ks {
+				m[k] = k
+			}
+			return m, nil
+		})
+	}()
+	close(release)
+	if err := <-held; err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	if v, err := c.GetOrLoad(ctx, "b", constLoad("b", 0)); err != nil || v != "b" {
+		t.Fatalf(`GetOrLoad("b") after the batch's Observer panicked = %q, %v`, v, err)
+	}
+}
+
 // Durations do not overflow: a huge TTL works (the value stays), it does
 // not wrap around and expire at once.
 func TestAuditHugeTTLs(t *testing.T) {

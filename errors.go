@@ -60,9 +60,10 @@ var (
 )
 
 // PanicError is the error of a load whose loader panicked or called
-// runtime.Goexit. It keeps the panic value and the loader goroutine's
-// stack; every caller that waited on the load gets it, and nothing is
-// cached. Error() is one line; the stack is in Stack.
+// runtime.Goexit (or whose Observer or codec did, on the way). It keeps
+// the panic value and the stack of the goroutine that panicked; every
+// caller that waited on the load gets it, and nothing is cached. Error() is
+// one line; the stack is in Stack.
 type PanicError struct {
 	Value any
 	Stack []byte

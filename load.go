@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"runtime/debug"
 	"runtime/pprof"
 	"slices"
 	"sync"
@@ -101,8 +102,21 @@ func (c *Cache[V]) readThrough(ctx context.Context, key string, load LoadFunc[V]
 	}
 	ended := false
 	defer func() {
-		if !ended { // the read panicked (an Observer, say): end the flight all the same
-			c.flight.End(fk, call, entry[V]{}, errReadAborted)
+		if ended {
+			return
+		}
+		// The read panicked (an Observer, a codec) or called
+		// runtime.Goexit: end the flight all the same, with the panic as
+		// its waiters' *PanicError, and let the panic go on up this
+		// caller's stack.
+		p := recover()
+		perr := &PanicError{Value: errReadAborted, Stack: debug.Stack()}
+		if p != nil {
+			perr = asPanicError(p)
+		}
+		c.flight.End(fk, call, entry[V]{}, perr)
+		if p != nil {
+			panic(p)
 		}
 	}()
 	e, found, err := c.getL2(ctx, key)
@@ -236,13 +250,14 @@ func (c *Cache[V]) GetOrLoadMany(ctx context.Context, keys []string, load BatchL
 	var lead []*keyLoad[V]
 	var leadCalls []*flight.Call[entry[V]]
 	heard := c.inv.hearing()
+	coalesced := 0
 	for i, k := range missing {
 		k.heard = heard
 		call, leader := c.flight.Begin(flightKey{flightRead, k.key})
 		if calls[i] = call; leader {
 			lead, leadCalls = append(lead, k), append(leadCalls, call)
 		} else {
-			c.rec.event(EventCoalesced)
+			coalesced++
 		}
 	}
 	// Two loads at most: the keys read as usual, and those of failed nodes
@@ -257,6 +272,10 @@ func (c *Cache[V]) GetOrLoadMany(ctx context.Context, keys []string, load BatchL
 	if n < len(lead) {
 		c.lead(ctx, flightRead, lead[n:], leadCalls[n:], loadOutage, 0, batch(load))
 	}
+	// Told only now that the flights it leads are the load core's: an
+	// Observer that panicked while some were claimed and not yet led would
+	// leave them open for good.
+	c.rec.eventN(EventCoalesced, coalesced)
 	var firstErr error
 	for i, k := range missing {
 		e, err := calls[i].Wait(ctx)
@@ -402,9 +421,11 @@ func closing(ctx context.Context) error { return context.Cause(ctx) }
 var (
 	// errGoexit is the Value of the PanicError of a loader that called
 	// runtime.Goexit.
-	errGoexit      = errors.New("tiercache: the loader called runtime.Goexit")
-	errUnsettled   = errors.New("tiercache: internal error: a load left a key unsettled")
-	errReadAborted = errors.New("tiercache: the read that led this load panicked")
+	errGoexit    = errors.New("tiercache: the loader called runtime.Goexit")
+	errUnsettled = errors.New("tiercache: internal error: a load left a key unsettled")
+	// errReadAborted is the Value of the PanicError of a read that led a
+	// flight and called runtime.Goexit.
+	errReadAborted = errors.New("tiercache: the read that led this load called runtime.Goexit")
 	// errLeaseBusy ends a background refresh whose lease another instance holds.
 	errLeaseBusy = errors.New("tiercache: lease held by another instance")
 )
