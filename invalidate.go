@@ -214,6 +214,16 @@ func (iv *invalidator) send(ctx context.Context, keys []string, tags []envelope.
 func (iv *invalidator) publish() {
 	defer iv.wg.Done()
 	defer close(iv.published)
+	defer func() {
+		// The Observer (or Tracer) panicked while a batch went out. No
+		// caller is here to take the panic, and it must not end the
+		// process: the publisher stops, and writers publish their own
+		// invalidations from then on (see send), the batch's included. A
+		// runtime.Goexit ends it the same way, without this log.
+		if p := recover(); p != nil {
+			iv.log.Error("tiercache: the Observer panicked in the invalidation publisher; writers publish their own invalidations from now on", "panic", p)
+		}
+	}()
 	var batch []pubReq
 	for {
 		select {
@@ -311,7 +321,23 @@ func (iv *invalidator) apply(payload string) {
 // out once, from the servers, before the first publish or subscribe, so
 // that every instance agrees.
 func (iv *invalidator) subscribe() {
-	defer iv.wg.Done()
+	returned := false
+	defer func() {
+		if !returned {
+			// The Observer or the Logger panicked outside a message (see
+			// receive), or called runtime.Goexit: subscribe again.
+			if p := recover(); p != nil {
+				iv.log.Error("tiercache: the invalidation subscriber panicked; L1 flushed, subscribing again", "panic", p)
+			}
+			iv.exited()
+		}
+		iv.wg.Done()
+	}()
+	iv.subscribeAndKeep()
+	returned = true
+}
+
+func (iv *invalidator) subscribeAndKeep() {
 	var sharded bool
 	for backoff := 10 * time.Millisecond; ; backoff = min(2*backoff, time.Second) {
 		var err error
@@ -387,7 +413,7 @@ func (iv *invalidator) keep(sub *subscription) {
 			err = ps.Subscribe(iv.life, sub.channels...)
 		}
 		if err == nil {
-			confirmed, err = iv.receiver(sub).Receive(iv.life, ps)
+			confirmed, err = iv.receive(sub, ps)
 		}
 		// Down as soon as it is known to be (messages may be lost from
 		// here on), before the round trips below.
@@ -418,6 +444,52 @@ func (iv *invalidator) keep(sub *subscription) {
 			return
 		}
 		backoff = min(backoff*2, time.Second)
+	}
+}
+
+// receive reads sub's connection until it fails, stalls or a handler
+// (user code: the Observer, the Logger) panics: then the subscription is
+// lost like any other, and what the handler left half applied is flushed
+// with the rest of L1 (see keep). No caller is here to take the panic, and
+// it must not end the process.
+func (iv *invalidator) receive(sub *subscription, ps *redis.PubSub) (confirmed bool, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("a handler panicked: %v", p)
+		}
+	}()
+	return iv.receiver(sub).Receive(iv.life, ps)
+}
+
+// exited is what subscribe's goroutine does when user code in it panicked
+// outside a message or called runtime.Goexit, which nothing can stop: the
+// subscription is down (L1 flushed, waiters polling), its connection
+// closed, and a new goroutine subscribes again unless the invalidator
+// stopped.
+func (iv *invalidator) exited() {
+	if iv.healthy() {
+		iv.epoch.Add(1) // even: down
+	}
+	iv.mu.Lock()
+	sub, closed := iv.sub, iv.closed
+	if !closed {
+		iv.sub = nil
+		iv.wg.Add(1) // before this goroutine's Done: stop's Wait waits for it too
+		go iv.subscribe()
+	}
+	iv.mu.Unlock()
+	if sub != nil {
+		sub.mu.Lock()
+		if sub.ps != nil {
+			_ = sub.ps.Close()
+		}
+		sub.mu.Unlock()
+	}
+	defer func() { _ = recover() }() // the Observer again, in flush: the new subscription flushes too
+	iv.flush()
+	iv.fills.WakeAll()
+	if !closed {
+		iv.log.Warn("tiercache: a handler of the invalidation subscription called runtime.Goexit; L1 flushed, subscribing again")
 	}
 }
 
@@ -455,6 +527,9 @@ func (iv *invalidator) receiver(sub *subscription) *pubsub.Receiver {
 			iv.wg.Add(1)
 			go func() {
 				defer iv.wg.Done()
+				// f sends an echo: a panic of the Observer there loses the
+				// echo, which ends the subscription in time (see Receive).
+				defer func() { _ = recover() }()
 				f()
 			}()
 		},

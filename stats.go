@@ -81,8 +81,13 @@ func (e Event) String() string { return nameOf(e, eventNames[:]...) }
 // round trip that other calls may be waiting to share, and a read from
 // there could wait for that round trip itself.
 // A panic in one leaves no round trip, flight or breaker probe held (in a
-// load, its waiters get it as a [PanicError]). Embed [NopObserver] to
-// implement only some of them.
+// load, or a read that others wait for, its waiters get it as a
+// [PanicError]). On the cache's own goroutines, where no caller could take
+// it, a panic (or runtime.Goexit) does not end the process: in the
+// invalidation subscriber it ends the subscription, which comes back with
+// L1 flushed meanwhile; in the publisher, writers publish their own
+// invalidations from then on; around a lease release, the leases expire
+// with their TTL. Embed [NopObserver] to implement only some of them.
 type Observer interface {
 	// Lookup is called for each read of a tier: hit or miss, and how long
 	// the lookup took. L1 lookups are not timed (d is 0): reading the clock

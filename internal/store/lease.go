@@ -345,6 +345,14 @@ func (s *Store) Release(ls []Lease) {
 	go func() {
 		defer s.releases.Done()
 		defer s.pendingReleases.Add(-1)
+		defer func() {
+			// The Observer (or Tracer) panicked around the round trip. No
+			// caller is here to take the panic, and it must not end the
+			// process: the leases expire with their TTL.
+			if p := recover(); p != nil {
+				s.log.Error("tiercache: the Observer panicked while leases were given back; they expire with their TTL", "leases", len(ls), "panic", p)
+			}
+		}()
 		deadline := time.Now().Add(s.leaseTTL)
 		for {
 			closing := s.life.Err() != nil

@@ -1,0 +1,123 @@
+package tiercache
+
+import (
+	"context"
+	"errors"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/tiercache/tiercache/internal/redistest"
+)
+
+// User code that runs on the cache's own goroutines (the invalidation
+// publisher and subscriber, the lease releases) has no caller to take its
+// panic: a panic there must not end the process, and neither a panic nor
+// a runtime.Goexit may leave the cache without invalidations.
+
+// eventHook is an Observer that runs its armed func at the first event e.
+type eventHook struct {
+	NopObserver
+	e Event
+	oneShot
+}
+
+func (o *eventHook) Event(e Event) {
+	if e == o.e {
+		o.fire()
+	}
+}
+
+// redisHook is an Observer that runs its armed func after the first round
+// trip of operation op.
+type redisHook struct {
+	NopObserver
+	op string
+	oneShot
+}
+
+func (o *redisHook) Redis(op string, _ time.Duration, _ error) {
+	if op == o.op {
+		o.fire()
+	}
+}
+
+// A panic of the writer's Observer in its invalidation publisher: the
+// write's invalidation still reaches the other instance, and so do the
+// next ones (the writers publish them themselves from then on).
+func TestObserverPanicInThePublisher(t *testing.T) {
+	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
+		ctx := t.Context()
+		prefix := testPrefix(t)
+		obs := &eventHook{e: EventInvalidationSent}
+		a := newCacheOn[string](t, tg.NewClient(t), prefix, WithObserver(obs))
+		b := newCacheOn[string](t, tg.NewClient(t), prefix, WithL1(100))
+		waitSubscribed(t, a, b)
+		mustSet(t, a, "k", "v1")
+		waitFor(t, 10*time.Second, "b to read v1", func() bool { v, err := b.Get(ctx, "k"); return err == nil && v == "v1" })
+		obs.arm(func() { panic("observer boom") })
+		if err := a.Set(ctx, "k", "v2"); err != nil {
+			t.Fatalf("Set whose publisher's Observer panicked = %v", err)
+		}
+		waitFor(t, 10*time.Second, "b to drop v1", func() bool { v, err := b.Get(ctx, "k"); return err == nil && v == "v2" })
+		mustSet(t, a, "k", "v3")
+		waitFor(t, 10*time.Second, "b to drop v2", func() bool { v, err := b.Get(ctx, "k"); return err == nil && v == "v3" })
+	})
+}
+
+// A panic or a runtime.Goexit of the receiver's Observer while it applies
+// an invalidation: the subscription is lost and comes back, L1 is flushed
+// meanwhile (nothing stale is served), and later invalidations arrive.
+func TestObserverPanicOrGoexitInTheSubscriber(t *testing.T) {
+	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
+		for _, tc := range []struct {
+			name string
+			do   func()
+		}{
+			{"panic", func() { panic("observer boom") }},
+			{"Goexit", runtime.Goexit},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				ctx := t.Context()
+				prefix := testPrefix(t)
+				obs := &eventHook{e: EventInvalidationReceived}
+				a := newCacheOn[string](t, tg.NewClient(t), prefix)
+				b := newCacheOn[string](t, tg.NewClient(t), prefix, WithL1(100), WithObserver(obs))
+				waitSubscribed(t, a, b)
+				mustSet(t, a, "k", "v1")
+				waitFor(t, 10*time.Second, "b to read v1", func() bool { v, err := b.Get(ctx, "k"); return err == nil && v == "v1" })
+				obs.arm(tc.do)
+				mustSet(t, a, "k", "v2")
+				// v2 in b's L1, where only an invalidation can replace it.
+				waitFor(t, 10*time.Second, "b to hold v2 in L1", func() bool {
+					_, _ = b.Get(ctx, "k")
+					e, ok := b.l1.peek("k")
+					return ok && e.val == "v2"
+				})
+				waitSubscribed(t, b)
+				mustSet(t, a, "k", "v3")
+				waitFor(t, 10*time.Second, "b to read v3", func() bool { v, err := b.Get(ctx, "k"); return err == nil && v == "v3" })
+				if b.Stats().Count(EventL1Flush) == 0 {
+					t.Error("b's L1 was not flushed when its subscription was lost")
+				}
+			})
+		}
+	})
+}
+
+// A panic of the Observer after the round trip that gives leases back
+// (they are given back on a background goroutine): the process goes on,
+// and so does the cache.
+func TestObserverPanicInALeaseRelease(t *testing.T) {
+	obs := &redisHook{op: "release"}
+	c := newCacheOn[string](t, directClient(t, redistest.SharedServer(t)), testPrefix(t), WithObserver(obs))
+	obs.arm(func() { panic("observer boom") })
+	failed := errors.New("loader failed")
+	if _, err := c.GetOrLoad(t.Context(), "k", func(context.Context) (string, error) { return "", failed }); !errors.Is(err, failed) {
+		t.Fatalf("GetOrLoad = %v, want the loader's error", err)
+	}
+	c.st.WaitReleases()
+	if v, err := c.GetOrLoad(t.Context(), "k", constLoad("v", 0)); err != nil || v != "v" {
+		t.Fatalf("GetOrLoad after the release's Observer panicked = %q, %v", v, err)
+	}
+}
