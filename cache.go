@@ -66,7 +66,7 @@ type Cache[V any] struct {
 // or a *redis.Ring all work. Options are validated: a bad one is an error
 // wrapping [ErrInvalidOption], never a silent default.
 func New[V any](rdb redis.UniversalClient, opts ...Option) (*Cache[V], error) {
-	if rdb == nil {
+	if v := reflect.ValueOf(rdb); rdb == nil || v.Kind() == reflect.Pointer && v.IsNil() { // (a nil *redis.Client too)
 		return nil, fmt.Errorf("%w: nil redis client (NewLocal makes a cache without Redis)", ErrInvalidOption)
 	}
 	return build[V](rdb, opts)

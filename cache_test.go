@@ -473,6 +473,11 @@ func TestNilContext(t *testing.T) {
 	})
 }
 
+// idPanics is a codec whose ID panics.
+type idPanics struct{ Codec }
+
+func (idPanics) ID() uint8 { panic("no ID") }
+
 func TestOptionsValidation(t *testing.T) {
 	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"}) // never dialled
 	defer rdb.Close()
@@ -485,6 +490,7 @@ func TestOptionsValidation(t *testing.T) {
 		{"negative version", WithSchemaVersion(-1)},
 		{"zero TTL", WithDefaultTTL(0)},
 		{"nil codec", WithCodec(nil)},
+		{"a codec whose ID panics", WithCodec(idPanics{})},
 		{"zero read timeout", WithReadTimeout(0)},
 		{"negative load timeout", WithLoadTimeout(-1)},
 		{"jitter above 1", WithJitter(1.5)},
@@ -516,6 +522,14 @@ func TestOptionsValidation(t *testing.T) {
 	}
 	if _, err := New[int](nil); !errors.Is(err, ErrInvalidOption) {
 		t.Fatalf("New(nil) = %v", err)
+	}
+	var noClient *redis.Client // a nil pointer in a non-nil interface
+	if _, err := New[int](noClient); !errors.Is(err, ErrInvalidOption) {
+		t.Fatalf("New of a nil *redis.Client = %v", err)
+	}
+	var noCluster *redis.ClusterClient
+	if _, err := New[int](noCluster); !errors.Is(err, ErrInvalidOption) {
+		t.Fatalf("New of a nil *redis.ClusterClient = %v", err)
 	}
 }
 

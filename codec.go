@@ -14,7 +14,7 @@ import (
 // copying it.
 //
 // ID is stored in every frame: a value written with another codec is a miss
-// rather than garbage. IDs 0 to 15 are reserved for tiercache's own codecs;
+// rather than garbage; the cache asks for it once, in New. IDs 0 to 15 are reserved for tiercache's own codecs;
 // choose another for yours.
 type Codec interface {
 	ID() uint8

@@ -31,6 +31,7 @@ func (e *entry[V]) fresh(now int64) bool { return now < e.softExp }
 // compression and size limit.
 type valueCodec struct {
 	codec       Codec
+	id          uint8 // codec.ID(), asked once, in New
 	compression Compression
 	above       int
 	maxSize     int
@@ -40,8 +41,12 @@ type valueCodec struct {
 
 func newValueCodec(cfg *config) (*valueCodec, error) {
 	vc := &valueCodec{codec: cfg.codec, compression: cfg.compression, above: cfg.compressAbove, maxSize: cfg.maxValueSize}
+	id, err := codecID(cfg.codec)
+	if err != nil {
+		return nil, err
+	}
+	vc.id = id
 	if cfg.compression == Zstd {
-		var err error
 		if vc.zenc, err = zstd.NewWriter(nil); err != nil {
 			return nil, fmt.Errorf("%w: zstd: %w", ErrInvalidOption, err)
 		}
@@ -59,10 +64,21 @@ func newValueCodec(cfg *config) (*valueCodec, error) {
 	return vc, nil
 }
 
+// codecID asks c for its ID: a panic there is a bad option, not a panic
+// of New.
+func codecID(c Codec) (id uint8, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("%w: the codec's ID panicked: %v", ErrInvalidOption, p)
+		}
+	}()
+	return c.ID(), nil
+}
+
 // encode builds the frame of v: env holds its metadata (times, key hash,
 // tags, versions, the negative flag); encode adds the codec's payload.
 func (vc *valueCodec) encode(v any, env envelope.Envelope) ([]byte, error) {
-	env.Codec = vc.codec.ID()
+	env.Codec = vc.id
 	if !env.Negative() {
 		payload, err := marshal(vc.codec, v)
 		if err != nil {
@@ -105,8 +121,8 @@ func decode[V any](vc *valueCodec, b []byte, keyHash uint64, e *entry[V]) error 
 	if e.neg {
 		return nil
 	}
-	if env.Codec != vc.codec.ID() {
-		return fmt.Errorf("%w: written with codec %d, this cache uses %d", envelope.ErrCorrupt, env.Codec, vc.codec.ID())
+	if env.Codec != vc.id {
+		return fmt.Errorf("%w: written with codec %d, this cache uses %d", envelope.ErrCorrupt, env.Codec, vc.id)
 	}
 	payload := env.Payload
 	switch env.Compression() {
