@@ -221,6 +221,8 @@ func (c *Cache[V]) forgetLocal() {
 // loader's result, or an error); a write in flight whose Redis write
 // landed still publishes its invalidation before it returns. It does not
 // close the Redis client, which the caller owns. Close is idempotent.
+// Since it waits for the loads, a loader (or an Observer, or a codec) must
+// not call it: it would wait for itself.
 func (c *Cache[V]) Close() error {
 	c.closeMu.Lock()
 	already := c.closed.Swap(true)

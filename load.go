@@ -22,7 +22,8 @@ import (
 // LoadFunc loads the value of one key from the source of truth. It returns
 // [ErrNotFound] (or an error wrapping it) when the record does not exist.
 // It runs on a context detached from the callers that wait for it, bounded
-// by [WithLoadTimeout] and by [Cache.Close].
+// by [WithLoadTimeout] and by [Cache.Close]. It must not call Close, which
+// waits for it.
 type LoadFunc[V any] func(ctx context.Context) (V, error)
 
 // BatchLoadFunc loads the values of keys from the source of truth, in one
