@@ -34,8 +34,8 @@ var (
 	ErrInvalidOption = errors.New("tiercache: invalid option")
 
 	// ErrClosed is returned by calls made after [Cache.Close], and by reads
-	// whose load Close cut short (wrapping the loader's error, if it
-	// returned one).
+	// whose load Close cut short (wrapping the loader's error if it failed
+	// otherwise than by the cancellation).
 	ErrClosed = errors.New("tiercache: cache closed")
 
 	// ErrLoaderPanic is wrapped by the error every waiter of a load gets when

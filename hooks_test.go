@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"runtime"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -119,5 +120,66 @@ func TestObserverPanicInALeaseRelease(t *testing.T) {
 	c.st.WaitReleases()
 	if v, err := c.GetOrLoad(t.Context(), "k", constLoad("v", 0)); err != nil || v != "v" {
 		t.Fatalf("GetOrLoad after the release's Observer panicked = %q, %v", v, err)
+	}
+}
+
+// flushHook is an Observer that runs do at every EventL1Flush while armed.
+type flushHook struct {
+	NopObserver
+	armed atomic.Bool
+	do    func()
+}
+
+func (o *flushHook) Event(e Event) {
+	if e == EventL1Flush && o.armed.Load() {
+		o.do()
+	}
+}
+
+// dropSubscription closes c's subscription connection, as a network
+// failure would.
+func dropSubscription[V any](c *Cache[V]) {
+	c.inv.mu.Lock()
+	sub := c.inv.sub
+	c.inv.mu.Unlock()
+	sub.mu.Lock()
+	_ = sub.ps.Close()
+	sub.mu.Unlock()
+}
+
+// An Observer that panics, or calls runtime.Goexit, at every L1 flush (a
+// flush is what a lost subscription does): the subscriber comes back with
+// a backoff, not in a loop of new connections, and resubscribes once the
+// Observer behaves; Close then returns (a Goexit in the restart's own
+// flush once skipped the WaitGroup's Done, and Close waited for good).
+func TestObserverFailingAtEveryFlush(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		do   func()
+	}{
+		{"panic", func() { panic("observer boom") }},
+		{"Goexit", runtime.Goexit},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			obs := &flushHook{do: tc.do}
+			c := newCacheOn[string](t, directClient(t, redistest.SharedServer(t)), testPrefix(t), WithL1(100), WithObserver(obs))
+			waitSubscribed(t, c)
+			before := c.Stats().Count(EventL1Flush)
+			obs.armed.Store(true)
+			dropSubscription(c)
+			time.Sleep(time.Second)
+			obs.armed.Store(false)
+			// Backing off from 10ms doubling to 1s, a second holds about 7
+			// attempts of a few flushes each; without a backoff, thousands.
+			if n := c.Stats().Count(EventL1Flush) - before; n > 100 {
+				t.Errorf("%d L1 flushes in a second: the subscriber restarts without a backoff", n)
+			}
+			waitSubscribed(t, c)
+			closed := make(chan error, 1)
+			go func() { closed <- c.Close() }()
+			if err := redistest.Receive(t, closed, 20*time.Second, "Close did not return"); err != nil {
+				t.Fatal(err)
+			}
+		})
 	}
 }

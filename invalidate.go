@@ -115,7 +115,7 @@ func (iv *invalidator) start() {
 	}
 	if iv.onKeys != nil || iv.fills != nil {
 		iv.wg.Add(1)
-		go iv.subscribe()
+		go iv.subscribe(0)
 	}
 }
 
@@ -221,7 +221,9 @@ func (iv *invalidator) publish() {
 		// invalidations from then on (see send), the batch's included. A
 		// runtime.Goexit ends it the same way, without this log.
 		if p := recover(); p != nil {
-			iv.log.Error("tiercache: the Observer panicked in the invalidation publisher; writers publish their own invalidations from now on", "panic", p)
+			safely(func() {
+				iv.log.Error("tiercache: the Observer panicked in the invalidation publisher; writers publish their own invalidations from now on", "panic", p)
+			})
 		}
 	}()
 	var batch []pubReq
@@ -320,19 +322,28 @@ func (iv *invalidator) apply(payload string) {
 // instead of over the cluster bus to every node. The store finds the mode
 // out once, from the servers, before the first publish or subscribe, so
 // that every instance agrees.
-func (iv *invalidator) subscribe() {
+//
+// It starts after delay: a subscriber that user code ended (see exited)
+// comes back with a backoff, not in a loop as fast as Redis accepts
+// connections.
+func (iv *invalidator) subscribe(delay time.Duration) {
+	// First, so last: it runs even if user code in the deferred exited
+	// calls runtime.Goexit (which runs the remaining deferred calls).
+	defer iv.wg.Done()
 	returned := false
 	defer func() {
-		if !returned {
-			// The Observer or the Logger panicked outside a message (see
-			// receive), or called runtime.Goexit: subscribe again.
-			if p := recover(); p != nil {
-				iv.log.Error("tiercache: the invalidation subscriber panicked; L1 flushed, subscribing again", "panic", p)
-			}
-			iv.exited()
+		if returned {
+			return
 		}
-		iv.wg.Done()
+		// The Observer or the Logger panicked outside a message (see
+		// receive), or called runtime.Goexit: subscribe again.
+		p := recover()
+		iv.exited(delay, p)
 	}()
+	if delay > 0 && !iv.sleep(delay) {
+		returned = true
+		return
+	}
 	iv.subscribeAndKeep()
 	returned = true
 }
@@ -425,17 +436,19 @@ func (iv *invalidator) keep(sub *subscription) {
 		// A cluster client picks the connection's node from its slot map:
 		// after a failover it must learn the new owner before it retries.
 		iv.st.ReloadClusterState(err)
-		iv.flush()
 		// Fill messages may have been missed too: waiters look for
 		// themselves (and poll until the subscription is back).
 		iv.fills.WakeAll()
+		safely(iv.flush) // (a panic of the Observer here must not skip the backoff below)
 		select {
 		case <-iv.done:
 			return
 		default:
 		}
 		if wasUp {
-			iv.log.Warn("tiercache: invalidation subscription lost; L1 flushed", "channels", sub.channels, "err", err)
+			safely(func() {
+				iv.log.Warn("tiercache: invalidation subscription lost; L1 flushed", "channels", sub.channels, "err", err)
+			})
 		}
 		if confirmed {
 			backoff = 10 * time.Millisecond
@@ -462,11 +475,11 @@ func (iv *invalidator) receive(sub *subscription, ps *redis.PubSub) (confirmed b
 }
 
 // exited is what subscribe's goroutine does when user code in it panicked
-// outside a message or called runtime.Goexit, which nothing can stop: the
-// subscription is down (L1 flushed, waiters polling), its connection
-// closed, and a new goroutine subscribes again unless the invalidator
-// stopped.
-func (iv *invalidator) exited() {
+// (p) outside a message or called runtime.Goexit, which nothing can stop:
+// the subscription is down (L1 flushed, waiters polling), its connection
+// closed, and a new goroutine subscribes again after a backoff, the
+// previous one's doubled (delay), unless the invalidator stopped.
+func (iv *invalidator) exited(delay time.Duration, p any) {
 	if iv.healthy() {
 		iv.epoch.Add(1) // even: down
 	}
@@ -475,7 +488,7 @@ func (iv *invalidator) exited() {
 	if !closed {
 		iv.sub = nil
 		iv.wg.Add(1) // before this goroutine's Done: stop's Wait waits for it too
-		go iv.subscribe()
+		go iv.subscribe(min(max(2*delay, 10*time.Millisecond), time.Second))
 	}
 	iv.mu.Unlock()
 	if sub != nil {
@@ -485,12 +498,26 @@ func (iv *invalidator) exited() {
 		}
 		sub.mu.Unlock()
 	}
-	defer func() { _ = recover() }() // the Observer again, in flush: the new subscription flushes too
-	iv.flush()
 	iv.fills.WakeAll()
-	if !closed {
-		iv.log.Warn("tiercache: a handler of the invalidation subscription called runtime.Goexit; L1 flushed, subscribing again")
+	safely(iv.flush) // the Observer again: the new subscription flushes too
+	if closed {
+		return
 	}
+	safely(func() {
+		if p != nil {
+			iv.log.Error("tiercache: the invalidation subscriber panicked; L1 flushed, subscribing again", "panic", p)
+		} else {
+			iv.log.Warn("tiercache: the invalidation subscriber called runtime.Goexit; L1 flushed, subscribing again")
+		}
+	})
+}
+
+// safely runs f, which runs user code (the Observer, the Logger) on one of
+// the cache's own goroutines, where no caller could take a panic: a panic
+// of f is dropped.
+func safely(f func()) {
+	defer func() { _ = recover() }()
+	f()
 }
 
 // receiver reads sub's connection (see pubsub.Receiver) and acts on what

@@ -795,8 +795,15 @@ func (c *Cache[V]) loadAndFill(ctx context.Context, ks []*keyLoad[V], mode fillM
 	}
 	delta, err := c.callLoader(ctx, meta, fn, names, out)
 	if err != nil {
-		if ctx.Err() != nil && !errors.Is(err, ErrClosed) {
-			// Close cut the load short; the loader's error says how.
+		switch {
+		case ctx.Err() == nil || errors.Is(err, ErrClosed):
+		case errors.Is(err, ctx.Err()):
+			// Close cut the load short, and the loader returned the
+			// cancellation: ErrClosed alone, or a caller would take it for
+			// its own (its text kept).
+			err = fmt.Errorf("%w (the loader returned: %v)", closing(ctx), err)
+		default:
+			// Close ended the load while the loader failed otherwise: both.
 			err = fmt.Errorf("%w: %w", closing(ctx), err)
 		}
 		now := nowMicro()

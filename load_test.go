@@ -204,32 +204,54 @@ func TestLoadTimeout(t *testing.T) {
 	})
 }
 
-// Close while a load is in flight: the caller returns ErrClosed (wrapping
-// the loader's own error), goroutines stop.
+// Close while a load is in flight: the caller returns ErrClosed, not the
+// context.Canceled the loader returned (a caller would take it for its
+// own), and goroutines stop. The same for GetOrLoad, GetOrLoadMany and
+// Refresh.
 func TestCloseDuringLoad(t *testing.T) {
-	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
-		// No load timeout: only Close can end the load.
-		c := newCache[int](t, tg, WithL1(100), WithLoadTimeout(time.Hour))
-		started := make(chan struct{})
-		done := make(chan error, 1)
-		go func() {
-			_, err := c.GetOrLoad(t.Context(), "k", func(ctx context.Context) (int, error) {
-				close(started)
-				<-ctx.Done()
-				return 0, ctx.Err()
+	blocked := func(started chan struct{}) func(ctx context.Context) error {
+		return func(ctx context.Context) error {
+			close(started)
+			<-ctx.Done()
+			return ctx.Err()
+		}
+	}
+	for _, call := range []struct {
+		name string
+		do   func(c *Cache[int], ctx context.Context, wait func(context.Context) error) error
+	}{
+		{"GetOrLoad", func(c *Cache[int], ctx context.Context, wait func(context.Context) error) error {
+			_, err := c.GetOrLoad(ctx, "k", func(ctx context.Context) (int, error) { return 0, wait(ctx) })
+			return err
+		}},
+		{"GetOrLoadMany", func(c *Cache[int], ctx context.Context, wait func(context.Context) error) error {
+			_, err := c.GetOrLoadMany(ctx, []string{"k", "l"}, func(ctx context.Context, _ []string) (map[string]int, error) { return nil, wait(ctx) })
+			return err
+		}},
+		{"Refresh", func(c *Cache[int], ctx context.Context, wait func(context.Context) error) error {
+			_, err := c.Refresh(ctx, "k", func(ctx context.Context) (int, error) { return 0, wait(ctx) })
+			return err
+		}},
+	} {
+		t.Run(call.name, func(t *testing.T) {
+			redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
+				// No load timeout: only Close can end the load.
+				c := newCache[int](t, tg, WithL1(100), WithLoadTimeout(time.Hour))
+				started := make(chan struct{})
+				done := make(chan error, 1)
+				go func() { done <- call.do(c, t.Context(), blocked(started)) }()
+				<-started
+				closed := make(chan error, 1)
+				go func() { closed <- c.Close() }()
+				if err := redistest.Receive(t, closed, 20*time.Second, "Close did not cancel the load in flight"); err != nil {
+					t.Fatal(err)
+				}
+				if err := redistest.Receive(t, done, 20*time.Second, "the call did not return after Close"); !errors.Is(err, ErrClosed) || errors.Is(err, context.Canceled) {
+					t.Fatalf("a load cancelled by Close returned %v, want ErrClosed and not context.Canceled", err)
+				}
 			})
-			done <- err
-		}()
-		<-started
-		closed := make(chan error, 1)
-		go func() { closed <- c.Close() }()
-		if err := redistest.Receive(t, closed, 20*time.Second, "Close did not cancel the load in flight"); err != nil {
-			t.Fatal(err)
-		}
-		if err := redistest.Receive(t, done, 20*time.Second, "GetOrLoad did not return after Close"); !errors.Is(err, ErrClosed) || !errors.Is(err, context.Canceled) {
-			t.Fatalf("a load cancelled by Close returned %v, want ErrClosed wrapping the loader's context.Canceled", err)
-		}
-	})
+		})
+	}
 }
 
 // readOdds: when Redis rarely has what GetOrLoad asks it for, the GET is

@@ -350,6 +350,7 @@ func (s *Store) Release(ls []Lease) {
 			// caller is here to take the panic, and it must not end the
 			// process: the leases expire with their TTL.
 			if p := recover(); p != nil {
+				defer func() { _ = recover() }() // the Logger's, too
 				s.log.Error("tiercache: the Observer panicked while leases were given back; they expire with their TTL", "leases", len(ls), "panic", p)
 			}
 		}()
