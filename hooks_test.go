@@ -16,6 +16,15 @@ import (
 // panic: a panic there must not end the process, and neither a panic nor
 // a runtime.Goexit may leave the cache without invalidations.
 
+// failures are the two ways user code fails without returning.
+var failures = []struct {
+	name string
+	do   func()
+}{
+	{"panic", func() { panic("observer boom") }},
+	{"Goexit", runtime.Goexit},
+}
+
 // eventHook is an Observer that runs its armed func at the first event e.
 type eventHook struct {
 	NopObserver
@@ -71,13 +80,7 @@ func TestObserverPanicInThePublisher(t *testing.T) {
 // meanwhile (nothing stale is served), and later invalidations arrive.
 func TestObserverPanicOrGoexitInTheSubscriber(t *testing.T) {
 	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
-		for _, tc := range []struct {
-			name string
-			do   func()
-		}{
-			{"panic", func() { panic("observer boom") }},
-			{"Goexit", runtime.Goexit},
-		} {
+		for _, tc := range failures {
 			t.Run(tc.name, func(t *testing.T) {
 				ctx := t.Context()
 				prefix := testPrefix(t)
@@ -142,9 +145,7 @@ func dropSubscription[V any](c *Cache[V]) {
 	c.inv.mu.Lock()
 	sub := c.inv.sub
 	c.inv.mu.Unlock()
-	sub.mu.Lock()
-	_ = sub.ps.Close()
-	sub.mu.Unlock()
+	sub.close()
 }
 
 // An Observer that panics, or calls runtime.Goexit, at every L1 flush (a
@@ -153,13 +154,7 @@ func dropSubscription[V any](c *Cache[V]) {
 // Observer behaves; Close then returns (a Goexit in the restart's own
 // flush once skipped the WaitGroup's Done, and Close waited for good).
 func TestObserverFailingAtEveryFlush(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		do   func()
-	}{
-		{"panic", func() { panic("observer boom") }},
-		{"Goexit", runtime.Goexit},
-	} {
+	for _, tc := range failures {
 		t.Run(tc.name, func(t *testing.T) {
 			obs := &flushHook{do: tc.do}
 			c := newCacheOn[string](t, directClient(t, redistest.SharedServer(t)), testPrefix(t), WithL1(100), WithObserver(obs))

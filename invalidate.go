@@ -88,6 +88,15 @@ type subscription struct {
 	ps *redis.PubSub // the current connection, closed by stop
 }
 
+// close closes sub's current connection, which ends a Receive on it.
+func (sub *subscription) close() {
+	sub.mu.Lock()
+	defer sub.mu.Unlock()
+	if sub.ps != nil {
+		_ = sub.ps.Close()
+	}
+}
+
 type pubReq struct {
 	at   int64 // when the write it announces was acknowledged (Unix µs)
 	keys []string
@@ -144,11 +153,7 @@ func (iv *invalidator) stop() {
 	iv.cancel()
 	close(iv.done)
 	if sub != nil {
-		sub.mu.Lock()
-		if sub.ps != nil {
-			_ = sub.ps.Close()
-		}
-		sub.mu.Unlock()
+		sub.close()
 	}
 	iv.wg.Wait()
 }
@@ -492,11 +497,7 @@ func (iv *invalidator) exited(delay time.Duration, p any) {
 	}
 	iv.mu.Unlock()
 	if sub != nil {
-		sub.mu.Lock()
-		if sub.ps != nil {
-			_ = sub.ps.Close()
-		}
-		sub.mu.Unlock()
+		sub.close()
 	}
 	iv.fills.WakeAll()
 	safely(iv.flush) // the Observer again: the new subscription flushes too
