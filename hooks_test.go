@@ -178,3 +178,42 @@ func TestObserverFailingAtEveryFlush(t *testing.T) {
 		})
 	}
 }
+
+// A subscriber that user code ends again and again backs off further each
+// time, but one that then stayed up for a second starts from 10ms again:
+// a rare failure costs a short gap, not a second's.
+func TestSubscriberBackoffStartsAnewAfterAHealthySpell(t *testing.T) {
+	for _, tc := range failures {
+		t.Run(tc.name, func(t *testing.T) {
+			tg := redistest.SharedServer(t)
+			prefix := testPrefix(t)
+			obs := &eventHook{e: EventInvalidationReceived}
+			a := newCacheOn[string](t, directClient(t, tg), prefix)
+			b := newCacheOn[string](t, directClient(t, tg), prefix, WithL1(100), WithObserver(obs))
+			var longestUp time.Duration
+			fail := func() time.Duration {
+				waitSubscribed(t, a, b)
+				up := time.Now()
+				obs.arm(tc.do)
+				mustSet(t, a, "k", "v")
+				waitFor(t, 10*time.Second, "the subscription to fail", func() bool { return !b.inv.healthy() })
+				longestUp = max(longestUp, time.Since(up))
+				return time.Duration(b.inv.resubscribeIn.Load())
+			}
+			var last time.Duration
+			for range 6 {
+				last = fail()
+			}
+			// (On a machine so loaded that the subscription stayed up a
+			// second between two failures, the backoff rightly started anew.)
+			if last < 100*time.Millisecond && longestUp < 900*time.Millisecond {
+				t.Fatalf("after 6 failures in a row the subscriber waits %v to resubscribe: no backoff", last)
+			}
+			waitSubscribed(t, b)
+			time.Sleep(1100 * time.Millisecond) // up for more than a second
+			if d := fail(); d != 10*time.Millisecond {
+				t.Fatalf("after a healthy second the subscriber waits %v to resubscribe, want 10ms", d)
+			}
+		})
+	}
+}

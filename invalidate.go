@@ -61,8 +61,15 @@ type invalidator struct {
 	// (confirmed and healthy): the subscriber alone moves it. See healthy
 	// and hearing.
 	epoch atomic.Uint64
-	reqs  chan pubReq
-	done  chan struct{}
+	// upAt is when the subscription last came up (Unix ns): one that
+	// stayed up a while before user code ended it starts its backoff
+	// anew (see stayedUp).
+	upAt atomic.Int64
+	// resubscribeIn is the wait before the latest resubscription, for
+	// tests.
+	resubscribeIn atomic.Int64
+	reqs          chan pubReq
+	done          chan struct{}
 	// published is closed when the publisher has sent what was queued and
 	// returned: a send after that publishes its own message.
 	published chan struct{}
@@ -434,6 +441,7 @@ func (iv *invalidator) keep(sub *subscription) {
 		// Down as soon as it is known to be (messages may be lost from
 		// here on), before the round trips below.
 		wasUp := iv.healthy()
+		stayed := wasUp && iv.stayedUp() // (a handler's panic returns no confirmed)
 		if wasUp {
 			iv.epoch.Add(1) // even: down
 		}
@@ -455,9 +463,10 @@ func (iv *invalidator) keep(sub *subscription) {
 				iv.log.Warn("tiercache: invalidation subscription lost; L1 flushed", "channels", sub.channels, "err", err)
 			})
 		}
-		if confirmed {
+		if confirmed || stayed {
 			backoff = 10 * time.Millisecond
 		}
+		iv.resubscribeIn.Store(int64(backoff))
 		if !iv.sleep(backoff) {
 			return
 		}
@@ -485,15 +494,20 @@ func (iv *invalidator) receive(sub *subscription, ps *redis.PubSub) (confirmed b
 // closed, and a new goroutine subscribes again after a backoff, the
 // previous one's doubled (delay), unless the invalidator stopped.
 func (iv *invalidator) exited(delay time.Duration, p any) {
+	next := min(max(2*delay, 10*time.Millisecond), time.Second)
 	if iv.healthy() {
+		if iv.stayedUp() {
+			next = 10 * time.Millisecond // a rare failure, not a loop of them
+		}
 		iv.epoch.Add(1) // even: down
 	}
 	iv.mu.Lock()
 	sub, closed := iv.sub, iv.closed
 	if !closed {
 		iv.sub = nil
+		iv.resubscribeIn.Store(int64(next))
 		iv.wg.Add(1) // before this goroutine's Done: stop's Wait waits for it too
-		go iv.subscribe(min(max(2*delay, 10*time.Millisecond), time.Second))
+		go iv.subscribe(next)
 	}
 	iv.mu.Unlock()
 	if sub != nil {
@@ -511,6 +525,13 @@ func (iv *invalidator) exited(delay time.Duration, p any) {
 			iv.log.Warn("tiercache: the invalidation subscriber called runtime.Goexit; L1 flushed, subscribing again")
 		}
 	})
+}
+
+// stayedUp reports, while the subscription is up, whether it has been for
+// a second: user code that ends it then fails rarely, and its restart need
+// not back off; one that fails at every message never gets there.
+func (iv *invalidator) stayedUp() bool {
+	return time.Since(time.Unix(0, iv.upAt.Load())) >= time.Second
 }
 
 // safely runs f, which runs user code (the Observer, the Logger) on one of
@@ -533,6 +554,7 @@ func (iv *invalidator) receiver(sub *subscription) *pubsub.Receiver {
 			_ = iv.st.RefreshGeneration(iv.life)
 			iv.flush()
 			if !iv.healthy() {
+				iv.upAt.Store(time.Now().UnixNano())
 				iv.epoch.Add(1) // odd: up
 			}
 			if first {
