@@ -628,37 +628,15 @@ func TestAuditWaitersOfAReadThatPanicsGetAPanicError(t *testing.T) {
 	}
 }
 
-// panicOnCoalesced is an Observer that runs its armed func at the first
-// EventCoalesced.
-type panicOnCoalesced struct {
-	NopObserver
-	oneShot
-}
-
-func (o *panicOnCoalesced) Event(e Event) {
-	if e == EventCoalesced {
-		o.fire()
-	}
-}
-
 // A batch whose Observer panics when told that one of its keys joined
 // another caller's load leaves none of its other keys' flights open: a
 // later read of them loads instead of waiting for good.
 func TestAuditBatchObserverPanicLeavesNoFlightOpen(t *testing.T) {
-	obs := &panicOnCoalesced{}
+	obs := &eventHook{e: EventCoalesced}
 	c := newCacheOn[string](t, directClient(t, redistest.SharedServer(t)), testPrefix(t), WithObserver(obs))
 	waitSubscribed(t, c) // (its subscription coming up would forget the flight of "a")
-	loading, release := make(chan struct{}), make(chan struct{})
-	held := make(chan error, 1)
-	go func() {
-		_, err := c.GetOrLoad(context.Background(), "a", func(context.Context) (string, error) {
-			close(loading)
-			<-release
-			return "a", nil
-		})
-		held <- err
-	}()
-	<-loading
+	release, held := holdLoad(c, "a", "a")
+	defer release()
 	obs.arm(func() { panic("observer boom") })
 	func() {
 		defer func() {
@@ -675,7 +653,7 @@ func TestAuditBatchObserverPanicLeavesNoFlightOpen(t *testing.T) {
 			return m, nil
 		})
 	}()
-	close(release)
+	release()
 	if err := <-held; err != nil {
 		t.Fatal(err)
 	}

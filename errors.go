@@ -60,7 +60,7 @@ var (
 )
 
 // PanicError is the error of a load whose loader panicked or called
-// runtime.Goexit (or whose Observer or codec did, on the way). It keeps
+// runtime.Goexit (or whose Observer did, on the way). It keeps
 // the panic value and the stack of the goroutine that panicked; every
 // caller that waited on the load gets it, and nothing is cached. Error() is
 // one line; the stack is in Stack.

@@ -37,6 +37,24 @@ func constLoad(v string, d time.Duration) LoadFunc[string] {
 	}
 }
 
+// holdLoad starts c.GetOrLoad(key) in the background with a loader that
+// returns v once release is called, and returns when that loader runs;
+// done has the GetOrLoad's error.
+func holdLoad(c *Cache[string], key, v string) (release func(), done <-chan error) {
+	loading, released := make(chan struct{}), make(chan struct{})
+	errc := make(chan error, 1)
+	go func() {
+		_, err := c.GetOrLoad(context.Background(), key, func(context.Context) (string, error) {
+			close(loading)
+			<-released
+			return v, nil
+		})
+		errc <- err
+	}()
+	<-loading
+	return sync.OnceFunc(func() { close(released) }), errc
+}
+
 // waitFor polls cond every millisecond until it holds or d passes.
 // waitMiss waits (at most d) until c.Get(key) misses, failing the test
 // with what otherwise.

@@ -475,16 +475,8 @@ func TestLeaseWaiterWokenByFill(t *testing.T) {
 func TestCloseEndsALeaseWaitWithErrClosed(t *testing.T) {
 	redistest.ForEach(t, func(t *testing.T, tg redistest.Target) {
 		holder, waiter, obs := leaseHolderAndWaiter(t, tg)
-		loading, release := make(chan struct{}), make(chan struct{})
-		defer close(release)
-		go func() {
-			_, _ = holder.GetOrLoad(context.Background(), "k", func(ctx context.Context) (string, error) {
-				close(loading)
-				<-release
-				return "held", nil
-			})
-		}()
-		<-loading
+		release, _ := holdLoad(holder, "k", "held")
+		defer release()
 		read := make(chan error, 1)
 		go func() {
 			_, err := waiter.GetOrLoad(t.Context(), "k", constLoad("waiter", 0))

@@ -246,18 +246,23 @@ func (h *tripHarness) state() (inFlight, queued int) {
 	return h.co.inFlight, len(h.co.queue)
 }
 
-// waitQueued waits for n calls to be queued.
-func (h *tripHarness) waitQueued(n int) {
+// waitState waits (at most a minute) until what of state is n.
+func (h *tripHarness) waitState(n int, what string, of func(inFlight, queued int) int) {
 	h.t.Helper()
 	for deadline := time.Now().Add(time.Minute); ; time.Sleep(time.Millisecond) {
-		if _, q := h.state(); q == n {
+		if of(h.state()) == n {
 			return
 		}
 		if time.Now().After(deadline) {
-			_, q := h.state()
-			h.t.Fatalf("%d calls queued, want %d", q, n)
+			h.t.Fatalf("%d %s, want %d", of(h.state()), what, n)
 		}
 	}
+}
+
+// waitQueued waits for n calls to be queued.
+func (h *tripHarness) waitQueued(n int) {
+	h.t.Helper()
+	h.waitState(n, "calls queued", func(_, q int) int { return q })
 }
 
 // done waits for a call started by call to return.
@@ -337,15 +342,7 @@ func (h *tripHarness) nextAlone(k, what string) trip {
 // waitInFlight waits for n round trips to be in flight.
 func (h *tripHarness) waitInFlight(n int) {
 	h.t.Helper()
-	for deadline := time.Now().Add(time.Minute); ; time.Sleep(time.Millisecond) {
-		if in, _ := h.state(); in == n {
-			return
-		}
-		if time.Now().After(deadline) {
-			in, _ := h.state()
-			h.t.Fatalf("%d round trips in flight, want %d", in, n)
-		}
-	}
+	h.waitState(n, "round trips in flight", func(in, _ int) int { return in })
 }
 
 // How the slots are used as the number of callers changes. Few callers go
